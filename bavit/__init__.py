@@ -1,0 +1,25 @@
+"""BAViT Explorer: background-aware token pruning for vision transformers (Sah et al., BAViT)."""
+from .cca import cca, resample_grid
+from .config import BAViTConfig
+from .errors import BAViTError, CheckpointError, ConfigError, DataError, WeightsUnavailableError
+from .labels import labels_from_boxes, labels_from_mask
+from .loss import AccumulativeCrossEntropy
+from .model import BAViT, build_bavit, load_checkpoint, save_checkpoint
+
+__all__ = [
+    "BAViT",
+    "BAViTConfig",
+    "AccumulativeCrossEntropy",
+    "BAViTError",
+    "CheckpointError",
+    "ConfigError",
+    "DataError",
+    "WeightsUnavailableError",
+    "build_bavit",
+    "cca",
+    "labels_from_boxes",
+    "labels_from_mask",
+    "load_checkpoint",
+    "resample_grid",
+    "save_checkpoint",
+]

@@ -1,0 +1,38 @@
+"""``python -m bavit <command>``: argument parsing only; every command calls into the library."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from .errors import BAViTError
+
+# Each module exposes ``register(subparsers)`` that adds its sub-command and sets ``func(args) -> int``.
+COMMAND_MODULES = ("train", "evaluate", "predict_cli", "bench", "coco_map", "finetune")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m bavit", description="BAViT: background-aware token pruning for ViT detectors.")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(f"bavit.{name}")
+        except ModuleNotFoundError as exc:  # a command still being written
+            if exc.name == f"bavit.{name}":
+                continue
+            raise
+        module.register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except BAViTError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

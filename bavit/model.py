@@ -1,0 +1,185 @@
+"""BAViT (paper §3.2): a timm ViT-tiny with no class token and a 2-way linear head on every token.
+
+Checkpoints are safetensors files whose metadata holds the :class:`BAViTConfig` as JSON, so loading needs only the
+path (nanoGPT-style).
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+from timm.models.vision_transformer import VisionTransformer
+
+from .config import BAViTConfig
+from .errors import CheckpointError, ConfigError, WeightsUnavailableError
+
+CONFIG_KEY = "bavit_config"
+FORMAT_KEY = "format"
+FORMAT = "bavit-v1"
+
+
+class BAViT(nn.Module):
+    """Per-token FG/BG classifier.
+
+    ``forward(pixels [B, 3, S, S]) -> logits [B, N, 2]`` with ``N = (S / patch)^2``;
+    :meth:`fg_prob` gives the ``[B, S/patch, S/patch]`` FG probability grid.
+    """
+
+    def __init__(self, config: BAViTConfig):
+        super().__init__()
+        self.config = config
+        self.vit = VisionTransformer(
+            img_size=config.img_size,
+            patch_size=config.patch_size,
+            embed_dim=config.embed_dim,
+            depth=config.depth,
+            num_heads=config.num_heads,
+            mlp_ratio=config.mlp_ratio,
+            class_token=False,
+            global_pool="",
+            num_classes=0,
+            drop_path_rate=config.drop_path_rate,
+        )
+        self.head = nn.Linear(config.embed_dim, config.num_classes)
+
+    def forward_features(self, pixels: torch.Tensor) -> torch.Tensor:
+        """``[B, 3, S, S] -> [B, N, D]`` normalised token features."""
+        size = tuple(pixels.shape[-2:])
+        if size != (self.config.img_size, self.config.img_size):
+            raise ConfigError(f"BAViT expects {self.config.img_size}x{self.config.img_size} input, got {size[0]}x{size[1]}")
+        return self.vit.forward_features(pixels)
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        """``[B, 3, S, S] -> [B, N, 2]`` token logits (index 1 = FG)."""
+        return self.head(self.forward_features(pixels))
+
+    @torch.no_grad()
+    def fg_prob(self, pixels: torch.Tensor) -> torch.Tensor:
+        """``[B, 3, S, S] -> [B, G, G]`` FG probabilities, ``G = S / patch``."""
+        logits = self(pixels)
+        grid = self.config.grid_size
+        return logits.softmax(-1)[..., 1].reshape(-1, grid, grid)
+
+
+def build_bavit(config: BAViTConfig, init: str = "random") -> BAViT:
+    """Build a BAViT and initialise its transformer.
+
+    Args:
+        config: architecture.
+        init: ``"random"`` (timm's init; the offline default); ``"timm:NAME"`` to copy the patch embedding,
+            position embedding, first ``depth`` blocks and final norm of a pretrained timm ViT of the same width
+            (e.g. ``timm:vit_tiny_patch16_384``, needs the hub); ``"yolos:ID_OR_DIR"`` to copy the first ``depth``
+            encoder layers of a YOLOS checkpoint (e.g. ``yolos:hustvl/yolos-tiny``).
+    """
+    model = BAViT(config)
+    if init == "random":
+        return model
+    kind, _, source = init.partition(":")
+    if not source:
+        raise ConfigError(f"init must be 'random', 'timm:NAME' or 'yolos:ID_OR_DIR', got {init!r}")
+    if kind == "timm":
+        from .pretrained import copy_from_timm
+
+        copy_from_timm(model, source)
+    elif kind == "yolos":
+        from .pretrained import copy_from_yolos
+
+        copy_from_yolos(model, source)
+    else:
+        raise ConfigError(f"unknown init kind {kind!r}; use 'random', 'timm:NAME' or 'yolos:ID_OR_DIR'")
+    return model
+
+
+def save_checkpoint(model: BAViT, path: str | os.PathLike, extra: dict | None = None) -> Path:
+    """Write weights + config to ``path`` atomically (temp file in the same folder, then rename).
+
+    Args:
+        model: the model (a DDP wrapper's ``.module``).
+        path: target ``.safetensors`` file.
+        extra: optional JSON-serialisable metadata (epoch, metrics) stored next to the config.
+    """
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    metadata = {FORMAT_KEY: FORMAT, CONFIG_KEY: model.config.to_json()}
+    if extra:
+        metadata["extra"] = json.dumps(extra, sort_keys=True)
+    state = {name: tensor.detach().contiguous().cpu() for name, tensor in model.state_dict().items()}
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file(state, tmp, metadata=metadata)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def read_checkpoint_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """Metadata of a BAViT safetensors checkpoint; raises :class:`CheckpointError` when it is not one."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+    except Exception as exc:  # safetensors raises its own error types for corrupt headers
+        raise CheckpointError(f"{path} is not a readable safetensors file ({exc})") from None
+    if CONFIG_KEY not in metadata:
+        raise CheckpointError(f"{path} is a safetensors file but not a BAViT checkpoint (no '{CONFIG_KEY}' metadata)")
+    return metadata
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str = "cpu") -> BAViT:
+    """Load a BAViT from a checkpoint path alone; the architecture comes from the stored config."""
+    from safetensors.torch import load_file
+
+    metadata = read_checkpoint_metadata(path)
+    try:
+        config = BAViTConfig.from_json(metadata[CONFIG_KEY])
+    except (ValueError, TypeError) as exc:
+        raise CheckpointError(f"{path}: stored config is invalid ({exc})") from None
+    model = BAViT(config)
+    state = load_file(str(path), device=map_location)
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong = sorted(k for k in set(state) & set(expected) if state[k].shape != expected[k].shape)
+    if missing or unexpected or wrong:
+        detail = "; ".join(
+            part
+            for part in (
+                f"missing {missing[:3]}" if missing else "",
+                f"unexpected {unexpected[:3]}" if unexpected else "",
+                f"shape mismatch {wrong[:3]}" if wrong else "",
+            )
+            if part
+        )
+        raise CheckpointError(f"{path} does not match its stored config ({config.name}, depth {config.depth}): {detail}")
+    model.load_state_dict(state)
+    return model.eval()
+
+
+def checkpoint_extra(path: str | os.PathLike) -> dict:
+    """The ``extra`` metadata (epoch, metrics, optimizer state path) stored with a checkpoint, or ``{}``."""
+    metadata = read_checkpoint_metadata(path)
+    return json.loads(metadata.get("extra", "{}"))
+
+
+__all__ = [
+    "BAViT",
+    "build_bavit",
+    "save_checkpoint",
+    "load_checkpoint",
+    "read_checkpoint_metadata",
+    "checkpoint_extra",
+    "WeightsUnavailableError",
+]
