@@ -1,0 +1,288 @@
+"""Drawing helpers for the app: patch-grid overlays, GT-vs-prediction confusion, detection boxes, sparsity curve.
+
+Every helper takes and returns 8-bit RGB PIL images and is cheap enough to run on each slider move (a few ms at
+512 px). A ``[gh, gw]`` grid is laid over the whole image the way the models see it after their square resize: cell
+``(r, c)`` covers rows ``r*H/gh .. (r+1)*H/gh`` and columns ``c*W/gw .. (c+1)*W/gw`` (the layout of
+:mod:`bavit.labels`).
+"""
+from __future__ import annotations
+
+import colorsys
+import zlib
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+RGB = tuple[int, int, int]
+
+# Cell classes of the overlays, with their colour and blend weight (alpha 0 leaves the pixel untouched).
+BG, FG, FLIPPED = 0, 1, 2
+TN, TP, FP, FN, IGNORED = 0, 1, 2, 3, 4
+
+GRID_PALETTE: dict[int, tuple[RGB, float]] = {
+    BG: ((25, 35, 90), 0.55),  # background: darkened, bluish
+    FG: ((255, 140, 0), 0.40),  # foreground kept by BAViT: orange
+    FLIPPED: ((230, 0, 230), 0.60),  # BG -> FG by CCA: magenta
+}
+CONFUSION_PALETTE: dict[int, tuple[RGB, float]] = {
+    TN: ((25, 35, 90), 0.55),  # both BG
+    TP: ((0, 200, 80), 0.45),  # both FG: green
+    FP: ((230, 40, 40), 0.55),  # predicted FG, GT BG: red
+    FN: ((255, 220, 0), 0.60),  # GT FG, predicted BG (an object token pruned): yellow
+    IGNORED: ((128, 128, 128), 0.70),  # GT says ignore (VOC void)
+}
+GRID_LEGEND = {"background (pruned)": GRID_PALETTE[BG][0], "foreground (kept)": GRID_PALETTE[FG][0],
+               "flipped to FG by CCA": GRID_PALETTE[FLIPPED][0]}
+CONFUSION_LEGEND = {"TP (object, kept)": CONFUSION_PALETTE[TP][0], "FP (background, kept)": CONFUSION_PALETTE[FP][0],
+                    "FN (object, pruned)": CONFUSION_PALETTE[FN][0], "TN (background, pruned)": CONFUSION_PALETTE[TN][0]}
+LINE_COLOR: RGB = (255, 255, 255)
+LINE_ALPHA = 0.25
+
+
+def fit_image(image: Image.Image, max_side: int = 512) -> Image.Image:
+    """RGB copy whose longer side is at most ``max_side`` px (aspect kept): the size every overlay is drawn at."""
+    image = image.convert("RGB")
+    if max(image.size) <= max_side:
+        return image.copy()
+    scale = max_side / max(image.size)
+    size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+    return image.resize(size, Image.BILINEAR)
+
+
+def cell_index(length: int, cells: int) -> np.ndarray:
+    """``[length]`` int: the grid cell each pixel row (or column) of an image lies in, ``(i * cells) // length``."""
+    return (np.arange(length) * cells) // length
+
+
+def overlay_cells(
+    image: Image.Image,
+    classes: np.ndarray,
+    palette: Mapping[int, tuple[RGB, float]],
+    lines: bool = True,
+) -> Image.Image:
+    """Tint each grid cell of ``image`` with its class colour.
+
+    Args:
+        image: RGB image (any size; draw at display size, see :func:`fit_image`).
+        classes: ``[gh, gw]`` int class per cell (keys of ``palette``).
+        palette: class -> (RGB colour, alpha); pixel = ``round((1 - alpha) * pixel + alpha * colour)``.
+        lines: draw the cell borders (the first pixel row/column of each cell) as faint white lines.
+    Returns:
+        RGB image of the same size.
+    """
+    classes = np.asarray(classes)
+    if classes.ndim != 2:
+        raise ValueError(f"classes must be a [gh, gw] grid, got shape {classes.shape}")
+    pixels = np.asarray(image.convert("RGB"), dtype=np.float32)
+    height, width = pixels.shape[:2]
+    gh, gw = classes.shape
+    colour = np.zeros((gh, gw, 3), dtype=np.float32)
+    alpha = np.zeros((gh, gw, 1), dtype=np.float32)
+    for value, (rgb, weight) in palette.items():
+        where = classes == value
+        colour[where] = rgb
+        alpha[where] = weight
+    rows, cols = cell_index(height, gh), cell_index(width, gw)
+    colour_px = colour[rows[:, None], cols[None, :]]
+    alpha_px = alpha[rows[:, None], cols[None, :]]
+    out = pixels * (1.0 - alpha_px) + colour_px * alpha_px
+    if lines:
+        line = np.asarray(LINE_COLOR, dtype=np.float32)
+        row_edges = np.flatnonzero(np.diff(rows)) + 1
+        col_edges = np.flatnonzero(np.diff(cols)) + 1
+        out[row_edges, :] = out[row_edges, :] * (1 - LINE_ALPHA) + line * LINE_ALPHA
+        out[:, col_edges] = out[:, col_edges] * (1 - LINE_ALPHA) + line * LINE_ALPHA
+    return Image.fromarray(np.clip(np.rint(out), 0, 255).astype(np.uint8))
+
+
+def grid_classes(grid: np.ndarray, before: np.ndarray | None = None) -> np.ndarray:
+    """``[gh, gw]`` classes BG/FG, and FLIPPED where ``grid`` is FG but ``before`` (the grid before CCA) is BG."""
+    grid = np.asarray(grid, dtype=bool)
+    classes = grid.astype(np.int64)  # BG = 0, FG = 1
+    if before is not None:
+        before = np.asarray(before, dtype=bool)
+        if before.shape != grid.shape:
+            raise ValueError(f"grid {grid.shape} and grid before CCA {before.shape} differ in shape")
+        classes[grid & ~before] = FLIPPED
+    return classes
+
+
+def grid_overlay(image: Image.Image, grid: np.ndarray, before: np.ndarray | None = None, lines: bool = True) -> Image.Image:
+    """FG/BG patch grid over the image; with ``before`` (the raw grid), the cells CCA flipped get their own colour.
+
+    Args:
+        image: RGB display image.
+        grid: ``[gh, gw]`` bool, True = FG (kept token).
+        before: optional ``[gh, gw]`` bool grid before CCA.
+    """
+    return overlay_cells(image, grid_classes(grid, before), GRID_PALETTE, lines=lines)
+
+
+def confusion_classes(gt: np.ndarray, pred: np.ndarray, ignore_index: int = -100) -> np.ndarray:
+    """``[gh, gw]`` TN/TP/FP/FN per cell; GT cells equal to ``ignore_index`` become IGNORED."""
+    gt = np.asarray(gt)
+    pred = np.asarray(pred, dtype=bool)
+    if gt.shape != pred.shape:
+        raise ValueError(f"GT grid {gt.shape} and predicted grid {pred.shape} differ in shape")
+    gt_fg = gt == 1 if gt.dtype != bool else gt
+    classes = np.full(gt.shape, TN, dtype=np.int64)
+    classes[gt_fg & pred] = TP
+    classes[~gt_fg & pred] = FP
+    classes[gt_fg & ~pred] = FN
+    if gt.dtype != bool:
+        classes[gt == ignore_index] = IGNORED
+    return classes
+
+
+def confusion_overlay(image: Image.Image, gt: np.ndarray, pred: np.ndarray, lines: bool = True) -> Image.Image:
+    """GT-vs-prediction overlay: TP green, FP red, FN yellow, TN darkened, ignored grey."""
+    return overlay_cells(image, confusion_classes(gt, pred), CONFUSION_PALETTE, lines=lines)
+
+
+def label_color(label: str) -> RGB:
+    """A stable, saturated colour per class name (same label, same colour, across runs)."""
+    hue = (zlib.crc32(label.encode()) % 360) / 360.0
+    r, g, b = colorsys.hsv_to_rgb(hue, 0.85, 0.95)
+    return int(r * 255), int(g * 255), int(b * 255)
+
+
+def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    try:
+        return ImageFont.load_default(size=size)
+    except (TypeError, OSError):  # Pillow without FreeType
+        return ImageFont.load_default()
+
+
+def draw_detections(
+    image: Image.Image,
+    detections: Sequence[Mapping],
+    image_size: tuple[int, int] | None = None,
+    width: int = 2,
+    font_size: int = 13,
+) -> Image.Image:
+    """Boxes with ``label score`` captions.
+
+    Args:
+        image: RGB display image (possibly smaller than the image the boxes refer to).
+        detections: dicts with ``box=(x0, y0, x1, y1)`` in pixels of ``image_size``, ``label`` str, ``score`` float.
+        image_size: ``(width, height)`` the boxes refer to; ``None`` means ``image.size``.
+    Returns:
+        a new RGB image.
+    """
+    out = image.convert("RGB").copy()
+    draw = ImageDraw.Draw(out)
+    ref_w, ref_h = image_size or out.size
+    sx, sy = out.width / ref_w, out.height / ref_h
+    font = _font(font_size)
+    for det in detections:
+        x0, y0, x1, y1 = (float(v) for v in det["box"])
+        box = (x0 * sx, y0 * sy, x1 * sx, y1 * sy)
+        colour = label_color(str(det["label"]))
+        draw.rectangle(box, outline=colour, width=width)
+        caption = f"{det['label']} {float(det['score']):.2f}"
+        left, top, right, bottom = draw.textbbox((0, 0), caption, font=font)
+        text_w, text_h = right - left, bottom - top
+        tx = min(max(box[0], 0), max(out.width - text_w - 4, 0))
+        ty = box[1] - text_h - 4 if box[1] - text_h - 4 >= 0 else box[1]
+        draw.rectangle((tx, ty, tx + text_w + 4, ty + text_h + 4), fill=colour)
+        draw.text((tx + 2 - left, ty + 2 - top), caption, fill=(0, 0, 0), font=font)
+    return out
+
+
+@dataclass
+class CurvePlot:
+    """A rendered sparsity / speed-up vs threshold plot plus the maps from data to pixels, to mark points cheaply.
+
+    Rendering with matplotlib takes ~50 ms, so it happens once per image; :meth:`with_points` only draws markers
+    with PIL (< 1 ms), which keeps the slider path fast. Build with :func:`curve_plot`.
+    """
+
+    base: np.ndarray  # [H, W, 3] uint8 rendered figure
+    left: np.ndarray  # [3, 3] affine: (threshold, sparsity %) -> display pixels (origin bottom-left)
+    right: np.ndarray  # [3, 3] affine: (threshold, speed-up x) -> display pixels
+
+    def _pixel(self, matrix: np.ndarray, x: float, y: float) -> tuple[float, float]:
+        px, py, _ = matrix @ np.array([x, y, 1.0])
+        return float(px), float(self.base.shape[0] - py)
+
+    def with_points(
+        self,
+        current: tuple[float, float, float | None],
+        measured: Sequence[tuple[float, float]] = (),
+    ) -> Image.Image:
+        """The plot with the current point and the speed-ups measured so far.
+
+        Args:
+            current: ``(threshold, sparsity %, measured speed-up x or None)``.
+            measured: ``(threshold, speed-up x)`` points measured earlier for this image (small squares).
+        """
+        out = Image.fromarray(self.base)
+        draw = ImageDraw.Draw(out)
+        for threshold, speedup in measured:
+            x, y = self._pixel(self.right, threshold, speedup)
+            draw.rectangle((x - 2.5, y - 2.5, x + 2.5, y + 2.5), fill=(44, 160, 44))
+        threshold, sparsity, speedup = current
+        x, y = self._pixel(self.left, threshold, sparsity)
+        draw.line((x, 0, x, out.height), fill=(150, 150, 150), width=1)
+        draw.ellipse((x - 5, y - 5, x + 5, y + 5), fill=(31, 119, 180), outline=(0, 0, 0))
+        if speedup is not None:
+            x, y = self._pixel(self.right, threshold, speedup)
+            draw.ellipse((x - 5, y - 5, x + 5, y + 5), fill=(214, 39, 40), outline=(0, 0, 0))
+        return out
+
+
+def curve_plot(
+    thresholds: Sequence[float],
+    sparsity_pct: Sequence[float],
+    speedup_est: Sequence[float] | None = None,
+    speedup_label: str = "speed-up, MAC ratio (x)",
+    size: tuple[float, float] = (4.6, 2.8),
+    dpi: int = 100,
+    speedup_max: float | None = None,
+) -> CurvePlot:
+    """Render sparsity (%) and an estimated speed-up (x) against the FG-probability threshold for one image.
+
+    Args:
+        thresholds: ``[K]`` thresholds in [0, 1] (x axis).
+        sparsity_pct: ``[K]`` YOLOS patches pruned at each threshold, percent (left axis).
+        speedup_est: optional ``[K]`` speed-up estimates (right axis, dashed).
+        speedup_max: top of the speed-up axis (default: covers the estimate and 2x).
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=size, dpi=dpi)
+    canvas = FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    ax.plot(thresholds, sparsity_pct, color="tab:blue", lw=1.8, label="sparsity %")
+    ax.set_xlim(0.0, 1.0)
+    ax.set_ylim(-2.0, 102.0)
+    ax.set_xlabel("FG-probability threshold")
+    ax.set_ylabel("sparsity (% pruned)", color="tab:blue")
+    ax.grid(alpha=0.3)
+    ax2 = ax.twinx()
+    top = speedup_max or max(2.0, float(np.nanmax(speedup_est)) * 1.1 if speedup_est is not None and len(speedup_est) else 2.0)
+    if speedup_est is not None:
+        ax2.plot(thresholds, speedup_est, color="tab:red", lw=1.4, ls="--", label=speedup_label)
+    ax2.set_ylim(0.0, top)
+    ax2.set_ylabel("speed-up (x)", color="tab:red")
+    handles = ax.get_legend_handles_labels()[0] + ax2.get_legend_handles_labels()[0]
+    handles.append(ax2.scatter([], [], s=20, marker="s", color=(44 / 255, 160 / 255, 44 / 255), label="measured speed-up"))
+    ax.legend(handles=handles, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=3, fontsize=7, frameon=False)
+    fig.tight_layout()
+    canvas.draw()
+    base = np.asarray(canvas.buffer_rgba())[..., :3].copy()
+    return CurvePlot(base=base, left=ax.transData.get_matrix().copy(), right=ax2.transData.get_matrix().copy())
+
+
+def legend_html(items: Mapping[str, RGB]) -> str:
+    """Inline HTML legend: a coloured square and a name per item."""
+    spans = (
+        f'<span style="display:inline-block;margin-right:12px"><span style="display:inline-block;width:12px;'
+        f'height:12px;background:rgb{tuple(rgb)};border:1px solid #444;vertical-align:middle;margin-right:4px">'
+        f"</span>{name}</span>"
+        for name, rgb in items.items()
+    )
+    return '<div class="bavit-legend" style="font-size:0.85em">' + "".join(spans) + "</div>"

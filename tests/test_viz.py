@@ -1,0 +1,126 @@
+"""Drawing helpers: exact overlay colours at known cells, detection boxes, the sparsity curve markers."""
+import numpy as np
+import pytest
+from PIL import Image
+
+from bavit import viz
+
+
+def blend(pixel, colour, alpha):
+    return tuple(int(np.rint((1 - alpha) * p + alpha * c)) for p, c in zip(pixel, colour))
+
+
+GREY = (100, 100, 100)
+
+
+def grey_image(width=240, height=240):
+    return Image.new("RGB", (width, height), GREY)
+
+
+def test_cell_index_matches_label_layout():
+    # 10 rows over 4 cells: row i lies in cell floor(i * 4 / 10)
+    assert viz.cell_index(10, 4).tolist() == [0, 0, 0, 1, 1, 2, 2, 2, 3, 3]
+    assert viz.cell_index(384, 24).tolist() == [i // 16 for i in range(384)]
+
+
+def test_grid_overlay_colours_at_known_cells():
+    grid = np.zeros((24, 24), dtype=bool)
+    grid[3, 5] = True  # FG before and after CCA
+    before = grid.copy()
+    grid[10, 20] = True  # flipped by CCA
+    out = np.asarray(viz.grid_overlay(grey_image(), grid, before=before, lines=False))
+    cell = 10  # 240 px / 24 cells
+    centre = lambda r, c: tuple(out[r * cell + cell // 2, c * cell + cell // 2])
+    fg_rgb, fg_alpha = viz.GRID_PALETTE[viz.FG]
+    bg_rgb, bg_alpha = viz.GRID_PALETTE[viz.BG]
+    fl_rgb, fl_alpha = viz.GRID_PALETTE[viz.FLIPPED]
+    assert centre(3, 5) == blend(GREY, fg_rgb, fg_alpha)
+    assert centre(10, 20) == blend(GREY, fl_rgb, fl_alpha)
+    assert centre(0, 0) == blend(GREY, bg_rgb, bg_alpha)
+    # the whole FG cell is tinted and nothing outside it
+    assert (out[30:40, 50:60] == blend(GREY, fg_rgb, fg_alpha)).all()
+    assert (out[29, 50:60] == blend(GREY, bg_rgb, bg_alpha)).all()
+    # three distinct colours
+    assert len({centre(3, 5), centre(10, 20), centre(0, 0)}) == 3
+
+
+def test_grid_overlay_non_square_image_and_lines():
+    grid = np.zeros((2, 4), dtype=bool)
+    grid[1, 3] = True
+    out = np.asarray(viz.grid_overlay(grey_image(80, 20), grid, lines=True))
+    assert out.shape == (20, 80, 3)
+    fg_rgb, fg_alpha = viz.GRID_PALETTE[viz.FG]
+    fg = blend(GREY, fg_rgb, fg_alpha)
+    assert tuple(out[15, 70]) == fg  # bottom-right cell is rows 10..19, cols 60..79
+    # cell borders (first row / column of a cell) are lightened towards white
+    line = tuple(int(np.rint(v * (1 - viz.LINE_ALPHA) + 255 * viz.LINE_ALPHA)) for v in fg)
+    assert tuple(out[15, 60]) == line
+    assert tuple(out[10, 70]) == line
+
+
+def test_grid_classes_flags_only_flipped_cells():
+    before = np.array([[1, 0], [0, 0]], dtype=bool)
+    after = np.array([[1, 1], [0, 0]], dtype=bool)
+    assert viz.grid_classes(after, before).tolist() == [[viz.FG, viz.FLIPPED], [viz.BG, viz.BG]]
+    with pytest.raises(ValueError, match="differ in shape"):
+        viz.grid_classes(after, np.zeros((3, 3), dtype=bool))
+
+
+def test_confusion_overlay_colours():
+    gt = np.array([[1, 1], [0, 0]])
+    pred = np.array([[1, 0], [1, 0]], dtype=bool)
+    assert viz.confusion_classes(gt, pred).tolist() == [[viz.TP, viz.FN], [viz.FP, viz.TN]]
+    out = np.asarray(viz.confusion_overlay(grey_image(20, 20), gt, pred, lines=False))
+    pal = viz.CONFUSION_PALETTE
+    assert tuple(out[5, 5]) == blend(GREY, *pal[viz.TP])
+    assert tuple(out[5, 15]) == blend(GREY, *pal[viz.FN])
+    assert tuple(out[15, 5]) == blend(GREY, *pal[viz.FP])
+    assert tuple(out[15, 15]) == blend(GREY, *pal[viz.TN])
+    ignored = viz.confusion_classes(np.array([[-100, 1]]), np.array([[True, True]]))
+    assert ignored.tolist() == [[viz.IGNORED, viz.TP]]
+
+
+def test_fit_image_downscales_keeping_aspect():
+    assert viz.fit_image(grey_image(2000, 1000), 512).size == (512, 256)
+    small = grey_image(100, 50)
+    assert viz.fit_image(small, 512).size == (100, 50)
+    assert viz.fit_image(Image.new("L", (10, 10)), 512).mode == "RGB"
+
+
+def test_draw_detections_scales_boxes_to_display_size():
+    image = Image.new("RGB", (200, 100), (0, 0, 0))
+    dets = [{"box": (100.0, 50.0, 300.0, 150.0), "label": "cat", "score": 0.91}]
+    out = np.asarray(viz.draw_detections(image, dets, image_size=(400, 200), width=2))
+    colour = viz.label_color("cat")
+    # box (100,50)-(300,150) at half scale -> (50,25)-(150,75); outline on the right and bottom edges
+    assert tuple(out[50, 150]) == colour
+    assert tuple(out[75, 100]) == colour
+    assert tuple(out[50, 100]) == (0, 0, 0)  # inside the box stays untouched
+    assert out[:25].any()  # the caption sits above the box
+    assert np.asarray(image).sum() == 0  # input not modified
+
+
+def test_label_color_is_stable_and_distinct():
+    assert viz.label_color("dog") == viz.label_color("dog")
+    assert viz.label_color("dog") != viz.label_color("cat")
+
+
+def test_curve_plot_marks_current_point_at_data_position():
+    thresholds = np.linspace(0, 1, 11)
+    plot = viz.curve_plot(thresholds, 100 * thresholds, 1 + thresholds)
+    assert plot.base.dtype == np.uint8 and plot.base.ndim == 3
+    image = plot.with_points((0.5, 30.0, 1.5), measured=[(0.2, 1.2)])
+    assert image.size == (plot.base.shape[1], plot.base.shape[0])
+    diff = np.abs(np.asarray(image, dtype=int) - plot.base.astype(int)).sum(-1) > 0
+    x, y = plot._pixel(plot.left, 0.5, 30.0)  # off the curve, so the marker changes pixels
+    assert diff[int(round(y)), int(round(x))]
+    assert tuple(np.asarray(image)[int(round(y)), int(round(x))]) == (31, 119, 180)
+    mx, my = plot._pixel(plot.right, 0.2, 1.2)
+    assert tuple(np.asarray(image)[int(round(my)), int(round(mx))]) == (44, 160, 44)
+    # the marker lies inside the axes, left of centre for threshold 0.2
+    assert 0 < mx < x < image.width
+
+
+def test_legend_html_lists_items():
+    html = viz.legend_html(viz.GRID_LEGEND)
+    assert "flipped to FG by CCA" in html and "rgb(230, 0, 230)" in html
