@@ -26,6 +26,10 @@ class BAViTConfig:
     mlp_ratio: float = 4.0
     num_classes: int = 2
     drop_path_rate: float = 0.0
+    # Token embedding: "patch" is the paper's (and timm's) 16x16 linear patch projection; "conv" is a 4-layer
+    # stride-2 convolutional stem (Xiao et al. 2021, "Early convolutions help transformers see better") that gives
+    # the from-scratch model a locality bias. Both produce the same 24x24 token grid.
+    stem: str = "patch"
     # Pixel normalisation applied after the square resize (ImageNet statistics, as YOLOS and DeiT use).
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
@@ -44,6 +48,10 @@ class BAViTConfig:
             )
         if self.embed_dim % self.num_heads:
             raise ConfigError(f"embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}")
+        if self.stem not in ("patch", "conv"):
+            raise ConfigError(f"stem must be 'patch' or 'conv', got {self.stem!r}")
+        if self.stem == "conv" and self.patch_size != 16:
+            raise ConfigError("the conv stem is built for 16x16 patches")
         if self.depth < 1:
             raise ConfigError(f"depth must be >= 1, got {self.depth}")
 

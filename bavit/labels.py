@@ -10,16 +10,27 @@ from typing import Iterable, Sequence
 
 import numpy as np
 import torch
-from PIL import Image
 
 from .loss import IGNORE_INDEX
 
 FG_FRAC = 0.10  # paper: a patch with more than 10% object pixels is FG
 VOID_VALUE = 255  # VOC's border / "difficult" pixels
+FRACTION_TOL = 1e-9  # float64 sums of exact fractions: "exactly 10%" must not read as 10.0000000001%
+
+
+def _overlap_weights(n_out: int, n_in: int) -> np.ndarray:
+    """``[n_out, n_in]``: the share of output cell ``i`` covered by input pixel ``j`` (rows sum to 1)."""
+    edges = np.arange(n_out + 1, dtype=np.float64) * n_in / n_out
+    pixel = np.arange(n_in, dtype=np.float64)[None]
+    overlap = np.minimum(edges[1:, None], pixel + 1) - np.maximum(edges[:-1, None], pixel)
+    return np.clip(overlap, 0.0, None) * (n_out / n_in)
 
 
 def area_fractions(mask: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
     """Exact area-weighted fraction of each grid cell covered by ``mask``.
+
+    Cell ``(r, c)`` spans rows ``[r*H/gh, (r+1)*H/gh)`` and columns ``[c*W/gw, (c+1)*W/gw)`` in continuous pixel
+    coordinates; pixels straddling a cell edge count with the part of their area inside the cell.
 
     Args:
         mask: ``[H, W]`` bool or float array in [0, 1], at any resolution.
@@ -27,13 +38,13 @@ def area_fractions(mask: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
     Returns:
         ``[gh, gw]`` float64 array of fractions in [0, 1].
     """
-    mask = np.asarray(mask, dtype=np.float32)
+    mask = np.asarray(mask, dtype=np.float64)
     if mask.ndim != 2:
         raise ValueError(f"mask must be 2-D, got shape {mask.shape}")
     gh, gw = grid
-    # PIL's BOX filter averages each output pixel's exact source footprint (partial pixels weighted by area).
-    resized = Image.fromarray(mask, mode="F").resize((gw, gh), resample=Image.BOX)
-    return np.clip(np.asarray(resized, dtype=np.float64), 0.0, 1.0)
+    rows = _overlap_weights(gh, mask.shape[0])
+    cols = _overlap_weights(gw, mask.shape[1])
+    return np.clip(rows @ mask @ cols.T, 0.0, 1.0)
 
 
 def labels_from_mask(
@@ -68,7 +79,7 @@ def labels_from_mask(
         void = area_fractions(void_mask & ~fg_mask, grid)
         valid = 1.0 - void
         fraction = np.divide(fg, valid, out=np.zeros_like(fg), where=valid > 1e-12)
-    labels = (fraction > fg_frac + 1e-9).astype(np.int64)
+    labels = (fraction > fg_frac + FRACTION_TOL).astype(np.int64)
     labels[void > void_ignore_frac] = IGNORE_INDEX
     return torch.from_numpy(labels)
 

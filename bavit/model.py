@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
+from timm.layers import PatchEmbed
 from timm.models.vision_transformer import VisionTransformer
 
 from .config import BAViTConfig
@@ -20,6 +21,23 @@ from .errors import CheckpointError, ConfigError, WeightsUnavailableError
 CONFIG_KEY = "bavit_config"
 FORMAT_KEY = "format"
 FORMAT = "bavit-v1"
+
+
+class ConvStemPatchEmbed(PatchEmbed):
+    """timm's PatchEmbed with its 16x16 projection replaced by four 3x3 stride-2 convolutions and a 1x1 projection.
+
+    ``[B, 3, S, S] -> [B, (S/16)^2, D]``, the same token grid as the patch projection.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        embed_dim = self.proj.out_channels
+        widths = (3, embed_dim // 8, embed_dim // 4, embed_dim // 2, embed_dim)
+        layers: list[nn.Module] = []
+        for c_in, c_out in zip(widths[:-1], widths[1:]):
+            layers += [nn.Conv2d(c_in, c_out, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
+        layers.append(nn.Conv2d(embed_dim, embed_dim, 1))
+        self.proj = nn.Sequential(*layers)
 
 
 class BAViT(nn.Module):
@@ -43,6 +61,7 @@ class BAViT(nn.Module):
             global_pool="",
             num_classes=0,
             drop_path_rate=config.drop_path_rate,
+            embed_layer=ConvStemPatchEmbed if config.stem == "conv" else PatchEmbed,
         )
         self.head = nn.Linear(config.embed_dim, config.num_classes)
 
@@ -73,11 +92,18 @@ def build_bavit(config: BAViTConfig, init: str = "random") -> BAViT:
         init: ``"random"`` (timm's init; the offline default); ``"timm:NAME"`` to copy the patch embedding,
             position embedding, first ``depth`` blocks and final norm of a pretrained timm ViT of the same width
             (e.g. ``timm:vit_tiny_patch16_384``, needs the hub); ``"yolos:ID_OR_DIR"`` to copy the first ``depth``
-            encoder layers of a YOLOS checkpoint (e.g. ``yolos:hustvl/yolos-tiny``).
+            encoder layers of a YOLOS checkpoint (e.g. ``yolos:hustvl/yolos-tiny``); ``"bavit:PATH"`` to grow a
+            shallower trained BAViT: its embedding, blocks, norm and head are copied and the extra blocks start as
+            identities (zeroed residual outputs), so the deeper model starts from the shallower one's predictions.
     """
     model = BAViT(config)
     if init == "random":
         return model
+    if init.startswith("bavit:"):
+        grow_from(model, load_checkpoint(init.partition(":")[2]))
+        return model
+    if config.stem != "patch":
+        raise ConfigError(f"init {init!r} copies a 16x16 patch projection; it needs stem='patch'")
     kind, _, source = init.partition(":")
     if not source:
         raise ConfigError(f"init must be 'random', 'timm:NAME' or 'yolos:ID_OR_DIR', got {init!r}")
@@ -92,6 +118,27 @@ def build_bavit(config: BAViTConfig, init: str = "random") -> BAViT:
     else:
         raise ConfigError(f"unknown init kind {kind!r}; use 'random', 'timm:NAME' or 'yolos:ID_OR_DIR'")
     return model
+
+
+@torch.no_grad()
+def grow_from(model: BAViT, source: BAViT) -> None:
+    """Copy a shallower BAViT into ``model``; blocks beyond ``source``'s depth become identities."""
+    src, dst = source.config, model.config
+    same = ("img_size", "patch_size", "embed_dim", "num_heads", "mlp_ratio", "stem", "num_classes")
+    if any(getattr(src, k) != getattr(dst, k) for k in same) or src.depth > dst.depth:
+        raise ConfigError(f"cannot grow {src.name} (depth {src.depth}) into {dst.name} (depth {dst.depth}): "
+                          f"architectures differ in {[k for k in same if getattr(src, k) != getattr(dst, k)]}")
+    model.vit.patch_embed.load_state_dict(source.vit.patch_embed.state_dict())
+    model.vit.pos_embed.copy_(source.vit.pos_embed)
+    for index, block in enumerate(source.vit.blocks):
+        model.vit.blocks[index].load_state_dict(block.state_dict())
+    for block in model.vit.blocks[src.depth:]:
+        for layer in (block.attn.proj, block.mlp.fc2):
+            layer.weight.zero_()
+            layer.bias.zero_()
+    model.vit.norm.load_state_dict(source.vit.norm.state_dict())
+    model.head.load_state_dict(source.head.state_dict())
+    model.config.mean, model.config.std = src.mean, src.std
 
 
 def save_checkpoint(model: BAViT, path: str | os.PathLike, extra: dict | None = None) -> Path:

@@ -1,0 +1,225 @@
+"""The Gradio page: layout and event wiring only; the logic is :class:`bavit.explorer.Explorer`.
+
+``create_demo(bavit=..., detector=..., data=...)`` loads the Predictor once and returns the ``gr.Blocks``; ``app.py``
+queues and launches it. Stable ``elem_id``s for tests and embedding: ``input-image``, ``threshold``, ``cca-steps``,
+``grid-raw``, ``grid-cca``, ``detections``, ``tokens``, ``latency``, ``sparsity``, ``gt-compare`` (plus ``mode``,
+``target-sparsity``, ``run-detector``, ``show-dense``, ``curve``, ``banner``, ``gt-editor``, ``gt-apply``).
+"""
+from __future__ import annotations
+
+import functools
+import logging
+from pathlib import Path
+from typing import Any, Callable
+
+import gradio as gr
+
+from . import viz
+from .errors import BAViTError
+from .explorer import CSS, EXAMPLES_DIR, MODE_SPARSITY, MODE_THRESHOLD, TINY_SIDE, Controls, Explorer, ImageSession
+
+log = logging.getLogger(__name__)
+
+# Outputs of every re-render, in order (keys of Explorer.render's view).
+VIEW_KEYS = ("grid_raw", "grid_cca", "det_pruned", "det_dense", "det_message", "sparsity", "tokens", "latency", "curve",
+             "gt_confusion", "gt_stats")
+HIDEABLE = {"det_pruned", "det_dense", "gt_confusion"}
+
+
+def _user_errors(fn: Callable) -> Callable:
+    """Show input problems (BAViTError) as a gr.Error toast; unexpected failures too, after logging them."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except gr.Error:
+            raise
+        except BAViTError as exc:
+            raise gr.Error(str(exc), print_exception=False) from None
+        except MemoryError:
+            raise gr.Error("out of memory while processing this image; try a smaller one", print_exception=False) from None
+        except Exception as exc:  # keep the app up and say what happened
+            log.exception("handler %s failed", fn.__name__)
+            raise gr.Error(f"internal error ({exc.__class__.__name__}: {exc})", print_exception=False) from None
+
+    return wrapper
+
+
+def _controls(mode, threshold, target, cca_steps, detect, show_dense) -> Controls:
+    return Controls(mode=mode or MODE_THRESHOLD, threshold=float(threshold), target_sparsity=float(target),
+                    cca_steps=int(cca_steps), detect=bool(detect), show_dense=bool(show_dense))
+
+
+def _view_updates(view: dict[str, Any]) -> list[Any]:
+    return [gr.update(value=view[key], visible=view[key] is not None) if key in HIDEABLE else view[key] for key in VIEW_KEYS]
+
+
+def example_images(directory: Path = EXAMPLES_DIR) -> list[str]:
+    """The gallery's images (``assets/examples/*.jpg|png``), sorted by name."""
+    return sorted(str(p) for p in directory.glob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png", ".webp"))
+
+
+def build_demo(explorer: Explorer, examples: list[str] | None = None, coco_examples: list[str] | None = None) -> gr.Blocks:
+    """Lay out the page around ``explorer`` (shared by all sessions; per-session data lives in ``gr.State``)."""
+    examples = example_images() if examples is None else examples
+    ready = explorer.predictor.detector_ready
+
+    @_user_errors
+    def on_image(payload, mode, threshold, target, cca_steps, detect, show_dense):
+        if payload is None:  # cleared
+            empty = {key: None for key in VIEW_KEYS}
+            empty.update(sparsity="", tokens="", latency="", gt_stats="", det_message=explorer.initial_detection_message())
+            return [None, *_view_updates(empty), gr.update(value=None, visible=False), None]
+        controls = _controls(mode, threshold, target, cca_steps, detect, show_dense)
+        session = explorer.open_image(payload)
+        width, height = session.image.size
+        if min(width, height) < TINY_SIDE:
+            gr.Warning(f"This image is tiny ({width}x{height} px): it is upscaled to 384x384, so the grid says little.")
+        if controls.detect or controls.show_dense:
+            explorer.measure_dense(session, controls)
+        view = explorer.render(session, controls)
+        gt_grid = explorer.gt_grid_image(session)
+        editor = {"background": session.display, "layers": [], "composite": None}
+        return [session, *_view_updates(view), gr.update(value=gt_grid, visible=gt_grid is not None), editor]
+
+    @_user_errors
+    def on_controls(session: ImageSession | None, mode, threshold, target, cca_steps, detect, show_dense):
+        if session is None:
+            return [gr.skip()] * len(VIEW_KEYS)
+        controls = _controls(mode, threshold, target, cca_steps, detect, show_dense)
+        if (controls.detect or controls.show_dense) and session.dense_ms is None:
+            explorer.measure_dense(session, controls)
+        return _view_updates(explorer.render(session, controls))
+
+    @_user_errors
+    def on_mode(session, mode, threshold, target, cca_steps, detect, show_dense):
+        sparsity_mode = mode == MODE_SPARSITY
+        visibility = [gr.update(visible=not sparsity_mode), gr.update(visible=sparsity_mode)]
+        return visibility + on_controls(session, mode, threshold, target, cca_steps, detect, show_dense)
+
+    @_user_errors
+    def on_paint(session: ImageSession | None, editor_value, mode, threshold, target, cca_steps, detect, show_dense):
+        if session is None:
+            raise gr.Error("Load an image first, then paint its objects.", print_exception=False)
+        if not explorer.set_painted_gt(session, editor_value):
+            raise gr.Error("Nothing painted yet: paint the objects with the brush, then compare.", print_exception=False)
+        controls = _controls(mode, threshold, target, cca_steps, detect, show_dense)
+        view = explorer.render(session, controls)
+        gt_grid = explorer.gt_grid_image(session)
+        return [gr.update(value=gt_grid, visible=True), gr.update(value=view["gt_confusion"], visible=True), view["gt_stats"]]
+
+    @_user_errors
+    def on_api(payload, threshold, cca_steps, keep_ratio):
+        if payload is None:
+            raise gr.Error("no image given", print_exception=False)
+        return explorer.api_result(payload, threshold=threshold if threshold is not None else 0.5,
+                                   cca_steps=3 if cca_steps is None else cca_steps, keep_ratio=keep_ratio)
+
+    with gr.Blocks(title="BAViT Explorer", css=CSS, analytics_enabled=False) as demo:
+        session_state = gr.State(None)
+        gr.Markdown(
+            "# BAViT Explorer: background-aware token pruning\n"
+            "A 2-layer ViT (**BAViT**) labels each 16x16 patch foreground or background at 384 px; **YOLOS** then runs "
+            "only on the foreground patches at 512 px. Drag the threshold: fewer kept patches, fewer tokens, faster "
+            "detection, and you see what gets lost."
+        )
+        gr.Markdown(explorer.banner_text(), elem_id="banner", visible=not ready)
+        with gr.Row():
+            with gr.Column(scale=1, min_width=320):
+                image = gr.Image(label="Input image", type="filepath", elem_id="input-image", sources=["upload", "clipboard"],
+                                 height=320)
+                mode = gr.Radio([MODE_THRESHOLD, MODE_SPARSITY], value=MODE_THRESHOLD, label="Sparsity control", elem_id="mode")
+                threshold = gr.Slider(0.01, 0.99, value=0.5, step=0.01, label="FG-probability threshold (patches above it are kept)",
+                                      elem_id="threshold")
+                target = gr.Slider(0, 95, value=35, step=1, label="Target sparsity (% of BAViT tokens pruned, before CCA)",
+                                   elem_id="target-sparsity", visible=False)
+                cca_steps = gr.Slider(0, 5, value=3, step=1, label="CCA steps (grow FG into cells with >= 3 FG neighbours)",
+                                      elem_id="cca-steps")
+                with gr.Row():
+                    detect = gr.Checkbox(value=True, label="Run detector", elem_id="run-detector")
+                    show_dense = gr.Checkbox(value=False, label="Show dense YOLOS too", elem_id="show-dense", interactive=ready)
+                if examples:
+                    gr.Examples(examples, inputs=image, label="Examples (public domain / CC0, see assets/examples/LICENSE.md)")
+                if coco_examples:
+                    gr.Examples(coco_examples, inputs=image, label="COCO images from BAVIT_DATA (with ground truth)")
+            with gr.Column(scale=2):
+                with gr.Row():
+                    grid_raw = gr.Image(label="BAViT patch grid (before CCA)", elem_id="grid-raw", format="jpeg", interactive=False)
+                    grid_cca = gr.Image(label="After CCA", elem_id="grid-cca", format="jpeg", interactive=False)
+                gr.HTML(viz.legend_html(viz.GRID_LEGEND))
+                with gr.Row():
+                    sparsity = gr.Markdown(elem_id="sparsity")
+                    latency = gr.Markdown(elem_id="latency")
+                with gr.Row():
+                    tokens = gr.Markdown(elem_id="tokens")
+                    curve = gr.Image(label="This image: sparsity and speed-up vs threshold", elem_id="curve", format="jpeg",
+                                     interactive=False)
+        with gr.Column(elem_id="detections"):
+            gr.Markdown("## Detections")
+            det_message = gr.Markdown(explorer.initial_detection_message(), elem_id="detections-message")
+            with gr.Row():
+                det_pruned = gr.Image(label="Pruned YOLOS", elem_id="detections-pruned", format="jpeg", interactive=False, visible=False)
+                det_dense = gr.Image(label="Dense YOLOS", elem_id="detections-dense", format="jpeg", interactive=False, visible=False)
+        with gr.Column(elem_id="gt-compare"):
+            gr.Markdown("## Ground truth vs prediction")
+            with gr.Row():
+                gt_grid = gr.Image(label="GT patch grid (>10% object pixels = FG)", elem_id="gt-grid", format="jpeg",
+                                   interactive=False, visible=False)
+                gt_confusion = gr.Image(label="GT vs prediction (after CCA)", elem_id="gt-confusion", format="jpeg",
+                                        interactive=False, visible=False)
+                gt_stats = gr.Markdown(elem_id="gt-stats")
+            gr.HTML(viz.legend_html(viz.CONFUSION_LEGEND))
+            editor = gr.ImageEditor(label="Paint the objects to make your own ground truth", type="numpy", elem_id="gt-editor",
+                                    sources=(), transforms=(), layers=False, height=420,
+                                    brush=gr.Brush(colors=["#ff3b30"], default_size=24, color_mode="fixed"))
+            gt_apply = gr.Button("Compare with painted GT", elem_id="gt-apply")
+        with gr.Row(visible=False):  # the `analyze` API endpoint's own components
+            api_image = gr.Image(type="filepath", label="image")
+            api_threshold = gr.Number(value=0.5, label="threshold")
+            api_cca = gr.Number(value=3, precision=0, label="cca_steps")
+            api_keep = gr.Number(value=0, label="keep_ratio (0 = threshold mode)")
+            api_json = gr.JSON(label="result")
+            api_button = gr.Button("analyze")
+
+        control_inputs = [mode, threshold, target, cca_steps, detect, show_dense]
+        view_outputs = [grid_raw, grid_cca, det_pruned, det_dense, det_message, sparsity, tokens, latency, curve,
+                        gt_confusion, gt_stats]
+        image.change(on_image, [image, *control_inputs], [session_state, *view_outputs, gt_grid, editor],
+                     preprocess=False, api_name=False, trigger_mode="always_last")
+        for control in (threshold, target, cca_steps):
+            control.input(on_controls, [session_state, *control_inputs], view_outputs, api_name=False,
+                          trigger_mode="always_last", show_progress="hidden")
+        for control in (detect, show_dense):
+            control.input(on_controls, [session_state, *control_inputs], view_outputs, api_name=False,
+                          trigger_mode="always_last")
+        mode.input(on_mode, [session_state, *control_inputs], [threshold, target, *view_outputs], api_name=False,
+                   trigger_mode="always_last")
+        gt_apply.click(on_paint, [session_state, editor, *control_inputs], [gt_grid, gt_confusion, gt_stats], api_name=False)
+        api_button.click(on_api, [api_image, api_threshold, api_cca, api_keep], api_json, api_name="analyze",
+                         preprocess=False)
+    return demo
+
+
+def create_demo(bavit: str | Path | None = None, detector: str | None = None, data: str | Path | None = None,
+                threads: int | None = None, coco_examples: int = 4) -> gr.Blocks:
+    """Load the Predictor (and the optional COCO GT) once and build the page.
+
+    Args:
+        bavit: BAViT checkpoint path (default: the shipped ``checkpoints/bavit-small-coco.safetensors``).
+        detector: YOLOS hub id or local directory (default ``hustvl/yolos-tiny``); missing weights -> banner.
+        data: COCO-format root for GT comparison of its images (``annotations/instances_*.json`` + split dirs).
+        threads: torch CPU threads (``None``: the Predictor's default).
+        coco_examples: how many COCO images to add to the examples when ``data`` is given.
+    """
+    from .explorer import CocoGroundTruth
+    from .predictor import Predictor
+    from .yolos_loading import DEFAULT_DETECTOR
+
+    kwargs: dict[str, Any] = {"detector": detector or DEFAULT_DETECTOR, "threads": threads}
+    if bavit:
+        kwargs["bavit"] = str(bavit)
+    predictor = Predictor(**kwargs)
+    coco = CocoGroundTruth(data) if data else None
+    explorer = Explorer(predictor, coco=coco)
+    return build_demo(explorer, coco_examples=[str(p) for p in coco.examples(coco_examples)] if coco else None)

@@ -1,0 +1,166 @@
+"""Training-time cache and augmentation that move the labels with the image.
+
+Images are decoded once and kept as square uint8 tensors ``[3, R, R]`` with their FG-coverage and void maps
+``[R, R]`` (area fractions at the cache resolution R). An augmented sample crops the same window from all three,
+resizes the crop to the model input and recomputes the token labels from the cropped coverage map.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from .config import BAViTConfig
+from .data import Record
+from .labels import area_fractions
+from .loss import IGNORE_INDEX
+
+
+@dataclass
+class AugmentConfig:
+    scale: tuple[float, float] = (0.25, 1.0)  # random-resized-crop area fraction of the image
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    no_crop_prob: float = 0.25  # share of samples that keep the whole image (matches test-time view)
+    hflip_prob: float = 0.5
+    color: float = 0.3  # brightness / contrast / saturation jitter strength
+
+
+class CachedSamples:
+    """Decoded training images + coverage maps + exact un-augmented labels, held in memory."""
+
+    def __init__(self, records: list[Record], config: BAViTConfig, cache_size: int = 512, label_source: str = "mask",
+                 box_rule: str = "coverage", box_tau: float = 0.5, progress: bool = False):
+        from tqdm import tqdm
+
+        self.config = config
+        grid = (config.grid_size, config.grid_size)
+        images, coverage, void, labels = [], [], [], []
+        for record in tqdm(records, desc="decoding", disable=not progress, leave=False):
+            image = record.load_image().resize((cache_size, cache_size), Image.BILINEAR)
+            images.append(torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1))
+            if label_source == "mask":
+                cover = area_fractions(record.fg_mask(), (cache_size, cache_size))
+            else:  # boxes: coverage of box interiors, rasterised at the cache resolution
+                cover = record.labels((cache_size, cache_size), "boxes", box_rule="coverage", box_tau=0.5).numpy()
+            coverage.append(torch.from_numpy(cover.astype(np.float16)))
+            if record.void_mask is not None:
+                void.append(torch.from_numpy(area_fractions(record.void_mask(), (cache_size, cache_size)).astype(np.float16)))
+            else:
+                void.append(None)
+            labels.append(record.labels(grid, label_source, fg_frac=config.fg_frac, box_rule=box_rule, box_tau=box_tau))
+        self.images, self.coverage, self.void, self.labels = images, coverage, void, torch.stack(labels)
+        self.label_source = label_source
+        self.box_rule, self.box_tau = box_rule, box_tau
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def fg_prior(self) -> torch.Tensor:
+        """``[G, G]`` per-cell FG frequency of the un-augmented labels (the centre-prior baseline)."""
+        valid = self.labels != IGNORE_INDEX
+        return ((self.labels == 1) & valid).float().sum(0) / valid.float().sum(0).clamp(min=1)
+
+
+def _normalise(pixels: torch.Tensor, config: BAViTConfig) -> torch.Tensor:
+    mean = torch.tensor(config.mean)[:, None, None]
+    std = torch.tensor(config.std)[:, None, None]
+    return (pixels - mean) / std
+
+
+def plain_sample(cache: CachedSamples, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The un-augmented view: whole image resized to the input, exact labels."""
+    size = cache.config.img_size
+    pixels = F.interpolate(cache.images[index][None].float() / 255.0, size=(size, size), mode="bilinear",
+                           antialias=True, align_corners=False)[0]
+    return _normalise(pixels, cache.config), cache.labels[index]
+
+
+def augmented_sample(cache: CachedSamples, index: int, aug: AugmentConfig, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """One augmented ``(pixels [3, S, S], labels [G, G])``."""
+    config = cache.config
+    if rng.random() < aug.no_crop_prob:
+        pixels, labels = plain_sample(cache, index)
+        pixels = pixels.clone()
+        labels = labels.clone()
+        crop = None
+    else:
+        image = cache.images[index].float() / 255.0
+        full = image.shape[-1]
+        area = full * full
+        for _ in range(10):
+            target = area * rng.uniform(*aug.scale)
+            log_ratio = rng.uniform(math.log(aug.ratio[0]), math.log(aug.ratio[1]))
+            w = int(round(math.sqrt(target * math.exp(log_ratio))))
+            h = int(round(math.sqrt(target / math.exp(log_ratio))))
+            if 0 < w <= full and 0 < h <= full:
+                break
+        else:
+            w = h = full
+        y0 = int(rng.integers(0, full - h + 1))
+        x0 = int(rng.integers(0, full - w + 1))
+        crop = (y0, x0, h, w)
+        size, grid = config.img_size, config.grid_size
+        window = image[:, y0 : y0 + h, x0 : x0 + w]
+        pixels = F.interpolate(window[None], size=(size, size), mode="bilinear", antialias=True, align_corners=False)[0]
+        pixels = _normalise(pixels, config)
+
+        def cell_fraction(map_: torch.Tensor) -> torch.Tensor:
+            window_map = map_[y0 : y0 + h, x0 : x0 + w].float()[None, None]
+            fine = F.interpolate(window_map, size=(size, size), mode="bilinear", align_corners=False)
+            return F.avg_pool2d(fine, config.patch_size)[0, 0]
+
+        fg = cell_fraction(cache.coverage[index])
+        if cache.void[index] is not None:
+            void = cell_fraction(cache.void[index])
+            fraction = fg / (1.0 - void).clamp(min=1e-6)
+        else:
+            void, fraction = torch.zeros_like(fg), fg
+        if cache.label_source == "mask":
+            labels = (fraction > config.fg_frac).long()
+        else:
+            labels = (fraction >= cache.box_tau).long()
+        labels[void > 0.5] = IGNORE_INDEX
+        if grid != labels.shape[-1]:
+            raise AssertionError("label grid mismatch")
+    if rng.random() < aug.hflip_prob:
+        pixels = pixels.flip(-1)
+        labels = labels.flip(-1)
+    if aug.color > 0:
+        pixels = _color_jitter(pixels, config, aug.color, rng)
+    return pixels, labels
+
+
+def _color_jitter(pixels: torch.Tensor, config: BAViTConfig, strength: float, rng: np.random.Generator) -> torch.Tensor:
+    mean = torch.tensor(config.mean)[:, None, None]
+    std = torch.tensor(config.std)[:, None, None]
+    rgb = pixels * std + mean
+    rgb = rgb * rng.uniform(1 - strength, 1 + strength)  # brightness
+    grey = rgb.mean()
+    rgb = (rgb - grey) * rng.uniform(1 - strength, 1 + strength) + grey  # contrast
+    luma = (0.299 * rgb[0] + 0.587 * rgb[1] + 0.114 * rgb[2])[None]
+    rgb = (rgb - luma) * rng.uniform(1 - strength, 1 + strength) + luma  # saturation
+    return (rgb.clamp(0, 1) - mean) / std
+
+
+class AugmentedDataset(torch.utils.data.Dataset):
+    """Map-style dataset over a :class:`CachedSamples`; ``augment=None`` gives the plain view."""
+
+    def __init__(self, cache: CachedSamples, augment: AugmentConfig | None, seed: int = 0):
+        self.cache, self.augment, self.seed = cache, augment, seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.cache)
+
+    def __getitem__(self, index: int):
+        if self.augment is None:
+            return plain_sample(self.cache, index)
+        rng = np.random.default_rng((self.seed, self.epoch, index))
+        return augmented_sample(self.cache, index, self.augment, rng)

@@ -1,0 +1,173 @@
+"""COCO detection data for YOLOS: annotations via pycocotools, images via :func:`bavit.imageio.load_image`.
+
+Shared by the mAP harness (:mod:`bavit.coco_map`) and sparse fine-tuning (:mod:`bavit.finetune`).
+
+Label ids. ``hustvl/yolos-tiny`` (like DETR) was trained with the *original 91-index* COCO ids: its
+``config.id2label`` has 91 entries, index ``i`` is COCO ``category_id`` ``i`` (``1 = person`` ... ``90 = toothbrush``)
+and the 11 ids COCO never used (0, 12, 26, 29, 30, 45, 66, 68, 69, 71, 83) are ``"N/A"``; logit 91 is "no object".
+We do not rely on that silently: :func:`label_to_category` maps detector label ids to dataset category ids *by
+name*, which gives the identity for yolos-tiny on COCO and still works for a detector or dataset numbered
+otherwise. Labels whose name is not a dataset category (``"N/A"``) map to nothing and their detections are dropped.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from .errors import ConfigError, DataError
+from .imageio import load_image, to_tensor
+
+# YOLOS normalises with the ImageNet statistics (YolosImageProcessor's defaults).
+YOLOS_MEAN = (0.485, 0.456, 0.406)
+YOLOS_STD = (0.229, 0.224, 0.225)
+YOLOS_SIZE = 512  # the paper's square YOLOS-tiny input: a 32x32 patch grid
+COCO91_SIZE = 91  # label slots of a DETR/YOLOS COCO head, not counting "no object"
+
+
+def resolve_paths(coco_root: str | Path | None = None, split: str | None = None,
+                  ann: str | Path | None = None, images: str | Path | None = None) -> tuple[Path, Path]:
+    """``(annotation file, image folder)`` from either ``coco_root`` + ``split`` or ``ann`` + ``images``.
+
+    ``coco_root`` must hold ``annotations/instances_{split}.json`` and ``{split}/``.
+    """
+    if coco_root is not None:
+        if ann is not None or images is not None:
+            raise ConfigError("give either --coco-root/--split or --ann/--images, not both")
+        root = Path(coco_root)
+        if not root.is_dir():
+            raise DataError(f"COCO root not found: {root}")
+        split = split or "val2017"
+        return root / "annotations" / f"instances_{split}.json", root / split
+    if ann is None or images is None:
+        raise ConfigError("give --coco-root DIR (with --split) or both --ann FILE and --images DIR")
+    return Path(ann), Path(images)
+
+
+def load_coco(ann_file: str | Path):
+    """pycocotools ``COCO`` for an ``instances_*.json`` (its progress prints silenced); :class:`DataError` if bad."""
+    from pycocotools.coco import COCO
+
+    ann_file = Path(ann_file)
+    if not ann_file.is_file():
+        raise DataError(f"annotation file not found: {ann_file}")
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            coco = COCO(str(ann_file))
+    except (ValueError, KeyError, TypeError, AssertionError) as exc:
+        raise DataError(f"{ann_file} is not a valid COCO annotation file ({exc.__class__.__name__}: {exc})") from None
+    if "annotations" not in coco.dataset or "categories" not in coco.dataset:
+        raise DataError(f"{ann_file} has no 'annotations' or 'categories': not a COCO instances file")
+    if not coco.imgs:
+        raise DataError(f"{ann_file} lists no images")
+    return coco
+
+
+def _name(label: str) -> str:
+    return " ".join(str(label).lower().split())
+
+
+def label_to_category(id2label: dict[int, str], coco) -> dict[int, int]:
+    """``{detector label id: dataset category_id}`` by (case-insensitive) category name.
+
+    For ``hustvl/yolos-tiny`` on COCO this is the identity on the 80 used ids (see module docstring).
+    Raises:
+        ConfigError: no detector label names a dataset category (e.g. generic ``LABEL_0`` names).
+    """
+    by_name = {_name(cat["name"]): cat_id for cat_id, cat in coco.cats.items()}
+    mapping = {int(label_id): by_name[_name(name)] for label_id, name in id2label.items() if _name(name) in by_name}
+    if not mapping:
+        sample = ", ".join(repr(v) for v in list(id2label.values())[:3])
+        raise ConfigError(
+            f"none of the detector's {len(id2label)} label names ({sample}, ...) is a category of the dataset; "
+            "the detector was not trained on these classes"
+        )
+    return mapping
+
+
+def coco91_id2label(coco) -> dict[int, str]:
+    """The 91-slot ``id2label`` that DETR / YOLOS COCO checkpoints use: slot = category_id, gaps ``"N/A"``."""
+    size = max(COCO91_SIZE, max(coco.cats) + 1)
+    id2label = {i: "N/A" for i in range(size)}
+    for cat_id, cat in coco.cats.items():
+        id2label[int(cat_id)] = cat["name"]
+    return id2label
+
+
+def yolos_targets(anns: list[dict], width: int, height: int, category_to_label: dict[int, int]) -> dict[str, torch.Tensor]:
+    """One image's YOLOS training target (the ``labels`` format of ``YolosForObjectDetection.forward``).
+
+    Crowd regions, boxes without area and categories the detector has no label for are left out.
+    Returns:
+        ``{"class_labels": int64 [n], "boxes": float32 [n, 4]}``, boxes as normalised ``(cx, cy, w, h)`` in [0, 1].
+    """
+    labels, boxes = [], []
+    for ann in anns:
+        if ann.get("iscrowd", 0) or ann["category_id"] not in category_to_label:
+            continue
+        x, y, w, h = (float(v) for v in ann["bbox"])
+        x0, y0 = max(0.0, x), max(0.0, y)
+        x1, y1 = min(float(width), x + w), min(float(height), y + h)
+        if x1 <= x0 or y1 <= y0:
+            continue
+        labels.append(category_to_label[ann["category_id"]])
+        boxes.append(((x0 + x1) / 2 / width, (y0 + y1) / 2 / height, (x1 - x0) / width, (y1 - y0) / height))
+    return {
+        "class_labels": torch.tensor(labels, dtype=torch.int64),
+        "boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
+    }
+
+
+@dataclass
+class CocoImage:
+    """One dataset image, decoded, with its annotations."""
+
+    image_id: int
+    image: Image.Image  # RGB, stored pixel layout (no EXIF rotation: annotations refer to it)
+    width: int  # from the annotation file; boxes are in these pixels
+    height: int
+    anns: list[dict]
+
+
+class CocoDetection(torch.utils.data.Dataset):
+    """A COCO-format detection set: ``dataset[i] -> CocoImage``.
+
+    Args:
+        ann_file: ``instances_*.json``.
+        images_dir: folder holding the images named by ``file_name``.
+        limit: keep only the first ``limit`` images (sorted by id).
+    Raises:
+        DataError: missing / invalid annotation file or folder, or images it lists that are not on disk.
+    """
+
+    def __init__(self, ann_file: str | Path, images_dir: str | Path, limit: int | None = None):
+        self.ann_file, self.images_dir = Path(ann_file), Path(images_dir)
+        self.coco = load_coco(self.ann_file)
+        if not self.images_dir.is_dir():
+            raise DataError(f"image folder not found: {self.images_dir}")
+        if limit is not None and limit < 1:
+            raise ConfigError(f"--limit must be >= 1, got {limit}")
+        self.image_ids = sorted(self.coco.getImgIds())[:limit]
+        missing = [i for i in self.image_ids if not (self.images_dir / self.coco.imgs[i]["file_name"]).is_file()]
+        if missing:
+            example = self.images_dir / self.coco.imgs[missing[0]]["file_name"]
+            raise DataError(f"{len(missing)} of {len(self.image_ids)} images listed in {self.ann_file.name} are missing, e.g. {example}")
+
+    def __len__(self) -> int:
+        return len(self.image_ids)
+
+    def __getitem__(self, index: int) -> CocoImage:
+        image_id = self.image_ids[index]
+        info = self.coco.imgs[image_id]
+        image = load_image(self.images_dir / info["file_name"], max_side=None, exif=False)
+        anns = self.coco.loadAnns(self.coco.getAnnIds(imgIds=[image_id]))
+        return CocoImage(image_id, image, int(info["width"]), int(info["height"]), anns)
+
+
+def yolos_pixels(image: Image.Image, size: int = YOLOS_SIZE) -> torch.Tensor:
+    """``[3, size, size]`` YOLOS input: square resize (as the paper's 512x512 pruned YOLOS) + ImageNet normalisation."""
+    return to_tensor(image, size, YOLOS_MEAN, YOLOS_STD)

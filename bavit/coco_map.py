@@ -1,0 +1,317 @@
+"""``python -m bavit map``: COCO box mAP of dense and BAViT-pruned YOLOS, the project's Table 2 (paper §4.2).
+
+For the dense detector and for every BAViT setting (an FG-probability threshold or a keep ratio) it reports the
+mean sparsity (fraction of the 32x32 YOLOS patches pruned), the token accounting of Eq. 4 and COCO box
+mAP@[.5:.95] / AP50 / AP_small from pycocotools' ``COCOeval`` (wrapped, not reimplemented).
+
+One pass over the images: each image is decoded once, BAViT runs once, and the dense and every pruned setting
+reuse its FG probabilities. Detections are all 100 detection-token predictions (best non-"no object" class and
+its softmax score, transformers' own post-processing with no score threshold), boxes converted to original
+image pixels and COCO ``[x, y, w, h]``; detector label ids become COCO category ids by name
+(:func:`bavit.coco_detection.label_to_category`: the identity for ``hustvl/yolos-tiny``).
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import io
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import torch
+
+from .cca import cca, resample_grid
+from .coco_detection import YOLOS_SIZE, CocoDetection, label_to_category, resolve_paths, yolos_pixels
+from .errors import ConfigError
+
+# COCOeval.stats order (bbox): AP, AP50, AP75, AP_small, AP_medium, AP_large, AR1, AR10, AR100, ...
+STAT_NAMES = ("mAP", "AP50", "AP75", "AP_small", "AP_medium", "AP_large")
+DEFAULT_THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7)
+DEFAULT_BAVIT_CHECKPOINT = "checkpoints/bavit-small-coco.safetensors"
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One Table 2 row: dense (no threshold, no keep ratio) or BAViT-pruned."""
+
+    threshold: float | None = None
+    keep_ratio: float | None = None
+
+    @property
+    def dense(self) -> bool:
+        return self.threshold is None and self.keep_ratio is None
+
+    @property
+    def name(self) -> str:
+        if self.dense:
+            return "YOLOS (dense)"
+        if self.keep_ratio is not None:
+            return f"BAViT+YOLOS keep {self.keep_ratio:g}"
+        return f"BAViT+YOLOS thr {self.threshold:g}"
+
+
+def make_settings(thresholds: Iterable[float] = (), keep_ratios: Iterable[float] = ()) -> list[Setting]:
+    """Dense first, then one setting per threshold (in [0, 1]) and per keep ratio (in (0, 1])."""
+    settings = [Setting()]
+    for threshold in thresholds:
+        if not 0.0 <= threshold <= 1.0:
+            raise ConfigError(f"BAViT thresholds are FG probabilities in [0, 1], got {threshold}")
+        settings.append(Setting(threshold=float(threshold)))
+    for ratio in keep_ratios:
+        if not 0.0 < ratio <= 1.0:
+            raise ConfigError(f"keep ratios are fractions in (0, 1], got {ratio}")
+        settings.append(Setting(keep_ratio=float(ratio)))
+    return settings
+
+
+def evaluate_bbox(coco_gt, results: list[dict], image_ids: Sequence[int]) -> dict[str, float | None]:
+    """COCO box AP of ``results`` on ``image_ids`` (pycocotools ``loadRes`` + ``COCOeval(gt, dt, "bbox")``).
+
+    Args:
+        coco_gt: pycocotools ``COCO`` ground truth.
+        results: COCO result dicts ``{"image_id", "category_id", "bbox": [x, y, w, h] (pixels), "score"}``.
+        image_ids: the images that were run (others do not count as misses).
+    Returns:
+        ``{"mAP", "AP50", "AP75", "AP_small", "AP_medium", "AP_large"}`` as fractions in [0, 1]; ``None`` where
+        the images have no ground truth in that size range (COCOeval's -1). No detections at all -> 0.
+    """
+    from pycocotools.cocoeval import COCOeval
+
+    if not results:
+        # loadRes cannot take an empty list; with nothing detected every AP with ground truth is 0.
+        has_gt = bool(coco_gt.getAnnIds(imgIds=list(image_ids), iscrowd=False))
+        return {name: 0.0 if has_gt else None for name in STAT_NAMES}
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco_dt = coco_gt.loadRes(results)
+        evaluator = COCOeval(coco_gt, coco_dt, "bbox")
+        evaluator.params.imgIds = sorted(set(int(i) for i in image_ids))
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+    return {name: (float(value) if value >= 0 else None) for name, value in zip(STAT_NAMES, evaluator.stats)}
+
+
+def to_coco_results(image_id: int, scores: torch.Tensor, labels: torch.Tensor, boxes_xyxy: torch.Tensor,
+                    label_map: dict[int, int]) -> list[dict]:
+    """One image's detections as COCO result dicts.
+
+    Args:
+        scores: ``[Q]`` class probabilities; labels: ``[Q]`` detector label ids;
+        boxes_xyxy: ``[Q, 4]`` ``(x0, y0, x1, y1)`` in original image pixels.
+        label_map: detector label id -> COCO category id; unmapped labels ("N/A") are dropped.
+    """
+    out = []
+    for score, label, (x0, y0, x1, y1) in zip(scores.tolist(), labels.tolist(), boxes_xyxy.tolist()):
+        if label not in label_map:
+            continue
+        out.append({"image_id": int(image_id), "category_id": int(label_map[label]),
+                    "bbox": [x0, y0, x1 - x0, y1 - y0], "score": float(score)})
+    return out
+
+
+def _post_process(outputs, target_sizes: list[tuple[int, int]]) -> list[dict]:
+    """transformers' YOLOS post-processing, no score threshold: per image scores/labels ``[Q]``, boxes ``[Q, 4]``."""
+    from transformers import YolosImageProcessor
+
+    return YolosImageProcessor().post_process_object_detection(outputs, threshold=0.0, target_sizes=target_sizes)
+
+
+def keep_masks(fg_prob: torch.Tensor, setting: Setting, cca_steps: int, grid: tuple[int, int]) -> torch.Tensor:
+    """``[B, 24, 24]`` FG probabilities -> ``bool [B, gh, gw]`` YOLOS keep masks.
+
+    The FG grid is ``fg_prob >= threshold`` (or the top ``round(keep_ratio * 576)`` patches), grown by CCA on the
+    24x24 grid, then resampled to YOLOS' grid keeping relative positions (paper §3.5).
+    """
+    if setting.keep_ratio is not None:
+        flat = fg_prob.flatten(1)
+        k = max(1, round(setting.keep_ratio * flat.shape[1]))
+        top = flat.topk(k, dim=1).indices
+        raw = torch.zeros_like(flat, dtype=torch.bool).scatter_(1, top, True).reshape(fg_prob.shape)
+    else:
+        raw = fg_prob >= setting.threshold
+    return resample_grid(cca(raw, cca_steps), grid, mode="nearest")
+
+
+@dataclass
+class _Row:
+    setting: Setting
+    results: list[dict] = field(default_factory=list)
+    kept_patches: list[int] = field(default_factory=list)
+
+
+def _collate(items):
+    return items
+
+
+@torch.no_grad()
+def run_map(detector, dataset: CocoDetection, bavit=None, settings: Sequence[Setting] = (Setting(),),
+            cca_steps: int = 3, batch_size: int = 4, image_size: int = YOLOS_SIZE, progress: bool = True) -> dict:
+    """Run every setting over ``dataset`` and evaluate each with COCOeval.
+
+    Args:
+        detector: a YOLOS model patched with :func:`bavit.yolos_pruned.patch_yolos` (eval mode).
+        dataset: images + ground truth.
+        bavit: a :class:`bavit.model.BAViT` (needed for any pruned setting).
+        settings: rows to produce (see :func:`make_settings`).
+        cca_steps: CCA iterations on the 24x24 grid before resampling to YOLOS' grid.
+        batch_size: images per forward pass.
+        image_size: square YOLOS input side in pixels (512 -> 32x32 patches).
+    Returns:
+        The report: ``{"images", "image_size", "cca_steps", "label_mapping", "rows": [...]}``; each row has
+        ``model``, ``threshold``, ``keep_ratio``, ``sparsity`` (fraction pruned), the token accounting of the
+        mean kept patches (Eq. 4, :mod:`bavit.accounting`: ``kept_patches``, ``bavit_tokens`` (0 for dense),
+        ``yolos_tokens``, ``yolos_pruned_tokens``, ``total_tokens``, ``token_reduction_pct`` (percent),
+        ``dense_macs``, ``pipeline_macs``), ``detections`` and the :data:`STAT_NAMES` APs (fractions).
+    """
+    from tqdm import tqdm
+
+    from .accounting import mean_accounting, token_accounting
+    from .config import SMALL
+    from .imageio import to_tensor
+
+    if any(not s.dense for s in settings) and bavit is None:
+        raise ConfigError("pruned settings need a BAViT checkpoint (--bavit)")
+    patch = detector.config.patch_size
+    if image_size % patch:
+        raise ConfigError(f"YOLOS input size {image_size} is not a multiple of its patch size {patch}")
+    grid = (image_size // patch, image_size // patch)
+    label_map = label_to_category(detector.config.id2label, dataset.coco)
+    rows = [_Row(s) for s in settings]
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, collate_fn=_collate)
+    started = time.perf_counter()
+    for items in tqdm(loader, desc="map", disable=not progress, unit="batch"):
+        pixels = torch.stack([yolos_pixels(item.image, image_size) for item in items])
+        sizes = [(item.height, item.width) for item in items]
+        fg_prob = None
+        if bavit is not None and any(not r.setting.dense for r in rows):
+            cfg = bavit.config
+            fg_prob = bavit.fg_prob(torch.stack([to_tensor(item.image, cfg.img_size, cfg.mean, cfg.std) for item in items]))
+        for row in rows:
+            if row.setting.dense:
+                outputs = detector(pixels)
+                row.kept_patches += [grid[0] * grid[1]] * len(items)
+            else:
+                mask = keep_masks(fg_prob, row.setting, cca_steps, grid)
+                outputs = detector(pixels, keep_mask=mask)
+                row.kept_patches += mask.flatten(1).sum(1).tolist()
+            for item, det in zip(items, _post_process(outputs, sizes)):
+                row.results += to_coco_results(item.image_id, det["scores"], det["labels"], det["boxes"], label_map)
+    seconds = time.perf_counter() - started
+
+    identity = all(label == cat for label, cat in label_map.items())
+    report = {
+        "images": len(dataset),
+        "image_size": image_size,
+        "cca_steps": cca_steps,
+        "seconds": seconds,
+        "label_mapping": ("identity: detector label id = COCO category id" if identity else
+                          f"by name: {len(label_map)} detector labels -> COCO category ids"),
+        "rows": [],
+    }
+    for row in rows:
+        row_accounting = mean_accounting(
+            token_accounting(kept, detector.config, bavit.config if bavit is not None else SMALL, (image_size, image_size))
+            for kept in row.kept_patches)
+        if row.setting.dense:  # no BAViT in front of the dense detector
+            row_accounting = dataclasses.replace(row_accounting, bavit_layers=0, bavit_macs=0)
+        report["rows"].append({
+            "model": row.setting.name,
+            "threshold": row.setting.threshold,
+            "keep_ratio": row.setting.keep_ratio,
+            "sparsity": row_accounting.sparsity,
+            "kept_patches": row_accounting.kept_patches,
+            "bavit_tokens": row_accounting.bavit_tokens,
+            "yolos_tokens": row_accounting.yolos_dense_tokens,
+            "yolos_pruned_tokens": row_accounting.yolos_pruned_tokens,
+            "total_tokens": row_accounting.total_tokens,
+            "token_reduction_pct": row_accounting.reduction_pct,
+            "dense_macs": row_accounting.dense_macs,
+            "pipeline_macs": row_accounting.pipeline_macs,
+            "detections": len(row.results),
+            **evaluate_bbox(dataset.coco, row.results, dataset.image_ids),
+        })
+    return report
+
+
+def _pct(value: float | None, digits: int = 1) -> str:
+    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:.{digits}f}"
+
+
+def markdown_table(report: dict) -> str:
+    """Table 2 layout: sparsity, mAP / AP50 / AP_small (COCO, %), token counts (mean per image) and Eq. 4 reduction."""
+    header = ("| Model | Sparsity % | mAP | AP50 | AP_small | BAViT tokens | YOLOS tokens | YOLOS pruned | "
+              "YOLOS + BAViT | % Reduction |")
+    lines = [header, "|" + "---|" * (header.count("|") - 1)]
+    for row in report["rows"]:
+        lines.append(
+            f"| {row['model']} | {_pct(row['sparsity'])} | {_pct(row['mAP'])} | {_pct(row['AP50'])} | "
+            f"{_pct(row['AP_small'])} | {row['bavit_tokens']:.0f} | {row['yolos_tokens']:.0f} | "
+            f"{row['yolos_pruned_tokens']:.0f} | {row['total_tokens']:.0f} | {row['token_reduction_pct']:.2f}% |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "map", help="COCO mAP of dense vs BAViT-pruned YOLOS (Table 2)",
+        description="COCO box mAP / AP50 / AP_small, sparsity and token reduction (Eq. 4) of dense YOLOS and of "
+                    "BAViT + CCA + pruned YOLOS at each threshold / keep ratio.")
+    from .yolos_loading import DEFAULT_DETECTOR
+
+    parser.add_argument("--detector", default=DEFAULT_DETECTOR, help="YOLOS hub id or local save_pretrained dir")
+    data = parser.add_argument_group("data (either --coco-root or --ann + --images)")
+    data.add_argument("--coco-root", help="COCO folder with annotations/instances_SPLIT.json and SPLIT/")
+    data.add_argument("--split", default="val2017")
+    data.add_argument("--ann", help="a COCO instances_*.json")
+    data.add_argument("--images", help="folder of the images it lists")
+    parser.add_argument("--bavit", default=None, help="BAViT checkpoint (default: the shipped BAViT-small COCO)")
+    parser.add_argument("--thresholds", type=float, nargs="*", default=list(DEFAULT_THRESHOLDS),
+                        help="FG-probability thresholds, one row each (default %(default)s)")
+    parser.add_argument("--keep-ratios", type=float, nargs="*", default=[],
+                        help="target fractions of BAViT patches kept (top-k), one row each")
+    parser.add_argument("--cca-steps", type=int, default=3)
+    parser.add_argument("--limit", type=int, help="evaluate only the first N images (sorted by id)")
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--image-size", type=int, default=YOLOS_SIZE, help="square YOLOS input side (pixels)")
+    parser.add_argument("--threads", type=int, help="torch CPU threads")
+    parser.add_argument("--json", help="write the report as JSON here")
+    parser.add_argument("--markdown", help="write the markdown table here")
+    parser.add_argument("--no-progress", action="store_true")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from .model import load_checkpoint
+    from .yolos_loading import load_yolos_model
+    from .yolos_pruned import patch_yolos
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    settings = make_settings(args.thresholds or (), args.keep_ratios or ())
+    try:
+        detector = patch_yolos(load_yolos_model(args.detector))
+    except ValueError as exc:  # a checkpoint that is not YOLOS
+        raise ConfigError(str(exc)) from None
+    ann_file, images_dir = resolve_paths(args.coco_root, args.split, args.ann, args.images)
+    dataset = CocoDetection(ann_file, images_dir, limit=args.limit)
+    bavit, bavit_path = None, None
+    if any(not s.dense for s in settings):
+        bavit_path = args.bavit or DEFAULT_BAVIT_CHECKPOINT
+        bavit = load_checkpoint(bavit_path)
+    report = run_map(detector, dataset, bavit, settings, cca_steps=args.cca_steps, batch_size=args.batch_size,
+                     image_size=args.image_size, progress=not args.no_progress)
+    report = {"detector": str(args.detector), "bavit": str(bavit_path) if bavit_path else None,
+              "annotations": str(ann_file), "images_dir": str(images_dir), "threads": torch.get_num_threads(),
+              **report}
+    table = markdown_table(report)
+    print(table, end="")
+    if args.markdown:
+        Path(args.markdown).write_text(table)
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+    return 0

@@ -1,0 +1,123 @@
+"""``python -m bavit evaluate``: token metrics of a BAViT checkpoint before/after CCA, with baselines."""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .cca import cca
+from .data import PatchDataset, Record, add_dataset_arguments, records_from_args
+from .metrics import TokenMetrics
+from .model import BAViT, checkpoint_extra, load_checkpoint
+
+METRIC_KEYS = ("token_accuracy", "balanced_accuracy", "fg_precision", "fg_recall", "fg_iou", "object_keep_rate")
+
+
+@torch.no_grad()
+def predict_probs(model: BAViT, records: list[Record], batch_size: int = 16, label_source: str = "mask",
+                  box_rule: str = "coverage", box_tau: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
+    """FG probabilities ``[N, G, G]`` and labels ``[N, G, G]`` for ``records``."""
+    dataset = PatchDataset(records, model.config, label_source, box_rule, box_tau)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False)
+    probs, labels = [], []
+    model.eval()
+    for pixels, batch_labels in loader:
+        probs.append(model.fg_prob(pixels))
+        labels.append(batch_labels)
+    return torch.cat(probs).numpy(), torch.cat(labels).numpy()
+
+
+def score(grids: np.ndarray, labels: np.ndarray, records: list[Record], grid: int) -> dict:
+    metrics = TokenMetrics()
+    for predicted, label, record in zip(grids, labels, records):
+        metrics.update(predicted, label, record.instance_patches((grid, grid)))
+    return metrics.summary()
+
+
+def evaluate(model: BAViT, records: list[Record], threshold: float = 0.5, cca_steps: int = 3,
+             prior: np.ndarray | None = None, batch_size: int = 16, label_source: str = "mask") -> dict:
+    """Metrics of ``model`` on ``records`` (the keys of :data:`METRIC_KEYS` plus counts).
+
+    Returns a dict with the raw metrics at top level, the same under ``after_cca``, and
+    ``baselines.all_background`` / ``baselines.center_prior`` (per-cell FG frequency of the *training* labels > 0.5,
+    as stored in the checkpoint; without one, the evaluated set's own frequency, marked ``prior_source``).
+    """
+    grid = model.config.grid_size
+    probs, labels = predict_probs(model, records, batch_size, label_source)
+    raw = probs > threshold
+    grown = cca(torch.from_numpy(raw), steps=cca_steps).numpy()
+    prior_source = "training labels (checkpoint)"
+    if prior is None:
+        valid = labels != -100
+        prior = ((labels == 1) & valid).sum(0) / np.maximum(valid.sum(0), 1)
+        prior_source = "evaluated set (no prior in checkpoint)"
+    prior_grid = np.broadcast_to(np.asarray(prior).reshape(grid, grid) > 0.5, raw.shape)
+    result = score(raw, labels, records, grid)
+    result["after_cca"] = score(grown, labels, records, grid)
+    result["baselines"] = {
+        "all_background": score(np.zeros_like(raw), labels, records, grid),
+        "center_prior": {**score(prior_grid, labels, records, grid), "prior_source": prior_source},
+    }
+    result["threshold"] = threshold
+    result["cca_steps"] = cca_steps
+    return result
+
+
+def format_table(result: dict, title: str = "") -> str:
+    """Markdown table: model, model + CCA, and the two baselines."""
+
+    def cell(value) -> str:
+        return "-" if value is None else f"{value:.4f}"
+
+    rows = [
+        ("BAViT", result),
+        (f"BAViT + CCA ({result['cca_steps']} steps)", result["after_cca"]),
+        ("all background", result["baselines"]["all_background"]),
+        ("centre prior", result["baselines"]["center_prior"]),
+    ]
+    header = "| " + " | ".join(["model", *METRIC_KEYS, "keep S/M/L", "pred FG"]) + " |"
+    lines = [title, header, "|" + "---|" * (len(METRIC_KEYS) + 3)] if title else [header, "|" + "---|" * (len(METRIC_KEYS) + 3)]
+    for name, values in rows:
+        by_size = values["object_keep_rate_by_size"]
+        sizes = "/".join("-" if by_size[s] is None else f"{by_size[s]:.2f}" for s in ("small", "medium", "large"))
+        lines.append("| " + " | ".join([name, *(cell(values[k]) for k in METRIC_KEYS), sizes,
+                                         cell(values["predicted_fg_fraction"])]) + " |")
+    lines.append(f"{result['images']} images, {result['tokens']} tokens, threshold {result['threshold']}")
+    return "\n".join(lines)
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("evaluate", help="token metrics of a BAViT checkpoint",
+                                   description="Evaluate a BAViT checkpoint: token accuracy, balanced accuracy, FG "
+                                               "precision/recall/IoU and object keep rate, before and after CCA.")
+    parser.add_argument("--checkpoint", required=True, help="BAViT .safetensors checkpoint")
+    add_dataset_arguments(parser, default_split="val2017")
+    parser.add_argument("--threshold", type=float, default=0.5, help="FG probability threshold")
+    parser.add_argument("--cca-steps", type=int, default=3)
+    parser.add_argument("--labels", choices=["mask", "boxes"], default="mask")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--threads", type=int)
+    parser.add_argument("--json", help="write the metrics here")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model = load_checkpoint(args.checkpoint)
+    extra = checkpoint_extra(args.checkpoint)
+    prior = np.asarray(extra["fg_prior"]) if "fg_prior" in extra else None
+    records = records_from_args(args)
+    result = evaluate(model, records, args.threshold, args.cca_steps, prior, args.batch_size, args.labels)
+    result["checkpoint"] = str(args.checkpoint)
+    result["config"] = json.loads(model.config.to_json())
+    result["train_images"] = extra.get("train_images")
+    print(format_table(result, title=f"## {Path(args.checkpoint).name} ({model.config.depth} layers)"))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(result, indent=2))
+        print(f"wrote {args.json}")
+    return 0

@@ -1,0 +1,360 @@
+"""The app's logic: one :class:`Explorer` wraps a shared :class:`~bavit.predictor.Predictor`; no Gradio here.
+
+:mod:`bavit.app_ui` only lays out components and wires them to these methods, which return plain values (PIL
+images, markdown strings, ``None`` for a hidden panel), so everything here is testable without a browser. Per-session data (the image, its cached BAViT
+probabilities, dense-detector results, GT grid, plot) lives in a ``gr.State`` holding an :class:`ImageSession`, so
+two browser sessions never share an image; the Predictor's own cache is keyed by image content. Moving a control
+reruns only CCA and the pruned detector (BAViT's probabilities come from the session), and control events use
+``trigger_mode="always_last"`` so a drag never queues stale work.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from . import viz
+from .errors import BAViTError
+from .gt import CocoGroundTruth, CocoImage, grid_stats, painted_mask  # noqa: F401 (CocoGroundTruth re-exported)
+from .imageio import load_image
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES_DIR = ROOT / "assets" / "examples"
+DISPLAY_SIDE = 512  # px: overlays are drawn at this size
+TINY_SIDE = 32  # px: smaller images still run, with a warning
+CURVE_THRESHOLDS = np.round(np.linspace(0.02, 0.98, 25), 4)
+MODE_THRESHOLD = "FG-probability threshold"
+MODE_SPARSITY = "Target sparsity"
+
+CSS = """
+#banner {background: #fff3cd; border: 1px solid #e0b100; border-radius: 6px; padding: 4px 12px;}
+#tokens table {font-variant-numeric: tabular-nums;}
+"""
+
+
+@dataclass
+class ImageSession:
+    """Everything one browser session knows about its current image."""
+
+    name: str
+    image: Image.Image  # RGB, longer side <= 2048 (what the boxes refer to)
+    display: Image.Image  # RGB, longer side <= DISPLAY_SIDE (what overlays are drawn on)
+    fg_prob: np.ndarray  # [24, 24] float32
+    bavit_ms: float  # BAViT latency for this image (measured on first pass, or the app's typical value if cached)
+    dense_ms: float | None = None  # dense YOLOS latency (ms), measured once per image
+    dense_detections: list | None = None
+    gt: np.ndarray | None = None  # [24, 24] int GT grid
+    gt_source: str = ""
+    coco: CocoImage | None = None
+    plots: dict = field(default_factory=dict)  # cca_steps -> viz.CurvePlot
+    measured: dict = field(default_factory=dict)  # cca_steps -> list[(threshold, speed-up)]
+
+
+@dataclass
+class Controls:
+    """The control panel's values."""
+
+    mode: str = MODE_THRESHOLD
+    threshold: float = 0.5
+    target_sparsity: float = 35.0  # percent
+    cca_steps: int = 3
+    detect: bool = True
+    show_dense: bool = False
+
+    @property
+    def keep_ratio(self) -> float | None:
+        """Fraction of BAViT tokens to keep in target-sparsity mode, else ``None`` (threshold mode)."""
+        if self.mode != MODE_SPARSITY:
+            return None
+        return float(min(1.0, max(1.0 / 576, 1.0 - self.target_sparsity / 100.0)))
+
+
+def _payload_path(payload: Any) -> tuple[str, str]:
+    """``(path, original file name)`` of a file payload (dict from ``preprocess=False``, FileData or a path)."""
+    if isinstance(payload, dict):
+        path = payload.get("path")
+        name = payload.get("orig_name") or (Path(path).name if path else "image")
+    elif hasattr(payload, "path"):
+        path = payload.path
+        name = getattr(payload, "orig_name", None) or Path(path).name
+    else:
+        path = str(payload)
+        name = Path(path).name
+    if not path:
+        raise BAViTError("no image file was received")
+    return str(path), str(name)
+
+
+def _fmt(value: float | None, spec: str = ".1%") -> str:
+    return "n/a" if value is None else format(value, spec)
+
+
+class Explorer:
+    """The app's logic around one shared Predictor.
+
+    Args:
+        predictor: a :class:`bavit.predictor.Predictor` (loaded once, shared by all sessions).
+        coco: optional COCO-format dataset for GT grids of its images.
+    """
+
+    def __init__(self, predictor, coco: CocoGroundTruth | None = None):
+        self.predictor = predictor
+        self.coco = coco
+        self.typical_bavit_ms: float | None = None
+
+    # ------------------------------------------------------------------ loading
+    def open_image(self, payload: Any) -> ImageSession:
+        """Decode the uploaded file, run BAViT (cached by content) and the dense detector once."""
+        path, name = _payload_path(payload)
+        image = load_image(path)
+        coco_entry = None
+        if self.coco is not None and self.coco.lookup(name) is not None:
+            raw = load_image(path, exif=False)  # COCO annotations refer to the stored pixel layout
+            coco_entry = self.coco.match(name, raw)
+            if coco_entry is not None:
+                image = raw
+        start = time.perf_counter()
+        fg_prob = np.asarray(self.predictor.fg_prob(image), dtype=np.float32)
+        bavit_ms = (time.perf_counter() - start) * 1e3
+        if bavit_ms > 1.0:  # a real run, not a cache hit
+            self.typical_bavit_ms = bavit_ms if self.typical_bavit_ms is None else 0.7 * self.typical_bavit_ms + 0.3 * bavit_ms
+        else:
+            bavit_ms = self.typical_bavit_ms or bavit_ms
+        session = ImageSession(name=name, image=image, display=viz.fit_image(image, DISPLAY_SIDE), fg_prob=fg_prob, bavit_ms=bavit_ms)
+        if coco_entry is not None:
+            session.coco = coco_entry
+            session.gt = self.coco.labels(coco_entry)
+            session.gt_source = f"COCO {coco_entry.split} image {coco_entry.image_id} (instance masks)"
+        return session
+
+    def measure_dense(self, session: ImageSession, controls: Controls) -> None:
+        """Dense YOLOS once per image: its latency (for the speed-up) and, with weights, its detections."""
+        if session.dense_ms is not None:
+            return
+        analysis = self.predictor.analyze(
+            session.image, threshold=controls.threshold, keep_ratio=controls.keep_ratio, cca_steps=controls.cca_steps,
+            detect=True, dense=True, fg_prob=session.fg_prob,
+        )
+        session.dense_ms = analysis.timings_ms.get("dense_ms")
+        session.dense_detections = analysis.dense_detections
+
+    # ------------------------------------------------------------------ analysis
+    def analyze(self, session: ImageSession, controls: Controls):
+        """CCA + (optionally) the pruned detector at the current controls, reusing the session's BAViT output."""
+        return self.predictor.analyze(
+            session.image, threshold=controls.threshold, keep_ratio=controls.keep_ratio, cca_steps=int(controls.cca_steps),
+            detect=bool(controls.detect), dense=False, fg_prob=session.fg_prob,
+        )
+
+    def speedup(self, session: ImageSession, analysis) -> float | None:
+        """Measured end-to-end speed-up: dense YOLOS / (BAViT + CCA + pruned YOLOS); ``None`` without timings."""
+        pruned_ms = analysis.timings_ms.get("pruned_ms")
+        if not session.dense_ms or not pruned_ms:
+            return None
+        return session.dense_ms / (session.bavit_ms + analysis.timings_ms.get("cca_ms", 0.0) + pruned_ms)
+
+    def curve(self, session: ImageSession, cca_steps: int) -> viz.CurvePlot:
+        """Sparsity and MAC-ratio speed-up (dense / (BAViT + pruned)) against threshold for this image (rendered once per CCA setting)."""
+        plot = session.plots.get(cca_steps)
+        if plot is None:
+            sparsity, speedup = [], []
+            for threshold in CURVE_THRESHOLDS:
+                analysis = self.predictor.analyze(session.image, threshold=float(threshold), cca_steps=cca_steps,
+                                                  detect=False, fg_prob=session.fg_prob)
+                acc = analysis.accounting
+                sparsity.append(100.0 * acc.sparsity)
+                speedup.append(acc.flop_ratio)
+            plot = session.plots[cca_steps] = viz.curve_plot(CURVE_THRESHOLDS, sparsity, speedup)
+        return plot
+
+    # ------------------------------------------------------------------ text panels
+    @staticmethod
+    def sparsity_text(analysis, controls: Controls) -> str:
+        acc = analysis.accounting
+        kept = int(acc.kept_patches)
+        pruned = acc.yolos_patches - kept
+        how = (f"threshold {controls.threshold:.2f}" if controls.keep_ratio is None
+               else f"target sparsity {controls.target_sparsity:.0f}% (top {controls.keep_ratio:.0%} of BAViT tokens kept)")
+        raw, after = int(analysis.grid_raw.sum()), int(analysis.grid_cca.sum())
+        return (f"### Sparsity: {100.0 * acc.sparsity:.1f}%\n"
+                f"{pruned} of {acc.yolos_patches} YOLOS patches pruned, {kept} kept ({how}, CCA {controls.cca_steps} steps). "
+                f"BAViT FG tokens: {raw} of {analysis.grid_raw.size} before CCA, {after} after.")
+
+    @staticmethod
+    def tokens_table(analysis) -> str:
+        acc = analysis.accounting
+        return (
+            "| Tokens (paper Table 2) | count |\n|---|---:|\n"
+            f"| BAViT ({acc.bavit_patches} × {acc.bavit_layers} layers) | {acc.bavit_tokens} |\n"
+            f"| YOLOS dense ({acc.yolos_patches} × {acc.yolos_layers} layers) | {acc.yolos_dense_tokens} |\n"
+            f"| YOLOS pruned ({int(acc.kept_patches)} kept × {acc.yolos_layers} layers) | {acc.yolos_pruned_tokens} |\n"
+            f"| Total (BAViT + YOLOS pruned) | {acc.total_tokens} |\n"
+            f"| Reduction vs dense (Eq. 4) | {acc.reduction_pct:.2f}% |\n"
+            f"| GMACs: YOLOS dense → BAViT + YOLOS pruned | {acc.dense_macs / 1e9:.2f} → {acc.pipeline_macs / 1e9:.2f} |"
+        )
+
+    def latency_text(self, session: ImageSession, analysis, controls: Controls, speedup: float | None) -> str:
+        t = analysis.timings_ms
+        lines = ["| Latency (this machine) | ms |", "|---|---:|"]
+        cached = " (cached for this image)"
+        lines.append(f"| BAViT{cached} | {session.bavit_ms:.1f} |")
+        lines.append(f"| CCA | {t.get('cca_ms', 0.0):.2f} |")
+        if controls.detect and t.get("pruned_ms"):
+            lines.append(f"| YOLOS pruned | {t['pruned_ms']:.1f} |")
+            total = session.bavit_ms + t.get("cca_ms", 0.0) + t["pruned_ms"]
+            lines.append(f"| **BAViT + CCA + YOLOS pruned** | **{total:.1f}** |")
+        if session.dense_ms:
+            lines.append(f"| YOLOS dense | {session.dense_ms:.1f} |")
+        text = "\n".join(lines)
+        if speedup is not None:
+            text += f"\n\n**Speed-up: {speedup:.2f}x** end to end (dense / (BAViT + CCA + pruned))."
+        elif not controls.detect:
+            text += "\n\nDetector off: grid-only update (tick *Run detector* to measure latency)."
+        note = getattr(analysis, "latency_note", "") or ("" if self.predictor.detector_ready else "YOLOS-tiny architecture, random init (latency only)")
+        if note:
+            text += f"\n\n_{note}_"
+        return text
+
+    @staticmethod
+    def gt_text(session: ImageSession, analysis) -> str:
+        if session.gt is None:
+            return ("No ground truth for this image. Paint the objects in the editor below and press "
+                    "**Compare with painted GT** (or pick a COCO example when a COCO dataset is configured).")
+        raw, after = grid_stats(session.gt, analysis.grid_raw), grid_stats(session.gt, analysis.grid_cca)
+        return (
+            f"GT: {session.gt_source}; {int((session.gt == 1).sum())} of {session.gt.size} tokens FG.\n\n"
+            "| | token accuracy | FG recall | FG IoU |\n|---|---:|---:|---:|\n"
+            f"| before CCA | {_fmt(raw['token_accuracy'])} | {_fmt(raw['fg_recall'])} | {_fmt(raw['fg_iou'])} |\n"
+            f"| after CCA | {_fmt(after['token_accuracy'])} | {_fmt(after['fg_recall'])} | {_fmt(after['fg_iou'])} |"
+        )
+
+    # ------------------------------------------------------------------ the page
+    def render(self, session: ImageSession, controls: Controls) -> dict[str, Any]:
+        """Everything the page shows for the current image and controls.
+
+        Returns a dict of plain values: ``grid_raw``, ``grid_cca``, ``curve`` (PIL images); ``det_pruned``,
+        ``det_dense``, ``gt_confusion`` (PIL image, or ``None`` = hide); ``det_message``, ``sparsity``, ``tokens``,
+        ``latency``, ``gt_stats`` (markdown); ``analysis`` (the Predictor's Analysis).
+        """
+        analysis = self.analyze(session, controls)
+        speedup = self.speedup(session, analysis) if controls.detect else None
+        x = self.effective_threshold(session, controls)
+        measured = session.measured.setdefault(controls.cca_steps, [])
+        plot = self.curve(session, controls.cca_steps).with_points((x, 100.0 * analysis.accounting.sparsity, speedup), measured)
+        if speedup is not None:
+            measured.append((x, speedup))
+            del measured[:-200]
+        view: dict[str, Any] = {
+            "analysis": analysis,
+            "grid_raw": viz.grid_overlay(session.display, analysis.grid_raw),
+            "grid_cca": viz.grid_overlay(session.display, analysis.grid_cca, before=analysis.grid_raw),
+            "sparsity": self.sparsity_text(analysis, controls),
+            "tokens": self.tokens_table(analysis),
+            "latency": self.latency_text(session, analysis, controls, speedup),
+            "curve": plot,
+            "gt_stats": self.gt_text(session, analysis),
+            "gt_confusion": None if session.gt is None else viz.confusion_overlay(session.display, session.gt, analysis.grid_cca),
+            "det_pruned": None,
+            "det_dense": None,
+        }
+        if not self.predictor.detector_ready:
+            view["det_message"] = self.no_detector_message()
+        elif controls.detect:
+            detections = analysis.detections or []
+            view["det_pruned"] = viz.draw_detections(session.display, detections, analysis.image_size)
+            view["det_message"] = f"{len(detections)} detections from the pruned YOLOS (score threshold of the Predictor)."
+        else:
+            view["det_message"] = "Detector off: tick *Run detector* to see detections and latency."
+        if self.predictor.detector_ready and controls.show_dense and session.dense_detections is not None:
+            view["det_dense"] = viz.draw_detections(session.display, session.dense_detections, analysis.image_size)
+        return view
+
+    @staticmethod
+    def effective_threshold(session: ImageSession, controls: Controls) -> float:
+        """The threshold on the plot's x axis: the slider's, or in target-sparsity mode the k-th highest FG prob."""
+        if controls.keep_ratio is None:
+            return float(controls.threshold)
+        probs = np.sort(session.fg_prob.ravel())[::-1]
+        return float(probs[max(0, round(controls.keep_ratio * probs.size) - 1)])
+
+    def gt_grid_image(self, session: ImageSession) -> Image.Image | None:
+        """The GT patch grid over the image, or ``None`` without GT."""
+        return None if session.gt is None else viz.grid_overlay(session.display, session.gt == 1)
+
+    def set_painted_gt(self, session: ImageSession, editor_value) -> bool:
+        """Use the user's painting (``gr.ImageEditor`` value) as this image's GT; False when nothing is painted."""
+        mask = painted_mask(editor_value)
+        if mask is None:
+            return False
+        from .labels import labels_from_mask
+
+        session.gt = labels_from_mask(mask, grid=session.fg_prob.shape).numpy()
+        session.gt_source = "painted in the editor"
+        return True
+
+    def api_result(self, payload: Any, threshold: float = 0.5, cca_steps: int = 3, keep_ratio: float | None = None,
+                   detect: bool = True) -> dict[str, Any]:
+        """The ``analyze`` API endpoint: one image and settings in, the numbers as JSON-able dict out.
+
+        ``keep_ratio`` in (0, 1] switches to target-sparsity mode (``None`` or 0: threshold mode).
+        Keys: ``threshold``, ``keep_ratio``, ``cca_steps``, ``sparsity`` (fraction of the 1024 YOLOS patches pruned),
+        ``kept_patches``, ``tokens`` (Table 2 accounting), ``timings_ms``, ``image_size`` ([w, h]),
+        ``fg_tokens_raw`` / ``fg_tokens_cca`` (of 576), ``grid_cca`` (24 strings of 0/1), ``detector_ready``,
+        ``detector_status``, ``detections`` (list, or ``None`` without detector weights), ``latency_note``.
+        """
+        threshold = float(threshold)
+        if not 0.0 <= threshold <= 1.0:
+            raise BAViTError(f"threshold must be in [0, 1], got {threshold}")
+        cca_steps = int(cca_steps)
+        if not 0 <= cca_steps <= 10:
+            raise BAViTError(f"cca_steps must be in 0..10, got {cca_steps}")
+        keep_ratio = None if keep_ratio in (None, 0, 0.0) else float(keep_ratio)
+        if keep_ratio is not None and not 0.0 < keep_ratio <= 1.0:
+            raise BAViTError(f"keep_ratio must be in (0, 1], got {keep_ratio}")
+        path, _ = _payload_path(payload)
+        image = load_image(path)
+        analysis = self.predictor.analyze(image, threshold=threshold, keep_ratio=keep_ratio, cca_steps=cca_steps,
+                                          detect=bool(detect), dense=False)
+        acc = analysis.accounting
+        return {
+            "threshold": threshold,
+            "keep_ratio": keep_ratio,
+            "cca_steps": cca_steps,
+            "sparsity": float(acc.sparsity),
+            "kept_patches": int(acc.kept_patches),
+            "tokens": {k: (v.item() if hasattr(v, "item") else v) for k, v in acc.as_dict().items()},
+            "timings_ms": {k: float(v) for k, v in analysis.timings_ms.items()},
+            "image_size": [int(v) for v in analysis.image_size],
+            "fg_tokens_raw": int(analysis.grid_raw.sum()),
+            "fg_tokens_cca": int(analysis.grid_cca.sum()),
+            "grid_cca": ["".join("1" if v else "0" for v in row) for row in np.asarray(analysis.grid_cca)],
+            "detector_ready": bool(self.predictor.detector_ready),
+            "detector_status": self.predictor.detector_status,
+            "detections": None if analysis.detections is None else [
+                {"box": [float(v) for v in d["box"]], "label": str(d["label"]), "score": float(d["score"])}
+                for d in analysis.detections
+            ],
+            "latency_note": getattr(analysis, "latency_note", "") or "",
+        }
+
+    def initial_detection_message(self) -> str:
+        if not self.predictor.detector_ready:
+            return self.no_detector_message()
+        return "Load an image to see the pruned YOLOS detections."
+
+    def no_detector_message(self) -> str:
+        return f"**No detections shown: no detector weights.** {self.predictor.detector_status}"
+
+    def banner_text(self) -> str:
+        if self.predictor.detector_ready:
+            return ""
+        return ("⚠️ **Detector weights not available: detections are off.** Grids, sparsity, token counts and latency "
+                "still work; latency is measured on the YOLOS-tiny architecture with random weights. "
+                f"{self.predictor.detector_status}")
+
+
+__all__ = ["Explorer", "ImageSession", "Controls", "MODE_THRESHOLD", "MODE_SPARSITY"]

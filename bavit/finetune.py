@@ -1,0 +1,366 @@
+"""``python -m bavit finetune``: sparse fine-tuning of YOLOS on FG tokens only (paper §4.2, "BAViT+YOLOS-F").
+
+Every step runs the pruned YOLOS (:func:`bavit.yolos_pruned.patch_yolos`) on the kept patch tokens of each image
+and optimises the loss transformers computes for YOLOS when ``labels`` are passed (Hungarian matching, CE +
+L1 + GIoU; needs scipy). The keep mask comes from:
+
+* ``mask_source="bavit"`` (``--bavit CKPT``): BAViT FG probabilities, thresholded (``--threshold``) or top-k
+  (``--keep-ratio``), then CCA and resampling to YOLOS' grid -- the same masks the pruned model sees at inference,
+  which is what the paper fine-tunes on.
+* ``mask_source="gt-boxes"`` (no ``--bavit``): patches at least half covered by a ground-truth box
+  (:func:`bavit.labels.labels_from_boxes`, coverage rule, tau 0.5) on YOLOS' grid, then CCA. An oracle mask:
+  useful without a trained BAViT, but it keeps a little less background than BAViT does.
+
+Conventions shared with ``python -m bavit train``: a tqdm bar with the running loss and images/s, one JSON line
+per epoch in ``OUT/metrics.jsonl``, and an atomic checkpoint after every epoch in ``OUT/checkpoint/``:
+``save_pretrained`` files (loadable with ``--detector OUT/checkpoint``) + ``train_state.json`` (epoch, settings)
++ ``optimizer.safetensors`` (AdamW moments as tensors; no pickles). The folder is written under a temporary
+name and swapped in with renames, so an interrupt leaves the previous epoch's checkpoint whole. ``--resume``
+continues after the saved epoch; the shuffle order depends only on (seed, epoch), so a resumed run sees the same
+batches as an uninterrupted one.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from .cca import cca
+from .coco_detection import YOLOS_SIZE, CocoDetection, label_to_category, resolve_paths, yolos_pixels, yolos_targets
+from .errors import CheckpointError, ConfigError, DataError
+from .imageio import to_tensor
+from .labels import labels_from_boxes
+
+CHECKPOINT_DIR = "checkpoint"
+STATE_FILE = "train_state.json"
+OPTIMIZER_FILE = "optimizer.safetensors"
+MASK_SOURCES = ("bavit", "gt-boxes")
+
+
+@dataclass
+class FinetuneConfig:
+    """Optimisation and masking settings (stored in ``train_state.json``)."""
+
+    epochs: int = 30  # paper: 30 epochs of sparse fine-tuning
+    batch_size: int = 8
+    lr: float = 2.5e-5  # AdamW, constant
+    weight_decay: float = 1e-4
+    clip_grad: float = 0.1  # max gradient norm (DETR / YOLOS default); 0 disables
+    image_size: int = YOLOS_SIZE
+    mask_source: str = "gt-boxes"
+    threshold: float | None = 0.5  # BAViT FG-probability threshold (mask_source="bavit")
+    keep_ratio: float | None = None  # top-k fraction instead of the threshold
+    cca_steps: int = 3
+    box_tau: float = 0.5  # gt-boxes: a patch is FG when at least this fraction of it lies in a box
+    seed: int = 0
+    workers: int = 0
+
+    def __post_init__(self) -> None:
+        if self.mask_source not in MASK_SOURCES:
+            raise ConfigError(f"mask_source must be one of {MASK_SOURCES}, got {self.mask_source!r}")
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ConfigError("epochs and batch size must be >= 1")
+        if self.lr <= 0:
+            raise ConfigError(f"learning rate must be > 0, got {self.lr}")
+        if self.keep_ratio is not None and not 0.0 < self.keep_ratio <= 1.0:
+            raise ConfigError(f"keep ratio must be in (0, 1], got {self.keep_ratio}")
+        if self.threshold is not None and not 0.0 <= self.threshold <= 1.0:
+            raise ConfigError(f"threshold must be an FG probability in [0, 1], got {self.threshold}")
+
+
+class FinetuneSamples(torch.utils.data.Dataset):
+    """``dataset[i] -> dict``: ``pixels [3, S, S]`` (YOLOS input), ``target`` (YOLOS labels dict), and either
+    ``bavit_pixels [3, 384, 384]`` (mask_source="bavit") or ``gt_keep bool [S/p, S/p]`` (mask_source="gt-boxes")."""
+
+    def __init__(self, images: CocoDetection, category_to_label: dict[int, int], cfg: FinetuneConfig,
+                 patch_size: int, bavit_config=None):
+        self.images, self.category_to_label, self.cfg = images, category_to_label, cfg
+        self.grid = (cfg.image_size // patch_size, cfg.image_size // patch_size)
+        self.bavit_config = bavit_config
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> dict:
+        item = self.images[index]
+        sample = {
+            "pixels": yolos_pixels(item.image, self.cfg.image_size),
+            "target": yolos_targets(item.anns, item.width, item.height, self.category_to_label),
+        }
+        if self.bavit_config is not None:
+            c = self.bavit_config
+            sample["bavit_pixels"] = to_tensor(item.image, c.img_size, c.mean, c.std)
+        else:
+            boxes = [(x, y, x + w, y + h) for x, y, w, h in (a["bbox"] for a in item.anns)]
+            grid = labels_from_boxes(boxes, (item.width, item.height), self.grid, "coverage", self.cfg.box_tau)
+            sample["gt_keep"] = cca(grid.bool(), self.cfg.cca_steps)
+        return sample
+
+
+def collate(samples: list[dict]) -> dict:
+    batch = {"pixels": torch.stack([s["pixels"] for s in samples]), "targets": [s["target"] for s in samples]}
+    for key in ("bavit_pixels", "gt_keep"):
+        if key in samples[0]:
+            batch[key] = torch.stack([s[key] for s in samples])
+    return batch
+
+
+@torch.no_grad()
+def bavit_keep_mask(bavit, bavit_pixels: torch.Tensor, cfg: FinetuneConfig, grid: tuple[int, int]) -> torch.Tensor:
+    """``[B, 3, 384, 384]`` -> ``bool [B, gh, gw]``: the inference-time masks (:func:`bavit.coco_map.keep_masks`)."""
+    from .coco_map import Setting, keep_masks
+
+    setting = Setting(threshold=None if cfg.keep_ratio is not None else cfg.threshold, keep_ratio=cfg.keep_ratio)
+    return keep_masks(bavit.fg_prob(bavit_pixels), setting, cfg.cca_steps, grid)
+
+
+def train_step(model, optimizer: torch.optim.Optimizer, pixels: torch.Tensor, keep_mask: torch.Tensor | None,
+               targets: list[dict], clip_grad: float = 0.0) -> dict[str, float]:
+    """One optimisation step of a patched YOLOS on the kept tokens.
+
+    Args:
+        pixels: ``[B, 3, S, S]``; keep_mask: ``bool [B, S/p, S/p]`` (None = dense);
+        targets: per image ``{"class_labels": int64 [n], "boxes": float [n, 4] cxcywh in [0, 1]}``.
+    Returns:
+        ``{"loss", "loss_ce", "loss_bbox", "loss_giou", ...}`` as floats (before the update).
+    """
+    model.train()
+    outputs = model(pixels, keep_mask=keep_mask, labels=targets)
+    optimizer.zero_grad(set_to_none=True)
+    outputs.loss.backward()
+    if clip_grad > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
+    optimizer.step()
+    logged = {"loss": float(outputs.loss.detach())}
+    logged.update({key: float(value.detach()) for key, value in (outputs.loss_dict or {}).items()
+                   if torch.is_tensor(value) and value.numel() == 1})
+    return logged
+
+
+def make_optimizer(model, cfg: FinetuneConfig) -> torch.optim.Optimizer:
+    return torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
+    tensors = {}
+    for group_index, group in enumerate(optimizer.param_groups):
+        for param_index, param in enumerate(group["params"]):
+            for key, value in optimizer.state.get(param, {}).items():
+                if torch.is_tensor(value):
+                    tensors[f"g{group_index}.p{param_index}.{key}"] = value.detach().contiguous().cpu()
+    return tensors
+
+
+def _restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor]) -> None:
+    for group_index, group in enumerate(optimizer.param_groups):
+        for param_index, param in enumerate(group["params"]):
+            prefix = f"g{group_index}.p{param_index}."
+            state = {name[len(prefix):]: value.to(param.device) for name, value in tensors.items() if name.startswith(prefix)}
+            if state:
+                optimizer.state[param] = state
+
+
+def save_finetune_checkpoint(output: str | Path, model, optimizer: torch.optim.Optimizer, state: dict) -> Path:
+    """Write ``OUT/checkpoint/`` (model, ``train_state.json``, ``optimizer.safetensors``) atomically.
+
+    The new folder is written as ``OUT/.checkpoint-XXXX`` and renamed into place; the previous one is moved to
+    ``OUT/.checkpoint.old`` first and deleted last, so at every moment one complete checkpoint exists.
+    """
+    from safetensors.torch import save_file
+
+    output = Path(output)
+    output.mkdir(parents=True, exist_ok=True)
+    final, old = output / CHECKPOINT_DIR, output / f".{CHECKPOINT_DIR}.old"
+    tmp = Path(tempfile.mkdtemp(prefix=f".{CHECKPOINT_DIR}-", dir=output))
+    try:
+        model.save_pretrained(tmp)
+        save_file(_optimizer_tensors(optimizer), str(tmp / OPTIMIZER_FILE))
+        (tmp / STATE_FILE).write_text(json.dumps(state, indent=2, sort_keys=True) + "\n")
+        if old.exists():
+            shutil.rmtree(old)
+        if final.exists():
+            os.replace(final, old)
+        os.replace(tmp, final)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def checkpoint_dir(output: str | Path) -> Path:
+    """``OUT/checkpoint``, restoring ``OUT/.checkpoint.old`` when an interrupt fell between the two renames."""
+    output = Path(output)
+    final, old = output / CHECKPOINT_DIR, output / f".{CHECKPOINT_DIR}.old"
+    if not final.exists() and old.is_dir():
+        os.replace(old, final)
+    return final
+
+
+def load_train_state(checkpoint: Path, optimizer: torch.optim.Optimizer) -> dict:
+    """Restore the optimizer from ``checkpoint``; returns ``train_state.json``."""
+    from safetensors.torch import load_file
+
+    state_file, optimizer_file = checkpoint / STATE_FILE, checkpoint / OPTIMIZER_FILE
+    if not state_file.is_file() or not optimizer_file.is_file():
+        raise CheckpointError(f"--resume: {checkpoint} has no {STATE_FILE} / {OPTIMIZER_FILE}; not a fine-tune checkpoint")
+    state = json.loads(state_file.read_text())
+    _restore_optimizer(optimizer, load_file(str(optimizer_file)))
+    return state
+
+
+def finetune(detector, images: CocoDetection, cfg: FinetuneConfig, output: str | Path, bavit=None,
+             resume: bool = False, progress: bool = True, max_steps: int | None = None, base: str | None = None):
+    """Sparse fine-tuning; returns the patched model after the last epoch (eval mode).
+
+    Args:
+        detector: a ``YolosForObjectDetection`` to start from (ignored with ``resume``).
+        images: training images + COCO annotations.
+        cfg: settings; ``cfg.mask_source == "bavit"`` needs ``bavit``.
+        output: folder for ``checkpoint/`` and ``metrics.jsonl``.
+        bavit: a :class:`bavit.model.BAViT` for the keep masks.
+        resume: continue from ``output/checkpoint`` after its saved epoch.
+        max_steps: stop after this many optimizer steps in total (tests).
+        base: name of the starting detector, recorded in the train state.
+    """
+    from tqdm import tqdm
+
+    from .yolos_loading import load_yolos_model
+    from .yolos_pruned import patch_yolos
+
+    if cfg.mask_source == "bavit" and bavit is None:
+        raise ConfigError("mask_source 'bavit' needs a BAViT checkpoint (--bavit)")
+    if len(images) == 0:
+        raise DataError("no training images")
+    output = Path(output)
+    checkpoint = checkpoint_dir(output)
+    if resume:
+        if not (checkpoint / "config.json").is_file():
+            raise CheckpointError(f"--resume: no fine-tune checkpoint at {checkpoint}")
+        detector = load_yolos_model(checkpoint)
+    model = patch_yolos(detector)
+    if model.config.auxiliary_loss:
+        model.config.auxiliary_loss = False  # intermediate-layer losses are not defined on pruned sequences
+    patch = model.config.patch_size
+    if cfg.image_size % patch:
+        raise ConfigError(f"YOLOS input size {cfg.image_size} is not a multiple of its patch size {patch}")
+    category_to_label = {cat: label for label, cat in label_to_category(model.config.id2label, images.coco).items()}
+    samples = FinetuneSamples(images, category_to_label, cfg, patch, bavit.config if bavit is not None else None)
+    optimizer = make_optimizer(model, cfg)
+    start_epoch, step = 0, 0
+    if resume:
+        state = load_train_state(checkpoint, optimizer)
+        start_epoch, step = int(state["epoch"]), int(state.get("step", 0))
+        base = base or state.get("base")
+    if bavit is not None:
+        bavit.eval()
+    metrics_file = output / "metrics.jsonl"
+    output.mkdir(parents=True, exist_ok=True)
+    steps_run = 0
+    for epoch in range(start_epoch + 1, cfg.epochs + 1):
+        generator = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
+        loader = torch.utils.data.DataLoader(samples, batch_size=cfg.batch_size, shuffle=True, generator=generator,
+                                             collate_fn=collate, num_workers=cfg.workers)
+        started = time.perf_counter()
+        sums: dict[str, float] = {}
+        seen, kept, total = 0, 0, 0
+        bar = tqdm(loader, desc=f"epoch {epoch}/{cfg.epochs}", disable=not progress, leave=False)
+        for batch in bar:
+            if cfg.mask_source == "bavit":
+                keep_mask = bavit_keep_mask(bavit, batch["bavit_pixels"], cfg, samples.grid)
+            else:
+                keep_mask = batch["gt_keep"]
+            logged = train_step(model, optimizer, batch["pixels"], keep_mask, batch["targets"], cfg.clip_grad)
+            count = len(batch["targets"])
+            for key, value in logged.items():
+                sums[key] = sums.get(key, 0.0) + value * count
+            seen += count
+            kept += int(keep_mask.sum())
+            total += keep_mask.numel()
+            step += 1
+            steps_run += 1
+            bar.set_postfix(loss=f"{sums['loss'] / seen:.4f}", img_s=f"{seen / max(time.perf_counter() - started, 1e-9):.1f}")
+            if max_steps is not None and steps_run >= max_steps:
+                break
+        seconds = time.perf_counter() - started
+        record = {"epoch": epoch, "step": step, **{key: value / seen for key, value in sums.items()},
+                  "images": seen, "images_per_s": seen / seconds, "seconds": seconds,
+                  "kept_fraction": kept / max(total, 1), "lr": optimizer.param_groups[0]["lr"]}
+        state = {"epoch": epoch, "step": step, "base": base, "config": asdict(cfg), "train_images": len(images),
+                 "loss": record["loss"]}
+        model.eval()
+        save_finetune_checkpoint(output, model, optimizer, state)
+        with metrics_file.open("a") as handle:
+            handle.write(json.dumps(record) + "\n")
+        if progress:
+            print(f"epoch {epoch}: loss {record['loss']:.4f}  kept {100 * record['kept_fraction']:.1f}% of patches  "
+                  f"{record['images_per_s']:.1f} img/s", flush=True)
+        if max_steps is not None and steps_run >= max_steps:
+            break
+    return model.eval()
+
+
+def register(subparsers) -> None:
+    from .yolos_loading import DEFAULT_DETECTOR
+
+    parser = subparsers.add_parser(
+        "finetune", help="sparse fine-tuning of YOLOS on FG tokens only",
+        description="Fine-tune YOLOS with only the kept (FG) patch tokens, using transformers' YOLOS loss. "
+                    "Keep masks come from BAViT + CCA (--bavit) or, without --bavit, from ground-truth boxes.")
+    parser.add_argument("--detector", default=DEFAULT_DETECTOR, help="YOLOS hub id or local save_pretrained dir")
+    data = parser.add_argument_group("data (either --coco-root or --ann + --images)")
+    data.add_argument("--coco-root", help="COCO folder with annotations/instances_SPLIT.json and SPLIT/")
+    data.add_argument("--split", default="train2017")
+    data.add_argument("--ann", help="a COCO instances_*.json")
+    data.add_argument("--images", help="folder of the images it lists")
+    parser.add_argument("--bavit", help="BAViT checkpoint for the keep masks (default: ground-truth box masks)")
+    sparsity = parser.add_mutually_exclusive_group()
+    sparsity.add_argument("--threshold", type=float, default=0.5, help="BAViT FG-probability threshold")
+    sparsity.add_argument("--keep-ratio", type=float, help="keep this fraction of BAViT patches (top-k)")
+    parser.add_argument("--cca-steps", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=FinetuneConfig.epochs)
+    parser.add_argument("--batch-size", type=int, default=FinetuneConfig.batch_size)
+    parser.add_argument("--lr", type=float, default=FinetuneConfig.lr)
+    parser.add_argument("--weight-decay", type=float, default=FinetuneConfig.weight_decay)
+    parser.add_argument("--image-size", type=int, default=YOLOS_SIZE, help="square YOLOS input side (pixels)")
+    parser.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--output", default="runs/yolos-finetune", help="folder for checkpoint/ and metrics.jsonl")
+    parser.add_argument("--resume", action="store_true", help="continue from OUTPUT/checkpoint")
+    parser.add_argument("--limit", type=int, help="use only the first N images (sorted by id)")
+    parser.add_argument("--threads", type=int, help="torch CPU threads")
+    parser.add_argument("--no-progress", action="store_true")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from .model import load_checkpoint
+    from .yolos_loading import load_yolos_model
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cfg = FinetuneConfig(
+        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
+        image_size=args.image_size, mask_source="bavit" if args.bavit else "gt-boxes",
+        threshold=None if args.keep_ratio is not None else args.threshold, keep_ratio=args.keep_ratio,
+        cca_steps=args.cca_steps, seed=args.seed, workers=args.workers)
+    detector = None
+    if not args.resume:
+        try:
+            detector = load_yolos_model(args.detector)
+        except ValueError as exc:  # a checkpoint that is not YOLOS
+            raise ConfigError(str(exc)) from None
+    ann_file, images_dir = resolve_paths(args.coco_root, args.split, args.ann, args.images)
+    images = CocoDetection(ann_file, images_dir, limit=args.limit)
+    bavit = load_checkpoint(args.bavit) if args.bavit else None
+    finetune(detector, images, cfg, args.output, bavit=bavit, resume=args.resume, progress=not args.no_progress,
+             base=str(args.detector))
+    print(f"fine-tuned detector: {checkpoint_dir(args.output)} (use --detector {checkpoint_dir(args.output)})")
+    return 0

@@ -1,0 +1,265 @@
+"""``python -m bavit train``: BAViT training with the accumulative cross-entropy, Adam and StepLR (paper §3.4).
+
+Runs on one process, or under ``torchrun --nproc_per_node=N`` (DDP with the gloo backend on CPU). Every epoch
+writes ``OUT/last.safetensors`` (model + config, loadable by path) and ``OUT/last.train-state.safetensors``
+(optimizer moments, scheduler, epoch) atomically, so an interrupt loses at most the current epoch; ``--resume``
+continues from them. Metrics go to ``OUT/metrics.jsonl``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from .augment import AugmentConfig, AugmentedDataset, CachedSamples
+from .config import PRESETS, BAViTConfig
+from .data import Record, add_dataset_arguments, records_from_args
+from .errors import CheckpointError, DataError
+from .loss import IGNORE_INDEX, AccumulativeCrossEntropy
+from .model import BAViT, build_bavit, checkpoint_extra, load_checkpoint, save_checkpoint
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 40
+    batch_size: int = 16
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    step_size: int = 15  # StepLR: multiply the LR by gamma every step_size epochs
+    gamma: float = 0.3
+    class_weights: tuple[float, float] | None = None
+    augment: bool = True
+    label_source: str = "mask"
+    box_rule: str = "coverage"
+    box_tau: float = 0.5
+    cache_size: int = 512
+    seed: int = 0
+    workers: int = 0
+    init: str = "random"
+    extra: dict = field(default_factory=dict)
+
+
+def _distributed() -> tuple[int, int]:
+    """(rank, world size); initialises gloo when launched by torchrun."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("gloo")
+    return (dist.get_rank(), world) if world > 1 else (0, 1)
+
+
+def _state_path(out_dir: Path) -> Path:
+    return out_dir / "last.train-state.safetensors"
+
+
+def save_train_state(out_dir: Path, optimizer: torch.optim.Optimizer, scheduler, epoch: int) -> None:
+    """Adam moments as tensors + scheduler/epoch as JSON metadata, written atomically (no pickles)."""
+    from safetensors.torch import save_file
+
+    tensors, layout = {}, []
+    for group_index, group in enumerate(optimizer.param_groups):
+        for param_index, param in enumerate(group["params"]):
+            state = optimizer.state.get(param, {})
+            for key, value in state.items():
+                if torch.is_tensor(value):
+                    name = f"g{group_index}.p{param_index}.{key}"
+                    tensors[name] = value.detach().contiguous().cpu().reshape(value.shape)
+                    layout.append(name)
+    metadata = {"epoch": str(epoch), "scheduler": json.dumps(scheduler.state_dict()),
+                "lrs": json.dumps([g["lr"] for g in optimizer.param_groups])}
+    path = _state_path(out_dir)
+    tmp = path.with_suffix(".tmp")
+    save_file(tensors, str(tmp), metadata=metadata)
+    os.replace(tmp, path)
+
+
+def load_train_state(out_dir: Path, optimizer: torch.optim.Optimizer, scheduler) -> int:
+    """Restore optimizer + scheduler; returns the last completed epoch."""
+    from safetensors import safe_open
+
+    path = _state_path(out_dir)
+    if not path.is_file():
+        raise CheckpointError(f"--resume: no training state at {path}")
+    with safe_open(str(path), framework="pt") as handle:
+        metadata = handle.metadata()
+        tensors = {name: handle.get_tensor(name) for name in handle.keys()}
+    for group_index, group in enumerate(optimizer.param_groups):
+        for param_index, param in enumerate(group["params"]):
+            prefix = f"g{group_index}.p{param_index}."
+            state = {name[len(prefix):]: value for name, value in tensors.items() if name.startswith(prefix)}
+            if state:
+                optimizer.state[param] = state
+    scheduler.load_state_dict(json.loads(metadata["scheduler"]))
+    for group, lr in zip(optimizer.param_groups, json.loads(metadata["lrs"])):
+        group["lr"] = lr
+    return int(metadata["epoch"])
+
+
+def train(records: list[Record], model_config: BAViTConfig, cfg: TrainConfig, out_dir: str | Path,
+          resume: bool = False, progress: bool = True, max_steps: int | None = None) -> BAViT:
+    """Train a BAViT on ``records``; returns the (unwrapped) model after the last epoch.
+
+    Args:
+        records: training images with masks/boxes.
+        model_config: architecture (stored in every checkpoint).
+        cfg: optimisation settings.
+        out_dir: folder for ``last.safetensors``, its train state and ``metrics.jsonl``.
+        resume: continue from ``out_dir``'s last checkpoint.
+        max_steps: stop after this many optimizer steps in total (tests).
+    """
+    from tqdm import tqdm
+
+    rank, world = _distributed()
+    out_dir = Path(out_dir)
+    if rank == 0:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed)
+    if not records:
+        raise DataError("no training images")
+    cache = CachedSamples(records, model_config, cfg.cache_size, cfg.label_source, cfg.box_rule, cfg.box_tau,
+                          progress=progress and rank == 0)
+    dataset = AugmentedDataset(cache, AugmentConfig() if cfg.augment else None, seed=cfg.seed)
+    sampler = torch.utils.data.DistributedSampler(dataset, world, rank, shuffle=True, seed=cfg.seed) if world > 1 else None
+    generator = torch.Generator().manual_seed(cfg.seed)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.batch_size, shuffle=sampler is None, sampler=sampler,
+                                         num_workers=cfg.workers, drop_last=len(dataset) > cfg.batch_size * world,
+                                         generator=generator, persistent_workers=cfg.workers > 0)
+    last = out_dir / "last.safetensors"
+    if resume:
+        if not last.is_file():
+            raise CheckpointError(f"--resume: no checkpoint at {last}")
+        model = load_checkpoint(last)
+        if model.config != model_config:
+            model_config = model.config
+    else:
+        model = build_bavit(model_config, cfg.init)
+    model.train()
+    net = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
+    criterion = AccumulativeCrossEntropy(cfg.class_weights)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.step_size, gamma=cfg.gamma)
+    start_epoch = load_train_state(out_dir, optimizer, scheduler) if resume else 0
+    prior = cache.fg_prior().flatten().tolist()
+    metrics_file = out_dir / "metrics.jsonl"
+    steps = 0
+    for epoch in range(start_epoch + 1, cfg.epochs + 1):
+        dataset.set_epoch(epoch)
+        if sampler is not None:
+            sampler.set_epoch(epoch)
+        started = time.perf_counter()
+        loss_sum, token_correct, token_count, images = 0.0, 0, 0, 0
+        bar = tqdm(loader, desc=f"epoch {epoch}/{cfg.epochs}", disable=not progress or rank != 0, leave=False)
+        for pixels, labels in bar:
+            logits = net(pixels)
+            loss = criterion(logits, labels)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            with torch.no_grad():
+                valid = labels.reshape(-1) != IGNORE_INDEX
+                predicted = logits.reshape(-1, 2).argmax(-1)
+                token_correct += int((predicted[valid] == labels.reshape(-1)[valid]).sum())
+                token_count += int(valid.sum())
+            loss_sum += float(loss.detach()) * len(pixels)
+            images += len(pixels)
+            elapsed = time.perf_counter() - started
+            bar.set_postfix(loss=f"{loss_sum / images:.4f}", img_s=f"{images * world / max(elapsed, 1e-9):.1f}")
+            steps += 1
+            if max_steps is not None and steps >= max_steps:
+                break
+        scheduler.step()
+        elapsed = time.perf_counter() - started
+        totals = torch.tensor([loss_sum, images, token_correct, token_count], dtype=torch.float64)
+        if world > 1:
+            dist.all_reduce(totals)
+        record = {
+            "epoch": epoch,
+            "loss": totals[0].item() / max(totals[1].item(), 1),
+            "train_token_accuracy": totals[2].item() / max(totals[3].item(), 1),
+            "images": int(totals[1].item()),
+            "images_per_s": totals[1].item() / elapsed,
+            "seconds": elapsed,
+            "lr": optimizer.param_groups[0]["lr"],
+            "world_size": world,
+        }
+        if rank == 0:
+            save_train_state(out_dir, optimizer, scheduler, epoch)
+            save_checkpoint(model, last, extra={"epoch": epoch, "train": asdict(cfg), "fg_prior": prior,
+                                                "train_images": len(records), "loss": record["loss"]})
+            with metrics_file.open("a") as handle:
+                handle.write(json.dumps(record) + "\n")
+            if progress:
+                print(f"epoch {epoch}: loss {record['loss']:.4f}  train acc {record['train_token_accuracy']:.4f}  "
+                      f"{record['images_per_s']:.1f} img/s  lr {record['lr']:.2e}", flush=True)
+        if world > 1:
+            dist.barrier()
+        if max_steps is not None and steps >= max_steps:
+            break
+    model.eval()
+    return model
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("train", help="train a BAViT token classifier",
+                                   description="Train BAViT with the accumulative cross-entropy (Adam + StepLR).")
+    add_dataset_arguments(parser, default_split="train2017")
+    parser.add_argument("--model", choices=sorted(PRESETS), default="small", help="small = 2 layers, large = 10")
+    parser.add_argument("--depth", type=int, help="override the preset's depth")
+    parser.add_argument("--stem", choices=["patch", "conv"], default="patch", help="token embedding (default patch)")
+    parser.add_argument("--img-size", type=int, default=384)
+    parser.add_argument("--init", default="random", help="random | timm:NAME | yolos:ID_OR_DIR")
+    parser.add_argument("--labels", choices=["mask", "boxes"], default="mask", help="label source")
+    parser.add_argument("--box-rule", choices=["coverage", "iou"], default="coverage")
+    parser.add_argument("--box-tau", type=float, default=0.5)
+    parser.add_argument("--epochs", type=int, default=TrainConfig.epochs)
+    parser.add_argument("--batch-size", type=int, default=TrainConfig.batch_size, help="per process")
+    parser.add_argument("--lr", type=float, default=TrainConfig.lr)
+    parser.add_argument("--weight-decay", type=float, default=TrainConfig.weight_decay)
+    parser.add_argument("--step-size", type=int, default=TrainConfig.step_size)
+    parser.add_argument("--gamma", type=float, default=TrainConfig.gamma)
+    parser.add_argument("--class-weights", type=float, nargs=2, metavar=("BG", "FG"), help="off by default")
+    parser.add_argument("--no-augment", action="store_true")
+    parser.add_argument("--drop-path", type=float, default=0.0)
+    parser.add_argument("--workers", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, help="torch intra-op threads")
+    parser.add_argument("--limit", type=int, help="use only the first N images")
+    parser.add_argument("--out", default="runs/bavit", help="folder for checkpoints and metrics.jsonl")
+    parser.add_argument("--output", help="also copy the final checkpoint to this .safetensors path")
+    parser.add_argument("--resume", action="store_true", help="continue from OUT/last.safetensors")
+    parser.add_argument("--no-progress", action="store_true")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    preset = PRESETS[args.model]
+    model_config = BAViTConfig(**{**asdict(preset), "depth": args.depth or preset.depth, "stem": args.stem,
+                                  "img_size": args.img_size, "drop_path_rate": args.drop_path})
+    records = records_from_args(args)
+    if args.limit:
+        records = records[: args.limit]
+    cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
+                      step_size=args.step_size, gamma=args.gamma,
+                      class_weights=tuple(args.class_weights) if args.class_weights else None,
+                      augment=not args.no_augment, label_source=args.labels, box_rule=args.box_rule,
+                      box_tau=args.box_tau, seed=args.seed, workers=args.workers, init=args.init)
+    train(records, model_config, cfg, args.out, resume=args.resume, progress=not args.no_progress)
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    if rank == 0 and args.output:
+        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(args.output).with_suffix(".tmp")
+        shutil.copyfile(Path(args.out) / "last.safetensors", tmp)
+        os.replace(tmp, args.output)
+        print(f"wrote {args.output}")
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    return 0

@@ -1,0 +1,183 @@
+"""COCO mAP harness: the COCOeval wrapper is exact on hand-made cases, label ids map to COCO category ids, a tiny
+random YOLOS saved with save_pretrained runs end to end (structure only: its numbers mean nothing), and missing
+weights stop with a clear message."""
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from transformers import YolosConfig, YolosForObjectDetection
+
+from bavit.cli import main
+from bavit.coco_detection import CocoDetection, coco91_id2label, label_to_category, load_coco, yolos_targets
+from bavit.coco_map import STAT_NAMES, evaluate_bbox, make_settings, markdown_table, to_coco_results
+from bavit.config import SMALL
+from bavit.errors import ConfigError, DataError, WeightsUnavailableError
+from bavit.model import build_bavit, save_checkpoint
+from bavit.yolos_loading import HOW_TO_GET_WEIGHTS, load_yolos_model
+
+
+def write_tiny_coco(tmp_path, with_images: bool = False):
+    """Two 64x48 images: image 1 has two cats (category 17), image 2 a dog (18) and a crowd region."""
+    dataset = {
+        "images": [{"id": 1, "file_name": "a.png", "width": 64, "height": 48},
+                   {"id": 2, "file_name": "b.png", "width": 64, "height": 48}],
+        "categories": [{"id": 17, "name": "cat", "supercategory": "animal"},
+                       {"id": 18, "name": "dog", "supercategory": "animal"}],
+        "annotations": [
+            {"id": 1, "image_id": 1, "category_id": 17, "bbox": [2, 3, 20, 10], "area": 200, "iscrowd": 0},
+            {"id": 2, "image_id": 1, "category_id": 17, "bbox": [30, 20, 30, 25], "area": 750, "iscrowd": 0},
+            {"id": 3, "image_id": 2, "category_id": 18, "bbox": [10, 10, 40, 30], "area": 1200, "iscrowd": 0},
+            {"id": 4, "image_id": 2, "category_id": 18, "bbox": [0, 0, 8, 8], "area": 64, "iscrowd": 1},
+        ],
+    }
+    ann = tmp_path / "instances_tiny.json"
+    ann.write_text(json.dumps(dataset))
+    if with_images:
+        rng = np.random.default_rng(0)
+        for image in dataset["images"]:
+            Image.fromarray(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)).save(tmp_path / image["file_name"])
+    return ann
+
+
+def gt_as_detections(coco, image_ids):
+    return [{"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"], "score": 1.0}
+            for a in coco.loadAnns(coco.getAnnIds(imgIds=list(image_ids), iscrowd=False))]
+
+
+def test_ground_truth_boxes_give_ap_1_on_shared_coco(coco_root):
+    coco = load_coco(coco_root / "annotations" / "instances_val2017.json")
+    image_ids = sorted(coco.getImgIds())
+    stats = evaluate_bbox(coco, gt_as_detections(coco, image_ids), image_ids)
+    assert set(stats) == set(STAT_NAMES)
+    assert stats["mAP"] == 1.0 and stats["AP50"] == 1.0 and stats["AP75"] == 1.0 and stats["AP_small"] == 1.0
+
+
+def test_cocoeval_wrapper_is_exact_on_a_hand_made_set(tmp_path):
+    coco = load_coco(write_tiny_coco(tmp_path))
+    assert evaluate_bbox(coco, gt_as_detections(coco, [1, 2]), [1, 2])["mAP"] == 1.0
+    # Only the first of the two cats found: cat recall 0.5 at precision 1 -> AP = 51/101 (COCO's 101 recall
+    # points 0, 0.01, ..., 0.5 have precision 1, the rest 0); dog AP = 1.
+    one_cat = [d for d in gt_as_detections(coco, [1, 2]) if d["bbox"] != [30, 20, 30, 25]]
+    stats = evaluate_bbox(coco, one_cat, [1, 2])
+    assert stats["mAP"] == pytest.approx((51 / 101 + 1.0) / 2, abs=1e-12)
+    # Evaluating image 2 alone: image 1's cats are not misses.
+    assert evaluate_bbox(coco, [d for d in one_cat if d["image_id"] == 2], [2])["mAP"] == pytest.approx(1.0, abs=1e-12)
+    # A box shifted to IoU 0.6 counts at AP50 but not at AP75.
+    shifted = [{"image_id": 2, "category_id": 18, "bbox": [10 + 10, 10, 40, 30], "score": 0.9}]  # IoU 30/50
+    stats = evaluate_bbox(coco, shifted, [2])
+    assert stats["AP50"] == pytest.approx(1.0, abs=1e-12) and stats["AP75"] == 0.0
+    # No detections at all -> 0, not a pycocotools crash; no large objects in the set -> None.
+    assert evaluate_bbox(coco, [], [1, 2])["mAP"] == 0.0
+    assert stats["AP_large"] is None
+
+
+def test_yolos_tiny_label_ids_are_coco_category_ids(coco_root, tmp_path):
+    coco = load_coco(coco_root / "annotations" / "instances_val2017.json")
+    id2label = coco91_id2label(coco)  # hustvl/yolos-tiny's layout: 91 slots, slot = category id, gaps "N/A"
+    assert len(id2label) == 91 and id2label[0] == "N/A" and id2label[1] == "person" and id2label[90] == "toothbrush"
+    assert [i for i, name in id2label.items() if name == "N/A"] == [0, 12, 26, 29, 30, 45, 66, 68, 69, 71, 83]
+    mapping = label_to_category(id2label, coco)
+    assert mapping == {cat: cat for cat in coco.cats}  # the identity on the 80 used ids
+    # A dataset numbered otherwise is still mapped by name.
+    tiny = load_coco(write_tiny_coco(tmp_path))
+    assert label_to_category(id2label, tiny) == {17: 17, 18: 18}
+    assert label_to_category({0: "dog", 1: "Cat"}, tiny) == {0: 18, 1: 17}
+    with pytest.raises(ConfigError, match="none of the detector's 2 label names"):
+        label_to_category({0: "LABEL_0", 1: "LABEL_1"}, tiny)
+
+
+def test_coco_results_are_xywh_in_pixels_and_drop_unmapped_labels():
+    boxes = torch.tensor([[10.0, 20.0, 50.0, 80.0], [0.0, 0.0, 5.0, 5.0]])
+    results = to_coco_results(7, torch.tensor([0.9, 0.8]), torch.tensor([17, 12]), boxes, {17: 17})
+    assert results == [{"image_id": 7, "category_id": 17, "bbox": [10.0, 20.0, 40.0, 60.0], "score": pytest.approx(0.9)}]
+
+
+def test_training_targets_are_normalised_cxcywh_without_crowds(tmp_path):
+    coco = load_coco(write_tiny_coco(tmp_path))
+    target = yolos_targets(coco.imgToAnns[2], 64, 48, {18: 18})
+    assert target["class_labels"].tolist() == [18]
+    torch.testing.assert_close(target["boxes"], torch.tensor([[30 / 64, 25 / 48, 40 / 64, 30 / 48]]))
+
+
+def test_settings_and_bad_values():
+    settings = make_settings([0.5], [0.65])
+    assert [s.dense for s in settings] == [True, False, False]
+    assert settings[1].threshold == 0.5 and settings[2].keep_ratio == 0.65
+    with pytest.raises(ConfigError):
+        make_settings([1.5])
+    with pytest.raises(ConfigError):
+        make_settings([], [0.0])
+
+
+def test_dataset_errors_name_the_problem(tmp_path):
+    with pytest.raises(DataError, match="annotation file not found"):
+        CocoDetection(tmp_path / "missing.json", tmp_path)
+    ann = write_tiny_coco(tmp_path)  # images not written
+    with pytest.raises(DataError, match="2 of 2 images listed in instances_tiny.json are missing"):
+        CocoDetection(ann, tmp_path)
+    (tmp_path / "bad.json").write_text("{\"images\": 3}")
+    with pytest.raises(DataError, match="not a valid COCO annotation file|not a COCO instances file"):
+        CocoDetection(tmp_path / "bad.json", tmp_path)
+
+
+def tiny_yolos_dir(coco, path, image_size=512):
+    """A random YOLOS with yolos-tiny's label layout, saved the way users save the real one."""
+    id2label = coco91_id2label(coco)
+    config = YolosConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                         image_size=[image_size, image_size], num_detection_tokens=10, id2label=id2label,
+                         label2id={name: i for i, name in id2label.items()})
+    torch.manual_seed(0)
+    YolosForObjectDetection(config).save_pretrained(path)
+    return path
+
+
+def test_harness_runs_end_to_end_on_a_saved_random_yolos(coco_root, tmp_path, capsys):
+    """Structure only: a random detector's mAP is meaningless and is not asserted or reported."""
+    coco = load_coco(coco_root / "annotations" / "instances_val2017.json")
+    detector_dir = tiny_yolos_dir(coco, tmp_path / "tiny-yolos")
+    assert load_yolos_model(detector_dir).config.num_detection_tokens == 10  # the same from_pretrained path
+    bavit_path = save_checkpoint(build_bavit(SMALL), tmp_path / "bavit.safetensors")
+    out_json, out_md = tmp_path / "table2.json", tmp_path / "table2.md"
+    code = main(["map", "--detector", str(detector_dir), "--coco-root", str(coco_root), "--split", "val2017",
+                 "--bavit", str(bavit_path), "--thresholds", "0.5", "--keep-ratios", "0.6", "--limit", "3",
+                 "--json", str(out_json), "--markdown", str(out_md), "--no-progress"])
+    assert code == 0
+    report = json.loads(out_json.read_text())
+    assert report["images"] == 3 and report["cca_steps"] == 3 and report["image_size"] == 512
+    assert report["label_mapping"].startswith("identity")
+    rows = report["rows"]
+    assert [r["model"] for r in rows] == ["YOLOS (dense)", "BAViT+YOLOS thr 0.5", "BAViT+YOLOS keep 0.6"]
+    keys = {"model", "threshold", "keep_ratio", "sparsity", "bavit_tokens", "yolos_tokens", "yolos_pruned_tokens",
+            "total_tokens", "token_reduction_pct", "detections", *STAT_NAMES}
+    assert all(keys <= set(r) for r in rows)
+    dense = rows[0]
+    # Dense: nothing pruned, no BAViT; token counts are exact (2 layers x 1024 patches for this tiny YOLOS).
+    assert dense["sparsity"] == 0.0 and dense["bavit_tokens"] == 0 and dense["token_reduction_pct"] == 0.0
+    assert dense["yolos_tokens"] == dense["yolos_pruned_tokens"] == dense["total_tokens"] == 2 * 1024
+    for row in rows[1:]:
+        assert row["bavit_tokens"] == 1152 and 0.0 <= row["sparsity"] <= 1.0
+        assert row["yolos_pruned_tokens"] == int(2 * row["kept_patches"] + 1e-6)  # truncated, as the paper does
+        assert row["sparsity"] == pytest.approx(1 - row["kept_patches"] / 1024)
+        assert row["total_tokens"] == 1152 + row["yolos_pruned_tokens"]
+        reduction = 100 * (row["yolos_tokens"] - row["total_tokens"]) / row["yolos_tokens"]
+        assert row["token_reduction_pct"] == pytest.approx(reduction)
+    assert all(0 < r["detections"] <= 3 * 10 for r in rows)
+    table = out_md.read_text().splitlines()
+    assert table[0].startswith("| Model | Sparsity % | mAP | AP50 | AP_small |") and len(table) == 2 + len(rows)
+    assert capsys.readouterr().out.splitlines()[0] == table[0]
+
+
+def test_missing_detector_dir_and_offline_hub_are_clear_errors(coco_root, tmp_path, capsys):
+    with pytest.raises(WeightsUnavailableError, match="detector directory not found") as excinfo:
+        load_yolos_model(tmp_path / "no-such-dir")
+    assert HOW_TO_GET_WEIGHTS in str(excinfo.value)
+    code = main(["map", "--detector", str(tmp_path / "no-such-dir"), "--coco-root", str(coco_root), "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: detector directory not found") and "Traceback" not in err
+    # The real weights: hustvl/yolos-tiny from the (offline, in tests) hub.
+    code = main(["map", "--detector", "hustvl/yolos-tiny", "--coco-root", str(coco_root), "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: could not load detector 'hustvl/yolos-tiny'")
+    assert HOW_TO_GET_WEIGHTS in err and "Traceback" not in err

@@ -1,0 +1,106 @@
+"""Sparse fine-tuning: loss goes down on a fixed batch of the shared COCO subset, checkpoints are atomic and
+loadable, and --resume continues exactly where an uninterrupted run would be. Tiny YOLOS built from a config."""
+import json
+
+import pytest
+import torch
+from transformers import YolosConfig, YolosForObjectDetection
+
+from bavit.cli import main
+from bavit.coco_detection import CocoDetection, coco91_id2label, label_to_category
+from bavit.errors import CheckpointError
+from bavit.finetune import (
+    FinetuneConfig,
+    FinetuneSamples,
+    collate,
+    finetune,
+    load_train_state,
+    make_optimizer,
+    train_step,
+)
+from bavit.yolos_loading import load_yolos_model
+from bavit.yolos_pruned import patch_yolos
+
+IMAGE_SIZE = 128  # 8x8 patch grid: GT-box masks prune a real share of it
+
+
+@pytest.fixture(scope="module")
+def train_images(coco_root):
+    return CocoDetection(coco_root / "annotations" / "instances_train2017.json", coco_root / "train2017", limit=4)
+
+
+def tiny_yolos(coco, seed: int = 0) -> YolosForObjectDetection:
+    """A random YOLOS with hustvl/yolos-tiny's 91-slot COCO label layout, small enough for a test."""
+    id2label = coco91_id2label(coco)
+    config = YolosConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                         image_size=[IMAGE_SIZE, IMAGE_SIZE], num_detection_tokens=10, id2label=id2label,
+                         label2id={name: i for i, name in id2label.items()})
+    torch.manual_seed(seed)
+    return YolosForObjectDetection(config)
+
+
+def test_loss_decreases_on_a_fixed_batch(train_images):
+    torch.manual_seed(0)
+    model = patch_yolos(tiny_yolos(train_images.coco))
+    cfg = FinetuneConfig(lr=1e-3, image_size=IMAGE_SIZE)
+    category_to_label = {c: l for l, c in label_to_category(model.config.id2label, train_images.coco).items()}
+    samples = FinetuneSamples(train_images, category_to_label, cfg, patch_size=16)
+    batch = collate([samples[i] for i in range(len(samples))])
+    keep = batch["gt_keep"]
+    assert keep.shape == (4, 8, 8) and keep.dtype == torch.bool
+    assert 0 < int(keep.sum()) < keep.numel()  # really sparse: some patches pruned, some kept
+    for target in batch["targets"]:
+        boxes = target["boxes"]
+        assert boxes.shape[1] == 4 and bool(((boxes >= 0) & (boxes <= 1)).all())
+        assert len(target["class_labels"]) == len(boxes)
+    optimizer = make_optimizer(model, cfg)
+    losses = [train_step(model, optimizer, batch["pixels"], keep, batch["targets"], cfg.clip_grad)["loss"] for _ in range(12)]
+    assert losses[-1] < losses[0] - 0.05, losses
+    assert sum(b < a for a, b in zip(losses, losses[1:])) >= 9, losses
+
+
+def _weights(model) -> dict:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def test_checkpoint_resume_matches_uninterrupted_run(train_images, tmp_path):
+    cfg1 = FinetuneConfig(epochs=1, batch_size=2, lr=1e-3, image_size=IMAGE_SIZE)
+    cfg2 = FinetuneConfig(epochs=2, batch_size=2, lr=1e-3, image_size=IMAGE_SIZE)
+
+    finetune(tiny_yolos(train_images.coco), train_images, cfg1, tmp_path / "run", progress=False, base="tiny")
+    checkpoint = tmp_path / "run" / "checkpoint"
+    state = json.loads((checkpoint / "train_state.json").read_text())
+    assert state["epoch"] == 1 and state["step"] == 2 and state["config"]["mask_source"] == "gt-boxes"
+    assert json.loads((checkpoint / "config.json").read_text())["architectures"] == ["YolosForObjectDetection"]
+    assert not list((tmp_path / "run").glob(".checkpoint*"))  # no temp folders left behind
+    # The checkpoint is an ordinary YOLOS directory for --detector, and its optimizer state comes back.
+    reloaded = load_yolos_model(checkpoint)
+    optimizer = make_optimizer(reloaded, cfg2)
+    assert load_train_state(checkpoint, optimizer)["epoch"] == 1
+    assert all(float(s["step"]) == 2 for s in optimizer.state.values()) and len(optimizer.state) > 0
+
+    resumed = finetune(None, train_images, cfg2, tmp_path / "run", resume=True, progress=False)
+    metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["epoch"] for m in metrics] == [1, 2]
+    assert {"loss", "loss_ce", "loss_bbox", "loss_giou", "images_per_s", "kept_fraction"} <= set(metrics[0])
+    assert json.loads((checkpoint / "train_state.json").read_text())["epoch"] == 2
+
+    straight = finetune(tiny_yolos(train_images.coco), train_images, cfg2, tmp_path / "straight", progress=False)
+    expected, got = _weights(straight), _weights(resumed)
+    assert expected.keys() == got.keys()
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name], rtol=0, atol=1e-6, msg=name)
+
+
+def test_resume_without_checkpoint_is_a_clear_error(train_images, tmp_path):
+    with pytest.raises(CheckpointError, match="no fine-tune checkpoint"):
+        finetune(None, train_images, FinetuneConfig(epochs=1, image_size=IMAGE_SIZE), tmp_path, resume=True, progress=False)
+
+
+def test_cli_missing_detector_exits_2_without_traceback(coco_root, tmp_path, capsys):
+    code = main(["finetune", "--detector", str(tmp_path / "no-such-dir"), "--coco-root", str(coco_root),
+                 "--output", str(tmp_path / "out"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith("error: detector directory not found") and "save_pretrained" in err
+    assert "Traceback" not in err
