@@ -62,6 +62,9 @@ def test_cocoeval_wrapper_is_exact_on_a_hand_made_set(tmp_path):
     one_cat = [d for d in gt_as_detections(coco, [1, 2]) if d["bbox"] != [30, 20, 30, 25]]
     stats = evaluate_bbox(coco, one_cat, [1, 2])
     assert stats["mAP"] == pytest.approx((51 / 101 + 1.0) / 2, abs=1e-12)
+    # The compact [N, 7] array form the harness accumulates gives the same numbers.
+    rows = np.array([[d["image_id"], *d["bbox"], d["score"], d["category_id"]] for d in one_cat], dtype=np.float64)
+    assert evaluate_bbox(coco, rows, [1, 2]) == stats
     # Evaluating image 2 alone: image 1's cats are not misses.
     assert evaluate_bbox(coco, [d for d in one_cat if d["image_id"] == 2], [2])["mAP"] == pytest.approx(1.0, abs=1e-12)
     # A box shifted to IoU 0.6 counts at AP50 but not at AP75.
