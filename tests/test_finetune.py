@@ -104,3 +104,32 @@ def test_cli_missing_detector_exits_2_without_traceback(coco_root, tmp_path, cap
     assert code == 2
     assert err.startswith("error: detector directory not found") and "save_pretrained" in err
     assert "Traceback" not in err
+
+
+def test_bavit_masks_and_cli_end_to_end(train_images, tmp_path, capsys):
+    """Keep masks from a (random) BAViT through the CLI; structure only, the weights are untrained."""
+    from bavit.config import SMALL
+    from bavit.finetune import bavit_keep_mask
+    from bavit.model import build_bavit, save_checkpoint
+
+    torch.manual_seed(0)
+    bavit = build_bavit(SMALL).eval()
+    pixels = torch.randn(2, 3, 384, 384)
+    everything = bavit_keep_mask(bavit, pixels, FinetuneConfig(threshold=0.0, cca_steps=0), (8, 8))
+    assert everything.shape == (2, 8, 8) and bool(everything.all())
+    assert bool(bavit_keep_mask(bavit, pixels, FinetuneConfig(keep_ratio=1.0), (8, 8)).all())
+
+    detector_dir = tmp_path / "tiny-yolos"
+    tiny_yolos(train_images.coco).save_pretrained(detector_dir)
+    bavit_path = save_checkpoint(bavit, tmp_path / "bavit.safetensors")
+    coco_root = train_images.images_dir.parent
+    code = main(["finetune", "--detector", str(detector_dir), "--coco-root", str(coco_root), "--limit", "2",
+                 "--bavit", str(bavit_path), "--keep-ratio", "0.5", "--epochs", "1", "--batch-size", "2",
+                 "--image-size", str(IMAGE_SIZE), "--output", str(tmp_path / "out"), "--no-progress"])
+    assert code == 0, capsys.readouterr().err
+    state = json.loads((tmp_path / "out" / "checkpoint" / "train_state.json").read_text())
+    assert state["config"]["mask_source"] == "bavit" and state["config"]["keep_ratio"] == 0.5
+    assert state["base"] == str(detector_dir) and state["epoch"] == 1
+    metrics = json.loads((tmp_path / "out" / "metrics.jsonl").read_text())
+    assert 0.0 < metrics["kept_fraction"] <= 1.0 and metrics["images"] == 2
+    assert load_yolos_model(tmp_path / "out" / "checkpoint").config.num_detection_tokens == 10
