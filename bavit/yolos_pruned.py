@@ -15,17 +15,9 @@ Batches whose images keep different numbers of patches run in one of two ways (`
   the detection tokens (so the detection tokens stay last) and a boolean SDPA key mask hides them.
 * ``"per_image"``: one run per image, no padding and no mask.
 
-Measured with ``python scripts/compare_batch_modes.py`` (YOLOS-tiny architecture, 512x512, batch 8, per-image
-kept patches spread +-10% of the grid around the target, torch CPU, 2 threads, median of 5 interleaved runs,
-on the shared 2-core dev machine so +-10% noise)::
+Measured with ``scripts/compare_batch_modes.py``: MEASUREMENT PENDING (the shared machine is overloaded).
 
-    sparsity  padded ms  per_image ms
-    0.29       1055       1004
-    0.35        967        935
-    0.46        819        813
-
-Per-image runs are as fast or faster (the pads cost compute and the masked SDPA kernel is slower than the
-unmasked one), so ``"per_image"`` is the default for mixed counts. Batches whose images all keep the same count
+Batches whose images all keep the same count
 always run batched without padding. Attention implementations other than SDPA ("eager" multiplies attention
 probabilities by the mask instead of masking keys) always use per-image runs.
 """

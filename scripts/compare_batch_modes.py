@@ -1,0 +1,57 @@
+"""Padded vs per-image pruned YOLOS runs for a batch with different kept counts per image (CPU timings in ms).
+
+    OMP_NUM_THREADS=2 PYTHONPATH=. .venv/bin/python scripts/compare_batch_modes.py [--threads 2] [--batch 8] [--repeats 5]
+
+The numbers chose ``bavit.yolos_pruned.DEFAULT_BATCH_MODE``; see that module's docstring.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from bavit.yolos_pruned import patch_yolos, random_yolos_tiny
+
+
+def spread_keep_masks(batch: int, kept_mean: int, grid: int = 32, spread: float = 0.10, seed: int = 0) -> torch.Tensor:
+    """``bool [batch, grid, grid]`` random masks whose kept counts spread +-``spread`` of the grid around the mean."""
+    cells = grid * grid
+    offsets = torch.linspace(-spread * cells, spread * cells, batch).round().long()
+    counts = (kept_mean + offsets).clamp(0, cells)
+    generator = torch.Generator().manual_seed(seed)
+    masks = torch.zeros(batch, cells, dtype=torch.bool)
+    for row, count in enumerate(counts.tolist()):
+        masks[row, torch.randperm(cells, generator=generator)[:count]] = True
+    return masks.reshape(batch, grid, grid)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--sparsity", type=float, nargs="+", default=[0.29, 0.35, 0.46])
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    model = patch_yolos(random_yolos_tiny())
+    pixels = torch.randn(args.batch, 3, 512, 512)
+    print(f"torch {torch.__version__}, {args.threads} threads, batch {args.batch}, YOLOS-tiny architecture at 512x512")
+    print("sparsity  padded ms  per_image ms")
+    with torch.inference_mode():
+        for sparsity in args.sparsity:
+            masks = spread_keep_masks(args.batch, round(1024 * (1 - sparsity)))
+            times = {"padded": [], "per_image": []}
+            for mode in times:  # warm-up
+                model(pixel_values=pixels, keep_mask=masks, batch_mode=mode)
+            for _ in range(args.repeats):
+                for mode in times:
+                    start = time.perf_counter()
+                    model(pixel_values=pixels, keep_mask=masks, batch_mode=mode)
+                    times[mode].append((time.perf_counter() - start) * 1000)
+            print(f"{sparsity:8.2f}  {statistics.median(times['padded']):9.0f}  {statistics.median(times['per_image']):12.0f}")
+
+
+if __name__ == "__main__":
+    main()
