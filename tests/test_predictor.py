@@ -1,0 +1,182 @@
+"""Predictor: a random BAViT checkpoint and a tiny YOLOS saved with save_pretrained (same loading path as real weights)."""
+import io
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from transformers import ViTConfig, ViTModel, YolosConfig, YolosForObjectDetection
+from transformers.image_transforms import center_to_corners_format
+
+from bavit.config import SMALL
+from bavit.errors import ConfigError
+from bavit.model import build_bavit, save_checkpoint
+from bavit.predictor import RANDOM_INIT_NOTE, Predictor, select_patches
+
+LABELS = {0: "cat", 1: "dog", 2: "kite"}
+
+
+@pytest.fixture(scope="module")
+def bavit_ckpt(tmp_path_factory):
+    torch.manual_seed(0)
+    return save_checkpoint(build_bavit(SMALL), tmp_path_factory.mktemp("bavit") / "bavit-small-random.safetensors")
+
+
+@pytest.fixture(scope="module")
+def yolos_dir(tmp_path_factory):
+    config = YolosConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                         image_size=[64, 64], patch_size=16, num_detection_tokens=10, num_labels=3,
+                         id2label=LABELS, label2id={v: k for k, v in LABELS.items()})
+    torch.manual_seed(0)
+    model = YolosForObjectDetection(config)
+    with torch.no_grad():
+        for param in model.parameters():
+            param.normal_(0.0, 0.2)
+    path = tmp_path_factory.mktemp("yolos") / "tiny-yolos"
+    model.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def predictor(bavit_ckpt, yolos_dir):
+    return Predictor(bavit=bavit_ckpt, detector=str(yolos_dir), score_threshold=0.0)
+
+
+def photo(width=300, height=200, seed=0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+
+
+def test_shapes_and_grids(predictor):
+    result = predictor.analyze(photo(), threshold=0.5)
+    assert predictor.detector_ready and "tiny-yolos" in predictor.detector_status
+    assert result.fg_prob.shape == (24, 24) and result.fg_prob.dtype == np.float32
+    assert result.grid_raw.shape == result.grid_cca.shape == (24, 24) and result.grid_raw.dtype == np.bool_
+    assert result.keep_mask.shape == (32, 32) and result.keep_mask.dtype == np.bool_
+    assert np.array_equal(result.grid_raw, result.fg_prob >= 0.5)
+    assert not (result.grid_raw & ~result.grid_cca).any()  # grid_raw is a subset of grid_cca
+    assert result.image_size == (300, 200)
+    acc = result.accounting
+    assert acc.kept_patches == int(result.keep_mask.sum()) and acc.bavit_tokens == 1152
+    assert acc.yolos_dense_tokens == 1024 * 2  # this tiny detector has 2 layers
+    assert {"bavit_ms", "cca_ms", "pruned_ms", "total_ms"} <= set(result.timings_ms)
+    assert len(result.detections) == 10  # score threshold 0: every detection token
+    for det in result.detections:
+        x0, y0, x1, y1 = det["box"]
+        assert 0 <= x0 <= x1 <= 300 and 0 <= y0 <= y1 <= 200
+        assert det["label"] in LABELS.values() and 0 <= det["score"] <= 1
+
+
+def test_boxes_are_the_models_own_in_original_pixels(predictor):
+    image = photo(320, 160, seed=3)
+    result = predictor.analyze(image, keep_ratio=1.0, dense=True)
+    assert result.keep_mask.all()
+    rgb = Image.fromarray(image)
+    with torch.no_grad():
+        out = predictor.detector(pixel_values=predictor.yolos_pixels(rgb))
+    probs = out.logits.softmax(-1)[0, :, :-1]
+    best = int(probs.max(-1).values.argmax())
+    corners = center_to_corners_format(out.pred_boxes[0, best]) * torch.tensor([320, 160, 320, 160])
+    top = result.detections[0]
+    assert top["score"] == pytest.approx(float(probs[best].max()), abs=1e-5)
+    assert top["label"] == LABELS[int(probs[best].argmax())]
+    expected = corners.clamp(min=0).minimum(torch.tensor([320.0, 160, 320, 160]))
+    assert np.allclose(top["box"], expected.tolist(), atol=1e-3)
+    # nothing pruned: pruned detections equal the dense model's
+    assert [d["label"] for d in result.dense_detections] == [d["label"] for d in result.detections]
+    assert np.allclose([d["box"] for d in result.dense_detections], [d["box"] for d in result.detections], atol=1e-3)
+    assert "dense_ms" in result.timings_ms
+
+
+def test_keep_ratio_gives_the_requested_count(predictor):
+    for ratio, count in [(0.25, 144), (0.5, 288), (1.0, 576), (0.001, 1)]:
+        result = predictor.analyze(photo(seed=1), keep_ratio=ratio, cca_steps=0, detect=False)
+        assert int(result.grid_raw.sum()) == count
+        assert np.array_equal(result.grid_cca, result.grid_raw)  # 0 CCA steps
+    top = predictor.analyze(photo(seed=1), keep_ratio=0.25, detect=False)
+    assert result.fg_prob[top.grid_raw].min() >= result.fg_prob[~top.grid_raw].max()
+    with pytest.raises(ConfigError, match="keep_ratio"):
+        predictor.analyze(photo(), keep_ratio=0.0)
+
+
+def test_select_patches_batched_and_ties():
+    probs = torch.tensor([[[0.1, 0.9], [0.5, 0.5]], [[0.3, 0.3], [0.3, 0.3]]])
+    assert select_patches(probs, keep_ratio=0.5).tolist() == [[[False, True], [True, False]], [[True, True], [False, False]]]
+    assert select_patches(probs, threshold=0.5).tolist() == [[[False, True], [True, True]], [[False, False], [False, False]]]
+
+
+def test_cache_hit_skips_bavit(bavit_ckpt, yolos_dir):
+    pred = Predictor(bavit=bavit_ckpt, detector=str(yolos_dir))
+    image = photo(seed=7)
+    first = pred.analyze(image, threshold=0.5, detect=False)
+    assert pred.bavit_runs == 1 and first.timings_ms["bavit_ms"] > 0
+    second = pred.analyze(Image.fromarray(image.copy()), threshold=0.3, detect=False)  # same content, new object
+    assert pred.bavit_runs == 1 and second.timings_ms["bavit_ms"] == 0.0
+    assert np.array_equal(first.fg_prob, second.fg_prob)
+    assert np.array_equal(pred.fg_prob(image), first.fg_prob) and pred.bavit_runs == 1
+    pred.analyze(image, fg_prob=first.fg_prob, detect=False)  # app slider path: probabilities passed in
+    pred.analyze(photo(seed=8), detect=False)
+    assert pred.bavit_runs == 2
+    with pytest.raises(ValueError, match=r"\[24, 24\]"):
+        pred.analyze(image, fg_prob=np.zeros((32, 32)))
+
+
+def test_cache_is_lru_and_thread_safe(bavit_ckpt):
+    pred = Predictor(bavit=bavit_ckpt, detector=None, cache_size=2)
+    images = [photo(64, 64, seed=s) for s in range(3)]
+    expected = [pred.fg_prob(img) for img in images]
+    assert pred.bavit_runs == 3 and len(pred._cache) == 2
+    pred.fg_prob(images[2])
+    assert pred.bavit_runs == 3  # still cached
+    pred.fg_prob(images[0])
+    assert pred.bavit_runs == 4  # evicted earlier
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(pred.fg_prob, images * 3))
+    for index, probs in enumerate(results):
+        assert np.allclose(probs, expected[index % 3])
+    assert len(pred._cache) == 2
+
+
+def _encode(image: Image.Image, fmt: str, **kwargs) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **kwargs)
+    return buffer.getvalue()
+
+
+def test_any_image_mode_and_size(predictor):
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise on display
+    rotated = _encode(Image.fromarray(photo(120, 60)), "JPEG", exif=exif)
+    cases = {
+        "grayscale": (Image.fromarray(photo()[..., 0]), (300, 200)),
+        "rgba": (Image.fromarray(np.dstack([photo(), np.full((200, 300), 128, np.uint8)])), (300, 200)),
+        "16-bit": (Image.fromarray((np.arange(100 * 80).reshape(80, 100) * 8).astype(np.uint16)), (100, 80)),
+        "exif-rotated": (rotated, (60, 120)),
+        "tiny 8x8": (photo(8, 8), (8, 8)),
+        "big": (np.zeros((4000, 5000), np.uint8), (2048, 1638)),
+    }
+    for name, (image, size) in cases.items():
+        result = predictor.analyze(image)
+        assert result.image_size == size, name
+        assert result.keep_mask.shape == (32, 32) and len(result.detections) == 10, name
+        assert all(det["box"][2] <= size[0] and det["box"][3] <= size[1] for det in result.detections), name
+
+
+def test_missing_detector_dir_measures_latency_only(bavit_ckpt, tmp_path):
+    pred = Predictor(bavit=bavit_ckpt, detector=str(tmp_path / "no-such-yolos"))
+    assert not pred.detector_ready
+    assert "not found" in pred.detector_status and "save_pretrained" in pred.detector_status  # how to get them
+    result = pred.analyze(photo(), threshold=0.5)
+    assert result.detections is None and result.dense_detections is None
+    assert result.timings_ms["pruned_ms"] > 0 and result.latency_note == RANDOM_INIT_NOTE
+    assert pred.latency_model.config.hidden_size == 192 and pred.latency_model.config.num_hidden_layers == 12
+    assert result.accounting.yolos_dense_tokens == 12288
+
+
+def test_no_detector_and_non_yolos_detector(bavit_ckpt, tmp_path):
+    pred = Predictor(bavit=bavit_ckpt, detector=None)
+    result = pred.analyze(photo())
+    assert result.detections is None and "pruned_ms" not in result.timings_ms
+    ViTModel(ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)).save_pretrained(tmp_path / "vit")
+    with pytest.raises(ConfigError, match="not YOLOS"):
+        Predictor(bavit=bavit_ckpt, detector=str(tmp_path / "vit"))
