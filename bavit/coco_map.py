@@ -30,14 +30,12 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 
-from .cca import cca, resample_grid
 from .coco_detection import YOLOS_SIZE, CocoDetection, label_to_category, resolve_paths, yolos_pixels
 from .errors import ConfigError
 
 # COCOeval.stats order (bbox): AP, AP50, AP75, AP_small, AP_medium, AP_large, AR1, AR10, AR100, ...
 STAT_NAMES = ("mAP", "AP50", "AP75", "AP_small", "AP_medium", "AP_large")
 DEFAULT_THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7)
-DEFAULT_BAVIT_CHECKPOINT = "checkpoints/bavit-small-coco.safetensors"
 
 
 @dataclass(frozen=True)
@@ -137,19 +135,16 @@ def _post_process(outputs, target_sizes: list[tuple[int, int]]) -> list[dict]:
 
 
 def keep_masks(fg_prob: torch.Tensor, setting: Setting, cca_steps: int, grid: tuple[int, int]) -> torch.Tensor:
-    """``[B, 24, 24]`` FG probabilities -> ``bool [B, gh, gw]`` YOLOS keep masks.
+    """``[B, 24, 24]`` FG probabilities -> ``bool [B, gh, gw]`` YOLOS keep masks, exactly as the Predictor builds
+    them (:func:`bavit.predictor.select_patches` then :func:`bavit.predictor.keep_mask_from_grid`: threshold or
+    top-k, CCA on the 24x24 grid, nearest resample to YOLOS' grid)."""
+    from .predictor import keep_mask_from_grid, select_patches
 
-    The FG grid is ``fg_prob >= threshold`` (or the top ``round(keep_ratio * 576)`` patches), grown by CCA on the
-    24x24 grid, then resampled to YOLOS' grid keeping relative positions (paper §3.5).
-    """
-    if setting.keep_ratio is not None:
-        flat = fg_prob.flatten(1)
-        k = max(1, round(setting.keep_ratio * flat.shape[1]))
-        top = flat.topk(k, dim=1).indices
-        raw = torch.zeros_like(flat, dtype=torch.bool).scatter_(1, top, True).reshape(fg_prob.shape)
-    else:
-        raw = fg_prob >= setting.threshold
-    return resample_grid(cca(raw, cca_steps), grid, mode="nearest")
+    if grid[0] != grid[1]:
+        raise ConfigError(f"the YOLOS input must be square, got a {grid[0]}x{grid[1]} patch grid")
+    raw = select_patches(fg_prob, threshold=setting.threshold if setting.threshold is not None else 0.5,
+                         keep_ratio=setting.keep_ratio)
+    return keep_mask_from_grid(raw, cca_steps=cca_steps, size=grid[0])[1]
 
 
 @dataclass
@@ -189,6 +184,8 @@ def run_map(detector, dataset: CocoDetection, bavit=None, settings: Sequence[Set
     from .config import SMALL
     from .imageio import to_tensor
 
+    if cca_steps < 0 or batch_size < 1:
+        raise ConfigError(f"--cca-steps must be >= 0 and --batch-size >= 1, got {cca_steps} and {batch_size}")
     if any(not s.dense for s in settings) and bavit is None:
         raise ConfigError("pruned settings need a BAViT checkpoint (--bavit)")
     patch = detector.config.patch_size
@@ -316,6 +313,8 @@ def run(args: argparse.Namespace) -> int:
     dataset = CocoDetection(ann_file, images_dir, limit=args.limit)
     bavit, bavit_path = None, None
     if any(not s.dense for s in settings):
+        from .predictor import DEFAULT_BAVIT_CHECKPOINT
+
         bavit_path = args.bavit or DEFAULT_BAVIT_CHECKPOINT
         bavit = load_checkpoint(bavit_path)
     report = run_map(detector, dataset, bavit, settings, cca_steps=args.cca_steps, batch_size=args.batch_size,

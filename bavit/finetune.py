@@ -69,6 +69,8 @@ class FinetuneConfig:
             raise ConfigError("epochs and batch size must be >= 1")
         if self.lr <= 0:
             raise ConfigError(f"learning rate must be > 0, got {self.lr}")
+        if self.cca_steps < 0:
+            raise ConfigError(f"CCA steps must be >= 0, got {self.cca_steps}")
         if self.keep_ratio is not None and not 0.0 < self.keep_ratio <= 1.0:
             raise ConfigError(f"keep ratio must be in (0, 1], got {self.keep_ratio}")
         if self.threshold is not None and not 0.0 <= self.threshold <= 1.0:
@@ -264,6 +266,8 @@ def finetune(detector, images: CocoDetection, cfg: FinetuneConfig, output: str |
     metrics_file = output / "metrics.jsonl"
     output.mkdir(parents=True, exist_ok=True)
     steps_run = 0
+    if start_epoch >= cfg.epochs and progress:
+        print(f"{checkpoint} already holds epoch {start_epoch} of {cfg.epochs}: nothing to do", flush=True)
     for epoch in range(start_epoch + 1, cfg.epochs + 1):
         generator = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
         loader = torch.utils.data.DataLoader(samples, batch_size=cfg.batch_size, shuffle=True, generator=generator,

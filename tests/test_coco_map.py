@@ -114,6 +114,27 @@ def test_settings_and_bad_values():
         make_settings([], [0.0])
 
 
+def test_harness_keep_masks_are_the_predictors(coco_root):
+    """The mAP rows prune exactly what the app / Predictor prunes for the same image and setting."""
+    from bavit.coco_map import keep_masks
+    from bavit.imageio import to_tensor
+    from bavit.predictor import Predictor
+
+    torch.manual_seed(0)
+    bavit = build_bavit(SMALL).eval()
+    predictor = Predictor(bavit=bavit, detector=None)
+    image = CocoDetection(coco_root / "annotations" / "instances_val2017.json", coco_root / "val2017", limit=1)[0].image
+    probs = bavit.fg_prob(to_tensor(image, 384, SMALL.mean, SMALL.std)[None])  # the harness' path, [1, 24, 24]
+    np.testing.assert_allclose(predictor.fg_prob(np.asarray(image)), probs[0].numpy(), atol=1e-6)
+    threshold = float(probs.median())  # a random BAViT: put the threshold where it splits the grid
+    for setting in make_settings([threshold], [0.3])[1:]:
+        analysis = predictor.analyze(image, threshold=setting.threshold or 0.5, keep_ratio=setting.keep_ratio,
+                                     cca_steps=3, detect=False, fg_prob=probs[0].numpy())
+        mask = keep_masks(probs, setting, 3, (32, 32))[0].numpy()
+        assert 0 < mask.sum() < mask.size
+        np.testing.assert_array_equal(mask, analysis.keep_mask)
+
+
 def test_dataset_errors_name_the_problem(tmp_path):
     with pytest.raises(DataError, match="annotation file not found"):
         CocoDetection(tmp_path / "missing.json", tmp_path)
