@@ -169,12 +169,18 @@ def voc_records(voc_root: str | Path, image_set: str = "val", year: str = "VOC20
         raise DataError(f"{list_file} lists no images")
     records = []
     for name in names:
-        mask_path = root / "SegmentationObject" / f"{name}.png"
-        if not mask_path.is_file():
-            mask_path = root / "SegmentationClass" / f"{name}.png"
-        if not mask_path.is_file():
+        object_path = root / "SegmentationObject" / f"{name}.png"
+        class_path = root / "SegmentationClass" / f"{name}.png"
+        found = [p for p in (object_path, class_path) if p.is_file()]
+        if not found:
             raise DataError(f"no SegmentationObject/SegmentationClass PNG for VOC image {name}")
-        seg = _read_index_png(mask_path)
+        maps = [_read_index_png(p) for p in found]
+        if len({m.shape for m in maps}) != 1:
+            raise DataError(f"VOC masks of {name} differ in size")
+        seg = maps[0]  # instances: SegmentationObject when present
+        void = np.zeros(seg.shape, dtype=bool)
+        for index_map in maps:  # void (255) may be marked in either file
+            void |= index_map == 255
         height, width = seg.shape
         instances = []
         for index in sorted(set(np.unique(seg).tolist()) - {0, 255}):
@@ -184,12 +190,12 @@ def voc_records(voc_root: str | Path, image_set: str = "val", year: str = "VOC20
                     box=(float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1)),
                     area=float(len(xs)),
                     iscrowd=False,
-                    mask=lambda s=seg, i=index: s == i,
+                    mask=lambda s=seg, v=void, i=index: (s == i) & ~v,
                 )
             )
         records.append(
             Record(root / "JPEGImages" / f"{name}.jpg", width, height, instances,
-                   void_mask=lambda s=seg: voc_masks(s)[1], image_id=name)
+                   void_mask=lambda v=void: v, image_id=name)
         )
     _check_files(records, str(list_file))
     return records

@@ -1,0 +1,67 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bavit.config import SMALL
+from bavit.data import coco_records, coco_split
+from bavit.evaluate import METRIC_KEYS, evaluate
+from bavit.metrics import TokenMetrics
+from bavit.model import build_bavit, save_checkpoint
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_token_metrics_by_hand():
+    labels = np.array([[1, 1, 0], [0, 0, -100]])
+    predicted = np.array([[1, 0, 1], [0, 0, 1]], dtype=bool)
+    metrics = TokenMetrics()
+    metrics.update(predicted, labels)
+    summary = metrics.summary()
+    # valid tokens: 5 -> TP 1, FN 1, FP 1, TN 2
+    assert summary["tokens"] == 5
+    assert summary["token_accuracy"] == pytest.approx(3 / 5)
+    assert summary["fg_precision"] == pytest.approx(1 / 2)
+    assert summary["fg_recall"] == pytest.approx(1 / 2)
+    assert summary["fg_iou"] == pytest.approx(1 / 3)
+    assert summary["balanced_accuracy"] == pytest.approx((1 / 2 + 2 / 3) / 2)
+
+
+def test_evaluate_structure_and_baselines(coco_root):
+    records = coco_records(*coco_split(coco_root, "val2017"))[:6]
+    model = build_bavit(SMALL)
+    result = evaluate(model, records, threshold=0.5, cca_steps=3)
+    for section in (result, result["after_cca"], result["baselines"]["all_background"], result["baselines"]["center_prior"]):
+        for key in (*METRIC_KEYS, "images", "tokens"):
+            assert key in section
+        assert section["images"] == 6 and section["tokens"] == 6 * 576
+    background = result["baselines"]["all_background"]
+    assert background["token_accuracy"] == pytest.approx(1 - background["gt_fg_fraction"])
+    assert background["fg_recall"] == 0 and background["fg_precision"] is None and background["object_keep_rate"] == 0
+    # CCA only adds FG, so recall cannot drop.
+    assert result["after_cca"]["fg_recall"] >= result["fg_recall"]
+    assert result["after_cca"]["predicted_fg_fraction"] >= result["predicted_fg_fraction"]
+
+
+def test_evaluate_cli_prints_table_and_writes_json(coco_root, tmp_path):
+    checkpoint = save_checkpoint(build_bavit(SMALL), tmp_path / "m.safetensors")
+    out = tmp_path / "eval.json"
+    result = subprocess.run([sys.executable, "-m", "bavit", "evaluate", "--checkpoint", str(checkpoint),
+                             "--coco-root", str(coco_root), "--split", "val2017", "--json", str(out)],
+                            cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "| BAViT |" in result.stdout and "| all background |" in result.stdout
+    data = json.loads(out.read_text())
+    assert data["images"] == 206 and data["tokens"] == 206 * 576
+    assert round(data["baselines"]["all_background"]["token_accuracy"], 3) == 0.626
+    assert set(data["object_keep_rate_by_size"]) == {"small", "medium", "large"}
+
+
+def test_evaluate_cli_wrong_checkpoint(tmp_path, coco_root):
+    (tmp_path / "x.safetensors").write_bytes(b"junk")
+    result = subprocess.run([sys.executable, "-m", "bavit", "evaluate", "--checkpoint", str(tmp_path / "x.safetensors"),
+                             "--coco-root", str(coco_root)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and "error:" in result.stderr and "Traceback" not in result.stderr

@@ -1,0 +1,110 @@
+import json
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from bavit.config import LARGE, SMALL, BAViTConfig
+from bavit.errors import CheckpointError, ConfigError
+from bavit.model import build_bavit, checkpoint_extra, load_checkpoint, save_checkpoint
+
+
+@pytest.mark.parametrize("config", [SMALL, LARGE, BAViTConfig(stem="conv")], ids=["small", "large", "conv-stem"])
+def test_shapes(config):
+    model = build_bavit(config).eval()
+    pixels = torch.randn(2, 3, 384, 384)
+    logits = model(pixels)
+    assert logits.shape == (2, 576, 2)
+    probs = model.fg_prob(pixels)
+    assert probs.shape == (2, 24, 24)
+    assert torch.allclose(probs, logits.softmax(-1)[..., 1].reshape(2, 24, 24))
+    assert len(model.vit.blocks) == config.depth
+    assert model.vit.cls_token is None and model.vit.num_prefix_tokens == 0
+    assert model.vit.embed_dim == 192 and model.vit.blocks[0].attn.num_heads == 3
+
+
+def test_other_grid_sizes():
+    model = build_bavit(BAViTConfig(img_size=64, depth=1)).eval()
+    assert model.fg_prob(torch.randn(1, 3, 64, 64)).shape == (1, 4, 4)
+
+
+def test_bad_sizes_are_clear_errors():
+    with pytest.raises(ConfigError, match="not a multiple of the patch size"):
+        BAViTConfig(img_size=390)
+    model = build_bavit(SMALL)
+    with pytest.raises(ConfigError, match="expects 384x384"):
+        model(torch.randn(1, 3, 320, 320))
+
+
+def test_checkpoint_round_trip(tmp_path):
+    model = build_bavit(BAViTConfig(depth=3, stem="conv", name="custom")).eval()
+    path = save_checkpoint(model, tmp_path / "m.safetensors", extra={"epoch": 7})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.safetensors"]  # no temp files left behind
+    loaded = load_checkpoint(path)  # the path alone
+    assert loaded.config == model.config
+    pixels = torch.randn(1, 3, 384, 384)
+    assert torch.equal(loaded(pixels), model(pixels))
+    assert checkpoint_extra(path) == {"epoch": 7}
+
+
+def test_checkpoint_of_another_architecture(tmp_path):
+    model = build_bavit(SMALL)
+    path = save_checkpoint(model, tmp_path / "m.safetensors")
+    # Same weights, but the stored config claims 10 layers: missing blocks.
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as handle:
+        metadata = handle.metadata()
+        tensors = {k: handle.get_tensor(k) for k in handle.keys()}
+    config = json.loads(metadata["bavit_config"])
+    config["depth"] = 10
+    save_file(tensors, str(tmp_path / "lie.safetensors"), metadata={**metadata, "bavit_config": json.dumps(config)})
+    with pytest.raises(CheckpointError, match="does not match its stored config"):
+        load_checkpoint(tmp_path / "lie.safetensors")
+    # A safetensors file that is not ours at all.
+    save_file({"weight": torch.zeros(2)}, str(tmp_path / "other.safetensors"))
+    with pytest.raises(CheckpointError, match="not a BAViT checkpoint"):
+        load_checkpoint(tmp_path / "other.safetensors")
+    (tmp_path / "corrupt.safetensors").write_bytes(b"\x00" * 20)
+    with pytest.raises(CheckpointError, match="not a readable safetensors file"):
+        load_checkpoint(tmp_path / "corrupt.safetensors")
+    with pytest.raises(CheckpointError, match="not found"):
+        load_checkpoint(tmp_path / "missing.safetensors")
+
+
+def test_grow_from_shallower_model_starts_identical(tmp_path):
+    small = build_bavit(BAViTConfig(depth=2)).eval()
+    path = save_checkpoint(small, tmp_path / "small.safetensors")
+    large = build_bavit(BAViTConfig(depth=4), init=f"bavit:{path}").eval()
+    pixels = torch.randn(1, 3, 384, 384)
+    assert torch.allclose(large(pixels), small(pixels), atol=1e-6)
+    with pytest.raises(ConfigError, match="cannot grow"):
+        build_bavit(BAViTConfig(depth=1), init=f"bavit:{path}")
+
+
+def test_init_from_yolos_layers(tmp_path):
+    from transformers import YolosConfig, YolosForObjectDetection
+
+    yolos_config = YolosConfig(hidden_size=192, num_hidden_layers=3, num_attention_heads=3, intermediate_size=768,
+                               image_size=[64, 96], num_detection_tokens=5, num_labels=3)
+    torch.manual_seed(0)
+    YolosForObjectDetection(yolos_config).save_pretrained(tmp_path / "yolos")
+    model = build_bavit(BAViTConfig(depth=2), init=f"yolos:{tmp_path / 'yolos'}").eval()
+    yolos = YolosForObjectDetection.from_pretrained(tmp_path / "yolos").eval()
+    layer, block = yolos.vit.encoder.layer[1], model.vit.blocks[1]
+    tokens = torch.randn(1, 20, 192)
+    # timm's LayerNorm eps is 1e-6, YOLOS' 1e-12: the same layer up to that.
+    assert torch.allclose(block(tokens), layer(tokens)[0], atol=1e-4)
+    assert torch.equal(model.vit.patch_embed.proj.weight, yolos.vit.embeddings.patch_embeddings.projection.weight)
+
+
+def test_timm_init_fails_clearly_offline():
+    from bavit.errors import WeightsUnavailableError
+
+    with pytest.raises(WeightsUnavailableError, match="vit_tiny_patch16_384"):
+        build_bavit(SMALL, init="timm:vit_tiny_patch16_384")
+
+
+def test_unknown_init_is_rejected():
+    with pytest.raises(ConfigError, match="init"):
+        build_bavit(SMALL, init="imagenet")
