@@ -13,7 +13,7 @@ class CheckpointError(BAViTError):
     """A checkpoint that is missing, not ours, or built for another architecture."""
 
 
-class ConfigError(BAViTError):
+class ConfigError(BAViTError, ValueError):
     """An invalid model or run configuration (for example an input size that is not a multiple of the patch)."""
 
 
