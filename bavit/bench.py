@@ -1,0 +1,314 @@
+"""``python -m bavit bench``: CPU latency of dense YOLOS-tiny vs BAViT-small + CCA + pruned YOLOS-tiny at 512x512.
+
+For each sparsity level (fraction of the 1024 YOLOS patches pruned) the kept patches are the top-k of BAViT's FG
+probabilities on a real image (nearest-upsampled to 32x32), so the level is hit exactly. Each pruned iteration
+runs and times every stage the pipeline runs: the 384x384 resize + BAViT, threshold (top-k) + CCA + resample to
+32x32 (the shared :class:`~bavit.predictor.Predictor` functions), and the pruned YOLOS forward. The dense
+iteration is the dense YOLOS forward. The 512x512 YOLOS input is prepared once and shared (both need it).
+Dense and pruned runs alternate after warm-up; medians are reported. Latency does not depend on the weights, so
+without real weights the YOLOS-tiny architecture at random init is timed, and the report says which weights ran.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import time
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .accounting import accounting_at_sparsity, token_accounting
+from .config import SMALL
+from .errors import ConfigError
+from .imageio import load_image, to_tensor
+from .predictor import DEFAULT_BAVIT_CHECKPOINT, YOLOS_SIZE, Predictor, keep_mask_from_grid, select_patches
+from .yolos_loading import DEFAULT_DETECTOR
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_SPARSITIES = (0.0, 0.29, 0.35, 0.40, 0.46)  # paper Table 2 levels
+TARGET_SPEEDUP_AT_35 = 1.45
+DEFAULT_IMAGES = (ROOT / "assets" / "examples",)
+
+
+def _median_ms(samples: Sequence[float]) -> float:
+    return float(statistics.median(samples)) * 1000.0
+
+
+def _peak_rss_mb() -> float:
+    """Peak resident set size of this process so far (MiB; Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def find_images(count: int, sources: Sequence[Path] = DEFAULT_IMAGES) -> list:
+    """``count`` RGB images from the first folder that has any (cycled), else synthetic noise images."""
+    for source in sources:
+        files = sorted(p for p in Path(source).glob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+        if files:
+            return [load_image(files[i % len(files)]) for i in range(count)]
+    rng = np.random.default_rng(0)
+    return [load_image(rng.integers(0, 256, (480, 640, 3), dtype=np.uint8)) for _ in range(count)]
+
+
+def exact_keep_masks(fg_prob: torch.Tensor, kept: Sequence[int], size: int = YOLOS_SIZE // 16) -> torch.Tensor:
+    """``bool [B, size, size]``: image ``b`` keeps its ``kept[b]`` most probable patches (probs nearest-upsampled).
+
+    Args:
+        fg_prob: ``[B, 24, 24]`` BAViT FG probabilities.
+        kept: patches to keep per image.
+    """
+    upsampled = F.interpolate(fg_prob[:, None].float(), size=(size, size), mode="nearest-exact")[:, 0]
+    flat = upsampled.reshape(len(kept), -1)
+    order = torch.sort(-flat, dim=1, stable=True).indices
+    masks = torch.zeros_like(flat, dtype=torch.bool)
+    for row, count in enumerate(kept):
+        masks[row, order[row, :count]] = True
+    return masks.reshape(-1, size, size)
+
+
+def spread_counts(mean_kept: int, batch: int, cells: int = 1024, spread: float = 0.10) -> list[int]:
+    """Per-image kept counts spread +-``spread`` of the grid around ``mean_kept`` (clipped to [0, cells])."""
+    offsets = np.linspace(-spread * cells, spread * cells, batch) if batch > 1 else np.zeros(1)
+    return [int(min(max(round(mean_kept + offset), 0), cells)) for offset in offsets]
+
+
+def _bench_level(predictor: Predictor, model, images, yolos_pixels, probs, sparsity, repeats, warmup, counts=None):
+    """Interleaved dense / pruned runs for one sparsity level on a batch of ``len(images)`` images."""
+    bavit = predictor.bavit
+    cfg = bavit.config
+    batch = len(images)
+    kept = round(1024 * (1.0 - sparsity))
+    counts = counts or [kept] * batch
+    keep_mask = exact_keep_masks(probs, counts)
+    keep_ratio = max(1.0 - sparsity, 1e-6)
+    times = {name: [] for name in ("dense", "bavit", "cca", "pruned_yolos", "pruned_total")}
+    with torch.inference_mode():
+        for step in range(warmup + repeats):
+            start = time.perf_counter()
+            model(pixel_values=yolos_pixels)
+            dense = time.perf_counter() - start
+
+            start = time.perf_counter()
+            pixels = torch.stack([to_tensor(image, cfg.img_size, cfg.mean, cfg.std) for image in images])
+            fg_prob = bavit.fg_prob(pixels)
+            t_bavit = time.perf_counter()
+            grid = select_patches(fg_prob, keep_ratio=keep_ratio)
+            keep_mask_from_grid(grid, 3, mode=predictor.resample_mode)
+            t_cca = time.perf_counter()
+            model(pixel_values=yolos_pixels, keep_mask=keep_mask)
+            end = time.perf_counter()
+            if step >= warmup:
+                times["dense"].append(dense)
+                times["bavit"].append(t_bavit - start)
+                times["cca"].append(t_cca - t_bavit)
+                times["pruned_yolos"].append(end - t_cca)
+                times["pruned_total"].append(end - start)
+    medians = {name: _median_ms(samples) for name, samples in times.items()}
+    accounting = token_accounting(float(np.mean(counts)), model.config, cfg)
+    return {
+        "sparsity": round(1.0 - float(np.mean(counts)) / 1024, 6),
+        "kept_patches": float(np.mean(counts)),
+        "kept_per_image": counts,
+        "dense_ms": medians["dense"],
+        "pruned_total_ms": medians["pruned_total"],
+        "bavit_ms": medians["bavit"],
+        "cca_ms": medians["cca"],
+        "pruned_yolos_ms": medians["pruned_yolos"],
+        "speedup": medians["dense"] / medians["pruned_total"],
+        "flop_ratio": accounting.flop_ratio,
+        "token_reduction_pct": accounting.reduction_pct,
+        "dense_img_per_s": batch * 1000.0 / medians["dense"],
+        "pruned_img_per_s": batch * 1000.0 / medians["pruned_total"],
+        "peak_rss_mb": _peak_rss_mb(),
+        "repeats": repeats,
+    }
+
+
+def run_bench(
+    threads: int = 2,
+    sparsities: Sequence[float] = DEFAULT_SPARSITIES,
+    repeats: int = 10,
+    warmup: int = 2,
+    batch: int = 8,
+    bavit: Optional[str] = None,
+    detector: str = DEFAULT_DETECTOR,
+    images: Sequence[Path] = DEFAULT_IMAGES,
+    log: Callable[[str], None] = print,
+) -> dict:
+    """Run the benchmark and return the report (see :func:`format_table` for its columns).
+
+    Args:
+        threads: torch CPU threads.
+        sparsities: fractions (0..1) of YOLOS patches pruned.
+        repeats: timed dense/pruned pairs per level (after ``warmup`` untimed pairs); batch runs use half.
+        batch: batch size of the second measurement (0 skips it).
+        bavit: BAViT checkpoint; default the shipped BAViT-small if present, else BAViT-small at random init.
+        detector: YOLOS hub id or directory; when unavailable the YOLOS-tiny architecture at random init.
+        images: folders to take real images from (for BAViT's probabilities, which choose the kept patches).
+    """
+    torch.set_num_threads(threads)
+    if bavit is None and DEFAULT_BAVIT_CHECKPOINT.is_file():
+        bavit = str(DEFAULT_BAVIT_CHECKPOINT)
+    if bavit is None:
+        from .model import build_bavit
+
+        torch.manual_seed(0)
+        bavit_model, bavit_weights = build_bavit(SMALL), "BAViT-small architecture, random init"
+    else:
+        from .model import load_checkpoint
+
+        bavit_model, bavit_weights = load_checkpoint(bavit), str(bavit)
+    predictor = Predictor(bavit=bavit_model, detector=detector)
+    model = predictor.latency_model
+    if predictor.detector_ready:
+        detector_weights = f"{detector} (pretrained)"
+    else:
+        detector_weights = f"YOLOS-tiny architecture, random init (latency only; {detector} not available here)"
+    weights = f"BAViT: {bavit_weights}; detector: {detector_weights}"
+    log(f"weights: {weights}")
+
+    pictures = find_images(max(batch, 1), images)
+    mean, std = predictor.yolos_mean_std
+    cfg = predictor.bavit.config
+    with torch.inference_mode():
+        probs_all = predictor.bavit.fg_prob(torch.stack([to_tensor(p, cfg.img_size, cfg.mean, cfg.std) for p in pictures]))
+    pixels_all = torch.stack([to_tensor(p, YOLOS_SIZE, mean, std) for p in pictures])
+    load_before = os.getloadavg()
+
+    results = []
+    for sparsity in sparsities:
+        row = _bench_level(predictor, model, pictures[:1], pixels_all[:1], probs_all[:1], sparsity, repeats, warmup)
+        results.append(row)
+        log(f"batch 1, sparsity {row['sparsity']:.2f}: dense {row['dense_ms']:.1f} ms, pruned {row['pruned_total_ms']:.1f} ms, "
+            f"speed-up {row['speedup']:.2f}x")
+    batch_results = []
+    if batch > 1:
+        batch_repeats = max(1, repeats // 2)
+        for sparsity in sparsities:
+            counts = spread_counts(round(1024 * (1.0 - sparsity)), batch)
+            row = _bench_level(predictor, model, pictures[:batch], pixels_all[:batch], probs_all[:batch], sparsity,
+                               batch_repeats, 1, counts)
+            batch_results.append(row)
+            log(f"batch {batch}, sparsity {row['sparsity']:.2f}: dense {row['dense_ms']:.0f} ms, "
+                f"pruned {row['pruned_total_ms']:.0f} ms, speed-up {row['speedup']:.2f}x")
+    at35 = [row for row in results if abs(row["sparsity"] - 0.35) < 0.005]
+    flop_grid = np.linspace(0.0, 0.6, 61)
+    report = {
+        "threads": threads,
+        "weights": weights,
+        "weights_detail": {"bavit": bavit_weights, "detector": detector_weights,
+                           "detector_pretrained": predictor.detector_ready},
+        "input": f"{YOLOS_SIZE}x{YOLOS_SIZE} YOLOS, {cfg.img_size}x{cfg.img_size} BAViT",
+        "results": results,
+        "flop_curve": [[float(s), accounting_at_sparsity(float(s), model.config, cfg).flop_ratio] for s in flop_grid],
+        "target": {"sparsity": 0.35, "speedup": TARGET_SPEEDUP_AT_35,
+                   "measured": at35[0]["speedup"] if at35 else None,
+                   "flop_ratio": accounting_at_sparsity(0.35, model.config, cfg).flop_ratio},
+        "machine": {
+            "torch": torch.__version__,
+            "cpu_count": os.cpu_count(),
+            "platform": platform.platform(),
+            "load_average_before": load_before,
+            "load_average_after": os.getloadavg(),
+        },
+    }
+    if batch > 1:
+        report[f"batch{batch}"] = {"batch": batch, "results": batch_results}
+    return report
+
+
+def format_table(report: dict) -> str:
+    """Markdown tables of a :func:`run_bench` report (ms are medians; speed-up = dense / pipeline)."""
+    header = ("| sparsity | kept | dense ms | BAViT ms | CCA ms | pruned YOLOS ms | pipeline ms | speed-up | FLOP ratio "
+              "| dense img/s | pipeline img/s | peak RSS MiB |\n|---|---|---|---|---|---|---|---|---|---|---|---|")
+    lines = [f"threads: {report['threads']}; weights: {report['weights']}", "", "batch 1", "", header]
+
+    def rows(items):
+        for row in items:
+            lines.append(
+                f"| {row['sparsity'] * 100:.0f}% | {row['kept_patches']:.0f} | {row['dense_ms']:.1f} | {row['bavit_ms']:.1f} "
+                f"| {row['cca_ms']:.2f} | {row['pruned_yolos_ms']:.1f} | {row['pruned_total_ms']:.1f} | {row['speedup']:.2f}x "
+                f"| {row['flop_ratio']:.2f}x | {row['dense_img_per_s']:.2f} | {row['pruned_img_per_s']:.2f} "
+                f"| {row['peak_rss_mb']:.0f} |")
+
+    rows(report["results"])
+    for key, value in report.items():
+        if key.startswith("batch") and value and value.get("results"):
+            lines += ["", f"batch {value['batch']} (kept counts spread +-10% around the level; ms per batch)", "", header]
+            rows(value["results"])
+    load = report["machine"]["load_average_before"][0], report["machine"]["load_average_after"][0]
+    lines += ["", f"load average before/after: {load[0]:.1f}/{load[1]:.1f} on {report['machine']['cpu_count']} CPUs "
+                  "(a shared machine: expect noise)"]
+    return "\n".join(lines)
+
+
+def plot(report: dict, path: str | os.PathLike) -> Path:
+    """Measured speed-up vs sparsity beside the FLOP-ratio curve (matplotlib, Agg)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
+    flop = np.array(report["flop_curve"])
+    ax.plot(flop[:, 0] * 100, flop[:, 1], color="0.4", linestyle="--", label="FLOP ratio (dense / BAViT + pruned)")
+    results = report["results"]
+    ax.plot([r["sparsity"] * 100 for r in results], [r["speedup"] for r in results], "o-", label="measured, batch 1")
+    for key, value in report.items():
+        if key.startswith("batch") and value and value.get("results"):
+            res = value["results"]
+            ax.plot([r["sparsity"] * 100 for r in res], [r["speedup"] for r in res], "s-", label=f"measured, batch {value['batch']}")
+    ax.axhline(1.0, color="0.7", linewidth=0.8)
+    ax.plot([35], [TARGET_SPEEDUP_AT_35], "r*", markersize=10, label=f"target {TARGET_SPEEDUP_AT_35}x at 35%")
+    ax.set_xlabel("sparsity (% of YOLOS patches pruned)")
+    ax.set_ylabel("end-to-end speed-up vs dense YOLOS")
+    ax.set_title(f"BAViT-small + CCA + pruned YOLOS-tiny, CPU {report['threads']} threads", fontsize=9)
+    ax.legend(fontsize=7, loc="upper left")
+    ax.grid(alpha=0.3)
+    fig.text(0.01, 0.01, report["weights"][:150], fontsize=5, color="0.3")
+    fig.tight_layout(rect=(0, 0.03, 1, 1))
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "bench", help="CPU latency: dense YOLOS-tiny vs BAViT + CCA + pruned YOLOS-tiny",
+        description=__doc__.split("\n\n")[0])
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
+    parser.add_argument("--json", help="write the report here")
+    parser.add_argument("--plot", help="write the speed-up plot (PNG) here")
+    parser.add_argument("--bavit", help="BAViT checkpoint (default: the shipped BAViT-small, else random init)")
+    parser.add_argument("--detector", default=DEFAULT_DETECTOR, help="YOLOS hub id or save_pretrained directory")
+    parser.add_argument("--repeats", type=int, default=10, help="timed runs per level (median reported)")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--batch", type=int, default=8, help="second measurement's batch size (0: skip)")
+    parser.add_argument("--sparsity", type=float, nargs="+", default=list(DEFAULT_SPARSITIES),
+                        help="fractions of YOLOS patches pruned (default: the paper's Table 2 levels)")
+    parser.add_argument("--images", nargs="+", help="folders with real images (default assets/examples)")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.repeats < 1 or args.threads < 1:
+        raise ConfigError("--repeats and --threads must be >= 1")
+    images = [Path(p) for p in args.images] if args.images else DEFAULT_IMAGES
+    report = run_bench(threads=args.threads, sparsities=args.sparsity, repeats=args.repeats, warmup=args.warmup,
+                       batch=args.batch, bavit=args.bavit, detector=args.detector, images=images)
+    print(format_table(report))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(report, indent=2))
+        print(f"wrote {args.json}")
+    if args.plot:
+        print(f"wrote {plot(report, args.plot)}")
+    return 0
