@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import warnings
 from pathlib import Path
 from typing import Any, Callable
 
@@ -171,7 +172,7 @@ def build_demo(explorer: Explorer, examples: list[str] | None = None, coco_examp
                 gt_stats = gr.Markdown(elem_id="gt-stats")
             gr.HTML(viz.legend_html(viz.CONFUSION_LEGEND))
             editor = gr.ImageEditor(label="Paint the objects to make your own ground truth", type="numpy", elem_id="gt-editor",
-                                    sources=(), transforms=(), layers=False, height=420,
+                                    sources=(), transforms=(), layers=False, height=420, canvas_size=(512, 512),
                                     brush=gr.Brush(colors=["#ff3b30"], default_size=24, color_mode="fixed"))
             gt_apply = gr.Button("Compare with painted GT", elem_id="gt-apply")
         with gr.Row(visible=False):  # the `analyze` API endpoint's own components
@@ -185,19 +186,22 @@ def build_demo(explorer: Explorer, examples: list[str] | None = None, coco_examp
         control_inputs = [mode, threshold, target, cca_steps, detect, show_dense]
         view_outputs = [grid_raw, grid_cca, det_pruned, det_dense, det_message, sparsity, tokens, latency, curve,
                         gt_confusion, gt_stats]
-        image.change(on_image, [image, *control_inputs], [session_state, *view_outputs, gt_grid, editor],
-                     preprocess=False, api_name=False, trigger_mode="always_last")
-        for control in (threshold, target, cca_steps):
-            control.input(on_controls, [session_state, *control_inputs], view_outputs, api_name=False,
-                          trigger_mode="always_last", show_progress="hidden")
-        for control in (detect, show_dense):
-            control.input(on_controls, [session_state, *control_inputs], view_outputs, api_name=False,
-                          trigger_mode="always_last")
-        mode.input(on_mode, [session_state, *control_inputs], [threshold, target, *view_outputs], api_name=False,
-                   trigger_mode="always_last")
-        gt_apply.click(on_paint, [session_state, editor, *control_inputs], [gt_grid, gt_confusion, gt_stats], api_name=False)
-        api_button.click(on_api, [api_image, api_threshold, api_cca, api_keep], api_json, api_name="analyze",
-                         preprocess=False)
+        with warnings.catch_warnings():  # Gradio 5 wants api_name/show_api; Gradio 6 renames them api_visibility
+            warnings.simplefilter("ignore", DeprecationWarning)
+            # load_image / set_threshold are callable with gradio_client (tests, app-bench) but kept off the API page.
+            image.change(on_image, [image, *control_inputs], [session_state, *view_outputs, gt_grid, editor],
+                         preprocess=False, api_name="load_image", show_api=False, trigger_mode="always_last")
+            for control, name in ((threshold, "set_threshold"), (target, False), (cca_steps, False)):
+                control.input(on_controls, [session_state, *control_inputs], view_outputs, api_name=name, show_api=False,
+                              trigger_mode="always_last", show_progress="hidden")
+            for control in (detect, show_dense):
+                control.input(on_controls, [session_state, *control_inputs], view_outputs, api_name=False,
+                              trigger_mode="always_last")
+            mode.input(on_mode, [session_state, *control_inputs], [threshold, target, *view_outputs], api_name=False,
+                       trigger_mode="always_last")
+            gt_apply.click(on_paint, [session_state, editor, *control_inputs], [gt_grid, gt_confusion, gt_stats], api_name=False)
+            api_button.click(on_api, [api_image, api_threshold, api_cca, api_keep], api_json, api_name="analyze",
+                             preprocess=False)
     return demo
 
 

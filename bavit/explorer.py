@@ -9,22 +9,23 @@ reruns only CCA and the pruned detector (BAViT's probabilities come from the ses
 """
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from PIL import Image
 
 from . import viz
-from .errors import BAViTError
+from .errors import BAViTError, DataError
 from .gt import CocoGroundTruth, CocoImage, grid_stats, painted_mask  # noqa: F401 (CocoGroundTruth re-exported)
 from .imageio import load_image
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES_DIR = ROOT / "assets" / "examples"
 DISPLAY_SIDE = 512  # px: overlays are drawn at this size
+ANALYSIS_SIDE = 1024  # px: the session keeps the image at most this large (BAViT sees 384, YOLOS 512)
 TINY_SIDE = 32  # px: smaller images still run, with a warning
 CURVE_THRESHOLDS = np.round(np.linspace(0.02, 0.98, 25), 4)
 MODE_THRESHOLD = "FG-probability threshold"
@@ -41,7 +42,7 @@ class ImageSession:
     """Everything one browser session knows about its current image."""
 
     name: str
-    image: Image.Image  # RGB, longer side <= 2048 (what the boxes refer to)
+    image: Image.Image  # RGB, longer side <= ANALYSIS_SIDE (what the boxes refer to)
     display: Image.Image  # RGB, longer side <= DISPLAY_SIDE (what overlays are drawn on)
     fg_prob: np.ndarray  # [24, 24] float32
     bavit_ms: float  # BAViT latency for this image (measured on first pass, or the app's typical value if cached)
@@ -89,6 +90,15 @@ def _payload_path(payload: Any) -> tuple[str, str]:
     return str(path), str(name)
 
 
+def _read(path: str, name: str, exif: bool = True) -> Image.Image:
+    """``load_image`` with errors that name the uploaded file, not the server's temporary copy."""
+    try:
+        return load_image(path, exif=exif)
+    except DataError as exc:
+        message = str(exc).replace(path, repr(name))
+        raise DataError(message if repr(name) in message else f"{name!r}: {message}") from None
+
+
 def _fmt(value: float | None, spec: str = ".1%") -> str:
     return "n/a" if value is None else format(value, spec)
 
@@ -110,21 +120,21 @@ class Explorer:
     def open_image(self, payload: Any) -> ImageSession:
         """Decode the uploaded file, run BAViT (cached by content) and the dense detector once."""
         path, name = _payload_path(payload)
-        image = load_image(path)
+        image = _read(path, name)
         coco_entry = None
         if self.coco is not None and self.coco.lookup(name) is not None:
-            raw = load_image(path, exif=False)  # COCO annotations refer to the stored pixel layout
+            raw = _read(path, name, exif=False)  # COCO annotations refer to the stored pixel layout
             coco_entry = self.coco.match(name, raw)
             if coco_entry is not None:
                 image = raw
-        start = time.perf_counter()
-        fg_prob = np.asarray(self.predictor.fg_prob(image), dtype=np.float32)
-        bavit_ms = (time.perf_counter() - start) * 1e3
-        if bavit_ms > 1.0:  # a real run, not a cache hit
+        first = self.predictor.analyze(image, detect=False)  # BAViT, or its cache (bavit_ms == 0)
+        fg_prob = np.array(first.fg_prob, dtype=np.float32)
+        bavit_ms = float(first.timings_ms.get("bavit_ms", 0.0))
+        if bavit_ms > 0.0:
             self.typical_bavit_ms = bavit_ms if self.typical_bavit_ms is None else 0.7 * self.typical_bavit_ms + 0.3 * bavit_ms
-        else:
-            bavit_ms = self.typical_bavit_ms or bavit_ms
-        session = ImageSession(name=name, image=image, display=viz.fit_image(image, DISPLAY_SIDE), fg_prob=fg_prob, bavit_ms=bavit_ms)
+        else:  # cached by another session or an earlier upload: use the typical measured cost
+            bavit_ms = self.typical_bavit_ms or 0.0
+        session = ImageSession(name=name, image=viz.fit_image(image, ANALYSIS_SIDE), display=viz.fit_image(image, DISPLAY_SIDE), fg_prob=fg_prob, bavit_ms=bavit_ms)
         if coco_entry is not None:
             session.coco = coco_entry
             session.gt = self.coco.labels(coco_entry)
@@ -158,14 +168,23 @@ class Explorer:
         return session.dense_ms / (session.bavit_ms + analysis.timings_ms.get("cca_ms", 0.0) + pruned_ms)
 
     def curve(self, session: ImageSession, cca_steps: int) -> viz.CurvePlot:
-        """Sparsity and MAC-ratio speed-up (dense / (BAViT + pruned)) against threshold for this image (rendered once per CCA setting)."""
+        """Sparsity and MAC-ratio speed-up (dense / (BAViT + pruned)) against threshold for this image.
+
+        Computed with the Predictor's own patch selection, CCA and resampling; rendered once per CCA setting.
+        """
         plot = session.plots.get(cca_steps)
         if plot is None:
+            from .accounting import token_accounting
+            from .predictor import keep_mask_from_grid, select_patches
+
+            probs = torch.from_numpy(np.array(session.fg_prob))
+            detector = getattr(self.predictor, "detector", None)
+            yolos_config = detector.config if detector is not None else None
             sparsity, speedup = [], []
             for threshold in CURVE_THRESHOLDS:
-                analysis = self.predictor.analyze(session.image, threshold=float(threshold), cca_steps=cca_steps,
-                                                  detect=False, fg_prob=session.fg_prob)
-                acc = analysis.accounting
+                _, keep_mask = keep_mask_from_grid(select_patches(probs, float(threshold)), cca_steps,
+                                                   mode=getattr(self.predictor, "resample_mode", "nearest"))
+                acc = token_accounting(int(keep_mask.sum()), yolos_config, self.predictor.bavit.config)
                 sparsity.append(100.0 * acc.sparsity)
                 speedup.append(acc.flop_ratio)
             plot = session.plots[cca_steps] = viz.curve_plot(CURVE_THRESHOLDS, sparsity, speedup)
@@ -315,8 +334,7 @@ class Explorer:
         keep_ratio = None if keep_ratio in (None, 0, 0.0) else float(keep_ratio)
         if keep_ratio is not None and not 0.0 < keep_ratio <= 1.0:
             raise BAViTError(f"keep_ratio must be in (0, 1], got {keep_ratio}")
-        path, _ = _payload_path(payload)
-        image = load_image(path)
+        image = _read(*_payload_path(payload))
         analysis = self.predictor.analyze(image, threshold=threshold, keep_ratio=keep_ratio, cca_steps=cca_steps,
                                           detect=bool(detect), dense=False)
         acc = analysis.accounting
@@ -352,9 +370,6 @@ class Explorer:
     def banner_text(self) -> str:
         if self.predictor.detector_ready:
             return ""
-        return ("⚠️ **Detector weights not available: detections are off.** Grids, sparsity, token counts and latency "
-                "still work; latency is measured on the YOLOS-tiny architecture with random weights. "
+        return ("⚠️ **Detections are off: no detector weights.** Grids, sparsity, token counts and latency still work; "
+                "latency is measured on the YOLOS-tiny architecture with random weights.\n\n"
                 f"{self.predictor.detector_status}")
-
-
-__all__ = ["Explorer", "ImageSession", "Controls", "MODE_THRESHOLD", "MODE_SPARSITY"]

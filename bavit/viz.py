@@ -237,7 +237,7 @@ def curve_plot(
     thresholds: Sequence[float],
     sparsity_pct: Sequence[float],
     speedup_est: Sequence[float] | None = None,
-    speedup_label: str = "speed-up, MAC ratio (x)",
+    speedup_label: str = "speed-up (MAC ratio)",
     size: tuple[float, float] = (4.6, 2.8),
     dpi: int = 100,
     speedup_max: float | None = None,
@@ -248,7 +248,8 @@ def curve_plot(
         thresholds: ``[K]`` thresholds in [0, 1] (x axis).
         sparsity_pct: ``[K]`` YOLOS patches pruned at each threshold, percent (left axis).
         speedup_est: optional ``[K]`` speed-up estimates (right axis, dashed).
-        speedup_max: top of the speed-up axis (default: covers the estimate and 2x).
+        speedup_max: top of the speed-up axis (default: the estimate's maximum, kept within 2x..3x so measured
+            speed-ups stay readable; the curve is clipped above).
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -263,13 +264,16 @@ def curve_plot(
     ax.set_ylabel("sparsity (% pruned)", color="tab:blue")
     ax.grid(alpha=0.3)
     ax2 = ax.twinx()
-    top = speedup_max or max(2.0, float(np.nanmax(speedup_est)) * 1.1 if speedup_est is not None and len(speedup_est) else 2.0)
+    if speedup_max is None:
+        peak = float(np.nanmax(speedup_est)) * 1.1 if speedup_est is not None and len(speedup_est) else 2.0
+        speedup_max = min(3.0, max(2.0, peak))
+    top = speedup_max
     if speedup_est is not None:
         ax2.plot(thresholds, speedup_est, color="tab:red", lw=1.4, ls="--", label=speedup_label)
     ax2.set_ylim(0.0, top)
     ax2.set_ylabel("speed-up (x)", color="tab:red")
     handles = ax.get_legend_handles_labels()[0] + ax2.get_legend_handles_labels()[0]
-    handles.append(ax2.scatter([], [], s=20, marker="s", color=(44 / 255, 160 / 255, 44 / 255), label="measured speed-up"))
+    handles.append(ax2.scatter([], [], s=20, marker="s", color=(44 / 255, 160 / 255, 44 / 255), label="measured"))
     ax.legend(handles=handles, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=3, fontsize=7, frameon=False)
     fig.tight_layout()
     canvas.draw()

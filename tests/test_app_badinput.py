@@ -1,0 +1,112 @@
+"""Bad and odd inputs through the running app: unreadable files get a clear gr.Error, odd images just work, and
+the server stays up throughout."""
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+pytest.importorskip("gradio_client")
+from gradio_client import Client, handle_file  # noqa: E402
+from gradio_client.exceptions import AppError  # noqa: E402
+
+import apphelpers  # noqa: E402
+from bavit.explorer import MODE_THRESHOLD  # noqa: E402
+
+GRID_ONLY = [MODE_THRESHOLD, 0.5, 35, 3, False, False]  # detector off: keeps these tests fast
+
+
+@pytest.fixture(scope="module")
+def server():
+    return apphelpers.shared_server()
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return Client(server.url, download_files=False, verbose=False)
+
+
+def load(client, path):
+    return client.predict(handle_file(str(path)), *GRID_ONLY, api_name="/load_image")
+
+
+def write(path, data: bytes):
+    path.write_bytes(data)
+    return path
+
+
+def jpeg_bytes(image: Image.Image, **kwargs) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", **kwargs)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    "name, make, message",
+    [
+        ("notes.jpg", lambda: b"these are not pixels\n" * 50, r"notes\.jpg.*not a readable image"),
+        ("empty.png", lambda: b"", r"empty\.png.*empty \(0 bytes\)"),
+        ("corrupt.jpg", lambda: jpeg_bytes(Image.new("RGB", (640, 480), (200, 30, 30)))[:400], r"corrupt\.jpg.*(corrupt|truncated|not a readable)"),
+    ],
+)
+def test_unreadable_files_get_a_clear_error(client, server, tmp_path, name, make, message):
+    path = write(tmp_path / name, make())
+    with pytest.raises(AppError, match=message):
+        load(client, path)
+    with pytest.raises(AppError, match=message):
+        client.predict(handle_file(str(path)), 0.5, 3, 0, api_name="/analyze")
+    assert server.alive()
+
+
+def odd_images(tmp_path):
+    """(file, expected analysed size) for valid images of awkward sizes and modes."""
+    files = []
+    huge = Image.new("RGB", (12000, 9000), (90, 120, 60))
+    huge.paste((230, 200, 40), (4000, 3000, 8000, 6000))
+    files.append((write(tmp_path / "huge.jpg", jpeg_bytes(huge, quality=40)), (2048, 1536)))
+    del huge
+    files.append((write(tmp_path / "tiny.png", _png(Image.new("RGB", (8, 8), (10, 200, 10)))), (8, 8)))
+    gray = Image.fromarray(np.tile(np.arange(256, dtype=np.uint8), (120, 1)))
+    assert gray.mode == "L"
+    files.append((write(tmp_path / "gray.png", _png(gray)), (256, 120)))
+    rgba = Image.new("RGBA", (100, 60), (255, 0, 0, 0))
+    rgba.paste((0, 0, 255, 255), (20, 10, 60, 50))
+    files.append((write(tmp_path / "rgba.png", _png(rgba)), (100, 60)))
+    deep = Image.fromarray(np.arange(64 * 48, dtype=np.uint16).reshape(48, 64) * 20)
+    assert deep.mode == "I;16"
+    files.append((write(tmp_path / "deep16.png", _png(deep)), (64, 48)))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90° clockwise to display
+    rotated = jpeg_bytes(Image.new("RGB", (60, 40), (50, 50, 200)), exif=exif.tobytes())
+    files.append((write(tmp_path / "exif.jpg", rotated), (40, 60)))
+    return files
+
+
+def _png(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def test_odd_but_valid_images_work(client, server, tmp_path):
+    for path, size in odd_images(tmp_path):
+        outputs = load(client, path)
+        sparsity_text = outputs[5]  # [grid_raw, grid_cca, det_pruned, det_dense, det_message, sparsity, ...] (no state)
+        assert "Sparsity:" in sparsity_text, path.name
+        assert outputs[0] is not None and outputs[1] is not None, path.name  # both grid images
+        result = client.predict(handle_file(str(path)), 0.5, 3, 0, api_name="/analyze")
+        assert tuple(result["image_size"]) == size, path.name
+        assert 0 <= result["kept_patches"] <= 1024
+    assert server.alive()
+
+
+def test_app_stays_up_after_errors(client, tmp_path):
+    with pytest.raises(AppError):
+        load(client, write(tmp_path / "bad.jpg", b"\xff\xd8\xff garbage"))
+    outputs = load(client, apphelpers.EXAMPLES / "coffee.jpg")
+    assert "Sparsity:" in outputs[5]
+    # and the slider still answers for this session's image
+    moved = client.predict(MODE_THRESHOLD, 0.9, 35, 3, False, False, api_name="/set_threshold")
+    assert "threshold 0.90" in moved[5]

@@ -1,0 +1,145 @@
+"""The app as an API: gradio_client against a real `python app.py` server (random BAViT, no detector weights),
+plus the detector-present path in-process with a tiny random YOLOS saved via save_pretrained."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("gradio_client")
+from gradio_client import Client, handle_file  # noqa: E402
+
+import apphelpers  # noqa: E402
+from bavit.app_ui import build_demo  # noqa: E402
+from bavit.explorer import MODE_THRESHOLD, Controls, Explorer  # noqa: E402
+from bavit.predictor import Predictor  # noqa: E402
+
+CHELSEA = apphelpers.EXAMPLES / "chelsea.jpg"
+ROCKET = apphelpers.EXAMPLES / "rocket.jpg"
+
+
+@pytest.fixture(scope="module")
+def server():
+    return apphelpers.shared_server()
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return Client(server.url, download_files=False, verbose=False)
+
+
+@pytest.fixture(scope="module")
+def local_predictor():
+    """The same checkpoint in-process, no detector: the reference for the server's numbers."""
+    return Predictor(bavit=apphelpers.random_bavit_checkpoint(), detector=None)
+
+
+def check_accounting(result):
+    tokens = result["tokens"]
+    kept = result["kept_patches"]
+    assert tokens["kept_patches"] == kept
+    assert result["sparsity"] == pytest.approx(1 - kept / 1024)
+    assert tokens["bavit_tokens"] == 576 * 2 == 1152
+    assert tokens["yolos_dense_tokens"] == 1024 * 12 == 12288
+    assert tokens["yolos_pruned_tokens"] == 12 * kept
+    assert tokens["total_tokens"] == 1152 + 12 * kept
+    assert tokens["reduction_pct"] == pytest.approx((12288 - 1152 - 12 * kept) / 12288 * 100)
+
+
+def test_analyze_endpoint_returns_numbers(client, local_predictor):
+    result = client.predict(handle_file(str(CHELSEA)), 0.6, 3, 0, api_name="/analyze")
+    assert result["threshold"] == 0.6 and result["cca_steps"] == 3 and result["keep_ratio"] is None
+    assert result["image_size"] == [451, 300]
+    check_accounting(result)
+    # no detector weights: never boxes, and say why; latency measured on the random-init architecture
+    assert result["detector_ready"] is False and result["detections"] is None
+    assert "yolos-tiny" in result["detector_status"].lower()
+    assert "random init" in result["latency_note"]
+    assert result["timings_ms"]["pruned_ms"] > 0
+    # the grid equals the library's own answer for the same checkpoint and image
+    expected = local_predictor.analyze(str(CHELSEA), threshold=0.6, cca_steps=3, detect=False)
+    grid = np.array([[c == "1" for c in row] for row in result["grid_cca"]])
+    np.testing.assert_array_equal(grid, expected.grid_cca)
+    assert result["fg_tokens_raw"] == int(expected.grid_raw.sum())
+    assert result["fg_tokens_cca"] == int(grid.sum())
+    assert result["kept_patches"] == int(expected.keep_mask.sum())
+
+
+def test_analyze_endpoint_threshold_and_keep_ratio(client):
+    low = client.predict(handle_file(str(ROCKET)), 0.2, 0, 0, api_name="/analyze")
+    high = client.predict(handle_file(str(ROCKET)), 0.8, 0, 0, api_name="/analyze")
+    assert low["fg_tokens_raw"] >= high["fg_tokens_raw"]
+    assert low["sparsity"] <= high["sparsity"]
+    # CCA 0: the CCA grid is the raw grid
+    assert low["fg_tokens_cca"] == low["fg_tokens_raw"]
+    top = client.predict(handle_file(str(ROCKET)), 0.5, 0, 0.25, api_name="/analyze")
+    assert top["keep_ratio"] == 0.25 and top["fg_tokens_raw"] == round(0.25 * 576) == 144
+    check_accounting(top)
+
+
+def test_analyze_endpoint_rejects_bad_settings_and_stays_up(client):
+    from gradio_client.exceptions import AppError
+
+    with pytest.raises(AppError, match="threshold"):
+        client.predict(handle_file(str(ROCKET)), 1.5, 3, 0, api_name="/analyze")
+    with pytest.raises(AppError, match="keep_ratio"):
+        client.predict(handle_file(str(ROCKET)), 0.5, 3, 2.0, api_name="/analyze")
+    assert client.predict(handle_file(str(ROCKET)), 0.5, 3, 0, api_name="/analyze")["cca_steps"] == 3
+
+
+def test_sessions_are_isolated(server):
+    """Two clients (two sessions) load different images; each slider move answers for its own image."""
+    first = Client(server.url, download_files=False, verbose=False)
+    second = Client(server.url, download_files=False, verbose=False)
+    controls = [MODE_THRESHOLD, 0.5, 35, 3, False, False]
+    first.predict(handle_file(str(CHELSEA)), *controls, api_name="/load_image")
+    second.predict(handle_file(str(ROCKET)), *controls, api_name="/load_image")
+    texts = {}
+    for name, session in (("chelsea", first), ("rocket", second)):
+        outputs = session.predict(MODE_THRESHOLD, 0.65, 35, 2, False, False, api_name="/set_threshold")
+        texts[name] = outputs[5]  # the sparsity panel
+    for name, path in (("chelsea", CHELSEA), ("rocket", ROCKET)):
+        expected = first.predict(handle_file(str(path)), 0.65, 2, 0, api_name="/analyze")
+        assert f"{expected['kept_patches']} kept" in texts[name]
+        assert f"BAViT FG tokens: {expected['fg_tokens_raw']} of 576" in texts[name]
+    assert texts["chelsea"] != texts["rocket"]
+
+
+def test_detector_present_path_draws_boxes(tmp_path):
+    """A loadable detector (tiny random YOLOS via save_pretrained) gives boxes, labels and scores in the panel."""
+    predictor = Predictor(bavit=apphelpers.random_bavit_checkpoint(), detector=str(apphelpers.tiny_yolos_dir()),
+                          score_threshold=0.0)
+    assert predictor.detector_ready
+    explorer = Explorer(predictor)
+    assert explorer.banner_text() == ""
+    session = explorer.open_image({"path": str(CHELSEA), "orig_name": "chelsea.jpg"})
+    controls = Controls(threshold=0.5, cca_steps=3, detect=True, show_dense=True)
+    explorer.measure_dense(session, controls)
+    assert session.dense_ms > 0 and session.dense_detections
+    view = explorer.render(session, controls)
+    detections = view["analysis"].detections
+    assert detections and all(set(d) == {"box", "label", "score"} for d in detections)
+    assert {d["label"] for d in detections} <= {"cat", "dog", "cup"}
+    assert view["det_pruned"].size == session.display.size and view["det_dense"] is not None
+    assert f"{len(detections)} detections" in view["det_message"]
+    assert "Speed-up" in view["latency"]
+    result = explorer.api_result({"path": str(CHELSEA)}, threshold=0.5)
+    assert result["detector_ready"] is True and isinstance(result["detections"], list)
+    for det in result["detections"]:
+        x0, y0, x1, y1 = det["box"]
+        assert 0 <= x0 <= x1 <= 451 and 0 <= y0 <= y1 <= 300
+    build_demo(explorer)  # the page builds with the detector panels enabled
+
+
+def test_app_cli_flags_and_env(monkeypatch):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bavit_app", apphelpers.ROOT / "app.py")
+    app = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(app)
+    monkeypatch.setenv("BAVIT_DETECTOR", "some/dir")
+    monkeypatch.setenv("BAVIT_CHECKPOINT", "x.safetensors")
+    monkeypatch.setenv("BAVIT_DATA", "coco")
+    args = app.parse_args([])
+    assert (args.detector, args.bavit, args.data) == ("some/dir", "x.safetensors", "coco")
+    args = app.parse_args(["--detector", "other", "--port", "9000"])
+    assert args.detector == "other" and args.port == 9000
