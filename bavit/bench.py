@@ -5,7 +5,8 @@ probabilities on a real image (nearest-upsampled to 32x32), so the level is hit 
 runs and times every stage the pipeline runs: the 384x384 resize + BAViT, threshold (top-k) + CCA + resample to
 32x32 (the shared :class:`~bavit.predictor.Predictor` functions), and the pruned YOLOS forward. The dense
 iteration is the dense YOLOS forward. The 512x512 YOLOS input is prepared once and shared (both need it).
-Dense and pruned runs alternate after warm-up; medians are reported. Latency does not depend on the weights, so
+Dense and pruned runs alternate after warm-up; medians are reported. On a busy shared CPU run it with
+``OMP_WAIT_POLICY=PASSIVE`` (spinning OpenMP threads otherwise dominate small kernels). Latency does not depend on the weights, so
 without real weights the YOLOS-tiny architecture at random init is timed, and the report says which weights ran.
 """
 from __future__ import annotations
@@ -214,6 +215,7 @@ def run_bench(
             "torch": torch.__version__,
             "cpu_count": os.cpu_count(),
             "platform": platform.platform(),
+            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "unset (libgomp default: spin, then sleep)"),
             "load_average_before": load_before,
             "load_average_after": os.getloadavg(),
         },
@@ -244,7 +246,7 @@ def format_table(report: dict) -> str:
             rows(value["results"])
     load = report["machine"]["load_average_before"][0], report["machine"]["load_average_after"][0]
     lines += ["", f"load average before/after: {load[0]:.1f}/{load[1]:.1f} on {report['machine']['cpu_count']} CPUs "
-                  "(a shared machine: expect noise)"]
+                  f"(a shared machine: expect noise); OMP_WAIT_POLICY {report['machine']['omp_wait_policy']}"]
     return "\n".join(lines)
 
 

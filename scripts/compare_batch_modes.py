@@ -1,6 +1,9 @@
 """Padded vs per-image pruned YOLOS runs for a batch with different kept counts per image (CPU timings in ms).
 
-    OMP_NUM_THREADS=2 PYTHONPATH=. .venv/bin/python scripts/compare_batch_modes.py [--threads 2] [--batch 8] [--repeats 5]
+    OMP_WAIT_POLICY=PASSIVE OMP_NUM_THREADS=2 PYTHONPATH=. .venv/bin/python scripts/compare_batch_modes.py \
+        [--threads 2] [--batch 8] [--repeats 5]
+
+(Without ``OMP_WAIT_POLICY=PASSIVE`` on a busy shared CPU, spinning OpenMP threads dominate the timings.)
 
 The numbers chose ``bavit.yolos_pruned.DEFAULT_BATCH_MODE``; see that module's docstring.
 """
