@@ -24,7 +24,8 @@ def test_exact_keep_masks_hit_the_requested_counts():
 def test_spread_counts():
     assert spread_counts(666, 8) == [564, 593, 622, 651, 681, 710, 739, 768]
     assert sum(spread_counts(666, 8)) == 8 * 666
-    assert spread_counts(1024, 4) == [922, 990, 1024, 1024]  # clipped at the grid
+    assert spread_counts(1024, 4) == [1024] * 4  # 0% sparsity: nothing to spread
+    assert spread_counts(1000, 4) == [976, 992, 1008, 1024]  # narrowed so the mean stays 1000
     assert spread_counts(500, 1) == [500]
 
 
