@@ -165,8 +165,9 @@ class Predictor:
         """The detector, or the YOLOS-tiny architecture at random init when no weights are loaded (latency only)."""
         if self.detector is not None:
             return self.detector
-        if self._latency_model is None:
-            self._latency_model = patch_yolos(random_yolos_tiny())
+        with self._lock:
+            if self._latency_model is None:
+                self._latency_model = patch_yolos(random_yolos_tiny())
         return self._latency_model
 
     @property

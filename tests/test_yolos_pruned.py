@@ -9,7 +9,7 @@ GRID = (4, 6)  # 64x96 input, 16 px patches
 NUM_DET = 5
 
 
-def tiny_yolos(mid: bool = False, seed: int = 0) -> YolosForObjectDetection:
+def tiny_yolos(mid: bool = False, seed: int = 0, attn: str = "sdpa") -> YolosForObjectDetection:
     config = YolosConfig(
         hidden_size=32,
         num_hidden_layers=3,
@@ -20,7 +20,7 @@ def tiny_yolos(mid: bool = False, seed: int = 0) -> YolosForObjectDetection:
         num_detection_tokens=NUM_DET,
         num_labels=4,
         use_mid_position_embeddings=mid,
-        attn_implementation="sdpa",
+        attn_implementation=attn,
     )
     torch.manual_seed(seed)
     model = YolosForObjectDetection(config).eval()
@@ -121,6 +121,19 @@ def test_mixed_keep_counts_equal_per_image_results(batch_mode, mid):
         assert (batched.pred_boxes[i] - single.pred_boxes[0]).abs().max() <= 1e-5
         assert (batched.last_hidden_state[i] - single.last_hidden_state[0]).abs().max() <= 1e-5
     assert batched.kept_patches.tolist() == counts
+
+
+def test_eager_attention_falls_back_to_per_image_runs():
+    model = patch_yolos(tiny_yolos(attn="eager"))
+    x = pixels(batch=2)
+    keep = random_mask(2)
+    keep[1] = True
+    with torch.no_grad():
+        batched = model(pixel_values=x, keep_mask=keep, batch_mode="padded")  # eager cannot mask pads
+        for i in range(2):
+            logits, boxes, _ = dense_by_hand(model, x[i : i + 1], keep[i])
+            assert (batched.logits[i] - logits[0]).abs().max() <= 1e-5
+            assert (batched.pred_boxes[i] - boxes[0]).abs().max() <= 1e-5
 
 
 def test_full_hidden_state_has_zeros_at_pruned_positions():
