@@ -17,6 +17,7 @@ import os
 import platform
 import resource
 import statistics
+import sys
 import time
 from pathlib import Path
 from typing import Callable, Optional, Sequence
@@ -308,6 +309,9 @@ def run(args: argparse.Namespace) -> int:
     if args.repeats < 1 or args.threads < 1:
         raise ConfigError("--repeats and --threads must be >= 1")
     images = [Path(p) for p in args.images] if args.images else DEFAULT_IMAGES
+    if "OMP_WAIT_POLICY" not in os.environ:
+        print("note: OMP_WAIT_POLICY is unset; on a busy shared CPU spinning OpenMP threads can make every run several "
+              "times slower; consider OMP_WAIT_POLICY=PASSIVE python -m bavit bench ...", file=sys.stderr)
     report = run_bench(threads=args.threads, sparsities=args.sparsity, repeats=args.repeats, warmup=args.warmup,
                        batch=args.batch, bavit=args.bavit, detector=args.detector, images=images)
     print(format_table(report))
