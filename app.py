@@ -12,7 +12,8 @@ os.environ.setdefault("HF_HUB_DOWNLOAD_TIMEOUT", "5")  # fail fast without netwo
 
 import argparse  # noqa: E402
 
-from bavit.app_ui import create_demo  # noqa: E402
+from bavit.app_ui import allowed_paths, create_demo  # noqa: E402
+from bavit.errors import BAViTError  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -31,9 +32,13 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    demo = create_demo(bavit=args.bavit, detector=args.detector, data=args.data, threads=args.threads)
+    try:
+        demo = create_demo(bavit=args.bavit, detector=args.detector, data=args.data, threads=args.threads)
+    except BAViTError as exc:  # a missing checkpoint or dataset: one line, no traceback
+        raise SystemExit(f"error: {exc}") from None
     concurrency = int(os.environ.get("BAVIT_CONCURRENCY", "2"))
-    demo.queue(default_concurrency_limit=concurrency).launch(server_name=args.host, server_port=args.port)
+    demo.queue(default_concurrency_limit=concurrency).launch(
+        server_name=args.host, server_port=args.port, allowed_paths=allowed_paths(args.data))
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 VIEW_KEYS = ("grid_raw", "grid_cca", "det_pruned", "det_dense", "det_message", "sparsity", "tokens", "latency", "curve",
              "gt_confusion", "gt_stats")
 HIDEABLE = {"det_pruned", "det_dense", "gt_confusion"}
+IMAGE_HEIGHT = 340  # px: output images are scaled to fit, so portrait photos do not stretch the page
 
 
 def _user_errors(fn: Callable) -> Callable:
@@ -63,6 +64,12 @@ def example_images(directory: Path = EXAMPLES_DIR) -> list[str]:
 
 def build_demo(explorer: Explorer, examples: list[str] | None = None, coco_examples: list[str] | None = None) -> gr.Blocks:
     """Lay out the page around ``explorer`` (shared by all sessions; per-session data lives in ``gr.State``)."""
+    with warnings.catch_warnings():  # Gradio 5 API that Gradio 6 renames (css, show_api, api_name=False)
+        warnings.filterwarnings("ignore", message=".*Gradio 6", category=DeprecationWarning)
+        return _build_demo(explorer, examples, coco_examples)
+
+
+def _build_demo(explorer: Explorer, examples: list[str] | None, coco_examples: list[str] | None) -> gr.Blocks:
     examples = example_images() if examples is None else examples
     ready = explorer.predictor.detector_ready
 
@@ -146,9 +153,9 @@ def build_demo(explorer: Explorer, examples: list[str] | None = None, coco_examp
                     gr.Examples(coco_examples, inputs=image, label="COCO images from BAVIT_DATA (with ground truth)")
             with gr.Column(scale=2):
                 with gr.Row():
-                    grid_raw = gr.Image(label="BAViT patch grid (before CCA)", elem_id="grid-raw", format="jpeg", interactive=False)
-                    grid_cca = gr.Image(label="After CCA", elem_id="grid-cca", format="jpeg", interactive=False)
-                gr.HTML(viz.legend_html(viz.GRID_LEGEND))
+                    grid_raw = gr.Image(label="BAViT patch grid (before CCA)", elem_id="grid-raw", format="jpeg", height=IMAGE_HEIGHT, interactive=False)
+                    grid_cca = gr.Image(label="After CCA", elem_id="grid-cca", format="jpeg", height=IMAGE_HEIGHT, interactive=False)
+                gr.HTML(viz.legend_html(viz.GRID_LEGEND), padding=False)
                 with gr.Row():
                     sparsity = gr.Markdown(elem_id="sparsity")
                     latency = gr.Markdown(elem_id="latency")
@@ -160,21 +167,22 @@ def build_demo(explorer: Explorer, examples: list[str] | None = None, coco_examp
             gr.Markdown("## Detections")
             det_message = gr.Markdown(explorer.initial_detection_message(), elem_id="detections-message")
             with gr.Row():
-                det_pruned = gr.Image(label="Pruned YOLOS", elem_id="detections-pruned", format="jpeg", interactive=False, visible=False)
-                det_dense = gr.Image(label="Dense YOLOS", elem_id="detections-dense", format="jpeg", interactive=False, visible=False)
+                det_pruned = gr.Image(label="Pruned YOLOS", elem_id="detections-pruned", format="jpeg", height=IMAGE_HEIGHT, interactive=False, visible=False)
+                det_dense = gr.Image(label="Dense YOLOS", elem_id="detections-dense", format="jpeg", height=IMAGE_HEIGHT, interactive=False, visible=False)
         with gr.Column(elem_id="gt-compare"):
             gr.Markdown("## Ground truth vs prediction")
             with gr.Row():
-                gt_grid = gr.Image(label="GT patch grid (>10% object pixels = FG)", elem_id="gt-grid", format="jpeg",
+                gt_grid = gr.Image(label="GT patch grid (>10% object pixels = FG)", elem_id="gt-grid", format="jpeg", height=IMAGE_HEIGHT,
                                    interactive=False, visible=False)
-                gt_confusion = gr.Image(label="GT vs prediction (after CCA)", elem_id="gt-confusion", format="jpeg",
+                gt_confusion = gr.Image(label="GT vs prediction (after CCA)", elem_id="gt-confusion", format="jpeg", height=IMAGE_HEIGHT,
                                         interactive=False, visible=False)
                 gt_stats = gr.Markdown(elem_id="gt-stats")
-            gr.HTML(viz.legend_html(viz.CONFUSION_LEGEND))
-            editor = gr.ImageEditor(label="Paint the objects to make your own ground truth", type="numpy", elem_id="gt-editor",
-                                    sources=(), transforms=(), layers=False, height=420, canvas_size=(512, 512),
-                                    brush=gr.Brush(colors=["#ff3b30"], default_size=24, color_mode="fixed"))
-            gt_apply = gr.Button("Compare with painted GT", elem_id="gt-apply")
+            gr.HTML(viz.legend_html(viz.CONFUSION_LEGEND), padding=False)
+            with gr.Accordion("Paint your own ground truth", open=False, elem_id="gt-paint"):
+                editor = gr.ImageEditor(label="Paint the objects with the brush", type="numpy", elem_id="gt-editor",
+                                        sources=(), transforms=(), layers=False, height=420, canvas_size=(512, 512),
+                                        brush=gr.Brush(colors=["#ff3b30"], default_size=24, color_mode="fixed"))
+                gt_apply = gr.Button("Compare with painted GT", elem_id="gt-apply")
         with gr.Row(visible=False):  # the `analyze` API endpoint's own components
             api_image = gr.Image(type="filepath", label="image")
             api_threshold = gr.Number(value=0.5, label="threshold")
@@ -186,23 +194,30 @@ def build_demo(explorer: Explorer, examples: list[str] | None = None, coco_examp
         control_inputs = [mode, threshold, target, cca_steps, detect, show_dense]
         view_outputs = [grid_raw, grid_cca, det_pruned, det_dense, det_message, sparsity, tokens, latency, curve,
                         gt_confusion, gt_stats]
-        with warnings.catch_warnings():  # Gradio 5 wants api_name/show_api; Gradio 6 renames them api_visibility
-            warnings.simplefilter("ignore", DeprecationWarning)
-            # load_image / set_threshold are callable with gradio_client (tests, app-bench) but kept off the API page.
-            image.change(on_image, [image, *control_inputs], [session_state, *view_outputs, gt_grid, editor],
-                         preprocess=False, api_name="load_image", show_api=False, trigger_mode="always_last")
-            for control, name in ((threshold, "set_threshold"), (target, False), (cca_steps, False)):
-                control.input(on_controls, [session_state, *control_inputs], view_outputs, api_name=name, show_api=False,
-                              trigger_mode="always_last", show_progress="hidden")
-            for control in (detect, show_dense):
-                control.input(on_controls, [session_state, *control_inputs], view_outputs, api_name=False,
-                              trigger_mode="always_last")
-            mode.input(on_mode, [session_state, *control_inputs], [threshold, target, *view_outputs], api_name=False,
-                       trigger_mode="always_last")
-            gt_apply.click(on_paint, [session_state, editor, *control_inputs], [gt_grid, gt_confusion, gt_stats], api_name=False)
-            api_button.click(on_api, [api_image, api_threshold, api_cca, api_keep], api_json, api_name="analyze",
-                             preprocess=False)
+        # load_image / set_threshold are callable with gradio_client (tests, app-bench) but kept off the API page.
+        image.change(on_image, [image, *control_inputs], [session_state, *view_outputs, gt_grid, editor],
+                     preprocess=False, api_name="load_image", show_api=False, trigger_mode="always_last")
+        for control, name in ((threshold, "set_threshold"), (target, False), (cca_steps, False)):
+            control.input(on_controls, [session_state, *control_inputs], view_outputs, api_name=name, show_api=False,
+                          trigger_mode="always_last", show_progress="hidden")
+        for control in (detect, show_dense):
+            control.input(on_controls, [session_state, *control_inputs], view_outputs, api_name=False,
+                          trigger_mode="always_last")
+        mode.input(on_mode, [session_state, *control_inputs], [threshold, target, *view_outputs], api_name=False,
+                   trigger_mode="always_last")
+        gt_apply.click(on_paint, [session_state, editor, *control_inputs], [gt_grid, gt_confusion, gt_stats], api_name=False)
+        api_button.click(on_api, [api_image, api_threshold, api_cca, api_keep], api_json, api_name="analyze",
+                         preprocess=False)
     return demo
+
+
+def allowed_paths(data: str | Path | None) -> list[str]:
+    """Folders ``launch(allowed_paths=...)`` must serve: the COCO image folders the examples come from (read in
+    place, never copied into the repo)."""
+    if not data:
+        return []
+    root = Path(data).expanduser()
+    return [str(p) for p in sorted(root.iterdir()) if p.is_dir() and p.name != "annotations"] if root.is_dir() else []
 
 
 def create_demo(bavit: str | Path | None = None, detector: str | None = None, data: str | Path | None = None,

@@ -241,7 +241,7 @@ class Explorer:
     @staticmethod
     def gt_text(session: ImageSession, analysis) -> str:
         if session.gt is None:
-            return ("No ground truth for this image. Paint the objects in the editor below and press "
+            return ("No ground truth for this image. Open *Paint your own ground truth* below, paint the objects and press "
                     "**Compare with painted GT** (or pick a COCO example when a COCO dataset is configured).")
         raw, after = grid_stats(session.gt, analysis.grid_raw), grid_stats(session.gt, analysis.grid_cca)
         return (

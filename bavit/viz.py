@@ -67,34 +67,42 @@ def overlay_cells(
     Args:
         image: RGB image (any size; draw at display size, see :func:`fit_image`).
         classes: ``[gh, gw]`` int class per cell (keys of ``palette``).
-        palette: class -> (RGB colour, alpha); pixel = ``round((1 - alpha) * pixel + alpha * colour)``.
-        lines: draw the cell borders (the first pixel row/column of each cell) as faint white lines.
+        palette: class -> (RGB colour, alpha); pixel = ``round((1 - alpha) * pixel + alpha * colour)``; classes
+            missing from the palette are left untouched.
+        lines: draw the cell borders (the first pixel row/column of each cell) as faint white lines, blended the
+            same way onto the tinted pixel.
     Returns:
         RGB image of the same size.
     """
     classes = np.asarray(classes)
     if classes.ndim != 2:
         raise ValueError(f"classes must be a [gh, gw] grid, got shape {classes.shape}")
-    pixels = np.asarray(image.convert("RGB"), dtype=np.float32)
+    pixels = np.asarray(image.convert("RGB"))
     height, width = pixels.shape[:2]
     gh, gw = classes.shape
-    colour = np.zeros((gh, gw, 3), dtype=np.float32)
-    alpha = np.zeros((gh, gw, 1), dtype=np.float32)
-    for value, (rgb, weight) in palette.items():
-        where = classes == value
-        colour[where] = rgb
-        alpha[where] = weight
+    # Per-pixel class map by repeating each cell over its pixel rows / columns (the cell_index layout).
     rows, cols = cell_index(height, gh), cell_index(width, gw)
-    colour_px = colour[rows[:, None], cols[None, :]]
-    alpha_px = alpha[rows[:, None], cols[None, :]]
-    out = pixels * (1.0 - alpha_px) + colour_px * alpha_px
+    class_px = np.repeat(np.repeat(classes.astype(np.intp), np.bincount(rows, minlength=gh), axis=0),
+                         np.bincount(cols, minlength=gw), axis=1)
+    # The blend as a lookup table: lut[class, channel, value] = round((1 - alpha) * value + alpha * colour).
+    levels = np.arange(256, dtype=np.float64)
+    lut = np.repeat(levels.astype(np.uint8)[None, None], max(int(classes.max(initial=0)), max(palette)) + 1, axis=0)
+    lut = np.repeat(lut, 3, axis=1)
+    for value, (rgb, weight) in palette.items():
+        for channel in range(3):
+            lut[value, channel] = np.clip(np.rint((1.0 - weight) * levels + weight * rgb[channel]), 0, 255)
+    out = np.empty_like(pixels)
+    for channel in range(3):
+        out[..., channel] = lut[class_px, channel, pixels[..., channel]]
     if lines:
-        line = np.asarray(LINE_COLOR, dtype=np.float32)
+        line_lut = np.stack([np.clip(np.rint((1.0 - LINE_ALPHA) * levels + LINE_ALPHA * c), 0, 255) for c in LINE_COLOR])
+        line_lut = line_lut.astype(np.uint8)
         row_edges = np.flatnonzero(np.diff(rows)) + 1
         col_edges = np.flatnonzero(np.diff(cols)) + 1
-        out[row_edges, :] = out[row_edges, :] * (1 - LINE_ALPHA) + line * LINE_ALPHA
-        out[:, col_edges] = out[:, col_edges] * (1 - LINE_ALPHA) + line * LINE_ALPHA
-    return Image.fromarray(np.clip(np.rint(out), 0, 255).astype(np.uint8))
+        for channel in range(3):
+            out[row_edges, :, channel] = line_lut[channel, out[row_edges, :, channel]]
+            out[:, col_edges, channel] = line_lut[channel, out[:, col_edges, channel]]
+    return Image.fromarray(out)
 
 
 def grid_classes(grid: np.ndarray, before: np.ndarray | None = None) -> np.ndarray:
@@ -238,7 +246,7 @@ def curve_plot(
     sparsity_pct: Sequence[float],
     speedup_est: Sequence[float] | None = None,
     speedup_label: str = "speed-up (MAC ratio)",
-    size: tuple[float, float] = (4.6, 2.8),
+    size: tuple[float, float] = (4.6, 3.0),
     dpi: int = 100,
     speedup_max: float | None = None,
 ) -> CurvePlot:
@@ -274,8 +282,8 @@ def curve_plot(
     ax2.set_ylabel("speed-up (x)", color="tab:red")
     handles = ax.get_legend_handles_labels()[0] + ax2.get_legend_handles_labels()[0]
     handles.append(ax2.scatter([], [], s=20, marker="s", color=(44 / 255, 160 / 255, 44 / 255), label="measured"))
-    ax.legend(handles=handles, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=3, fontsize=7, frameon=False)
-    fig.tight_layout()
+    fig.legend(handles=handles, loc="lower center", ncol=3, fontsize=7, frameon=False)
+    fig.tight_layout(rect=(0.0, 0.07, 1.0, 1.0))
     canvas.draw()
     base = np.asarray(canvas.buffer_rgba())[..., :3].copy()
     return CurvePlot(base=base, left=ax.transData.get_matrix().copy(), right=ax2.transData.get_matrix().copy())

@@ -113,6 +113,7 @@ _SERVERS: dict[tuple, AppServer] = {}
 
 def shared_server(**kwargs) -> AppServer:
     """One server per configuration for the whole test process (the browser and client tests share it)."""
+    kwargs.setdefault("bavit", random_bavit_checkpoint())
     key = tuple(sorted((k, str(v)) for k, v in kwargs.items()))
     server = _SERVERS.get(key)
     if server is None or not server.alive():

@@ -7,7 +7,7 @@ from bavit import viz
 
 
 def blend(pixel, colour, alpha):
-    return tuple(int(np.rint((1 - alpha) * p + alpha * c)) for p, c in zip(pixel, colour))
+    return tuple(int(np.rint((1 - alpha) * p + alpha * c)) for p, c in zip(pixel, colour, strict=True))
 
 
 GREY = (100, 100, 100)
