@@ -23,6 +23,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -88,28 +89,36 @@ def time_floor(client, changes: int) -> list[float]:
 
 
 def time_in_process(args: argparse.Namespace, changes: int) -> dict[str, list[float]]:
-    """``Explorer.render`` (all the server-side work of one slider change) without Gradio, per mode."""
-    import torch
+    """``Explorer.render`` (all the server-side work of one slider change) without Gradio, per mode.
 
+    Like the app: the Predictor is built (and torch's thread count set) in the main thread, and the handler work runs
+    in a worker thread, as Gradio's queue does.
+    """
     from .explorer import Controls, Explorer
     from .predictor import DEFAULT_BAVIT_CHECKPOINT, Predictor
     from .yolos_loading import DEFAULT_DETECTOR
 
-    torch.set_num_threads(args.threads)
-    predictor = Predictor(bavit=args.bavit or DEFAULT_BAVIT_CHECKPOINT, detector=args.detector or DEFAULT_DETECTOR)
+    predictor = Predictor(bavit=args.bavit or DEFAULT_BAVIT_CHECKPOINT, detector=args.detector or DEFAULT_DETECTOR,
+                          threads=args.threads)
     explorer = Explorer(predictor)
-    session = explorer.open_image({"path": str(args.image), "orig_name": Path(args.image).name})
-    explorer.measure_dense(session, Controls())
-    results = {}
-    for key, detect in (("with_detector", True), ("grid_only", False)):
-        timings = []
-        for i in range(changes + 2):
-            controls = Controls(threshold=round(0.30 + 0.40 * (i % 9) / 8, 2), detect=detect)
-            start = time.perf_counter()
-            explorer.render(session, controls)
-            if i >= 2:
-                timings.append((time.perf_counter() - start) * 1000.0)
-        results[key] = timings
+    results: dict[str, list[float]] = {}
+
+    def work() -> None:
+        session = explorer.open_image({"path": str(args.image), "orig_name": Path(args.image).name})
+        explorer.measure_dense(session, Controls())
+        for key, detect in (("with_detector", True), ("grid_only", False)):
+            timings = []
+            for i in range(changes + 2):
+                controls = Controls(threshold=round(0.30 + 0.40 * (i % 9) / 8, 2), detect=detect)
+                start = time.perf_counter()
+                explorer.render(session, controls)
+                if i >= 2:
+                    timings.append((time.perf_counter() - start) * 1000.0)
+            results[key] = timings
+
+    worker = threading.Thread(target=work)
+    worker.start()
+    worker.join()
     return results
 
 
@@ -150,7 +159,7 @@ def run(args: argparse.Namespace) -> int:
     for key, label in rows:
         row = results[key]
         print(f"  {label:34s} median {row['median_ms']:7.1f} ms   p90 {row['p90_ms']:7.1f} ms   min {row['min_ms']:7.1f} ms")
-    print("same work in-process (Explorer.render, no Gradio):")
+    print("same work in-process (Explorer.render in a worker thread, no Gradio):")
     for key, label in rows[:2]:
         row = results["in_process"][key]
         print(f"  {label:34s} median {row['median_ms']:7.1f} ms   p90 {row['p90_ms']:7.1f} ms   min {row['min_ms']:7.1f} ms")

@@ -125,7 +125,7 @@ def _build_demo(explorer: Explorer, examples: list[str] | None, coco_examples: l
                                    cca_steps=3 if cca_steps is None else cca_steps, keep_ratio=keep_ratio)
 
     with gr.Blocks(title="BAViT Explorer", css=CSS, analytics_enabled=False) as demo:
-        session_state = gr.State(None)
+        session_state = gr.State(None, time_to_live=3600)  # per session; dropped 1 h after the last use
         gr.Markdown(
             "# BAViT Explorer: background-aware token pruning\n"
             "A 2-layer ViT (**BAViT**) labels each 16x16 patch foreground or background at 384 px; **YOLOS** then runs "

@@ -143,3 +143,22 @@ def test_app_cli_flags_and_env(monkeypatch):
     assert (args.detector, args.bavit, args.data) == ("some/dir", "x.safetensors", "coco")
     args = app.parse_args(["--detector", "other", "--port", "9000"])
     assert args.detector == "other" and args.port == 9000
+
+
+def test_slider_moves_do_not_rerun_bavit():
+    """BAViT runs once per image; threshold / CCA / mode changes reuse the session's probabilities."""
+    predictor = Predictor(bavit=apphelpers.random_bavit_checkpoint(seed=1), detector=None)
+    explorer = Explorer(predictor)
+    session = explorer.open_image({"path": str(ROCKET), "orig_name": "rocket.jpg"})
+    assert predictor.bavit_runs == 1
+    for threshold, cca_steps, mode in ((0.2, 0, MODE_THRESHOLD), (0.5, 3, MODE_THRESHOLD), (0.9, 5, MODE_THRESHOLD),
+                                       (0.5, 3, "Target sparsity")):
+        view = explorer.render(session, Controls(mode=mode, threshold=threshold, cca_steps=cca_steps, detect=False))
+        assert "Sparsity:" in view["sparsity"]
+    assert predictor.bavit_runs == 1
+    # the same picture in another session comes from the Predictor's content cache; a new picture runs BAViT
+    again = explorer.open_image({"path": str(ROCKET), "orig_name": "rocket.jpg"})
+    np.testing.assert_array_equal(again.fg_prob, session.fg_prob)
+    assert predictor.bavit_runs == 1
+    explorer.open_image({"path": str(CHELSEA), "orig_name": "chelsea.jpg"})
+    assert predictor.bavit_runs == 2
