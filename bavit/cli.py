@@ -8,20 +8,14 @@ import sys
 from .errors import BAViTError
 
 # Each module exposes ``register(subparsers)`` that adds its sub-command and sets ``func(args) -> int``.
-COMMAND_MODULES = ("train", "evaluate", "predict_cli", "bench", "coco_map", "finetune")
+COMMAND_MODULES = ("train", "evaluate", "bench", "coco_map", "finetune", "app_bench")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bavit", description="BAViT: background-aware token pruning for ViT detectors.")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(f"bavit.{name}")
-        except ModuleNotFoundError as exc:  # a command still being written
-            if exc.name == f"bavit.{name}":
-                continue
-            raise
-        module.register(subparsers)
+        importlib.import_module(f"bavit.{name}").register(subparsers)
     return parser
 
 

@@ -38,12 +38,14 @@ def score(grids: np.ndarray, labels: np.ndarray, records: list[Record], grid: in
 
 
 def evaluate(model: BAViT, records: list[Record], threshold: float = 0.5, cca_steps: int = 3,
-             prior: np.ndarray | None = None, batch_size: int = 16, label_source: str = "mask") -> dict:
+             prior: np.ndarray | None = None, batch_size: int = 16, label_source: str = "mask",
+             sweep: tuple[float, ...] = ()) -> dict:
     """Metrics of ``model`` on ``records`` (the keys of :data:`METRIC_KEYS` plus counts).
 
     Returns a dict with the raw metrics at top level, the same under ``after_cca``, and
     ``baselines.all_background`` / ``baselines.center_prior`` (per-cell FG frequency of the *training* labels > 0.5,
     as stored in the checkpoint; without one, the evaluated set's own frequency, marked ``prior_source``).
+    ``sweep`` thresholds add ``sweep: [{threshold, raw: {...}, after_cca: {...}}]`` from the same probabilities.
     """
     grid = model.config.grid_size
     probs, labels = predict_probs(model, records, batch_size, label_source)
@@ -63,7 +65,26 @@ def evaluate(model: BAViT, records: list[Record], threshold: float = 0.5, cca_st
     }
     result["threshold"] = threshold
     result["cca_steps"] = cca_steps
+    result["sweep"] = []
+    for value in sweep:
+        grid_raw = probs > value
+        grid_cca = cca(torch.from_numpy(grid_raw), steps=cca_steps).numpy()
+        result["sweep"].append({"threshold": value, "raw": score(grid_raw, labels, records, grid),
+                                "after_cca": score(grid_cca, labels, records, grid)})
     return result
+
+
+def format_sweep(result: dict) -> str:
+    """Markdown table of the threshold sweep: recall/precision/balanced accuracy before and after CCA."""
+    lines = ["| threshold | token acc | balanced acc | FG recall | FG precision | token acc (CCA) | balanced acc (CCA) "
+             "| FG recall (CCA) | FG precision (CCA) | pred FG (CCA) |", "|" + "---|" * 10]
+    for row in result["sweep"]:
+        raw, grown = row["raw"], row["after_cca"]
+        values = [raw["token_accuracy"], raw["balanced_accuracy"], raw["fg_recall"], raw["fg_precision"],
+                  grown["token_accuracy"], grown["balanced_accuracy"], grown["fg_recall"], grown["fg_precision"],
+                  grown["predicted_fg_fraction"]]
+        lines.append(f"| {row['threshold']:.2f} | " + " | ".join("-" if v is None else f"{v:.4f}" for v in values) + " |")
+    return "\n".join(lines)
 
 
 def format_table(result: dict, title: str = "") -> str:
@@ -96,6 +117,8 @@ def register(subparsers) -> None:
     parser.add_argument("--checkpoint", required=True, help="BAViT .safetensors checkpoint")
     add_dataset_arguments(parser, default_split="val2017")
     parser.add_argument("--threshold", type=float, default=0.5, help="FG probability threshold")
+    parser.add_argument("--sweep", type=float, nargs="+", default=(), metavar="T",
+                        help="also report these thresholds (same predictions), before and after CCA")
     parser.add_argument("--cca-steps", type=int, default=3)
     parser.add_argument("--labels", choices=["mask", "boxes"], default="mask")
     parser.add_argument("--batch-size", type=int, default=16)
@@ -111,11 +134,14 @@ def run(args: argparse.Namespace) -> int:
     extra = checkpoint_extra(args.checkpoint)
     prior = np.asarray(extra["fg_prior"]) if "fg_prior" in extra else None
     records = records_from_args(args)
-    result = evaluate(model, records, args.threshold, args.cca_steps, prior, args.batch_size, args.labels)
+    result = evaluate(model, records, args.threshold, args.cca_steps, prior, args.batch_size, args.labels,
+                      tuple(args.sweep))
     result["checkpoint"] = str(args.checkpoint)
     result["config"] = json.loads(model.config.to_json())
     result["train_images"] = extra.get("train_images")
     print(format_table(result, title=f"## {Path(args.checkpoint).name} ({model.config.depth} layers)"))
+    if result["sweep"]:
+        print("\n" + format_sweep(result))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(result, indent=2))

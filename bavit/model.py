@@ -161,6 +161,7 @@ def save_checkpoint(model: BAViT, path: str | os.PathLike, extra: dict | None = 
     os.close(fd)
     try:
         save_file(state, tmp, metadata=metadata)
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; a checkpoint is meant to be shared
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

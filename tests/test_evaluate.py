@@ -33,7 +33,12 @@ def test_token_metrics_by_hand():
 def test_evaluate_structure_and_baselines(coco_root):
     records = coco_records(*coco_split(coco_root, "val2017"))[:6]
     model = build_bavit(SMALL)
-    result = evaluate(model, records, threshold=0.5, cca_steps=3)
+    result = evaluate(model, records, threshold=0.5, cca_steps=3, sweep=(0.5, 0.0))
+    # The sweep reuses the same predictions: at the main threshold it equals the main result ...
+    assert result["sweep"][0]["raw"] == {k: v for k, v in result.items() if k in result["sweep"][0]["raw"]}
+    assert result["sweep"][0]["after_cca"] == result["after_cca"]
+    # ... and threshold 0 keeps every token (recall 1, predicted FG fraction 1).
+    assert result["sweep"][1]["raw"]["fg_recall"] == 1.0 and result["sweep"][1]["raw"]["predicted_fg_fraction"] == 1.0
     for section in (result, result["after_cca"], result["baselines"]["all_background"], result["baselines"]["center_prior"]):
         for key in (*METRIC_KEYS, "images", "tokens"):
             assert key in section
