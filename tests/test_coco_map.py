@@ -203,5 +203,5 @@ def test_missing_detector_dir_and_offline_hub_are_clear_errors(coco_root, tmp_pa
     # The real weights: hustvl/yolos-tiny from the (offline, in tests) hub.
     code = main(["map", "--detector", "hustvl/yolos-tiny", "--coco-root", str(coco_root), "--no-progress"])
     err = capsys.readouterr().err
-    assert code == 2 and err.startswith("error: could not load detector 'hustvl/yolos-tiny'")
+    assert code == 2 and err.startswith("error: detector 'hustvl/yolos-tiny' is not in the local cache and the Hugging Face hub cannot be reached")
     assert HOW_TO_GET_WEIGHTS in err and "Traceback" not in err
