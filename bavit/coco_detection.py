@@ -11,14 +11,13 @@ otherwise. Labels whose name is not a dataset category (``"N/A"``) map to nothin
 """
 from __future__ import annotations
 
-import contextlib
-import io
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from PIL import Image
 
+from .data import load_coco  # noqa: F401 (part of this module's API)
 from .errors import ConfigError, DataError
 from .imageio import load_image, to_tensor
 
@@ -46,25 +45,6 @@ def resolve_paths(coco_root: str | Path | None = None, split: str | None = None,
     if ann is None or images is None:
         raise ConfigError("give --coco-root DIR (with --split) or both --ann FILE and --images DIR")
     return Path(ann), Path(images)
-
-
-def load_coco(ann_file: str | Path):
-    """pycocotools ``COCO`` for an ``instances_*.json`` (its progress prints silenced); :class:`DataError` if bad."""
-    from pycocotools.coco import COCO
-
-    ann_file = Path(ann_file)
-    if not ann_file.is_file():
-        raise DataError(f"annotation file not found: {ann_file}")
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            coco = COCO(str(ann_file))
-    except (ValueError, KeyError, TypeError, AssertionError) as exc:
-        raise DataError(f"{ann_file} is not a valid COCO annotation file ({exc.__class__.__name__}: {exc})") from None
-    if "annotations" not in coco.dataset or "categories" not in coco.dataset:
-        raise DataError(f"{ann_file} has no 'annotations' or 'categories': not a COCO instances file")
-    if not coco.imgs:
-        raise DataError(f"{ann_file} lists no images")
-    return coco
 
 
 def _name(label: str) -> str:

@@ -102,22 +102,31 @@ def _check_files(records: Sequence[Record], source: str) -> None:
         )
 
 
-def coco_records(ann_file: str | Path, images_dir: str | Path) -> list[Record]:
-    """Records for every image of a COCO ``instances_*.json`` (images without objects are valid: all BG)."""
+def load_coco(ann_file: str | Path):
+    """pycocotools ``COCO`` for an ``instances_*.json`` (its progress prints silenced); :class:`DataError` if bad."""
     from pycocotools.coco import COCO
 
-    ann_file, images_dir = Path(ann_file), Path(images_dir)
+    ann_file = Path(ann_file)
     if not ann_file.is_file():
         raise DataError(f"annotation file not found: {ann_file}")
-    if not images_dir.is_dir():
-        raise DataError(f"image folder not found: {images_dir}")
     try:
         with contextlib.redirect_stdout(io.StringIO()):
             coco = COCO(str(ann_file))
     except (ValueError, KeyError, TypeError, AssertionError) as exc:
         raise DataError(f"{ann_file} is not a valid COCO annotation file ({exc.__class__.__name__}: {exc})") from None
+    if "annotations" not in coco.dataset or "categories" not in coco.dataset:
+        raise DataError(f"{ann_file} has no 'annotations' or 'categories': not a COCO instances file")
     if not coco.imgs:
         raise DataError(f"{ann_file} lists no images")
+    return coco
+
+
+def coco_records(ann_file: str | Path, images_dir: str | Path) -> list[Record]:
+    """Records for every image of a COCO ``instances_*.json`` (images without objects are valid: all BG)."""
+    ann_file, images_dir = Path(ann_file), Path(images_dir)
+    coco = load_coco(ann_file)
+    if not images_dir.is_dir():
+        raise DataError(f"image folder not found: {images_dir}")
     records = []
     for image_id in sorted(coco.imgs):
         info = coco.imgs[image_id]
