@@ -119,8 +119,8 @@ class Predictor:
     ):
         if threads:
             torch.set_num_threads(int(threads))
-        self.bavit = bavit if isinstance(bavit, BAViT) else load_checkpoint(bavit)
-        self.bavit.eval()
+        # An inference copy (conv-stem BatchNorms folded): the caller's model is left as it is.
+        self.bavit = (bavit if isinstance(bavit, BAViT) else load_checkpoint(bavit)).for_inference()
         self.score_threshold = score_threshold
         self.resample_mode = resample_mode
         self.cache_size = cache_size

@@ -108,3 +108,19 @@ def test_timm_init_fails_clearly_offline():
 def test_unknown_init_is_rejected():
     with pytest.raises(ConfigError, match="init"):
         build_bavit(SMALL, init="imagenet")
+
+
+def test_for_inference_copy_matches_and_cannot_be_saved(tmp_path):
+    model = build_bavit(BAViTConfig(stem="conv")).eval()
+    # Give the BatchNorms non-trivial statistics so folding them is really tested.
+    model.train()
+    with torch.no_grad():
+        model(torch.randn(2, 3, 384, 384) * 3 + 1)
+    model.eval()
+    fast = model.for_inference()
+    pixels = torch.randn(1, 3, 384, 384)
+    assert torch.allclose(fast(pixels), model(pixels), atol=1e-4)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fast.modules())
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())  # the original is untouched
+    with pytest.raises(CheckpointError, match="for_inference"):
+        save_checkpoint(fast, tmp_path / "x.safetensors")
