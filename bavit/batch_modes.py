@@ -1,6 +1,6 @@
 """Padded vs per-image pruned YOLOS runs for a batch with different kept counts per image (CPU timings in ms).
 
-    OMP_WAIT_POLICY=PASSIVE OMP_NUM_THREADS=2 PYTHONPATH=. .venv/bin/python scripts/compare_batch_modes.py \
+    OMP_WAIT_POLICY=PASSIVE OMP_NUM_THREADS=2 .venv/bin/python -m bavit.batch_modes \
         [--threads 2] [--batch 8] [--repeats 5]
 
 (Without ``OMP_WAIT_POLICY=PASSIVE`` on a busy shared CPU, spinning OpenMP threads dominate the timings.)
@@ -15,17 +15,16 @@ import time
 
 import torch
 
-from bavit.yolos_pruned import patch_yolos, random_yolos_tiny
+from .bench import spread_counts
+from .yolos_pruned import patch_yolos, random_yolos_tiny
 
 
 def spread_keep_masks(batch: int, kept_mean: int, grid: int = 32, spread: float = 0.10, seed: int = 0) -> torch.Tensor:
-    """``bool [batch, grid, grid]`` random masks whose kept counts spread +-``spread`` of the grid around the mean."""
+    """``bool [batch, grid, grid]`` random masks with the bench's kept-count spread around ``kept_mean``."""
     cells = grid * grid
-    offsets = torch.linspace(-spread * cells, spread * cells, batch).round().long()
-    counts = (kept_mean + offsets).clamp(0, cells)
     generator = torch.Generator().manual_seed(seed)
     masks = torch.zeros(batch, cells, dtype=torch.bool)
-    for row, count in enumerate(counts.tolist()):
+    for row, count in enumerate(spread_counts(kept_mean, batch, cells, spread)):
         masks[row, torch.randperm(cells, generator=generator)[:count]] = True
     return masks.reshape(batch, grid, grid)
 

@@ -15,7 +15,7 @@ Batches whose images keep different numbers of patches run in one of two ways (`
   the detection tokens (so the detection tokens stay last) and a boolean SDPA key mask hides them.
 * ``"per_image"``: one run per image, no padding and no mask.
 
-Measured with ``scripts/compare_batch_modes.py`` (YOLOS-tiny architecture, 512x512, batch 8, kept counts spread
+Measured with ``python -m bavit.batch_modes`` (YOLOS-tiny architecture, 512x512, batch 8, kept counts spread
 +-10% of the grid around the level, torch 2.14 CPU, median ms of 5 (1 thread: 3) interleaved runs, on the shared
 2-core dev machine under a load average of ~6, so expect +-20% noise)::
 
