@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from .coco_detection import YOLOS_SIZE, CocoDetection, label_to_category, resolve_paths, yolos_pixels
+from .data import add_dataset_arguments
 from .errors import ConfigError
 
 # COCOeval.stats order (bbox): AP, AP50, AP75, AP_small, AP_medium, AP_large, AR1, AR10, AR100, ...
@@ -276,11 +277,7 @@ def register(subparsers) -> None:
     from .yolos_loading import DEFAULT_DETECTOR
 
     parser.add_argument("--detector", default=DEFAULT_DETECTOR, help="YOLOS hub id or local save_pretrained dir")
-    data = parser.add_argument_group("data (either --coco-root or --ann + --images)")
-    data.add_argument("--coco-root", help="COCO folder with annotations/instances_SPLIT.json and SPLIT/")
-    data.add_argument("--split", default="val2017")
-    data.add_argument("--ann", help="a COCO instances_*.json")
-    data.add_argument("--images", help="folder of the images it lists")
+    add_dataset_arguments(parser, default_split="val2017", voc=False)
     parser.add_argument("--bavit", default=None, help="BAViT checkpoint (default: the shipped BAViT-small COCO)")
     parser.add_argument("--thresholds", type=float, nargs="*", default=list(DEFAULT_THRESHOLDS),
                         help="FG-probability thresholds, one row each (default %(default)s)")

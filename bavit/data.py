@@ -223,15 +223,17 @@ def records_from_args(args) -> list[Record]:
     raise DataError("give a dataset: --coco-root DIR [--split NAME], --ann FILE --images DIR, or --voc-root DIR")
 
 
-def add_dataset_arguments(parser, default_split: str) -> None:
+def add_dataset_arguments(parser, default_split: str, voc: bool = True) -> None:
+    """``--coco-root/--split``, ``--ann/--images`` and (with ``voc``) ``--voc-root/--image-set``."""
     group = parser.add_argument_group("dataset (one of)")
     group.add_argument("--coco-root", help="COCO root with annotations/instances_SPLIT.json and SPLIT/")
     group.add_argument("--split", default=default_split, help=f"COCO split (default {default_split})")
     group.add_argument("--ann", help="a COCO-format instances JSON")
     group.add_argument("--images", help="image folder for --ann")
-    group.add_argument("--voc-root", help="VOCdevkit (or VOC2012) folder")
-    group.add_argument("--image-set", default="val" if default_split.startswith("val") else "train",
-                       help="VOC ImageSets/Segmentation list name")
+    if voc:
+        group.add_argument("--voc-root", help="VOCdevkit (or VOC2012) folder")
+        group.add_argument("--image-set", default="val" if default_split.startswith("val") else "train",
+                           help="VOC ImageSets/Segmentation list name")
 
 
 class PatchDataset(torch.utils.data.Dataset):

@@ -34,6 +34,7 @@ import torch
 
 from .cca import cca
 from .coco_detection import YOLOS_SIZE, CocoDetection, label_to_category, resolve_paths, yolos_pixels, yolos_targets
+from .data import add_dataset_arguments
 from .errors import CheckpointError, ConfigError, DataError
 from .imageio import to_tensor
 from .labels import labels_from_boxes
@@ -319,11 +320,7 @@ def register(subparsers) -> None:
         description="Fine-tune YOLOS with only the kept (FG) patch tokens, using transformers' YOLOS loss. "
                     "Keep masks come from BAViT + CCA (--bavit) or, without --bavit, from ground-truth boxes.")
     parser.add_argument("--detector", default=DEFAULT_DETECTOR, help="YOLOS hub id or local save_pretrained dir")
-    data = parser.add_argument_group("data (either --coco-root or --ann + --images)")
-    data.add_argument("--coco-root", help="COCO folder with annotations/instances_SPLIT.json and SPLIT/")
-    data.add_argument("--split", default="train2017")
-    data.add_argument("--ann", help="a COCO instances_*.json")
-    data.add_argument("--images", help="folder of the images it lists")
+    add_dataset_arguments(parser, default_split="train2017", voc=False)
     parser.add_argument("--bavit", help="BAViT checkpoint for the keep masks (default: ground-truth box masks)")
     sparsity = parser.add_mutually_exclusive_group()
     sparsity.add_argument("--threshold", type=float, default=0.5, help="BAViT FG-probability threshold")
