@@ -86,7 +86,6 @@ def augmented_sample(cache: CachedSamples, index: int, aug: AugmentConfig, rng: 
         pixels, labels = plain_sample(cache, index)
         pixels = pixels.clone()
         labels = labels.clone()
-        crop = None
     else:
         image = cache.images[index].float() / 255.0
         full = image.shape[-1]
@@ -102,8 +101,7 @@ def augmented_sample(cache: CachedSamples, index: int, aug: AugmentConfig, rng: 
             w = h = full
         y0 = int(rng.integers(0, full - h + 1))
         x0 = int(rng.integers(0, full - w + 1))
-        crop = (y0, x0, h, w)
-        size, grid = config.img_size, config.grid_size
+        size = config.img_size
         window = image[:, y0 : y0 + h, x0 : x0 + w]
         pixels = F.interpolate(window[None], size=(size, size), mode="bilinear", antialias=True, align_corners=False)[0]
         pixels = _normalise(pixels, config)
@@ -124,8 +122,6 @@ def augmented_sample(cache: CachedSamples, index: int, aug: AugmentConfig, rng: 
         else:
             labels = (fraction >= cache.box_tau).long()
         labels[void > 0.5] = IGNORE_INDEX
-        if grid != labels.shape[-1]:
-            raise AssertionError("label grid mismatch")
     if rng.random() < aug.hflip_prob:
         pixels = pixels.flip(-1)
         labels = labels.flip(-1)

@@ -18,7 +18,7 @@ from PIL import Image
 from .config import BAViTConfig
 from .errors import DataError
 from .imageio import load_image, to_tensor
-from .labels import FG_FRAC, FRACTION_TOL, area_fractions, labels_from_boxes, labels_from_mask, voc_masks
+from .labels import FG_FRAC, FRACTION_TOL, area_fractions, labels_from_boxes, labels_from_mask
 
 # COCO's object size bins (area in original pixels).
 SIZE_BINS = (("small", 0, 32**2), ("medium", 32**2, 96**2), ("large", 96**2, float("inf")))

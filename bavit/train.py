@@ -12,10 +12,9 @@ import json
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -24,7 +23,7 @@ from .config import PRESETS, BAViTConfig
 from .data import Record, add_dataset_arguments, records_from_args
 from .errors import CheckpointError, DataError
 from .loss import IGNORE_INDEX, AccumulativeCrossEntropy
-from .model import BAViT, build_bavit, checkpoint_extra, load_checkpoint, save_checkpoint
+from .model import BAViT, build_bavit, load_checkpoint, save_checkpoint
 
 
 @dataclass
@@ -44,7 +43,6 @@ class TrainConfig:
     seed: int = 0
     workers: int = 0
     init: str = "random"
-    extra: dict = field(default_factory=dict)
 
 
 def _distributed() -> tuple[int, int]:
@@ -135,9 +133,7 @@ def train(records: list[Record], model_config: BAViTConfig, cfg: TrainConfig, ou
     if resume:
         if not last.is_file():
             raise CheckpointError(f"--resume: no checkpoint at {last}")
-        model = load_checkpoint(last)
-        if model.config != model_config:
-            model_config = model.config
+        model = load_checkpoint(last)  # its stored config wins over the command line's
     else:
         model = build_bavit(model_config, cfg.init)
     model.train()

@@ -119,3 +119,4 @@ def shared_server(**kwargs) -> AppServer:
     if server is None or not server.alive():
         server = _SERVERS[key] = AppServer(**kwargs)
     return server
+

@@ -26,3 +26,19 @@ def voc_root() -> Path:
     if not (VOC_ROOT / "VOC2012" / "JPEGImages").is_dir():
         pytest.skip(f"shared VOC images not found at {VOC_ROOT}")
     return VOC_ROOT
+
+
+@pytest.fixture(scope="module")
+def server():
+    """The running app shared by the gradio_client test modules (see tests/apphelpers.py)."""
+    import apphelpers
+
+    return apphelpers.shared_server()
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    """A gradio_client ``Client`` on the shared app."""
+    from gradio_client import Client
+
+    return Client(server.url, download_files=False, verbose=False)

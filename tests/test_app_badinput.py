@@ -9,23 +9,13 @@ import pytest
 from PIL import Image
 
 pytest.importorskip("gradio_client")
-from gradio_client import Client, handle_file  # noqa: E402
+from gradio_client import handle_file  # noqa: E402
 from gradio_client.exceptions import AppError  # noqa: E402
 
 import apphelpers  # noqa: E402
 from bavit.explorer import MODE_THRESHOLD  # noqa: E402
 
 GRID_ONLY = [MODE_THRESHOLD, 0.5, 35, 3, False, False]  # detector off: keeps these tests fast
-
-
-@pytest.fixture(scope="module")
-def server():
-    return apphelpers.shared_server()
-
-
-@pytest.fixture(scope="module")
-def client(server):
-    return Client(server.url, download_files=False, verbose=False)
 
 
 def load(client, path):

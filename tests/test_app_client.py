@@ -18,16 +18,6 @@ ROCKET = apphelpers.EXAMPLES / "rocket.jpg"
 
 
 @pytest.fixture(scope="module")
-def server():
-    return apphelpers.shared_server()
-
-
-@pytest.fixture(scope="module")
-def client(server):
-    return Client(server.url, download_files=False, verbose=False)
-
-
-@pytest.fixture(scope="module")
 def local_predictor():
     """The same checkpoint in-process, no detector: the reference for the server's numbers."""
     return Predictor(bavit=apphelpers.random_bavit_checkpoint(), detector=None)

@@ -11,7 +11,7 @@ from transformers import YolosConfig, YolosForObjectDetection
 
 from bavit.cli import main
 from bavit.coco_detection import CocoDetection, coco91_id2label, label_to_category, load_coco, yolos_targets
-from bavit.coco_map import STAT_NAMES, evaluate_bbox, make_settings, markdown_table, to_coco_results
+from bavit.coco_map import STAT_NAMES, evaluate_bbox, make_settings, to_coco_results
 from bavit.config import SMALL
 from bavit.errors import ConfigError, DataError, WeightsUnavailableError
 from bavit.model import build_bavit, save_checkpoint

@@ -1,11 +1,9 @@
-import numpy as np
 import pytest
 import torch
 
 from bavit.config import SMALL
 from bavit.data import PatchDataset, coco_records, coco_split, voc_records
 from bavit.errors import DataError
-from bavit.loss import IGNORE_INDEX
 
 
 def test_coco_val_subset(coco_root):
