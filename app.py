@@ -12,8 +12,9 @@ os.environ.setdefault("HF_HUB_DOWNLOAD_TIMEOUT", "5")  # fail fast without netwo
 
 import argparse  # noqa: E402
 
-from bavit.app_ui import allowed_paths, create_demo  # noqa: E402
+from bavit.app.ui import allowed_paths, create_demo  # noqa: E402
 from bavit.errors import BAViTError  # noqa: E402
+from bavit.imageio import allow_large_images  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -32,8 +33,13 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    allow_large_images()
     try:
-        demo = create_demo(bavit=args.bavit, detector=args.detector, data=args.data, threads=args.threads)
+        demo = create_demo(bavit=args.bavit, detector=args.detector, data=args.data)
     except BAViTError as exc:  # a missing checkpoint or dataset: one line, no traceback
         raise SystemExit(f"error: {exc}") from None
     concurrency = int(os.environ.get("BAVIT_CONCURRENCY", "2"))

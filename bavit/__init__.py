@@ -1,10 +1,10 @@
 """BAViT Explorer: background-aware token pruning for vision transformers (Sah et al., BAViT)."""
-from .cca import cca, resample_grid
-from .config import BAViTConfig
+from .core.cca import cca, resample_grid
+from .core.config import BAViTConfig
 from .errors import BAViTError, CheckpointError, ConfigError, DataError, WeightsUnavailableError
-from .labels import labels_from_boxes, labels_from_mask
-from .loss import AccumulativeCrossEntropy
-from .model import BAViT, build_bavit, load_checkpoint, save_checkpoint
+from .core.labels import labels_from_boxes, labels_from_mask
+from .core.loss import AccumulativeCrossEntropy
+from .core.model import BAViT, build_bavit, load_checkpoint, save_checkpoint
 
 __all__ = [
     "BAViT",

@@ -6,9 +6,10 @@ import importlib
 import sys
 
 from .errors import BAViTError
+from .imageio import allow_large_images
 
 # Each module exposes ``register(subparsers)`` that adds its sub-command and sets ``func(args) -> int``.
-COMMAND_MODULES = ("train", "evaluate", "bench", "coco_map", "finetune", "app_bench")
+COMMAND_MODULES = ("engine.train", "engine.evaluate", "bench.latency", "engine.coco_map", "engine.finetune", "bench.app_bench")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -20,6 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    allow_large_images()
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -20,8 +20,15 @@ ImageInput = Union[str, os.PathLike, bytes, np.ndarray, Image.Image]
 
 # Larger images are downscaled (keeping aspect) before anything else: no model here looks at more than 512 px.
 MAX_SIDE = 2048
-# PIL refuses to decode > ~179 MP by default; allow large photos but keep a bound against decompression bombs.
-Image.MAX_IMAGE_PIXELS = 250_000_000
+# PIL warns above ~89 MP and refuses above ~179 MP by default (load_image treats the warning as an error); entry
+# points (the CLI, app.py) raise PIL's process-wide bound to this with allow_large_images(), keeping a bound against
+# decompression bombs.
+MAX_PIXELS = 250_000_000
+
+
+def allow_large_images(max_pixels: int = MAX_PIXELS) -> None:
+    """Let PIL decode photos up to ``max_pixels`` (a process-wide setting: call it from entry points only)."""
+    Image.MAX_IMAGE_PIXELS = max_pixels
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:

@@ -1,12 +1,15 @@
 """The one object the app, the CLI and the benchmarks share: image in, BAViT grids + pruned detections out.
 
-Pipeline (paper §3.5 and appendix): image -> 384x384 -> BAViT FG probabilities ``[24, 24]`` -> threshold (or
-top-k) -> CCA -> nearest resample to the ``[32, 32]`` YOLOS grid -> pruned YOLOS at 512x512 -> the model's own
-post-processing (``YolosImageProcessor.post_process_object_detection``) with boxes in original-image pixels.
+Two steps, as in SAM's ``SamPredictor``: :meth:`Predictor.set_image` runs the expensive part once (decode, the
+384x384 resize and BAViT's FG probabilities ``[24, 24]``, cached by image content) and returns a
+:class:`PreparedImage`; :meth:`Predictor.predict` is the cheap call a slider makes: the keep-mask rule
+(:func:`bavit.pruning.keep_mask.keep_mask_from_probs`: threshold or top-k, CCA, resample to the ``[32, 32]`` YOLOS
+grid), the pruned YOLOS at 512x512 and the model's own post-processing
+(``YolosImageProcessor.post_process_object_detection``) with boxes in original-image pixels.
 
 Detections are only ever returned from real detector weights. When they cannot be loaded, ``detector_ready`` is
 False, ``detections`` is None, and the detector latency is measured on the YOLOS-tiny architecture at random
-init (``latency_note`` says so).
+init (``latency_note`` says so). The Predictor sets no process-wide state (thread counts belong to entry points).
 """
 from __future__ import annotations
 
@@ -21,23 +24,38 @@ from typing import Optional, Union
 
 import numpy as np
 import torch
+from PIL import Image
 
-from .accounting import TokenAccounting, token_accounting
-from .cca import cca, resample_grid
-from .errors import ConfigError, WeightsUnavailableError
+from .core.config import PRESETS
+from .core.model import BAViT, load_checkpoint
+from .errors import CheckpointError, ConfigError, WeightsUnavailableError
 from .imageio import ImageInput, load_image, square_resize, to_tensor
-from .model import BAViT, load_checkpoint
-from .yolos_loading import DEFAULT_DETECTOR, HOW_TO_GET_WEIGHTS, load_yolos_model
-from .yolos_pruned import patch_yolos, random_yolos_tiny
+from .pruning.accounting import TokenAccounting, token_accounting
+from .pruning.detector import (DEFAULT_DETECTOR, HOW_TO_GET_WEIGHTS, YOLOS_MEAN, YOLOS_SIZE, YOLOS_STD,
+                               load_yolos_model, yolos_grid, yolos_pixels)
+from .pruning.keep_mask import DEFAULT_CCA_STEPS, keep_mask_from_probs
+from .pruning.yolos import patch_yolos, random_yolos_tiny, yolos_tiny_config
 
-DEFAULT_BAVIT_CHECKPOINT = Path(__file__).resolve().parents[1] / "checkpoints" / "bavit-small-coco.safetensors"
-YOLOS_SIZE = 512  # YOLOS-tiny's input in the paper (32x32 patch grid)
+CHECKPOINTS = Path(__file__).resolve().parents[1] / "checkpoints"
+# The shipped checkpoint of each config preset (bavit.core.config.PRESETS).
+SHIPPED = {"small": CHECKPOINTS / "bavit-small-coco.safetensors", "large": CHECKPOINTS / "bavit-large-coco.safetensors"}
+DEFAULT_BAVIT_CHECKPOINT = SHIPPED["small"]
 RANDOM_INIT_NOTE = "YOLOS-tiny architecture, random init (latency only; no detections shown)"
+
+
+@dataclass(frozen=True)
+class PreparedImage:
+    """What :meth:`Predictor.set_image` computed once for an image (immutable; safe to share between threads)."""
+
+    image: Image.Image  # RGB, the size the boxes refer to
+    fg_prob: np.ndarray  # float32 [G, G] read-only BAViT FG probabilities (G = 24 at 384 px)
+    bavit_ms: float  # BAViT latency of this call; 0.0 when the probabilities came from the cache
+    key: str  # content hash of the 384x384 resize (the cache key)
 
 
 @dataclass
 class Analysis:
-    """Everything the app shows for one image. Grids are row-major, True = FG (kept)."""
+    """Everything the app shows for one image and one setting. Grids are row-major, True = FG (kept)."""
 
     fg_prob: np.ndarray  # float32 [24, 24], BAViT FG probability at 384x384
     grid_raw: np.ndarray  # bool [24, 24], thresholded (or top-k)
@@ -46,40 +64,12 @@ class Analysis:
     detections: Optional[list[dict]]  # dict(box=(x0, y0, x1, y1) px, label=str, score=float); None without weights
     dense_detections: Optional[list[dict]]
     accounting: TokenAccounting
-    timings_ms: dict[str, float]  # bavit_ms (0 when cached), cca_ms, pruned_ms, dense_ms?, postprocess_ms, total_ms
+    # ms: bavit_ms (of set_image; 0 when cached), cca_ms, preprocess_ms?, pruned_ms?, dense_ms?, postprocess_ms?,
+    # total_ms (predict's own work, dense excluded)
+    timings_ms: dict[str, float]
     image_size: tuple[int, int]  # (width, height) of the RGB image the boxes refer to
     latency_note: str
     settings: dict = field(default_factory=dict)  # threshold, keep_ratio, cca_steps used
-
-
-def select_patches(fg_prob: torch.Tensor, threshold: float = 0.5, keep_ratio: Optional[float] = None) -> torch.Tensor:
-    """FG grid from probabilities: ``prob >= threshold``, or the top ``round(keep_ratio * cells)`` cells.
-
-    Args:
-        fg_prob: ``[H, W]`` or ``[B, H, W]`` FG probabilities.
-        threshold: probability threshold in [0, 1] (ignored when ``keep_ratio`` is given).
-        keep_ratio: fraction (0, 1] of cells to keep, highest probability first (ties: row-major order).
-    Returns:
-        bool grid of the same shape.
-    """
-    if keep_ratio is None:
-        if not 0.0 <= threshold <= 1.0:
-            raise ConfigError(f"threshold is a probability in [0, 1], got {threshold}")
-        return fg_prob >= threshold
-    if not 0.0 < keep_ratio <= 1.0:
-        raise ConfigError(f"keep_ratio is a fraction in (0, 1], got {keep_ratio}")
-    flat = fg_prob.reshape(-1, fg_prob.shape[-2] * fg_prob.shape[-1])
-    count = max(1, round(keep_ratio * flat.shape[1]))
-    order = torch.sort(-flat, dim=1, stable=True).indices[:, :count]
-    grid = torch.zeros_like(flat, dtype=torch.bool).scatter_(1, order, True)
-    return grid.reshape(fg_prob.shape)
-
-
-def keep_mask_from_grid(grid: torch.Tensor, cca_steps: int = 3, size: int = YOLOS_SIZE // 16,
-                        mode: str = "nearest") -> tuple[torch.Tensor, torch.Tensor]:
-    """CCA on the BAViT grid, then resample to the YOLOS grid. Returns ``(grid_cca, keep_mask)``."""
-    grid_cca = cca(grid, steps=cca_steps)
-    return grid_cca, resample_grid(grid_cca, (size, size), mode=mode)
 
 
 def _detections(processor, outputs, id2label: dict, image_size: tuple[int, int], score_threshold: float) -> list[dict]:
@@ -97,9 +87,8 @@ class Predictor:
     """BAViT + CCA + pruned YOLOS on single images.
 
     Args:
-        bavit: BAViT checkpoint path (or a loaded :class:`BAViT`).
+        bavit: BAViT checkpoint path (or a loaded :class:`BAViT`; it is copied, not changed).
         detector: YOLOS hub id or local directory; None for no detector.
-        threads: ``torch.set_num_threads`` value (None leaves torch's default).
         score_threshold: detection score threshold for post-processing.
         cache_size: images whose FG probabilities are kept (LRU).
         resample_mode: 24 -> 32 grid resampling (``"nearest"``, or ``"any"`` to never lose FG area).
@@ -112,13 +101,10 @@ class Predictor:
         self,
         bavit: Union[str, os.PathLike, BAViT] = DEFAULT_BAVIT_CHECKPOINT,
         detector: Union[str, os.PathLike, None] = DEFAULT_DETECTOR,
-        threads: Optional[int] = None,
         score_threshold: float = 0.5,
         cache_size: int = 64,
         resample_mode: str = "nearest",
     ):
-        if threads:
-            torch.set_num_threads(int(threads))
         # An inference copy (conv-stem BatchNorms folded): the caller's model is left as it is.
         self.bavit = (bavit if isinstance(bavit, BAViT) else load_checkpoint(bavit)).for_inference()
         self.score_threshold = score_threshold
@@ -132,6 +118,7 @@ class Predictor:
         self.processor = None
         self._latency_model = None
         self.detector_requested = detector is not None
+        self.yolos_config = yolos_tiny_config()  # the detector's config once loaded (grid size, accounting)
         if detector is None:
             self.detector_status = "No detector: BAViT grids only."
             self.latency_note = "no detector"
@@ -147,6 +134,7 @@ class Predictor:
         except ValueError as exc:
             raise ConfigError(f"detector {detector}: {exc}") from None
         self.detector_ready = True
+        self.yolos_config = self.detector.config
         self.detector_status = f"Detector: {detector} (pretrained weights)."
         self.latency_note = f"{detector} weights"
         self.processor = self._load_processor(detector)
@@ -171,26 +159,33 @@ class Predictor:
         return self._latency_model
 
     @property
-    def yolos_mean_std(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    def yolos_grid(self) -> int:
+        """Side of the YOLOS patch grid at :data:`YOLOS_SIZE` (32 for a 16 px patch)."""
+        return yolos_grid(self.yolos_config.patch_size)
+
+    def yolos_pixels(self, image: Image.Image) -> torch.Tensor:
+        """RGB PIL image -> ``[1, 3, 512, 512]`` normalised YOLOS input (square resize, as the paper), with the
+        loaded processor's statistics when it has its own."""
         if self.processor is not None:
-            return tuple(self.processor.image_mean), tuple(self.processor.image_std)
-        return self.bavit.config.mean, self.bavit.config.std
+            return yolos_pixels(image, YOLOS_SIZE, tuple(self.processor.image_mean), tuple(self.processor.image_std))[None]
+        return yolos_pixels(image, YOLOS_SIZE, YOLOS_MEAN, YOLOS_STD)[None]
 
-    def yolos_pixels(self, image) -> torch.Tensor:
-        """RGB PIL image -> ``[1, 3, 512, 512]`` normalised YOLOS input (square resize, as the paper)."""
-        mean, std = self.yolos_mean_std
-        return to_tensor(image, YOLOS_SIZE, mean, std)[None]
+    # --- step 1: the expensive part, once per image -------------------------------------------------------------
+    def set_image(self, image: ImageInput) -> PreparedImage:
+        """Decode ``image`` and compute BAViT's ``float32 [24, 24]`` FG probabilities (cached by content, LRU).
 
-    # --- BAViT -------------------------------------------------------------------------------------------------
-    def _fg_prob_timed(self, image) -> tuple[np.ndarray, float]:
+        Raises:
+            DataError: the image cannot be read.
+        """
+        rgb = load_image(image)
         config = self.bavit.config
-        resized = square_resize(image, config.img_size)
+        resized = square_resize(rgb, config.img_size)
         key = hashlib.blake2b(np.asarray(resized).tobytes(), digest_size=16).hexdigest()
         with self._lock:
             cached = self._cache.get(key)
             if cached is not None:
                 self._cache.move_to_end(key)
-                return cached, 0.0
+                return PreparedImage(rgb, cached, 0.0, key)
         start = time.perf_counter()
         pixels = to_tensor(resized, config.img_size, config.mean, config.std)[None]
         with torch.inference_mode():
@@ -202,49 +197,44 @@ class Predictor:
             self._cache[key] = probs
             while len(self._cache) > self.cache_size:
                 self._cache.popitem(last=False)
-        return probs, elapsed
+        return PreparedImage(rgb, probs, elapsed, key)
 
-    def fg_prob(self, image: ImageInput) -> np.ndarray:
-        """``float32 [24, 24]`` FG probabilities (read-only array, cached per image content)."""
-        return self._fg_prob_timed(load_image(image))[0]
-
-    # --- full pipeline -----------------------------------------------------------------------------------------
-    def analyze(
+    # --- step 2: the cheap part, per setting ----------------------------------------------------------------------
+    def predict(
         self,
-        image: ImageInput,
-        threshold: float = 0.5,
+        prepared: PreparedImage,
+        *,
+        threshold: Optional[float] = None,
         keep_ratio: Optional[float] = None,
-        cca_steps: int = 3,
+        cca_steps: int = DEFAULT_CCA_STEPS,
         detect: bool = True,
         dense: bool = False,
-        fg_prob: Optional[np.ndarray] = None,
     ) -> Analysis:
-        """Run the pipeline on one image (see module docstring). ``fg_prob`` skips BAViT (cached probabilities)."""
+        """Keep mask, pruned YOLOS and post-processing for one setting of a prepared image.
+
+        Args:
+            prepared: from :meth:`set_image`.
+            threshold: FG-probability threshold (default 0.5 when ``keep_ratio`` is not given).
+            keep_ratio: keep this fraction (0, 1] of BAViT's tokens, most probable first, instead.
+            cca_steps: CCA iterations on BAViT's grid.
+            detect: run the pruned detector (its latency is measured even without weights).
+            dense: also run the dense detector (``timings_ms["dense_ms"]``, ``dense_detections``).
+        Raises:
+            ConfigError: a threshold or keep ratio out of range, or both given.
+        """
         start_total = time.perf_counter()
-        start = time.perf_counter()
-        rgb = load_image(image)
-        timings = {"load_ms": (time.perf_counter() - start) * 1000.0}
-        grid = self.bavit.config.grid_size
-        if fg_prob is not None:
-            probs = np.asarray(fg_prob, dtype=np.float32)
-            if probs.shape != (grid, grid):
-                raise ValueError(f"fg_prob must have shape [{grid}, {grid}], got {list(probs.shape)}")
-            timings["bavit_ms"] = 0.0
-        else:
-            probs, timings["bavit_ms"] = self._fg_prob_timed(rgb)
-
-        start = time.perf_counter()
-        grid_raw = select_patches(torch.from_numpy(np.array(probs)), threshold, keep_ratio)
-        grid_cca, keep_mask = keep_mask_from_grid(grid_raw, cca_steps, mode=self.resample_mode)
-        timings["cca_ms"] = (time.perf_counter() - start) * 1000.0
-
         model = self.latency_model if detect and self.detector_requested else None
-        yolos_config = model.config if model is not None else None
-        accounting = token_accounting(int(keep_mask.sum()), yolos_config, self.bavit.config)
+        start = time.perf_counter()
+        selection = keep_mask_from_probs(torch.from_numpy(np.array(prepared.fg_prob)), threshold=threshold,
+                                         keep_ratio=keep_ratio, cca_steps=cca_steps, grid=self.yolos_grid,
+                                         resample=self.resample_mode)
+        timings = {"bavit_ms": prepared.bavit_ms, "cca_ms": (time.perf_counter() - start) * 1000.0}
+        keep_mask = selection.keep_mask
+        accounting = token_accounting(int(keep_mask.sum()), self.yolos_config, self.bavit.config)
         detections = dense_detections = None
         if model is not None:
             start = time.perf_counter()
-            pixels = self.yolos_pixels(rgb)
+            pixels = self.yolos_pixels(prepared.image)
             timings["preprocess_ms"] = (time.perf_counter() - start) * 1000.0
             with torch.inference_mode():
                 start = time.perf_counter()
@@ -256,25 +246,49 @@ class Predictor:
                     timings["dense_ms"] = (time.perf_counter() - start) * 1000.0
             if self.detector_ready:
                 start = time.perf_counter()
-                id2label = model.config.id2label
-                detections = _detections(self.processor, outputs, id2label, rgb.size, self.score_threshold)
+                id2label, size = model.config.id2label, prepared.image.size
+                detections = _detections(self.processor, outputs, id2label, size, self.score_threshold)
                 if dense:
-                    dense_detections = _detections(self.processor, dense_outputs, id2label, rgb.size, self.score_threshold)
+                    dense_detections = _detections(self.processor, dense_outputs, id2label, size, self.score_threshold)
                 timings["postprocess_ms"] = (time.perf_counter() - start) * 1000.0
         timings["total_ms"] = (time.perf_counter() - start_total) * 1000.0 - timings.get("dense_ms", 0.0)
         return Analysis(
-            fg_prob=np.array(probs, dtype=np.float32),
-            grid_raw=grid_raw.numpy(),
-            grid_cca=grid_cca.numpy(),
+            fg_prob=np.array(prepared.fg_prob, dtype=np.float32),
+            grid_raw=selection.grid_raw.numpy(),
+            grid_cca=selection.grid_cca.numpy(),
             keep_mask=keep_mask.numpy(),
             detections=detections,
             dense_detections=dense_detections,
             accounting=accounting,
             timings_ms=timings,
-            image_size=rgb.size,
+            image_size=prepared.image.size,
             latency_note=self.latency_note,
             settings={"threshold": threshold, "keep_ratio": keep_ratio, "cca_steps": cca_steps},
         )
 
+    def analyze(self, image: ImageInput, **settings) -> Analysis:
+        """One-shot ``predict(set_image(image), **settings)`` (settings as :meth:`predict`)."""
+        return self.predict(self.set_image(image), **settings)
 
-__all__ = ["Predictor", "Analysis", "select_patches", "keep_mask_from_grid", "DEFAULT_BAVIT_CHECKPOINT", "YOLOS_SIZE"]
+
+def build_predictor(name: str = "small", checkpoint: Union[str, os.PathLike, None] = None,
+                    detector: Union[str, os.PathLike, None] = DEFAULT_DETECTOR, **kwargs) -> Predictor:
+    """A Predictor by config preset name (``"small"`` = 2 layers, ``"large"`` = 10), like SAM's model registry.
+
+    Args:
+        name: a key of :data:`bavit.core.config.PRESETS`.
+        checkpoint: a BAViT checkpoint of that preset's depth (default: the shipped one, :data:`SHIPPED`).
+        detector, **kwargs: passed to :class:`Predictor`.
+    Raises:
+        ConfigError: unknown name. CheckpointError: missing checkpoint, or one of another depth.
+    """
+    if name not in PRESETS:
+        raise ConfigError(f"unknown BAViT preset {name!r}; use one of {sorted(PRESETS)}")
+    model = load_checkpoint(checkpoint if checkpoint is not None else SHIPPED[name])
+    if model.config.depth != PRESETS[name].depth:
+        raise CheckpointError(f"{checkpoint} holds a {model.config.depth}-layer BAViT, not {name} "
+                              f"({PRESETS[name].depth} layers)")
+    return Predictor(bavit=model, detector=detector, **kwargs)
+
+
+__all__ = ["Predictor", "PreparedImage", "Analysis", "build_predictor", "DEFAULT_BAVIT_CHECKPOINT", "SHIPPED"]

@@ -28,8 +28,8 @@ def random_bavit_checkpoint(seed: int = 0) -> Path:
     if not path.exists():
         import torch
 
-        from bavit.config import SMALL
-        from bavit.model import build_bavit, save_checkpoint
+        from bavit.core.config import SMALL
+        from bavit.core.model import build_bavit, save_checkpoint
 
         torch.manual_seed(seed)
         save_checkpoint(build_bavit(SMALL), path)

@@ -2,14 +2,14 @@
 import pytest
 from transformers import YolosConfig
 
-from bavit.accounting import (
+from bavit.pruning.accounting import (
     accounting_at_sparsity,
     bavit_macs,
     mean_accounting,
     token_accounting,
     yolos_macs,
 )
-from bavit.config import LARGE, SMALL, BAViTConfig
+from bavit.core.config import LARGE, SMALL, BAViTConfig
 
 
 def test_table2_row_at_35_percent():

@@ -9,8 +9,8 @@ pytest.importorskip("gradio_client")
 from gradio_client import Client, handle_file  # noqa: E402
 
 import apphelpers  # noqa: E402
-from bavit.app_ui import build_demo  # noqa: E402
-from bavit.explorer import MODE_THRESHOLD, Controls, Explorer  # noqa: E402
+from bavit.app.ui import build_demo  # noqa: E402
+from bavit.app.explorer import MODE_THRESHOLD, Controls, Explorer  # noqa: E402
 from bavit.predictor import Predictor  # noqa: E402
 
 CHELSEA = apphelpers.EXAMPLES / "chelsea.jpg"
@@ -148,7 +148,7 @@ def test_slider_moves_do_not_rerun_bavit():
     assert predictor.bavit_runs == 1
     # the same picture in another session comes from the Predictor's content cache; a new picture runs BAViT
     again = explorer.open_image({"path": str(ROCKET), "orig_name": "rocket.jpg"})
-    np.testing.assert_array_equal(again.fg_prob, session.fg_prob)
+    np.testing.assert_array_equal(again.prepared.fg_prob, session.prepared.fg_prob)
     assert predictor.bavit_runs == 1
     explorer.open_image({"path": str(CHELSEA), "orig_name": "chelsea.jpg"})
     assert predictor.bavit_runs == 2

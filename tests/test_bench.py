@@ -1,69 +1,116 @@
-"""Benchmark smoke test: tiny YOLOS saved with save_pretrained, random BAViT, one repeat; JSON keys and the PNG."""
+"""Latency bench: the keep ratio search, the count spread, the CLI report and plot, and what the pipeline time is."""
 import json
+import statistics
+import time
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
 from transformers import YolosConfig, YolosForObjectDetection
 
-from bavit.bench import exact_keep_masks, spread_counts
+from bavit.bench.latency import keep_ratio_for_count, run_bench, spread_counts
 from bavit.cli import main
-from bavit.config import SMALL
-from bavit.model import build_bavit, save_checkpoint
+from bavit.core.config import SMALL
+from bavit.core.model import build_bavit, save_checkpoint
+from bavit.imageio import load_image, to_tensor
+from bavit.predictor import Predictor
+from bavit.pruning.keep_mask import keep_mask_from_probs
 
 
-def test_exact_keep_masks_hit_the_requested_counts():
-    probs = torch.rand(3, 24, 24, generator=torch.Generator().manual_seed(0))
-    masks = exact_keep_masks(probs, [0, 666, 1024])
-    assert masks.shape == (3, 32, 32)
-    assert masks.sum((1, 2)).tolist() == [0, 666, 1024]
-    upsampled = torch.nn.functional.interpolate(probs[:, None], size=(32, 32), mode="nearest-exact")[:, 0]
-    assert upsampled[1][masks[1]].min() >= upsampled[1][~masks[1]].max()  # the most probable patches
+def _kept(probs, ratio, grid=32):
+    return int(keep_mask_from_probs(probs, keep_ratio=ratio, cca_steps=3, grid=grid).keep_mask.sum())
+
+
+def test_keep_ratio_for_count_is_the_closest_the_rule_can_reach():
+    probs = torch.rand(24, 24, generator=torch.Generator().manual_seed(0))
+    reachable = sorted({_kept(probs, k / 576) for k in range(1, 577)})
+    for target in (1, 300, 666, 1000, 1024):
+        ratio = keep_ratio_for_count(probs, target, grid=32)
+        best = min(abs(count - target) for count in reachable)
+        assert abs(_kept(probs, ratio) - target) == best
+    assert _kept(probs, keep_ratio_for_count(probs, 1024, grid=32)) == 1024
 
 
 def test_spread_counts():
-    assert spread_counts(666, 8) == [564, 593, 622, 651, 681, 710, 739, 768]
-    assert sum(spread_counts(666, 8)) == 8 * 666
-    assert spread_counts(1024, 4) == [1024] * 4  # 0% sparsity: nothing to spread
-    assert spread_counts(1000, 4) == [976, 992, 1008, 1024]  # narrowed so the mean stays 1000
-    assert spread_counts(500, 1) == [500]
+    assert spread_counts(666, 8, 1024) == [564, 593, 622, 651, 681, 710, 739, 768]
+    assert sum(spread_counts(666, 8, 1024)) == 8 * 666
+    assert spread_counts(1024, 4, 1024) == [1024] * 4  # 0% sparsity: nothing to spread
+    assert spread_counts(1000, 4, 1024) == [976, 992, 1008, 1024]  # narrowed so the mean stays 1000
+    assert spread_counts(500, 1, 1024) == [500]
+    assert spread_counts(50, 3, 100) == [40, 50, 60]
 
 
-def test_bench_cli_writes_json_and_plot(tmp_path, capsys):
+@pytest.fixture()
+def bavit_ckpt(tmp_path):
     torch.manual_seed(0)
-    bavit = save_checkpoint(build_bavit(SMALL), tmp_path / "bavit.safetensors")
+    return save_checkpoint(build_bavit(SMALL), tmp_path / "bavit.safetensors")
+
+
+def test_bench_cli_writes_json_and_plot_and_runs_yolos_on_the_rules_mask(bavit_ckpt, tmp_path, capsys):
     config = YolosConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
                          image_size=[64, 64], patch_size=16, num_detection_tokens=10, num_labels=3)
     YolosForObjectDetection(config).save_pretrained(tmp_path / "tiny-yolos")
     images = tmp_path / "images"
     images.mkdir()
-    Image.new("RGB", (80, 60), (200, 30, 30)).save(images / "red.png")
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (60, 80, 3), dtype=np.uint8)).save(images / "noise.png")
     out_json, out_png = tmp_path / "bench.json", tmp_path / "bench.png"
     code = main(["bench", "--threads", "1", "--repeats", "1", "--warmup", "0", "--batch", "2", "--sparsity", "0", "0.35",
-                 "--bavit", str(bavit), "--detector", str(tmp_path / "tiny-yolos"), "--images", str(images),
+                 "--bavit", str(bavit_ckpt), "--detector", str(tmp_path / "tiny-yolos"), "--images", str(images),
                  "--json", str(out_json), "--plot", str(out_png)])
     assert code == 0
     printed = capsys.readouterr().out
     assert "speed-up" in printed and "tiny-yolos" in printed
     report = json.loads(out_json.read_text())
     assert report["threads"] == 1 and "tiny-yolos (pretrained)" in report["weights"]
-    assert [row["sparsity"] for row in report["results"]] == [0.0, 0.349609]  # 666 of 1024 kept
+    probs = torch.from_numpy(np.array(Predictor(bavit_ckpt, detector=None).set_image(images / "noise.png").fg_prob))
     for row in report["results"] + report["batch2"]["results"]:
         assert {"sparsity", "dense_ms", "pruned_total_ms", "bavit_ms", "cca_ms", "pruned_yolos_ms", "speedup",
                 "dense_img_per_s", "pruned_img_per_s", "peak_rss_mb", "flop_ratio"} <= set(row)
-        assert row["speedup"] == row["dense_ms"] / row["pruned_total_ms"]
-        # one repeat: the pipeline time is exactly the sum of its stages
-        assert row["pruned_total_ms"] == pytest.approx(row["bavit_ms"] + row["cca_ms"] + row["pruned_yolos_ms"])
-    assert report["batch2"]["results"][1]["kept_per_image"] == [564, 768]
+        # YOLOS ran on the masks the pipeline's rule (top-k, CCA, resample) produced, image by image
+        for kept, ratio, target in zip(row["kept_per_image"], row["keep_ratio_per_image"], row["target_per_image"]):
+            assert kept == _kept(probs, ratio)
+            assert kept == _kept(probs, keep_ratio_for_count(probs, target, grid=32))
+        assert row["sparsity"] == pytest.approx(1 - np.mean(row["kept_per_image"]) / 1024, abs=1e-6)
+    assert report["results"][0]["kept_per_image"] == [1024]
+    assert abs(report["results"][1]["kept_per_image"][0] - 666) <= 12  # the closest count CCA allows to 35%
+    assert report["batch2"]["results"][1]["target_per_image"] == [564, 768]
     assert out_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_bench_without_detector_weights_says_random_init(tmp_path):
-    from bavit.bench import run_bench
+def _median_ms(fn, repeats=5):
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1000.0
 
-    torch.manual_seed(0)
-    bavit = save_checkpoint(build_bavit(SMALL), tmp_path / "bavit.safetensors")
-    report = run_bench(threads=1, sparsities=[0.46], repeats=1, warmup=0, batch=0, bavit=str(bavit),
+
+def test_pipeline_time_covers_every_stage_timed_separately(bavit_ckpt, tmp_path):
+    """The bench's pipeline ms (YOLOS-tiny architecture, random init) against BAViT, the keep-mask rule and the
+    pruned YOLOS timed one by one here: a stage left out of the pipeline timing would show as a large gap."""
+    image = Image.fromarray(np.random.default_rng(1).integers(0, 256, (300, 400, 3), dtype=np.uint8))
+    image.save(tmp_path / "noise.png")
+    report = run_bench(threads=torch.get_num_threads(), sparsities=[0.35], repeats=5, warmup=1, batch=0, bavit=str(bavit_ckpt),
                        detector=str(tmp_path / "missing"), images=[tmp_path], log=lambda _: None)
     assert "random init" in report["weights"] and report["weights_detail"]["detector_pretrained"] is False
-    assert report["results"][0]["kept_patches"] == 553 and "batch8" not in report
+    assert "batch8" not in report
+    row = report["results"][0]
+
+    predictor = Predictor(bavit_ckpt, detector=str(tmp_path / "missing"))
+    model, cfg = predictor.latency_model, predictor.bavit.config
+    rgb = load_image(tmp_path / "noise.png")
+    pixels = predictor.yolos_pixels(rgb)
+    ratio = row["keep_ratio_per_image"][0]
+    with torch.inference_mode():
+        probs = predictor.bavit.fg_prob(to_tensor(rgb, cfg.img_size, cfg.mean, cfg.std)[None])[0]
+        mask = keep_mask_from_probs(probs, keep_ratio=ratio, grid=32).keep_mask
+        assert int(mask.sum()) == row["kept_per_image"][0]
+        model(pixel_values=pixels, keep_mask=mask[None])  # warm-up
+        stages = (_median_ms(lambda: predictor.bavit.fg_prob(to_tensor(rgb, cfg.img_size, cfg.mean, cfg.std)[None]))
+                  + _median_ms(lambda: keep_mask_from_probs(probs, keep_ratio=ratio, grid=32))
+                  + _median_ms(lambda: model(pixel_values=pixels, keep_mask=mask[None])))
+    assert 0.5 * stages <= row["pruned_total_ms"] <= 2.0 * stages
+    assert row["pruned_yolos_ms"] > 0.5 * row["pruned_total_ms"]  # the detector dominates, as it should

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from bavit.cca import cca, resample_grid
+from bavit.core.cca import cca, resample_grid
 
 
 def grid_from(rows):

@@ -10,12 +10,12 @@ from PIL import Image
 from transformers import YolosConfig, YolosForObjectDetection
 
 from bavit.cli import main
-from bavit.coco_detection import CocoDetection, coco91_id2label, label_to_category, load_coco, yolos_targets
-from bavit.coco_map import STAT_NAMES, evaluate_bbox, make_settings, to_coco_results
-from bavit.config import SMALL
+from bavit.data.coco import CocoDetection, coco91_id2label, label_to_category, load_coco, yolos_targets
+from bavit.engine.coco_map import STAT_NAMES, evaluate_bbox, make_settings, to_coco_results
+from bavit.core.config import SMALL
 from bavit.errors import ConfigError, DataError, WeightsUnavailableError
-from bavit.model import build_bavit, save_checkpoint
-from bavit.yolos_loading import HOW_TO_GET_WEIGHTS, load_yolos_model
+from bavit.core.model import build_bavit, save_checkpoint
+from bavit.pruning.detector import HOW_TO_GET_WEIGHTS, load_yolos_model
 
 
 def write_tiny_coco(tmp_path, with_images: bool = False):
@@ -116,21 +116,23 @@ def test_settings_and_bad_values():
 
 def test_harness_keep_masks_are_the_predictors(coco_root):
     """The mAP rows prune exactly what the app / Predictor prunes for the same image and setting."""
-    from bavit.coco_map import keep_masks
     from bavit.imageio import to_tensor
     from bavit.predictor import Predictor
+    from bavit.pruning.keep_mask import keep_mask_from_probs
 
     torch.manual_seed(0)
     bavit = build_bavit(SMALL).eval()
     predictor = Predictor(bavit=bavit, detector=None)
     image = CocoDetection(coco_root / "annotations" / "instances_val2017.json", coco_root / "val2017", limit=1)[0].image
     probs = bavit.fg_prob(to_tensor(image, 384, SMALL.mean, SMALL.std)[None])  # the harness' path, [1, 24, 24]
-    np.testing.assert_allclose(predictor.fg_prob(np.asarray(image)), probs[0].numpy(), atol=1e-6)
+    prepared = predictor.set_image(np.asarray(image))
+    np.testing.assert_allclose(prepared.fg_prob, probs[0].numpy(), atol=1e-6)
     threshold = float(probs.median())  # a random BAViT: put the threshold where it splits the grid
     for setting in make_settings([threshold], [0.3])[1:]:
-        analysis = predictor.analyze(image, threshold=setting.threshold or 0.5, keep_ratio=setting.keep_ratio,
-                                     cca_steps=3, detect=False, fg_prob=probs[0].numpy())
-        mask = keep_masks(probs, setting, 3, (32, 32))[0].numpy()
+        analysis = predictor.predict(prepared, threshold=setting.threshold, keep_ratio=setting.keep_ratio,
+                                     cca_steps=3, detect=False)
+        mask = keep_mask_from_probs(probs, threshold=setting.threshold, keep_ratio=setting.keep_ratio, cca_steps=3,
+                                    grid=32).keep_mask[0].numpy()  # what run_map computes for the batch
         assert 0 < mask.sum() < mask.size
         np.testing.assert_array_equal(mask, analysis.keep_mask)
 

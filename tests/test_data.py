@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from bavit.config import SMALL
-from bavit.data import PatchDataset, coco_records, coco_split, voc_records
+from bavit.core.config import SMALL
+from bavit.data.records import PatchDataset, coco_records, coco_split, voc_records
 from bavit.errors import DataError
 
 

@@ -6,11 +6,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bavit.config import SMALL
-from bavit.data import coco_records, coco_split
-from bavit.evaluate import METRIC_KEYS, evaluate
-from bavit.metrics import TokenMetrics
-from bavit.model import build_bavit, save_checkpoint
+from bavit.core.config import SMALL
+from bavit.data.records import coco_records, coco_split
+from bavit.engine.evaluate import METRIC_KEYS, evaluate
+from bavit.engine.metrics import TokenMetrics
+from bavit.core.model import build_bavit, save_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 

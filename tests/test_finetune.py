@@ -7,9 +7,9 @@ import torch
 from transformers import YolosConfig, YolosForObjectDetection
 
 from bavit.cli import main
-from bavit.coco_detection import CocoDetection, coco91_id2label, label_to_category
+from bavit.data.coco import CocoDetection, coco91_id2label, label_to_category
 from bavit.errors import CheckpointError
-from bavit.finetune import (
+from bavit.engine.finetune import (
     FinetuneConfig,
     FinetuneSamples,
     collate,
@@ -18,8 +18,8 @@ from bavit.finetune import (
     make_optimizer,
     train_step,
 )
-from bavit.yolos_loading import load_yolos_model
-from bavit.yolos_pruned import patch_yolos
+from bavit.pruning.detector import load_yolos_model
+from bavit.pruning.yolos import patch_yolos
 
 IMAGE_SIZE = 128  # 8x8 patch grid: GT-box masks prune a real share of it
 
@@ -108,16 +108,16 @@ def test_cli_missing_detector_exits_2_without_traceback(coco_root, tmp_path, cap
 
 def test_bavit_masks_and_cli_end_to_end(train_images, tmp_path, capsys):
     """Keep masks from a (random) BAViT through the CLI; structure only, the weights are untrained."""
-    from bavit.config import SMALL
-    from bavit.finetune import bavit_keep_mask
-    from bavit.model import build_bavit, save_checkpoint
+    from bavit.core.config import SMALL
+    from bavit.engine.finetune import bavit_keep_mask
+    from bavit.core.model import build_bavit, save_checkpoint
 
     torch.manual_seed(0)
     bavit = build_bavit(SMALL).eval()
     pixels = torch.randn(2, 3, 384, 384)
-    everything = bavit_keep_mask(bavit, pixels, FinetuneConfig(threshold=0.0, cca_steps=0), (8, 8))
+    everything = bavit_keep_mask(bavit, pixels, FinetuneConfig(threshold=0.0, cca_steps=0), 8)
     assert everything.shape == (2, 8, 8) and bool(everything.all())
-    assert bool(bavit_keep_mask(bavit, pixels, FinetuneConfig(keep_ratio=1.0), (8, 8)).all())
+    assert bool(bavit_keep_mask(bavit, pixels, FinetuneConfig(keep_ratio=1.0), 8).all())
 
     detector_dir = tmp_path / "tiny-yolos"
     tiny_yolos(train_images.coco).save_pretrained(detector_dir)

@@ -4,9 +4,9 @@ import pytest
 from PIL import Image
 
 import apphelpers
-from bavit.explorer import Controls, Explorer
-from bavit.gt import CocoGroundTruth, grid_stats, painted_mask
-from bavit.labels import labels_from_mask
+from bavit.app.explorer import Controls, Explorer
+from bavit.app.gt import CocoGroundTruth, grid_stats, painted_mask
+from bavit.core.labels import labels_from_mask
 
 
 def test_painted_mask_from_editor_layers():

@@ -5,10 +5,10 @@ import pytest
 import torch
 from PIL import Image
 
-from bavit.data import coco_records
+from bavit.data.records import coco_records
 from bavit.errors import DataError
-from bavit.labels import labels_from_boxes, labels_from_mask, voc_masks
-from bavit.loss import IGNORE_INDEX
+from bavit.core.labels import labels_from_boxes, labels_from_mask, voc_masks
+from bavit.core.labels import IGNORE_INDEX
 
 
 def test_mask_rule_is_strictly_more_than_ten_percent():

@@ -1,7 +1,8 @@
 import torch
 import torch.nn.functional as F
 
-from bavit.loss import IGNORE_INDEX, AccumulativeCrossEntropy
+from bavit.core.labels import IGNORE_INDEX
+from bavit.core.loss import AccumulativeCrossEntropy
 
 
 def test_equals_eq3_and_f_cross_entropy():

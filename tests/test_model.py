@@ -4,9 +4,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from bavit.config import LARGE, SMALL, BAViTConfig
+from bavit.core.config import LARGE, SMALL, BAViTConfig
 from bavit.errors import CheckpointError, ConfigError
-from bavit.model import build_bavit, checkpoint_extra, load_checkpoint, save_checkpoint
+from bavit.core.model import build_bavit, checkpoint_extra, load_checkpoint, save_checkpoint
 
 
 @pytest.mark.parametrize("config", [SMALL, LARGE, BAViTConfig(stem="conv")], ids=["small", "large", "conv-stem"])

@@ -1,5 +1,7 @@
 """Predictor: a random BAViT checkpoint and a tiny YOLOS saved with save_pretrained (same loading path as real weights)."""
 import io
+import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -9,10 +11,11 @@ from PIL import Image
 from transformers import ViTConfig, ViTModel, YolosConfig, YolosForObjectDetection
 from transformers.image_transforms import center_to_corners_format
 
-from bavit.config import SMALL
-from bavit.errors import ConfigError
-from bavit.model import build_bavit, save_checkpoint
-from bavit.predictor import RANDOM_INIT_NOTE, Predictor, select_patches
+from bavit.core.config import SMALL
+from bavit.core.model import build_bavit, save_checkpoint
+from bavit.errors import CheckpointError, ConfigError
+from bavit.predictor import RANDOM_INIT_NOTE, Predictor, build_predictor
+from bavit.pruning.keep_mask import select_patches
 
 LABELS = {0: "cat", 1: "dog", 2: "kite"}
 
@@ -105,36 +108,81 @@ def test_select_patches_batched_and_ties():
     assert select_patches(probs, threshold=0.5).tolist() == [[[False, True], [True, True]], [[False, False], [False, False]]]
 
 
-def test_cache_hit_skips_bavit(bavit_ckpt, yolos_dir):
+def test_set_image_once_then_cheap_predictions(bavit_ckpt, yolos_dir):
     pred = Predictor(bavit=bavit_ckpt, detector=str(yolos_dir))
     image = photo(seed=7)
-    first = pred.analyze(image, threshold=0.5, detect=False)
-    assert pred.bavit_runs == 1 and first.timings_ms["bavit_ms"] > 0
-    second = pred.analyze(Image.fromarray(image.copy()), threshold=0.3, detect=False)  # same content, new object
-    assert pred.bavit_runs == 1 and second.timings_ms["bavit_ms"] == 0.0
-    assert np.array_equal(first.fg_prob, second.fg_prob)
-    assert np.array_equal(pred.fg_prob(image), first.fg_prob) and pred.bavit_runs == 1
-    pred.analyze(image, fg_prob=first.fg_prob, detect=False)  # app slider path: probabilities passed in
-    pred.analyze(photo(seed=8), detect=False)
+    prepared = pred.set_image(image)
+    assert pred.bavit_runs == 1 and prepared.bavit_ms > 0 and prepared.image.size == (300, 200)
+    assert not prepared.fg_prob.flags.writeable
+    for threshold in (0.2, 0.5, 0.8):  # what a slider does: no BAViT rerun
+        result = pred.predict(prepared, threshold=threshold, detect=False)
+        assert np.array_equal(result.grid_raw, prepared.fg_prob >= threshold)
+    pred.predict(prepared, keep_ratio=0.3, cca_steps=1)
+    assert pred.bavit_runs == 1
+    again = pred.set_image(Image.fromarray(image.copy()))  # same content, new object: from the cache
+    assert pred.bavit_runs == 1 and again.bavit_ms == 0.0 and again.key == prepared.key
+    assert np.array_equal(again.fg_prob, prepared.fg_prob)
+    one_shot = pred.analyze(image, threshold=0.5, detect=False)  # analyze = predict(set_image(image))
+    assert np.array_equal(one_shot.keep_mask, pred.predict(prepared, threshold=0.5, detect=False).keep_mask)
+    pred.set_image(photo(seed=8))
     assert pred.bavit_runs == 2
-    with pytest.raises(ValueError, match=r"\[24, 24\]"):
-        pred.analyze(image, fg_prob=np.zeros((32, 32)))
+    with pytest.raises(ConfigError, match="not both"):
+        pred.predict(prepared, threshold=0.5, keep_ratio=0.5)
 
 
-def test_cache_is_lru_and_thread_safe(bavit_ckpt):
+def test_cache_is_lru(bavit_ckpt):
     pred = Predictor(bavit=bavit_ckpt, detector=None, cache_size=2)
     images = [photo(64, 64, seed=s) for s in range(3)]
-    expected = [pred.fg_prob(img) for img in images]
+    for img in images:
+        pred.set_image(img)
     assert pred.bavit_runs == 3 and len(pred._cache) == 2
-    pred.fg_prob(images[2])
+    pred.set_image(images[2])
     assert pred.bavit_runs == 3  # still cached
-    pred.fg_prob(images[0])
+    pred.set_image(images[0])
     assert pred.bavit_runs == 4  # evicted earlier
+
+
+def test_concurrent_predictions_equal_serial_ones(bavit_ckpt, yolos_dir):
+    """Threads sharing one Predictor (as the app's workers do) get exactly what one thread gets alone."""
+    pred = Predictor(bavit=bavit_ckpt, detector=str(yolos_dir), score_threshold=0.0, cache_size=2)
+    images = [photo(96, 64, seed=s) for s in range(4)]
+    jobs = [(i % 4, dict(threshold=0.3 + 0.1 * (i % 3)) if i % 2 else dict(keep_ratio=0.2 + 0.1 * (i % 5)))
+            for i in range(24)]
+
+    def run(job):
+        index, settings = job
+        result = pred.predict(pred.set_image(images[index]), cca_steps=index % 3, **settings)
+        return result.keep_mask, [d["box"] for d in result.detections], result.fg_prob
+
+    serial = [run(job) for job in jobs]
     with ThreadPoolExecutor(4) as pool:
-        results = list(pool.map(pred.fg_prob, images * 3))
-    for index, probs in enumerate(results):
-        assert np.allclose(probs, expected[index % 3])
+        parallel = list(pool.map(run, jobs))
+    for (mask, boxes, probs), (mask2, boxes2, probs2) in zip(serial, parallel):
+        assert np.array_equal(mask, mask2) and np.array_equal(probs, probs2)
+        assert np.allclose(boxes, boxes2, atol=1e-5)
     assert len(pred._cache) == 2
+
+
+def test_build_predictor_by_preset_name(bavit_ckpt):
+    pred = build_predictor("small", checkpoint=bavit_ckpt, detector=None)
+    assert pred.bavit.config.depth == 2 and not pred.detector_requested
+    with pytest.raises(CheckpointError, match="not large"):
+        build_predictor("large", checkpoint=bavit_ckpt, detector=None)
+    with pytest.raises(ConfigError, match="unknown BAViT preset"):
+        build_predictor("medium")
+
+
+def test_no_process_wide_side_effects(bavit_ckpt):
+    """Importing the package and building a Predictor leave torch's threads, PIL's bound and matplotlib alone."""
+    code = (
+        "import torch, PIL.Image as I; threads, bound = torch.get_num_threads(), I.MAX_IMAGE_PIXELS\n"
+        "import bavit, bavit.predictor, bavit.bench.latency, bavit.engine.coco_map, bavit.app.ui\n"
+        "import matplotlib; backend = matplotlib.rcParams._get_backend_or_none()\n"
+        f"bavit.predictor.Predictor({str(bavit_ckpt)!r}, detector=None)\n"
+        "print(torch.get_num_threads() == threads, I.MAX_IMAGE_PIXELS == bound, backend)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.split() == ["True", "True", "None"], out.stderr
 
 
 def _encode(image: Image.Image, fmt: str, **kwargs) -> bytes:

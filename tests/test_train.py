@@ -6,11 +6,11 @@ from pathlib import Path
 
 import torch
 
-from bavit.config import BAViTConfig
-from bavit.data import coco_records, coco_split
-from bavit.loss import AccumulativeCrossEntropy
-from bavit.model import build_bavit, checkpoint_extra, load_checkpoint
-from bavit.train import TrainConfig, train
+from bavit.core.config import BAViTConfig
+from bavit.data.records import coco_records, coco_split
+from bavit.core.loss import AccumulativeCrossEntropy
+from bavit.core.model import build_bavit, checkpoint_extra, load_checkpoint
+from bavit.engine.train import TrainConfig, train
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bavit import viz
+from bavit.app import viz
 
 
 def blend(pixel, colour, alpha):

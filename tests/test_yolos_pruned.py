@@ -1,9 +1,12 @@
 """Exactness of the token-pruned YOLOS patch against transformers' dense model (tiny configs, no download)."""
+import threading
+
 import pytest
 import torch
 from transformers import ViTConfig, ViTModel, YolosConfig, YolosForObjectDetection
+from transformers.models.yolos.modeling_yolos import YolosSelfAttention
 
-from bavit.yolos_pruned import patch_yolos, sequence_index, unpatch_yolos
+from bavit.pruning.yolos import PrunedSelfAttentionMixin, patch_yolos, sequence_index, unpatch_yolos
 
 GRID = (4, 6)  # 64x96 input, 16 px patches
 NUM_DET = 5
@@ -123,17 +126,117 @@ def test_mixed_keep_counts_equal_per_image_results(batch_mode, mid):
     assert batched.kept_patches.tolist() == counts
 
 
-def test_eager_attention_falls_back_to_per_image_runs():
+@pytest.mark.parametrize("batch_mode", ["per_image", "padded"])
+def test_eager_attention_mixed_counts_equal_per_image_results(batch_mode):
     model = patch_yolos(tiny_yolos(attn="eager"))
-    x = pixels(batch=2)
-    keep = random_mask(2)
-    keep[1] = True
+    x = pixels(batch=3)
+    keep = random_mask(3, p=0.6)
+    keep[1] = False
+    keep[1, 0, :2] = True  # 2 kept patches
+    keep[2] = True  # all kept
+    assert len(set(keep.sum((1, 2)).tolist())) == 3
     with torch.no_grad():
-        batched = model(pixel_values=x, keep_mask=keep, batch_mode="padded")  # eager cannot mask pads
-        for i in range(2):
-            logits, boxes, _ = dense_by_hand(model, x[i : i + 1], keep[i])
+        batched = model(pixel_values=x, keep_mask=keep, batch_mode=batch_mode, output_full_hidden_state=True)
+        singles = [model(pixel_values=x[i : i + 1], keep_mask=keep[i : i + 1], output_full_hidden_state=True) for i in range(3)]
+        for i, single in enumerate(singles):
+            assert (batched.logits[i] - single.logits[0]).abs().max() <= 1e-5
+            assert (batched.pred_boxes[i] - single.pred_boxes[0]).abs().max() <= 1e-5
+            assert (batched.last_hidden_state[i] - single.last_hidden_state[0]).abs().max() <= 1e-5
+            logits, boxes, _ = dense_by_hand(model, x[i : i + 1], keep[i])  # eager attention, no padding
             assert (batched.logits[i] - logits[0]).abs().max() <= 1e-5
             assert (batched.pred_boxes[i] - boxes[0]).abs().max() <= 1e-5
+
+
+def self_attentions(model):
+    return [module for module in model.modules() if isinstance(module, YolosSelfAttention)]
+
+
+def test_patch_swaps_every_self_attention_and_shares_one_state():
+    model = tiny_yolos()
+    patch_yolos(model)
+    patch_yolos(model, batch_mode="padded")  # idempotent: same classes, same state
+    state = model._bavit_info
+    attentions = self_attentions(model)
+    assert len(attentions) == model.config.num_hidden_layers
+    for module in attentions:
+        assert isinstance(module, PrunedSelfAttentionMixin)
+        assert type(module).__bases__ == (PrunedSelfAttentionMixin, YolosSelfAttention)
+        assert module._bavit_info is state
+    assert len({type(module) for module in attentions}) == 1  # one subclass, made once
+    assert state.key_mask is None
+    unpatch_yolos(model)
+    assert type(model) is YolosForObjectDetection
+    assert all(type(module) is YolosSelfAttention for module in self_attentions(model))
+    assert not hasattr(model, "_bavit_info")
+    assert not any(hasattr(module, "_bavit_info") for module in self_attentions(model))
+
+
+def test_key_mask_state_is_reset_after_forward_and_after_errors():
+    model = patch_yolos(tiny_yolos(), batch_mode="padded")
+    state = model._bavit_info
+    x = pixels(batch=2)
+    keep = random_mask(2)
+    keep[1] = True  # different counts: padded run with a key mask
+    seen = []
+    hook = model.vit.encoder.layer[1].attention.attention.register_forward_pre_hook(
+        lambda module, args: seen.append(module._bavit_info.key_mask)
+    )
+    with torch.no_grad():
+        model(pixel_values=x, keep_mask=keep)
+    hook.remove()
+    assert seen and seen[0] is not None and seen[0].shape == (2, 1, 1, 1 + GRID[0] * GRID[1] + NUM_DET)
+    assert state.key_mask is None
+    with pytest.raises(ValueError):
+        model(pixel_values=x, keep_mask=torch.ones(2, 6, 4, dtype=torch.bool))
+    assert state.key_mask is None
+
+    def fail(module, args):
+        raise RuntimeError("layer failed")
+
+    hook = model.vit.encoder.layer[1].register_forward_pre_hook(fail)
+    with torch.no_grad(), pytest.raises(RuntimeError, match="layer failed"):
+        model(pixel_values=x, keep_mask=keep)
+    hook.remove()
+    assert state.key_mask is None
+    with torch.no_grad():  # the dense forward still is transformers' own
+        assert torch.equal(model(pixel_values=x).logits, unpatch_yolos(model)(pixel_values=x).logits)
+
+
+def test_concurrent_pruned_forwards_in_two_threads_match_running_alone():
+    model = patch_yolos(tiny_yolos(), batch_mode="padded")
+    x = pixels(batch=3)
+    keep_a = random_mask(3, seed=3, p=0.5)
+    keep_a[0] = True  # mixed counts: padded, key mask set
+    keep_b = random_mask(3, seed=4, p=0.3)
+    keep_b[2] = False
+    keep_b[2, 0, 0] = True
+    assert len(set(keep_a.sum((1, 2)).tolist())) > 1 and len(set(keep_b.sum((1, 2)).tolist())) > 1
+    with torch.no_grad():
+        alone = {name: model(pixel_values=x, keep_mask=keep) for name, keep in (("a", keep_a), ("b", keep_b))}
+    barrier = threading.Barrier(2)
+    errors, results = [], {"a": [], "b": []}
+
+    def run(name, keep):
+        try:
+            barrier.wait(timeout=30)
+            with torch.no_grad():
+                for _ in range(8):
+                    results[name].append(model(pixel_values=x, keep_mask=keep))
+        except BaseException as exc:  # reported by the main thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=args) for args in (("a", keep_a), ("b", keep_b))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert not errors, errors
+    for name in ("a", "b"):
+        assert len(results[name]) == 8
+        for out in results[name]:
+            assert (out.logits - alone[name].logits).abs().max() <= 1e-5
+            assert (out.pred_boxes - alone[name].pred_boxes).abs().max() <= 1e-5
+    assert model._bavit_info.key_mask is None
 
 
 def test_full_hidden_state_has_zeros_at_pruned_positions():
@@ -201,6 +304,12 @@ def test_save_pretrained_writes_plain_yolos(tmp_path):
     model = patch_yolos(tiny_yolos())
     model.save_pretrained(tmp_path)
     assert type(model).__name__ == "PrunedYolosForObjectDetection"
+    assert all(isinstance(module, PrunedSelfAttentionMixin) for module in self_attentions(model))  # still patched
     reloaded = YolosForObjectDetection.from_pretrained(tmp_path)
     assert reloaded.config.architectures == ["YolosForObjectDetection"]
+    assert type(reloaded) is YolosForObjectDetection
+    assert all(type(module).__module__.startswith(("transformers.", "torch.")) for module in reloaded.modules())
+    assert not hasattr(reloaded, "_bavit_info")
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(reloaded.state_dict()[name], tensor), name
     assert type(unpatch_yolos(model)) is YolosForObjectDetection

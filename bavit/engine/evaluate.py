@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .cca import cca
-from .data import PatchDataset, Record, add_dataset_arguments, records_from_args
+from ..core.cca import cca
+from ..data.records import PatchDataset, Record, add_dataset_arguments, records_from_args
 from .metrics import TokenMetrics
-from .model import BAViT, checkpoint_extra, load_checkpoint
+from ..core.model import BAViT, checkpoint_extra, load_checkpoint
 
 METRIC_KEYS = ("token_accuracy", "balanced_accuracy", "fg_precision", "fg_recall", "fg_iou", "object_keep_rate")
 

@@ -14,10 +14,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .config import BAViTConfig
-from .data import Record
-from .labels import area_fractions
-from .loss import IGNORE_INDEX
+from ..core.config import BAViTConfig
+from .records import Record
+from ..core.labels import area_fractions
+from ..core.labels import IGNORE_INDEX
 
 
 @dataclass

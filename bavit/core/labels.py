@@ -11,8 +11,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 
-from .loss import IGNORE_INDEX
-
+IGNORE_INDEX = -100  # label of a token that counts as neither FG nor BG (mostly VOC void); F.cross_entropy's default
 FG_FRAC = 0.10  # paper: a patch with more than 10% object pixels is FG
 VOID_VALUE = 255  # VOC's border / "difficult" pixels
 FRACTION_TOL = 1e-9  # float64 sums of exact fractions: "exactly 10%" must not read as 10.0000000001%

@@ -1,6 +1,6 @@
 """``python -m bavit finetune``: sparse fine-tuning of YOLOS on FG tokens only (paper §4.2, "BAViT+YOLOS-F").
 
-Every step runs the pruned YOLOS (:func:`bavit.yolos_pruned.patch_yolos`) on the kept patch tokens of each image
+Every step runs the pruned YOLOS (:func:`bavit.pruning.yolos.patch_yolos`) on the kept patch tokens of each image
 and optimises the loss transformers computes for YOLOS when ``labels`` are passed (Hungarian matching, CE +
 L1 + GIoU; needs scipy). The keep mask comes from:
 
@@ -8,7 +8,7 @@ L1 + GIoU; needs scipy). The keep mask comes from:
   (``--keep-ratio``), then CCA and resampling to YOLOS' grid -- the same masks the pruned model sees at inference,
   which is what the paper fine-tunes on.
 * ``mask_source="gt-boxes"`` (no ``--bavit``): patches at least half covered by a ground-truth box
-  (:func:`bavit.labels.labels_from_boxes`, coverage rule, tau 0.5) on YOLOS' grid, then CCA. An oracle mask:
+  (:func:`bavit.core.labels.labels_from_boxes`, coverage rule, tau 0.5) on YOLOS' grid, then CCA. An oracle mask:
   useful without a trained BAViT, but it keeps a little less background than BAViT does.
 
 Conventions shared with ``python -m bavit train``: a tqdm bar with the running loss and images/s, one JSON line
@@ -32,12 +32,14 @@ from pathlib import Path
 
 import torch
 
-from .cca import cca
-from .coco_detection import YOLOS_SIZE, CocoDetection, label_to_category, resolve_paths, yolos_pixels, yolos_targets
-from .data import add_dataset_arguments
-from .errors import CheckpointError, ConfigError, DataError
-from .imageio import to_tensor
-from .labels import labels_from_boxes
+from ..core.cca import cca
+from ..data.coco import CocoDetection, label_to_category, resolve_paths, yolos_targets
+from ..pruning.detector import YOLOS_SIZE, yolos_grid, yolos_pixels
+from ..pruning.keep_mask import keep_mask_from_probs
+from ..data.records import add_dataset_arguments
+from ..errors import CheckpointError, ConfigError, DataError
+from ..imageio import to_tensor
+from ..core.labels import labels_from_boxes
 
 CHECKPOINT_DIR = "checkpoint"
 STATE_FILE = "train_state.json"
@@ -85,7 +87,7 @@ class FinetuneSamples(torch.utils.data.Dataset):
     def __init__(self, images: CocoDetection, category_to_label: dict[int, int], cfg: FinetuneConfig,
                  patch_size: int, bavit_config=None):
         self.images, self.category_to_label, self.cfg = images, category_to_label, cfg
-        self.grid = (cfg.image_size // patch_size, cfg.image_size // patch_size)
+        self.grid = yolos_grid(patch_size, cfg.image_size)
         self.bavit_config = bavit_config
 
     def __len__(self) -> int:
@@ -102,7 +104,8 @@ class FinetuneSamples(torch.utils.data.Dataset):
             sample["bavit_pixels"] = to_tensor(item.image, c.img_size, c.mean, c.std)
         else:
             boxes = [(x, y, x + w, y + h) for x, y, w, h in (a["bbox"] for a in item.anns)]
-            grid = labels_from_boxes(boxes, (item.width, item.height), self.grid, "coverage", self.cfg.box_tau)
+            grid = labels_from_boxes(boxes, (item.width, item.height), (self.grid, self.grid), "coverage",
+                                     self.cfg.box_tau)
             sample["gt_keep"] = cca(grid.bool(), self.cfg.cca_steps)
         return sample
 
@@ -116,12 +119,11 @@ def collate(samples: list[dict]) -> dict:
 
 
 @torch.no_grad()
-def bavit_keep_mask(bavit, bavit_pixels: torch.Tensor, cfg: FinetuneConfig, grid: tuple[int, int]) -> torch.Tensor:
-    """``[B, 3, 384, 384]`` -> ``bool [B, gh, gw]``: the inference-time masks (:func:`bavit.coco_map.keep_masks`)."""
-    from .coco_map import Setting, keep_masks
-
-    setting = Setting(threshold=None if cfg.keep_ratio is not None else cfg.threshold, keep_ratio=cfg.keep_ratio)
-    return keep_masks(bavit.fg_prob(bavit_pixels), setting, cfg.cca_steps, grid)
+def bavit_keep_mask(bavit, bavit_pixels: torch.Tensor, cfg: FinetuneConfig, grid: int) -> torch.Tensor:
+    """``[B, 3, 384, 384]`` -> ``bool [B, grid, grid]``: the inference-time masks (the pipeline's keep-mask rule,
+    :func:`bavit.pruning.keep_mask.keep_mask_from_probs`)."""
+    return keep_mask_from_probs(bavit.fg_prob(bavit_pixels), threshold=None if cfg.keep_ratio is not None else cfg.threshold,
+                                keep_ratio=cfg.keep_ratio, cca_steps=cfg.cca_steps, grid=grid).keep_mask
 
 
 def train_step(model, optimizer: torch.optim.Optimizer, pixels: torch.Tensor, keep_mask: torch.Tensor | None,
@@ -228,15 +230,15 @@ def finetune(detector, images: CocoDetection, cfg: FinetuneConfig, output: str |
         images: training images + COCO annotations.
         cfg: settings; ``cfg.mask_source == "bavit"`` needs ``bavit``.
         output: folder for ``checkpoint/`` and ``metrics.jsonl``.
-        bavit: a :class:`bavit.model.BAViT` for the keep masks.
+        bavit: a :class:`bavit.core.model.BAViT` for the keep masks.
         resume: continue from ``output/checkpoint`` after its saved epoch.
         max_steps: stop after this many optimizer steps in total (tests).
         base: name of the starting detector, recorded in the train state.
     """
     from tqdm import tqdm
 
-    from .yolos_loading import load_yolos_model
-    from .yolos_pruned import patch_yolos
+    from ..pruning.detector import load_yolos_model
+    from ..pruning.yolos import patch_yolos
 
     if cfg.mask_source == "bavit" and bavit is None:
         raise ConfigError("mask_source 'bavit' needs a BAViT checkpoint (--bavit)")
@@ -252,8 +254,7 @@ def finetune(detector, images: CocoDetection, cfg: FinetuneConfig, output: str |
     if model.config.auxiliary_loss:
         model.config.auxiliary_loss = False  # intermediate-layer losses are not defined on pruned sequences
     patch = model.config.patch_size
-    if cfg.image_size % patch:
-        raise ConfigError(f"YOLOS input size {cfg.image_size} is not a multiple of its patch size {patch}")
+    yolos_grid(patch, cfg.image_size)  # a clear error for an input size that is not a multiple of the patch
     category_to_label = {cat: label for label, cat in label_to_category(model.config.id2label, images.coco).items()}
     samples = FinetuneSamples(images, category_to_label, cfg, patch, bavit.config if bavit is not None else None)
     optimizer = make_optimizer(model, cfg)
@@ -313,7 +314,7 @@ def finetune(detector, images: CocoDetection, cfg: FinetuneConfig, output: str |
 
 
 def register(subparsers) -> None:
-    from .yolos_loading import DEFAULT_DETECTOR
+    from ..pruning.detector import DEFAULT_DETECTOR
 
     parser = subparsers.add_parser(
         "finetune", help="sparse fine-tuning of YOLOS on FG tokens only",
@@ -342,8 +343,8 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .model import load_checkpoint
-    from .yolos_loading import load_yolos_model
+    from ..core.model import load_checkpoint
+    from ..pruning.detector import load_yolos_model
 
     if args.threads:
         torch.set_num_threads(args.threads)

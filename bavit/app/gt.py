@@ -1,6 +1,6 @@
 """Ground-truth patch grids for the app: from a COCO-format dataset's instance masks, or from a painted mask.
 
-The grid uses the label rule of :mod:`bavit.labels` (a token is FG when > 10% of its pixels are object pixels), laid
+The grid uses the label rule of :mod:`bavit.core.labels` (a token is FG when > 10% of its pixels are object pixels), laid
 over the image the way BAViT sees it (square resize to 384 -> 24x24).
 """
 from __future__ import annotations
@@ -14,9 +14,9 @@ from typing import Any, Mapping
 import numpy as np
 from PIL import Image
 
-from .errors import DataError
-from .labels import labels_from_mask
-from .loss import IGNORE_INDEX
+from ..errors import DataError
+from ..core.labels import labels_from_mask
+from ..core.labels import IGNORE_INDEX
 
 GRID = (24, 24)
 

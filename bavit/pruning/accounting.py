@@ -19,9 +19,10 @@ import math
 from dataclasses import dataclass
 from typing import Iterable, Optional
 
-from .config import SMALL, BAViTConfig
+from ..core.config import SMALL, BAViTConfig
+from .detector import YOLOS_SIZE
 
-YOLOS_INPUT = (512, 512)  # the pruned pipeline's YOLOS input (height, width), paper §3.5
+YOLOS_INPUT = (YOLOS_SIZE, YOLOS_SIZE)  # (height, width) of the pruned pipeline's YOLOS input, paper §3.5
 
 
 def vit_layer_macs(tokens: float, hidden: int, intermediate: int) -> float:
@@ -77,10 +78,10 @@ class TokenAccounting:
     """
 
     kept_patches: float
-    yolos_patches: int = 1024
-    yolos_layers: int = 12
-    bavit_patches: int = 576
-    bavit_layers: int = 2
+    yolos_patches: int
+    yolos_layers: int
+    bavit_patches: int
+    bavit_layers: int
     dense_macs: int = 0
     pruned_macs: int = 0
     bavit_macs: int = 0
@@ -145,7 +146,7 @@ def token_accounting(
         image_size: YOLOS input ``(height, width)``.
     """
     if yolos_config is None:
-        from .yolos_pruned import yolos_tiny_config
+        from .yolos import yolos_tiny_config
 
         yolos_config = yolos_tiny_config()
     patches = (image_size[0] // yolos_config.patch_size) * (image_size[1] // yolos_config.patch_size)

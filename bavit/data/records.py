@@ -15,10 +15,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .config import BAViTConfig
-from .errors import DataError
-from .imageio import load_image, to_tensor
-from .labels import FG_FRAC, FRACTION_TOL, area_fractions, labels_from_boxes, labels_from_mask
+from ..core.config import BAViTConfig
+from ..errors import DataError
+from ..imageio import load_image, to_tensor
+from ..core.labels import FG_FRAC, FRACTION_TOL, area_fractions, labels_from_boxes, labels_from_mask
 
 # COCO's object size bins (area in original pixels).
 SIZE_BINS = (("small", 0, 32**2), ("medium", 32**2, 96**2), ("large", 96**2, float("inf")))

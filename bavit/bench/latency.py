@@ -1,13 +1,14 @@
 """``python -m bavit bench``: CPU latency of dense YOLOS-tiny vs BAViT-small + CCA + pruned YOLOS-tiny at 512x512.
 
-For each sparsity level (fraction of the 1024 YOLOS patches pruned) the kept patches are the top-k of BAViT's FG
-probabilities on a real image (nearest-upsampled to 32x32), so the level is hit exactly. Each pruned iteration
-runs and times every stage the pipeline runs: the 384x384 resize + BAViT, threshold (top-k) + CCA + resample to
-32x32 (the shared :class:`~bavit.predictor.Predictor` functions), and the pruned YOLOS forward. The dense
-iteration is the dense YOLOS forward. The 512x512 YOLOS input is prepared once and shared (both need it).
-Dense and pruned runs alternate after warm-up; medians are reported. On a busy shared CPU run it with
-``OMP_WAIT_POLICY=PASSIVE`` (spinning OpenMP threads otherwise dominate small kernels). Latency does not depend on the weights, so
-without real weights the YOLOS-tiny architecture at random init is timed, and the report says which weights ran.
+For each sparsity level (fraction of the YOLOS patches pruned) every image gets the BAViT keep ratio whose keep
+mask -- the pipeline's own rule, :func:`bavit.pruning.keep_mask.keep_mask_from_probs`: top-k, CCA, resample to
+32x32 -- keeps the number of patches closest to the level (:func:`keep_ratio_for_count`). Each pruned iteration
+runs and times every stage the pipeline runs: the 384x384 resize + BAViT, the keep-mask rule, and the pruned YOLOS
+forward *on the mask that rule just produced*. The dense iteration is the dense YOLOS forward. The 512x512 YOLOS
+input is prepared once and shared (both need it). Dense and pruned runs alternate after warm-up; medians are
+reported. On a busy shared CPU run it with ``OMP_WAIT_POLICY=PASSIVE`` (spinning OpenMP threads otherwise dominate
+small kernels). Latency does not depend on the weights, so without real weights the YOLOS-tiny architecture at
+random init is timed, and the report says which weights ran.
 """
 from __future__ import annotations
 
@@ -24,16 +25,16 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from .accounting import accounting_at_sparsity, token_accounting
-from .config import SMALL
-from .errors import ConfigError
-from .imageio import load_image, to_tensor
-from .predictor import DEFAULT_BAVIT_CHECKPOINT, YOLOS_SIZE, Predictor, keep_mask_from_grid, select_patches
-from .yolos_loading import DEFAULT_DETECTOR
+from ..core.config import SMALL
+from ..errors import ConfigError
+from ..imageio import load_image, to_tensor
+from ..predictor import DEFAULT_BAVIT_CHECKPOINT, Predictor
+from ..pruning.accounting import accounting_at_sparsity, token_accounting
+from ..pruning.detector import DEFAULT_DETECTOR, YOLOS_SIZE
+from ..pruning.keep_mask import DEFAULT_CCA_STEPS, keep_mask_from_probs
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_SPARSITIES = (0.0, 0.29, 0.35, 0.40, 0.46)  # paper Table 2 levels
 TARGET_SPEEDUP_AT_35 = 1.45
 DEFAULT_IMAGES = (ROOT / "assets" / "examples",)
@@ -58,23 +59,36 @@ def find_images(count: int, sources: Sequence[Path] = DEFAULT_IMAGES) -> list:
     return [load_image(rng.integers(0, 256, (480, 640, 3), dtype=np.uint8)) for _ in range(count)]
 
 
-def exact_keep_masks(fg_prob: torch.Tensor, kept: Sequence[int], size: int = YOLOS_SIZE // 16) -> torch.Tensor:
-    """``bool [B, size, size]``: image ``b`` keeps its ``kept[b]`` most probable patches (probs nearest-upsampled).
+def keep_ratio_for_count(fg_prob: torch.Tensor, kept: int, grid: int, cca_steps: int = DEFAULT_CCA_STEPS,
+                         resample: str = "nearest") -> float:
+    """The BAViT keep ratio whose keep mask (top-k, CCA, resample) keeps the count closest to ``kept`` patches.
+
+    The kept count never falls as k grows (top-k sets are nested; CCA and resampling are monotone), so a binary
+    search over k finds the smallest k reaching ``kept``; k - 1 wins when it is closer.
 
     Args:
-        fg_prob: ``[B, 24, 24]`` BAViT FG probabilities.
-        kept: patches to keep per image.
+        fg_prob: ``[G, G]`` FG probabilities of one image.
+        kept: target number of the ``grid x grid`` detector patches.
     """
-    upsampled = F.interpolate(fg_prob[:, None].float(), size=(size, size), mode="nearest-exact")[:, 0]
-    flat = upsampled.reshape(len(kept), -1)
-    order = torch.sort(-flat, dim=1, stable=True).indices
-    masks = torch.zeros_like(flat, dtype=torch.bool)
-    for row, count in enumerate(kept):
-        masks[row, order[row, :count]] = True
-    return masks.reshape(-1, size, size)
+    cells = fg_prob.numel()
+
+    def count(k: int) -> int:
+        return int(keep_mask_from_probs(fg_prob, keep_ratio=k / cells, cca_steps=cca_steps, grid=grid,
+                                        resample=resample).keep_mask.sum())
+
+    low, high = 1, cells
+    while low < high:
+        middle = (low + high) // 2
+        if count(middle) >= kept:
+            high = middle
+        else:
+            low = middle + 1
+    if low > 1 and abs(count(low - 1) - kept) < abs(count(low) - kept):
+        low -= 1
+    return low / cells
 
 
-def spread_counts(mean_kept: int, batch: int, cells: int = 1024, spread: float = 0.10) -> list[int]:
+def spread_counts(mean_kept: int, batch: int, cells: int, spread: float = 0.10) -> list[int]:
     """Per-image kept counts spread evenly over +-``spread`` of the grid around ``mean_kept``.
 
     The spread narrows near 0 and ``cells`` so the mean stays ``mean_kept`` (0% sparsity: every image keeps all).
@@ -84,15 +98,17 @@ def spread_counts(mean_kept: int, batch: int, cells: int = 1024, spread: float =
     return [int(round(mean_kept + offset)) for offset in offsets]
 
 
-def _bench_level(predictor: Predictor, model, images, yolos_pixels, probs, sparsity, repeats, warmup, counts=None):
-    """Interleaved dense / pruned runs for one sparsity level on a batch of ``len(images)`` images."""
+def _bench_level(predictor: Predictor, model, images, yolos_pixels, probs, targets, repeats, warmup):
+    """Interleaved dense / pruned runs for one level on a batch of ``len(images)`` images.
+
+    Args:
+        targets: detector patches each image should keep (the keep ratio is chosen per image to get closest).
+    """
     bavit = predictor.bavit
     cfg = bavit.config
-    batch = len(images)
-    kept = round(1024 * (1.0 - sparsity))
-    counts = counts or [kept] * batch
-    keep_mask = exact_keep_masks(probs, counts)
-    keep_ratio = max(1.0 - sparsity, 1e-6)
+    grid = predictor.yolos_grid
+    ratios = [keep_ratio_for_count(p, count, grid, DEFAULT_CCA_STEPS, predictor.resample_mode)
+              for p, count in zip(probs, targets)]
     times = {name: [] for name in ("dense", "bavit", "cca", "pruned_yolos", "pruned_total")}
     with torch.inference_mode():
         for step in range(warmup + repeats):
@@ -104,8 +120,10 @@ def _bench_level(predictor: Predictor, model, images, yolos_pixels, probs, spars
             pixels = torch.stack([to_tensor(image, cfg.img_size, cfg.mean, cfg.std) for image in images])
             fg_prob = bavit.fg_prob(pixels)
             t_bavit = time.perf_counter()
-            grid = select_patches(fg_prob, keep_ratio=keep_ratio)
-            keep_mask_from_grid(grid, 3, mode=predictor.resample_mode)
+            keep_mask = torch.stack([
+                keep_mask_from_probs(p, keep_ratio=ratio, cca_steps=DEFAULT_CCA_STEPS, grid=grid,
+                                     resample=predictor.resample_mode).keep_mask
+                for p, ratio in zip(fg_prob, ratios)])
             t_cca = time.perf_counter()
             model(pixel_values=yolos_pixels, keep_mask=keep_mask)
             end = time.perf_counter()
@@ -115,12 +133,15 @@ def _bench_level(predictor: Predictor, model, images, yolos_pixels, probs, spars
                 times["cca"].append(t_cca - t_bavit)
                 times["pruned_yolos"].append(end - t_cca)
                 times["pruned_total"].append(end - start)
+    counts = keep_mask.flatten(1).sum(1).tolist()
     medians = {name: _median_ms(samples) for name, samples in times.items()}
     accounting = token_accounting(float(np.mean(counts)), model.config, cfg)
     return {
-        "sparsity": round(1.0 - float(np.mean(counts)) / 1024, 6),
+        "sparsity": round(accounting.sparsity, 6),
         "kept_patches": float(np.mean(counts)),
         "kept_per_image": counts,
+        "target_per_image": list(targets),
+        "keep_ratio_per_image": ratios,
         "dense_ms": medians["dense"],
         "pruned_total_ms": medians["pruned_total"],
         "bavit_ms": medians["bavit"],
@@ -129,8 +150,8 @@ def _bench_level(predictor: Predictor, model, images, yolos_pixels, probs, spars
         "speedup": medians["dense"] / medians["pruned_total"],
         "flop_ratio": accounting.flop_ratio,
         "token_reduction_pct": accounting.reduction_pct,
-        "dense_img_per_s": batch * 1000.0 / medians["dense"],
-        "pruned_img_per_s": batch * 1000.0 / medians["pruned_total"],
+        "dense_img_per_s": len(images) * 1000.0 / medians["dense"],
+        "pruned_img_per_s": len(images) * 1000.0 / medians["pruned_total"],
         "peak_rss_mb": _peak_rss_mb(),
         "repeats": repeats,
     }
@@ -150,7 +171,7 @@ def run_bench(
     """Run the benchmark and return the report (see :func:`format_table` for its columns).
 
     Args:
-        threads: torch CPU threads.
+        threads: torch CPU threads (recorded; the caller sets them, e.g. :func:`run`).
         sparsities: fractions (0..1) of YOLOS patches pruned.
         repeats: timed dense/pruned pairs per level (after ``warmup`` untimed pairs); batch runs use half.
         batch: batch size of the second measurement (0 skips it).
@@ -158,16 +179,15 @@ def run_bench(
         detector: YOLOS hub id or directory; when unavailable the YOLOS-tiny architecture at random init.
         images: folders to take real images from (for BAViT's probabilities, which choose the kept patches).
     """
-    torch.set_num_threads(threads)
     if bavit is None and DEFAULT_BAVIT_CHECKPOINT.is_file():
         bavit = str(DEFAULT_BAVIT_CHECKPOINT)
     if bavit is None:
-        from .model import build_bavit
+        from ..core.model import build_bavit
 
         torch.manual_seed(0)
         bavit_model, bavit_weights = build_bavit(SMALL), "BAViT-small architecture, random init"
     else:
-        from .model import load_checkpoint
+        from ..core.model import load_checkpoint
 
         bavit_model, bavit_weights = load_checkpoint(bavit), str(bavit)
     predictor = Predictor(bavit=bavit_model, detector=detector)
@@ -180,16 +200,16 @@ def run_bench(
     log(f"weights: {weights}")
 
     pictures = find_images(max(batch, 1), images)
-    mean, std = predictor.yolos_mean_std
     cfg = predictor.bavit.config
-    with torch.inference_mode():
-        probs_all = predictor.bavit.fg_prob(torch.stack([to_tensor(p, cfg.img_size, cfg.mean, cfg.std) for p in pictures]))
-    pixels_all = torch.stack([to_tensor(p, YOLOS_SIZE, mean, std) for p in pictures])
+    probs_all = torch.from_numpy(np.stack([predictor.set_image(p).fg_prob for p in pictures]))
+    pixels_all = torch.cat([predictor.yolos_pixels(p) for p in pictures])
+    cells = predictor.yolos_grid**2
     load_before = os.getloadavg()
 
     results = []
     for sparsity in sparsities:
-        row = _bench_level(predictor, model, pictures[:1], pixels_all[:1], probs_all[:1], sparsity, repeats, warmup)
+        targets = [round(cells * (1.0 - sparsity))]
+        row = _bench_level(predictor, model, pictures[:1], pixels_all[:1], probs_all[:1], targets, repeats, warmup)
         results.append(row)
         log(f"batch 1, sparsity {row['sparsity']:.2f}: dense {row['dense_ms']:.1f} ms, pruned {row['pruned_total_ms']:.1f} ms, "
             f"speed-up {row['speedup']:.2f}x")
@@ -197,13 +217,13 @@ def run_bench(
     if batch > 1:
         batch_repeats = max(1, repeats // 2)
         for sparsity in sparsities:
-            counts = spread_counts(round(1024 * (1.0 - sparsity)), batch)
-            row = _bench_level(predictor, model, pictures[:batch], pixels_all[:batch], probs_all[:batch], sparsity,
-                               batch_repeats, 1, counts)
+            targets = spread_counts(round(cells * (1.0 - sparsity)), batch, cells)
+            row = _bench_level(predictor, model, pictures[:batch], pixels_all[:batch], probs_all[:batch], targets,
+                               batch_repeats, 1)
             batch_results.append(row)
             log(f"batch {batch}, sparsity {row['sparsity']:.2f}: dense {row['dense_ms']:.0f} ms, "
                 f"pruned {row['pruned_total_ms']:.0f} ms, speed-up {row['speedup']:.2f}x")
-    at35 = [row for row in results if abs(row["sparsity"] - 0.35) < 0.005]
+    at35 = [row for row in results if abs(row["sparsity"] - 0.35) < 0.01]
     flop_grid = np.linspace(0.0, 0.6, 61)
     report = {
         "threads": threads,
@@ -247,7 +267,7 @@ def format_table(report: dict) -> str:
     rows(report["results"])
     for key, value in report.items():
         if key.startswith("batch") and value and value.get("results"):
-            lines += ["", f"batch {value['batch']} (kept counts spread up to +-10% of 1024 around the level; ms per batch)", "", header]
+            lines += ["", f"batch {value['batch']} (kept counts spread up to +-10% of the grid around the level; ms per batch)", "", header]
             rows(value["results"])
     load = report["machine"]["load_average_before"][0], report["machine"]["load_average_after"][0]
     lines += ["", f"load average before/after: {load[0]:.1f}/{load[1]:.1f} on {report['machine']['cpu_count']} CPUs "
@@ -256,15 +276,15 @@ def format_table(report: dict) -> str:
 
 
 def plot(report: dict, path: str | os.PathLike) -> Path:
-    """Measured speed-up vs sparsity beside the FLOP-ratio curve (matplotlib, Agg)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    """Measured speed-up vs sparsity beside the FLOP-ratio curve (matplotlib's Agg canvas; no global backend)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
+    fig = Figure(figsize=(6.4, 4.2), dpi=120)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
     flop = np.array(report["flop_curve"])
     ax.plot(flop[:, 0] * 100, flop[:, 1], color="0.4", linestyle="--", label="FLOP ratio (dense / BAViT + pruned)")
     results = report["results"]
@@ -283,7 +303,6 @@ def plot(report: dict, path: str | os.PathLike) -> Path:
     fig.text(0.01, 0.01, report["weights"][:150], fontsize=5, color="0.3")
     fig.tight_layout(rect=(0, 0.03, 1, 1))
     fig.savefig(path)
-    plt.close(fig)
     return path
 
 
@@ -309,6 +328,7 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.repeats < 1 or args.threads < 1:
         raise ConfigError("--repeats and --threads must be >= 1")
+    torch.set_num_threads(args.threads)
     images = [Path(p) for p in args.images] if args.images else DEFAULT_IMAGES
     if "OMP_WAIT_POLICY" not in os.environ:
         print("note: OMP_WAIT_POLICY is unset; on a busy shared CPU spinning OpenMP threads can make every run several "

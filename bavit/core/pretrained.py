@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .errors import ConfigError, WeightsUnavailableError
+from ..errors import ConfigError, WeightsUnavailableError
 
 
 def _resize_patch_pos(pos: torch.Tensor, old_hw: tuple[int, int], new_hw: tuple[int, int]) -> torch.Tensor:
@@ -54,7 +54,7 @@ def copy_from_timm(model, name: str) -> None:
 @torch.no_grad()
 def copy_from_yolos(model, id_or_dir: str) -> None:
     """Initialise from the patch embedding and first ``depth`` encoder layers of a YOLOS checkpoint."""
-    from .yolos_loading import load_yolos_model
+    from ..pruning.detector import load_yolos_model
 
     yolos = load_yolos_model(id_or_dir)
     cfg = yolos.config

@@ -1,5 +1,4 @@
-"""Slider round-trip benchmark of the app: ``python -m bavit.app_bench`` (or ``python -m bavit app-bench`` once
-registered in ``bavit.cli``).
+"""Slider round-trip benchmark of the app: ``python -m bavit app-bench`` (or ``python -m bavit.bench.app_bench``).
 
 Starts ``python app.py`` on a free port (torch on ``--threads`` threads), loads one image through ``gradio_client``
 the way the page does, then times ``--changes`` threshold changes (the ``set_threshold`` event the slider fires),
@@ -28,7 +27,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_IMAGE = ROOT / "assets" / "examples" / "chelsea.jpg"
 MODE_THRESHOLD = "FG-probability threshold"
 
@@ -94,12 +93,14 @@ def time_in_process(args: argparse.Namespace, changes: int) -> dict[str, list[fl
     Like the app: the Predictor is built (and torch's thread count set) in the main thread, and the handler work runs
     in a worker thread, as Gradio's queue does.
     """
-    from .explorer import Controls, Explorer
-    from .predictor import DEFAULT_BAVIT_CHECKPOINT, Predictor
-    from .yolos_loading import DEFAULT_DETECTOR
+    import torch
 
-    predictor = Predictor(bavit=args.bavit or DEFAULT_BAVIT_CHECKPOINT, detector=args.detector or DEFAULT_DETECTOR,
-                          threads=args.threads)
+    from ..app.explorer import Controls, Explorer
+    from ..predictor import DEFAULT_BAVIT_CHECKPOINT, Predictor
+    from ..pruning.detector import DEFAULT_DETECTOR
+
+    torch.set_num_threads(args.threads)
+    predictor = Predictor(bavit=args.bavit or DEFAULT_BAVIT_CHECKPOINT, detector=args.detector or DEFAULT_DETECTOR)
     explorer = Explorer(predictor)
     results: dict[str, list[float]] = {}
 
@@ -180,14 +181,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def register(subparsers) -> None:
-    """``python -m bavit app-bench`` (add ``"app_bench"`` to ``bavit.cli.COMMAND_MODULES``)."""
+    """``python -m bavit app-bench``."""
     parser = subparsers.add_parser("app-bench", help="slider round-trip latency of the Gradio app")
     add_arguments(parser)
     parser.set_defaults(func=run)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bavit.app_bench", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m bavit.bench.app_bench", description=__doc__.split("\n\n")[0])
     add_arguments(parser)
     return run(parser.parse_args(argv))
 

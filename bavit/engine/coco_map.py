@@ -8,7 +8,7 @@ One pass over the images: each image is decoded once, BAViT runs once, and the d
 reuse its FG probabilities. Detections are all 100 detection-token predictions (best non-"no object" class and
 its softmax score, transformers' own post-processing with no score threshold), boxes converted to original
 image pixels and COCO ``[x, y, w, h]``; detector label ids become COCO category ids by name
-(:func:`bavit.coco_detection.label_to_category`: the identity for ``hustvl/yolos-tiny``).
+(:func:`bavit.data.coco.label_to_category`: the identity for ``hustvl/yolos-tiny``).
 
 Every row, dense included, sees the same square 512x512 input the pruned pipeline uses (paper §3.5), so the dense
 row is the like-for-like baseline. YOLOS' own evaluation resizes with the aspect ratio kept (shortest edge 512 for
@@ -30,9 +30,11 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 
-from .coco_detection import YOLOS_SIZE, CocoDetection, label_to_category, resolve_paths, yolos_pixels
-from .data import add_dataset_arguments
-from .errors import ConfigError
+from ..data.coco import CocoDetection, label_to_category, resolve_paths
+from ..pruning.detector import YOLOS_SIZE, yolos_grid, yolos_pixels
+from ..pruning.keep_mask import keep_mask_from_probs
+from ..data.records import add_dataset_arguments
+from ..errors import ConfigError
 
 # COCOeval.stats order (bbox): AP, AP50, AP75, AP_small, AP_medium, AP_large, AR1, AR10, AR100, ...
 STAT_NAMES = ("mAP", "AP50", "AP75", "AP_small", "AP_medium", "AP_large")
@@ -135,19 +137,6 @@ def _post_process(outputs, target_sizes: list[tuple[int, int]]) -> list[dict]:
     return YolosImageProcessor().post_process_object_detection(outputs, threshold=0.0, target_sizes=target_sizes)
 
 
-def keep_masks(fg_prob: torch.Tensor, setting: Setting, cca_steps: int, grid: tuple[int, int]) -> torch.Tensor:
-    """``[B, 24, 24]`` FG probabilities -> ``bool [B, gh, gw]`` YOLOS keep masks, exactly as the Predictor builds
-    them (:func:`bavit.predictor.select_patches` then :func:`bavit.predictor.keep_mask_from_grid`: threshold or
-    top-k, CCA on the 24x24 grid, nearest resample to YOLOS' grid)."""
-    from .predictor import keep_mask_from_grid, select_patches
-
-    if grid[0] != grid[1]:
-        raise ConfigError(f"the YOLOS input must be square, got a {grid[0]}x{grid[1]} patch grid")
-    raw = select_patches(fg_prob, threshold=setting.threshold if setting.threshold is not None else 0.5,
-                         keep_ratio=setting.keep_ratio)
-    return keep_mask_from_grid(raw, cca_steps=cca_steps, size=grid[0])[1]
-
-
 @dataclass
 class _Row:
     setting: Setting
@@ -165,9 +154,9 @@ def run_map(detector, dataset: CocoDetection, bavit=None, settings: Sequence[Set
     """Run every setting over ``dataset`` and evaluate each with COCOeval.
 
     Args:
-        detector: a YOLOS model patched with :func:`bavit.yolos_pruned.patch_yolos` (eval mode).
+        detector: a YOLOS model patched with :func:`bavit.pruning.yolos.patch_yolos` (eval mode).
         dataset: images + ground truth.
-        bavit: a :class:`bavit.model.BAViT` (needed for any pruned setting).
+        bavit: a :class:`bavit.core.model.BAViT` (needed for any pruned setting).
         settings: rows to produce (see :func:`make_settings`).
         cca_steps: CCA iterations on the 24x24 grid before resampling to YOLOS' grid.
         batch_size: images per forward pass.
@@ -175,24 +164,21 @@ def run_map(detector, dataset: CocoDetection, bavit=None, settings: Sequence[Set
     Returns:
         The report: ``{"images", "image_size", "cca_steps", "label_mapping", "rows": [...]}``; each row has
         ``model``, ``threshold``, ``keep_ratio``, ``sparsity`` (fraction pruned), the token accounting of the
-        mean kept patches (Eq. 4, :mod:`bavit.accounting`: ``kept_patches``, ``bavit_tokens`` (0 for dense),
+        mean kept patches (Eq. 4, :mod:`bavit.pruning.accounting`: ``kept_patches``, ``bavit_tokens`` (0 for dense),
         ``yolos_tokens``, ``yolos_pruned_tokens``, ``total_tokens``, ``token_reduction_pct`` (percent),
         ``dense_macs``, ``pipeline_macs``), ``detections`` and the :data:`STAT_NAMES` APs (fractions).
     """
     from tqdm import tqdm
 
-    from .accounting import mean_accounting, token_accounting
-    from .config import SMALL
-    from .imageio import to_tensor
+    from ..pruning.accounting import mean_accounting, token_accounting
+    from ..core.config import SMALL
+    from ..imageio import to_tensor
 
     if cca_steps < 0 or batch_size < 1:
         raise ConfigError(f"--cca-steps must be >= 0 and --batch-size >= 1, got {cca_steps} and {batch_size}")
     if any(not s.dense for s in settings) and bavit is None:
         raise ConfigError("pruned settings need a BAViT checkpoint (--bavit)")
-    patch = detector.config.patch_size
-    if image_size % patch:
-        raise ConfigError(f"YOLOS input size {image_size} is not a multiple of its patch size {patch}")
-    grid = (image_size // patch, image_size // patch)
+    grid = yolos_grid(detector.config.patch_size, image_size)
     label_map = label_to_category(detector.config.id2label, dataset.coco)
     rows = [_Row(s) for s in settings]
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, collate_fn=_collate)
@@ -207,9 +193,10 @@ def run_map(detector, dataset: CocoDetection, bavit=None, settings: Sequence[Set
         for row in rows:
             if row.setting.dense:
                 outputs = detector(pixels)
-                row.kept_patches += [grid[0] * grid[1]] * len(items)
+                row.kept_patches += [grid * grid] * len(items)
             else:
-                mask = keep_masks(fg_prob, row.setting, cca_steps, grid)
+                mask = keep_mask_from_probs(fg_prob, threshold=row.setting.threshold, keep_ratio=row.setting.keep_ratio,
+                                            cca_steps=cca_steps, grid=grid).keep_mask
                 outputs = detector(pixels, keep_mask=mask)
                 row.kept_patches += mask.flatten(1).sum(1).tolist()
             for item, det in zip(items, _post_process(outputs, sizes)):
@@ -274,7 +261,7 @@ def register(subparsers) -> None:
         "map", help="COCO mAP of dense vs BAViT-pruned YOLOS (Table 2)",
         description="COCO box mAP / AP50 / AP_small, sparsity and token reduction (Eq. 4) of dense YOLOS and of "
                     "BAViT + CCA + pruned YOLOS at each threshold / keep ratio.")
-    from .yolos_loading import DEFAULT_DETECTOR
+    from ..pruning.detector import DEFAULT_DETECTOR
 
     parser.add_argument("--detector", default=DEFAULT_DETECTOR, help="YOLOS hub id or local save_pretrained dir")
     add_dataset_arguments(parser, default_split="val2017", voc=False)
@@ -295,9 +282,9 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .model import load_checkpoint
-    from .yolos_loading import load_yolos_model
-    from .yolos_pruned import patch_yolos
+    from ..core.model import load_checkpoint
+    from ..pruning.detector import load_yolos_model
+    from ..pruning.yolos import patch_yolos
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -310,7 +297,7 @@ def run(args: argparse.Namespace) -> int:
     dataset = CocoDetection(ann_file, images_dir, limit=args.limit)
     bavit, bavit_path = None, None
     if any(not s.dense for s in settings):
-        from .predictor import DEFAULT_BAVIT_CHECKPOINT
+        from ..predictor import DEFAULT_BAVIT_CHECKPOINT
 
         bavit_path = args.bavit or DEFAULT_BAVIT_CHECKPOINT
         bavit = load_checkpoint(bavit_path)

@@ -18,12 +18,13 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from .augment import AugmentConfig, AugmentedDataset, CachedSamples
-from .config import PRESETS, BAViTConfig
-from .data import Record, add_dataset_arguments, records_from_args
-from .errors import CheckpointError, DataError
-from .loss import IGNORE_INDEX, AccumulativeCrossEntropy
-from .model import BAViT, build_bavit, load_checkpoint, save_checkpoint
+from ..data.augment import AugmentConfig, AugmentedDataset, CachedSamples
+from ..core.config import PRESETS, BAViTConfig
+from ..data.records import Record, add_dataset_arguments, records_from_args
+from ..errors import CheckpointError, DataError
+from ..core.labels import IGNORE_INDEX
+from ..core.loss import AccumulativeCrossEntropy
+from ..core.model import BAViT, build_bavit, load_checkpoint, save_checkpoint
 
 
 @dataclass

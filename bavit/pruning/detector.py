@@ -1,12 +1,36 @@
-"""Load a YOLOS detector the ordinary way (hub id or local directory) with clear errors when it cannot be had."""
+"""The detector side of the pipeline: YOLOS' input constants, its input tensor, and loading it the ordinary way
+(hub id or local directory) with clear errors when it cannot be had."""
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-from .errors import ConfigError, WeightsUnavailableError
+import torch
+from PIL import Image
+
+from ..core.config import IMAGENET_MEAN, IMAGENET_STD
+from ..errors import ConfigError, WeightsUnavailableError
+from ..imageio import to_tensor
 
 DEFAULT_DETECTOR = "hustvl/yolos-tiny"
+YOLOS_SIZE = 512  # px: the paper's square YOLOS-tiny input (§3.5), a 32x32 grid of 16x16 patches
+# YOLOS normalises with the ImageNet statistics (YolosImageProcessor's defaults).
+YOLOS_MEAN = IMAGENET_MEAN
+YOLOS_STD = IMAGENET_STD
+
+
+def yolos_grid(patch_size: int, image_size: int = YOLOS_SIZE) -> int:
+    """Patch grid side of a square YOLOS input: ``image_size // patch_size`` (32 at 512 px with 16 px patches)."""
+    if image_size % patch_size:
+        raise ConfigError(f"YOLOS input size {image_size} is not a multiple of its patch size {patch_size}")
+    return image_size // patch_size
+
+
+def yolos_pixels(image: Image.Image, size: int = YOLOS_SIZE, mean: tuple[float, ...] = YOLOS_MEAN,
+                 std: tuple[float, ...] = YOLOS_STD) -> torch.Tensor:
+    """``[3, size, size]`` YOLOS input: the paper's square resize, then normalisation (ImageNet statistics, or a
+    loaded ``YolosImageProcessor``'s ``image_mean`` / ``image_std``)."""
+    return to_tensor(image, size, mean, std)
 
 HOW_TO_GET_WEIGHTS = (
     "Download them on a machine with internet access: "

@@ -2,7 +2,14 @@
 
 ``patch_yolos(model)`` swaps the model's class for a subclass whose ``forward`` also takes a ``keep_mask``
 (``bool [B, H/16, W/16]``, True = FG patch to compute). Nothing is copied: the embeddings, encoder layers, final
-layer norm, heads and loss are transformers' own modules, called on a shorter sequence.
+layer norm, heads and loss are transformers' own modules, called on a shorter sequence. As in ToMe, the patch also
+swaps the class of every ``YolosSelfAttention`` module for a subclass that reads the padding key mask from a small
+state object owned by the patch (``model._bavit_info``, shared by the model and all its self-attention modules),
+so no mask has to travel through transformers' layer signatures and nothing reads transformers' private
+attributes. The state is a ``threading.local``: the key mask is set just before the encoder layers run and reset
+to None right after (also when they raise), and a thread only ever sees the mask it set itself, so two threads
+(the Predictor's) can run pruned forwards on one model at the same time. With no mask set in its own thread, the
+patched self-attention is transformers' unmodified forward (dense runs, unpadded pruned runs).
 
 Pruned sequence, per image: ``[CLS, kept patch tokens (row-major), detection tokens]``. Kept patch tokens are
 gathered *after* the (interpolated) position embeddings are added, the 100 detection tokens stay last (the heads
@@ -12,10 +19,12 @@ read the last 100 tokens) and every encoder layer runs on the kept tokens only. 
 Batches whose images keep different numbers of patches run in one of two ways (``batch_mode``):
 
 * ``"padded"``: one batched run; each sequence is padded to the longest, pads sit between the kept patches and
-  the detection tokens (so the detection tokens stay last) and a boolean SDPA key mask hides them.
+  the detection tokens (so the detection tokens stay last) and a boolean key mask hides them from every query:
+  the patched self-attention then runs ``torch.nn.functional.scaled_dot_product_attention`` with that mask,
+  whatever attention implementation the model was loaded with (so padded batches also work under "eager").
 * ``"per_image"``: one run per image, no padding and no mask.
 
-Measured with ``python -m bavit.batch_modes`` (YOLOS-tiny architecture, 512x512, batch 8, kept counts spread
+Measured with ``python -m bavit.bench.batch_modes`` (YOLOS-tiny architecture, 512x512, batch 8, kept counts spread
 +-10% of the grid around the level, torch 2.14 CPU, median ms of 5 (1 thread: 3) interleaved runs, on the shared
 2-core dev machine under a load average of ~6, so expect +-20% noise)::
 
@@ -34,20 +43,20 @@ Per-image runs do fewer FLOPs (no pads) and are 0-23% faster whenever threads ar
 ``"per_image"`` is the default for mixed counts. On an oversubscribed CPU with spinning OpenMP threads (the
 last rows) every parallel region waits for a descheduled thread, and padding's 8x fewer, larger kernels win by
 ~3x: there, pass ``batch_mode="padded"`` or (better) set ``OMP_WAIT_POLICY=PASSIVE``. Batches whose images all
-keep the same count always run batched without padding. Attention implementations other than SDPA ("eager"
-multiplies attention probabilities by the mask instead of masking keys) always use per-image runs.
+keep the same count always run batched without padding, through the model's own attention implementation.
 """
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
 import torch
 from transformers import YolosConfig, YolosForObjectDetection
-from transformers.models.yolos.modeling_yolos import YolosObjectDetectionOutput
+from transformers.models.yolos.modeling_yolos import YolosObjectDetectionOutput, YolosSelfAttention
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 BATCH_MODES = ("per_image", "padded")
 DEFAULT_BATCH_MODE = "per_image"
@@ -115,6 +124,61 @@ def _gather(tokens: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return torch.gather(tokens, 1, index[..., None].expand(-1, -1, tokens.shape[-1]))
 
 
+class PruningState(threading.local):
+    """The patch's state, shared by a patched model and all its self-attention modules (``_bavit_info``).
+
+    ``key_mask`` (``bool [b, 1, 1, S]``, True = attend, or None) is per thread: :meth:`PrunedYolosMixin._encode`
+    sets it around the encoder layers in the calling thread, so concurrent forwards on one model never see each
+    other's masks. Copies (``copy.deepcopy``, pickle) get a fresh state with no mask set. The flip side: layers
+    run outside the forward's own call in its own thread (``torch.nn.DataParallel`` replicas, gradient-checkpointing
+    recomputation during backward) would not see the mask; the patch supports neither.
+    """
+
+    key_mask: Optional[torch.Tensor] = None
+
+    def __reduce__(self):
+        return (type(self), ())
+
+
+class PrunedSelfAttentionMixin:
+    """Mixed in front of ``YolosSelfAttention`` (or a subclass) by :func:`patch_yolos`."""
+
+    _bavit_info: PruningState
+
+    def forward(self, hidden_states: torch.Tensor, *args, **kwargs):
+        """Copied from transformers.models.yolos.modeling_yolos.YolosSelfAttention.forward, with modifications:
+        when the patch's state holds a key mask (``bool [b, 1, 1, S]``, True = attend), attention runs through
+        ``torch.nn.functional.scaled_dot_product_attention`` with that mask, so pads are hidden from every query;
+        without one, this is transformers' own forward.
+
+        Returns:
+            ``(context [b, S, all_head_size], None)`` with a key mask (no attention probabilities), else whatever
+            transformers' forward returns.
+        """
+        key_mask = self._bavit_info.key_mask
+        if key_mask is None:
+            return super().forward(hidden_states, *args, **kwargs)
+        if any(arg is not None for arg in args) or any(value is not None for value in kwargs.values()):
+            raise ValueError("pruned YOLOS attention with a padding key mask takes no head mask or other arguments")
+        batch_size = hidden_states.shape[0]
+        new_shape = batch_size, -1, self.num_attention_heads, self.attention_head_size
+
+        key_layer = self.key(hidden_states).view(*new_shape).transpose(1, 2)
+        value_layer = self.value(hidden_states).view(*new_shape).transpose(1, 2)
+        query_layer = self.query(hidden_states).view(*new_shape).transpose(1, 2)
+
+        context_layer = torch.nn.functional.scaled_dot_product_attention(
+            query_layer,
+            key_layer,
+            value_layer,
+            attn_mask=key_mask,
+            dropout_p=self.dropout_prob if self.training else 0.0,
+            scale=self.scaling,
+        )
+        context_layer = context_layer.transpose(1, 2).reshape(batch_size, -1, self.all_head_size)
+        return context_layer, None
+
+
 class PrunedYolosMixin:
     """Mixed in front of ``YolosForObjectDetection`` (or a subclass) by :func:`patch_yolos`."""
 
@@ -150,13 +214,21 @@ class PrunedYolosMixin:
         return self._pruned_forward(pixel_values, keep_mask, labels, output_full_hidden_state, batch_mode)
 
     def _encode(self, hidden: torch.Tensor, mid_pos: Optional[torch.Tensor], key_mask: Optional[torch.Tensor]):
-        """Every encoder layer on ``hidden [B, S', D]`` (+ gathered mid position embeddings ``[L-1, B, S', D]``)."""
+        """Every encoder layer on ``hidden [B, S', D]`` (+ gathered mid position embeddings ``[L-1, B, S', D]``).
+
+        ``key_mask`` (``bool [B, 1, 1, S']``, True = attend, or None) reaches the patched self-attention modules
+        through the patch's thread-local state, set for the duration of the layers in this thread only.
+        """
         layers = self.vit.encoder.layer
-        for depth, layer in enumerate(layers):
-            # YolosLayer passes its second argument to the attention function as its attention mask.
-            hidden = layer(hidden, key_mask)
-            if mid_pos is not None and depth < len(layers) - 1:
-                hidden = hidden + mid_pos[depth]
+        state = self._bavit_info
+        state.key_mask = key_mask
+        try:
+            for depth, layer in enumerate(layers):
+                hidden = layer(hidden)
+                if mid_pos is not None and depth < len(layers) - 1:
+                    hidden = hidden + mid_pos[depth]
+        finally:
+            state.key_mask = None
         return self.vit.layernorm(hidden)
 
     def _pruned_forward(self, pixel_values, keep_mask, labels, output_full_hidden_state, batch_mode):
@@ -182,8 +254,6 @@ class PrunedYolosMixin:
         mode = batch_mode or self.pruned_batch_mode
         if mode not in BATCH_MODES:
             raise ValueError(f"batch_mode must be one of {BATCH_MODES}, got {mode!r}")
-        if config._attn_implementation != "sdpa":
-            mode = "per_image"  # eager attention multiplies probabilities by the mask: it cannot hide pads
         same_count = bool((counts == counts[0]).all())
         if same_count or mode == "padded":
             chunks = [torch.arange(batch, device=keep.device)]
@@ -271,6 +341,20 @@ def random_yolos_tiny(seed: int = 0, **overrides) -> YolosForObjectDetection:
 
 
 _PATCHED_CLASSES: dict[type, type] = {}
+_PATCHED_ATTENTION_CLASSES: dict[type, type] = {}
+
+
+def _patch_attention(model: YolosForObjectDetection, state: PruningState) -> None:
+    """Swap every self-attention module's class for its pruned subclass, all sharing ``state``."""
+    for module in model.modules():
+        if not isinstance(module, YolosSelfAttention):
+            continue
+        if not isinstance(module, PrunedSelfAttentionMixin):
+            base = module.__class__
+            if base not in _PATCHED_ATTENTION_CLASSES:
+                _PATCHED_ATTENTION_CLASSES[base] = type(f"Pruned{base.__name__}", (PrunedSelfAttentionMixin, base), {})
+            module.__class__ = _PATCHED_ATTENTION_CLASSES[base]
+        module._bavit_info = state
 
 
 def patch_yolos(model: YolosForObjectDetection, batch_mode: str = DEFAULT_BATCH_MODE) -> YolosForObjectDetection:
@@ -282,26 +366,34 @@ def patch_yolos(model: YolosForObjectDetection, batch_mode: str = DEFAULT_BATCH_
     """
     if batch_mode not in BATCH_MODES:
         raise ValueError(f"batch_mode must be one of {BATCH_MODES}, got {batch_mode!r}")
-    if isinstance(model, PrunedYolosMixin):
-        model.pruned_batch_mode = batch_mode
-        return model
     if not isinstance(model, YolosForObjectDetection):
         raise TypeError(
             f"patch_yolos needs a transformers YolosForObjectDetection, got {type(model).__name__}"
         )
-    base = model.__class__
-    if base not in _PATCHED_CLASSES:
-        _PATCHED_CLASSES[base] = type(f"Pruned{base.__name__}", (PrunedYolosMixin, base), {})
-    model.__class__ = _PATCHED_CLASSES[base]
+    if not isinstance(model, PrunedYolosMixin):
+        base = model.__class__
+        if base not in _PATCHED_CLASSES:
+            _PATCHED_CLASSES[base] = type(f"Pruned{base.__name__}", (PrunedYolosMixin, base), {})
+        model.__class__ = _PATCHED_CLASSES[base]
+    state = model.__dict__.get("_bavit_info")
+    if not isinstance(state, PruningState):
+        state = model._bavit_info = PruningState()
+    _patch_attention(model, state)  # also picks up attention modules replaced since the last patch
     model.pruned_batch_mode = batch_mode
     return model
 
 
 def unpatch_yolos(model: YolosForObjectDetection) -> YolosForObjectDetection:
-    """Undo :func:`patch_yolos` (in place)."""
+    """Undo :func:`patch_yolos` (in place): the model and its self-attention modules get their classes back."""
+    for module in model.modules():
+        if isinstance(module, PrunedSelfAttentionMixin):
+            module.__class__ = module.__class__.__bases__[1]
+            module.__dict__.pop("_bavit_info", None)
     if isinstance(model, PrunedYolosMixin):
         model.__class__ = model.__class__.__bases__[1]
+        model.__dict__.pop("_bavit_info", None)
+        model.__dict__.pop("pruned_batch_mode", None)
     return model
 
 
-__all__ = ["patch_yolos", "unpatch_yolos", "yolos_tiny_config", "random_yolos_tiny", "PrunedYolosOutput", "check_keep_mask", "sequence_index", "BATCH_MODES"]
+__all__ = ["patch_yolos", "unpatch_yolos", "yolos_tiny_config", "random_yolos_tiny", "PrunedYolosOutput", "PruningState", "check_keep_mask", "sequence_index", "BATCH_MODES"]

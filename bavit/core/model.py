@@ -16,7 +16,7 @@ from timm.layers import PatchEmbed
 from timm.models.vision_transformer import VisionTransformer
 
 from .config import BAViTConfig
-from .errors import CheckpointError, ConfigError, WeightsUnavailableError
+from ..errors import CheckpointError, ConfigError, WeightsUnavailableError
 
 CONFIG_KEY = "bavit_config"
 FORMAT_KEY = "format"

@@ -3,7 +3,7 @@
 Every helper takes and returns 8-bit RGB PIL images and is cheap enough to run on each slider move (a few ms at
 512 px). A ``[gh, gw]`` grid is laid over the whole image the way the models see it after their square resize: cell
 ``(r, c)`` covers rows ``r*H/gh .. (r+1)*H/gh`` and columns ``c*W/gw .. (c+1)*W/gw`` (the layout of
-:mod:`bavit.labels`).
+:mod:`bavit.core.labels`).
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The Gradio page: layout and event wiring only; the logic is :class:`bavit.explorer.Explorer`.
+"""The Gradio page: layout and event wiring only; the logic is :class:`bavit.app.explorer.Explorer`.
 
 ``create_demo(bavit=..., detector=..., data=...)`` loads the Predictor once and returns the ``gr.Blocks``; ``app.py``
 queues and launches it. Stable ``elem_id``s for tests and embedding: ``input-image``, ``threshold``, ``cca-steps``,
@@ -16,7 +16,7 @@ from typing import Any, Callable
 import gradio as gr
 
 from . import viz
-from .errors import BAViTError
+from ..errors import BAViTError
 from .explorer import CSS, EXAMPLES_DIR, MODE_SPARSITY, MODE_THRESHOLD, TINY_SIDE, Controls, Explorer, ImageSession
 
 log = logging.getLogger(__name__)
@@ -81,7 +81,7 @@ def _build_demo(explorer: Explorer, examples: list[str] | None, coco_examples: l
             return [None, *_view_updates(empty), gr.update(value=None, visible=False), None]
         controls = _controls(mode, threshold, target, cca_steps, detect, show_dense)
         session = explorer.open_image(payload)
-        width, height = session.image.size
+        width, height = session.prepared.image.size
         if min(width, height) < TINY_SIDE:
             gr.Warning(f"This image is tiny ({width}x{height} px): it is upscaled to 384x384, so the grid says little.")
         if controls.detect or controls.show_dense:
@@ -221,21 +221,20 @@ def allowed_paths(data: str | Path | None) -> list[str]:
 
 
 def create_demo(bavit: str | Path | None = None, detector: str | None = None, data: str | Path | None = None,
-                threads: int | None = None, coco_examples: int = 4) -> gr.Blocks:
+                coco_examples: int = 4) -> gr.Blocks:
     """Load the Predictor (and the optional COCO GT) once and build the page.
 
     Args:
         bavit: BAViT checkpoint path (default: the shipped ``checkpoints/bavit-small-coco.safetensors``).
         detector: YOLOS hub id or local directory (default ``hustvl/yolos-tiny``); missing weights -> banner.
         data: COCO-format root for GT comparison of its images (``annotations/instances_*.json`` + split dirs).
-        threads: torch CPU threads (``None``: the Predictor's default).
         coco_examples: how many COCO images to add to the examples when ``data`` is given.
     """
     from .explorer import CocoGroundTruth
-    from .predictor import Predictor
-    from .yolos_loading import DEFAULT_DETECTOR
+    from ..predictor import Predictor
+    from ..pruning.detector import DEFAULT_DETECTOR
 
-    kwargs: dict[str, Any] = {"detector": detector or DEFAULT_DETECTOR, "threads": threads}
+    kwargs: dict[str, Any] = {"detector": detector or DEFAULT_DETECTOR}
     if bavit:
         kwargs["bavit"] = str(bavit)
     predictor = Predictor(**kwargs)

@@ -1,6 +1,6 @@
 """COCO detection data for YOLOS: annotations via pycocotools, images via :func:`bavit.imageio.load_image`.
 
-Shared by the mAP harness (:mod:`bavit.coco_map`) and sparse fine-tuning (:mod:`bavit.finetune`).
+Shared by the mAP harness (:mod:`bavit.engine.coco_map`) and sparse fine-tuning (:mod:`bavit.engine.finetune`).
 
 Label ids. ``hustvl/yolos-tiny`` (like DETR) was trained with the *original 91-index* COCO ids: its
 ``config.id2label`` has 91 entries, index ``i`` is COCO ``category_id`` ``i`` (``1 = person`` ... ``90 = toothbrush``)
@@ -17,14 +17,10 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from .data import load_coco  # noqa: F401 (part of this module's API)
-from .errors import ConfigError, DataError
-from .imageio import load_image, to_tensor
+from .records import load_coco  # noqa: F401 (part of this module's API)
+from ..errors import ConfigError, DataError
+from ..imageio import load_image
 
-# YOLOS normalises with the ImageNet statistics (YolosImageProcessor's defaults).
-YOLOS_MEAN = (0.485, 0.456, 0.406)
-YOLOS_STD = (0.229, 0.224, 0.225)
-YOLOS_SIZE = 512  # the paper's square YOLOS-tiny input: a 32x32 patch grid
 COCO91_SIZE = 91  # label slots of a DETR/YOLOS COCO head, not counting "no object"
 
 
@@ -146,8 +142,3 @@ class CocoDetection(torch.utils.data.Dataset):
         image = load_image(self.images_dir / info["file_name"], max_side=None, exif=False)
         anns = self.coco.loadAnns(self.coco.getAnnIds(imgIds=[image_id]))
         return CocoImage(image_id, image, int(info["width"]), int(info["height"]), anns)
-
-
-def yolos_pixels(image: Image.Image, size: int = YOLOS_SIZE) -> torch.Tensor:
-    """``[3, size, size]`` YOLOS input: square resize (as the paper's 512x512 pruned YOLOS) + ImageNet normalisation."""
-    return to_tensor(image, size, YOLOS_MEAN, YOLOS_STD)

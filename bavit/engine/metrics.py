@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .loss import IGNORE_INDEX
+from ..core.labels import IGNORE_INDEX
 
 SIZES = ("small", "medium", "large")
 

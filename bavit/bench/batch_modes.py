@@ -1,11 +1,11 @@
 """Padded vs per-image pruned YOLOS runs for a batch with different kept counts per image (CPU timings in ms).
 
-    OMP_WAIT_POLICY=PASSIVE OMP_NUM_THREADS=2 .venv/bin/python -m bavit.batch_modes \
+    OMP_WAIT_POLICY=PASSIVE OMP_NUM_THREADS=2 .venv/bin/python -m bavit.bench.batch_modes \
         [--threads 2] [--batch 8] [--repeats 5]
 
 (Without ``OMP_WAIT_POLICY=PASSIVE`` on a busy shared CPU, spinning OpenMP threads dominate the timings.)
 
-The numbers chose ``bavit.yolos_pruned.DEFAULT_BATCH_MODE``; see that module's docstring.
+The numbers chose ``bavit.pruning.yolos.DEFAULT_BATCH_MODE``; see that module's docstring.
 """
 from __future__ import annotations
 
@@ -15,11 +15,12 @@ import time
 
 import torch
 
-from .bench import spread_counts
-from .yolos_pruned import patch_yolos, random_yolos_tiny
+from ..pruning.detector import YOLOS_SIZE, yolos_grid
+from ..pruning.yolos import patch_yolos, random_yolos_tiny
+from .latency import spread_counts
 
 
-def spread_keep_masks(batch: int, kept_mean: int, grid: int = 32, spread: float = 0.10, seed: int = 0) -> torch.Tensor:
+def spread_keep_masks(batch: int, kept_mean: int, grid: int, spread: float = 0.10, seed: int = 0) -> torch.Tensor:
     """``bool [batch, grid, grid]`` random masks with the bench's kept-count spread around ``kept_mean``."""
     cells = grid * grid
     generator = torch.Generator().manual_seed(seed)
@@ -38,12 +39,14 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     model = patch_yolos(random_yolos_tiny())
-    pixels = torch.randn(args.batch, 3, 512, 512)
-    print(f"torch {torch.__version__}, {args.threads} threads, batch {args.batch}, YOLOS-tiny architecture at 512x512")
+    grid = yolos_grid(model.config.patch_size)
+    pixels = torch.randn(args.batch, 3, YOLOS_SIZE, YOLOS_SIZE)
+    print(f"torch {torch.__version__}, {args.threads} threads, batch {args.batch}, YOLOS-tiny architecture at "
+          f"{YOLOS_SIZE}x{YOLOS_SIZE}")
     print("sparsity  padded ms  per_image ms")
     with torch.inference_mode():
         for sparsity in args.sparsity:
-            masks = spread_keep_masks(args.batch, round(1024 * (1 - sparsity)))
+            masks = spread_keep_masks(args.batch, round(grid * grid * (1 - sparsity)), grid)
             times = {"padded": [], "per_image": []}
             for mode in times:  # warm-up
                 model(pixel_values=pixels, keep_mask=masks, batch_mode=mode)

@@ -1,6 +1,6 @@
 """The app's logic: one :class:`Explorer` wraps a shared :class:`~bavit.predictor.Predictor`; no Gradio here.
 
-:mod:`bavit.app_ui` only lays out components and wires them to these methods, which return plain values (PIL
+:mod:`bavit.app.ui` only lays out components and wires them to these methods, which return plain values (PIL
 images, markdown strings, ``None`` for a hidden panel), so everything here is testable without a browser. Per-session data (the image, its cached BAViT
 probabilities, dense-detector results, GT grid, plot) lives in a ``gr.State`` holding an :class:`ImageSession`, so
 two browser sessions never share an image; the Predictor's own cache is keyed by image content. Moving a control
@@ -18,11 +18,14 @@ import torch
 from PIL import Image
 
 from . import viz
-from .errors import BAViTError, DataError
+from ..errors import BAViTError, DataError
 from .gt import CocoGroundTruth, CocoImage, grid_stats, painted_mask  # noqa: F401 (CocoGroundTruth re-exported)
-from .imageio import load_image
+from ..imageio import load_image
+from ..predictor import PreparedImage
+from ..pruning.accounting import token_accounting
+from ..pruning.keep_mask import keep_mask_from_probs
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES_DIR = ROOT / "assets" / "examples"
 DISPLAY_SIDE = 512  # px: overlays are drawn at this size
 ANALYSIS_SIDE = 1024  # px: the session keeps the image at most this large (BAViT sees 384, YOLOS 512)
@@ -42,9 +45,8 @@ class ImageSession:
     """Everything one browser session knows about its current image."""
 
     name: str
-    image: Image.Image  # RGB, longer side <= ANALYSIS_SIDE (what the boxes refer to)
+    prepared: PreparedImage  # the Predictor's set_image result: RGB image (longer side <= ANALYSIS_SIDE), fg_prob
     display: Image.Image  # RGB, longer side <= DISPLAY_SIDE (what overlays are drawn on)
-    fg_prob: np.ndarray  # [24, 24] float32
     bavit_ms: float  # BAViT latency for this image (measured on first pass, or the app's typical value if cached)
     dense_ms: float | None = None  # dense YOLOS latency (ms), measured once per image
     dense_detections: list | None = None
@@ -68,10 +70,15 @@ class Controls:
 
     @property
     def keep_ratio(self) -> float | None:
-        """Fraction of BAViT tokens to keep in target-sparsity mode, else ``None`` (threshold mode)."""
+        """Fraction of BAViT tokens to keep in target-sparsity mode (at least one token), else ``None``."""
         if self.mode != MODE_SPARSITY:
             return None
-        return float(min(1.0, max(1.0 / 576, 1.0 - self.target_sparsity / 100.0)))
+        return float(min(1.0, max(1e-9, 1.0 - self.target_sparsity / 100.0)))
+
+    @property
+    def threshold_or_none(self) -> float | None:
+        """The threshold in threshold mode, else ``None`` (the Predictor takes one of threshold / keep ratio)."""
+        return float(self.threshold) if self.keep_ratio is None else None
 
 
 def _payload_path(payload: Any) -> tuple[str, str]:
@@ -127,14 +134,13 @@ class Explorer:
             coco_entry = self.coco.match(name, raw)
             if coco_entry is not None:
                 image = raw
-        first = self.predictor.analyze(image, detect=False)  # BAViT, or its cache (bavit_ms == 0)
-        fg_prob = np.array(first.fg_prob, dtype=np.float32)
-        bavit_ms = float(first.timings_ms.get("bavit_ms", 0.0))
+        prepared = self.predictor.set_image(viz.fit_image(image, ANALYSIS_SIDE))  # BAViT, or its cache (bavit_ms 0)
+        bavit_ms = prepared.bavit_ms
         if bavit_ms > 0.0:
             self.typical_bavit_ms = bavit_ms if self.typical_bavit_ms is None else 0.7 * self.typical_bavit_ms + 0.3 * bavit_ms
         else:  # cached by another session or an earlier upload: use the typical measured cost
             bavit_ms = self.typical_bavit_ms or 0.0
-        session = ImageSession(name=name, image=viz.fit_image(image, ANALYSIS_SIDE), display=viz.fit_image(image, DISPLAY_SIDE), fg_prob=fg_prob, bavit_ms=bavit_ms)
+        session = ImageSession(name=name, prepared=prepared, display=viz.fit_image(image, DISPLAY_SIDE), bavit_ms=bavit_ms)
         if coco_entry is not None:
             session.coco = coco_entry
             session.gt = self.coco.labels(coco_entry)
@@ -145,20 +151,18 @@ class Explorer:
         """Dense YOLOS once per image: its latency (for the speed-up) and, with weights, its detections."""
         if session.dense_ms is not None:
             return
-        analysis = self.predictor.analyze(
-            session.image, threshold=controls.threshold, keep_ratio=controls.keep_ratio, cca_steps=controls.cca_steps,
-            detect=True, dense=True, fg_prob=session.fg_prob,
-        )
+        analysis = self.predictor.predict(session.prepared, threshold=controls.threshold_or_none,
+                                          keep_ratio=controls.keep_ratio, cca_steps=controls.cca_steps,
+                                          detect=True, dense=True)
         session.dense_ms = analysis.timings_ms.get("dense_ms")
         session.dense_detections = analysis.dense_detections
 
     # ------------------------------------------------------------------ analysis
     def analyze(self, session: ImageSession, controls: Controls):
         """CCA + (optionally) the pruned detector at the current controls, reusing the session's BAViT output."""
-        return self.predictor.analyze(
-            session.image, threshold=controls.threshold, keep_ratio=controls.keep_ratio, cca_steps=int(controls.cca_steps),
-            detect=bool(controls.detect), dense=False, fg_prob=session.fg_prob,
-        )
+        return self.predictor.predict(session.prepared, threshold=controls.threshold_or_none,
+                                      keep_ratio=controls.keep_ratio, cca_steps=int(controls.cca_steps),
+                                      detect=bool(controls.detect), dense=False)
 
     def speedup(self, session: ImageSession, analysis) -> float | None:
         """Measured end-to-end speed-up: dense YOLOS / (BAViT + CCA + pruned YOLOS); ``None`` without timings."""
@@ -174,17 +178,13 @@ class Explorer:
         """
         plot = session.plots.get(cca_steps)
         if plot is None:
-            from .accounting import token_accounting
-            from .predictor import keep_mask_from_grid, select_patches
-
-            probs = torch.from_numpy(np.array(session.fg_prob))
-            detector = getattr(self.predictor, "detector", None)
-            yolos_config = detector.config if detector is not None else None
+            predictor = self.predictor
+            probs = torch.from_numpy(np.array(session.prepared.fg_prob))
             sparsity, speedup = [], []
             for threshold in CURVE_THRESHOLDS:
-                _, keep_mask = keep_mask_from_grid(select_patches(probs, float(threshold)), cca_steps,
-                                                   mode=getattr(self.predictor, "resample_mode", "nearest"))
-                acc = token_accounting(int(keep_mask.sum()), yolos_config, self.predictor.bavit.config)
+                keep_mask = keep_mask_from_probs(probs, threshold=float(threshold), cca_steps=cca_steps,
+                                                 grid=predictor.yolos_grid, resample=predictor.resample_mode).keep_mask
+                acc = token_accounting(int(keep_mask.sum()), predictor.yolos_config, predictor.bavit.config)
                 sparsity.append(100.0 * acc.sparsity)
                 speedup.append(acc.flop_ratio)
             plot = session.plots[cca_steps] = viz.curve_plot(CURVE_THRESHOLDS, sparsity, speedup)
@@ -297,7 +297,7 @@ class Explorer:
         """The threshold on the plot's x axis: the slider's, or in target-sparsity mode the k-th highest FG prob."""
         if controls.keep_ratio is None:
             return float(controls.threshold)
-        probs = np.sort(session.fg_prob.ravel())[::-1]
+        probs = np.sort(session.prepared.fg_prob.ravel())[::-1]
         return float(probs[max(0, round(controls.keep_ratio * probs.size) - 1)])
 
     def gt_grid_image(self, session: ImageSession) -> Image.Image | None:
@@ -309,9 +309,9 @@ class Explorer:
         mask = painted_mask(editor_value)
         if mask is None:
             return False
-        from .labels import labels_from_mask
+        from ..core.labels import labels_from_mask
 
-        session.gt = labels_from_mask(mask, grid=session.fg_prob.shape).numpy()
+        session.gt = labels_from_mask(mask, grid=session.prepared.fg_prob.shape).numpy()
         session.gt_source = "painted in the editor"
         return True
 
@@ -335,8 +335,8 @@ class Explorer:
         if keep_ratio is not None and not 0.0 < keep_ratio <= 1.0:
             raise BAViTError(f"keep_ratio must be in (0, 1], got {keep_ratio}")
         image = _read(*_payload_path(payload))
-        analysis = self.predictor.analyze(image, threshold=threshold, keep_ratio=keep_ratio, cca_steps=cca_steps,
-                                          detect=bool(detect), dense=False)
+        analysis = self.predictor.analyze(image, threshold=None if keep_ratio is not None else threshold,
+                                          keep_ratio=keep_ratio, cca_steps=cca_steps, detect=bool(detect))
         acc = analysis.accounting
         return {
             "threshold": threshold,

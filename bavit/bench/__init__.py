@@ -1,0 +1,6 @@
+"""Benchmarks that print figures and ratios (never timed tests): what the pruning buys on this machine.
+
+- :mod:`.latency` — ``python -m bavit bench``: dense vs BAViT + CCA + pruned YOLOS per stage (§4.3).
+- :mod:`.batch_modes` — ``python -m bavit.bench.batch_modes``: padded vs per-image pruned batches.
+- :mod:`.app_bench` — ``python -m bavit app-bench``: the app's slider round trip.
+"""

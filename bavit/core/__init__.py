@@ -1,0 +1,12 @@
+"""The paper's core: what BAViT is and how it learns (Sah et al., BAViT, §3.1-3.4 and the appendix).
+
+- :mod:`.labels` — patch labels from masks or boxes (§3.1, Eq. 1-2) and ``IGNORE_INDEX``.
+- :mod:`.config` — :class:`BAViTConfig`, stored in every checkpoint, and the ``small`` / ``large`` presets (§3.2).
+- :mod:`.model` — the BAViT token classifier (timm ViT, no class token, a 2-way head per token) and its
+  safetensors checkpoints (§3.2).
+- :mod:`.pretrained` — initialisation from a timm ViT or from an already loaded YOLOS (§3.3).
+- :mod:`.loss` — the accumulative cross-entropy (§3.4, Eq. 3).
+- :mod:`.cca` — the CCA post-process and grid resampling (appendix, Fig. 5-6).
+
+Nothing here imports from the other parts of the package.
+"""

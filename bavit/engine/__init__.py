@@ -1,0 +1,9 @@
+"""Training and evaluation loops (§3.4, §4): BAViT training, token metrics, sparse fine-tuning, COCO mAP.
+
+- :mod:`.train` — ``python -m bavit train`` (accumulative CE, Adam + StepLR, DDP under torchrun).
+- :mod:`.evaluate` — ``python -m bavit evaluate`` (token metrics before and after CCA, with baselines).
+- :mod:`.metrics` — the one confusion count and the token metrics built on it.
+- :mod:`.finetune` — ``python -m bavit finetune`` (YOLOS fine-tuned on FG tokens only, §4.2).
+- :mod:`.coco_map` — ``python -m bavit map`` (COCOeval mAP of dense and pruned YOLOS, Table 2).
+- :mod:`.state` — the one way training state (optimizer, scheduler, progress) is saved and restored.
+"""

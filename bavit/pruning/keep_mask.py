@@ -1,0 +1,83 @@
+"""The one keep-mask rule (paper §3.5 and appendix): FG probabilities -> FG grid -> CCA -> YOLOS keep mask.
+
+``[.., G, G]`` BAViT FG probabilities (``G = 24`` at 384 px) become a boolean FG grid by a probability threshold or
+by keeping the top-k cells; CCA grows that grid on BAViT's own grid; the result is resampled to the detector's
+patch grid (``32x32`` for YOLOS at 512 px), which is the keep mask the pruned YOLOS computes. The Predictor, the
+latency bench, the mAP harness, sparse fine-tuning and the app all call :func:`keep_mask_from_probs`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+from ..core.cca import cca, resample_grid
+from ..errors import ConfigError
+
+DEFAULT_THRESHOLD = 0.5
+DEFAULT_CCA_STEPS = 3
+
+
+@dataclass(frozen=True)
+class KeepMask:
+    """The three grids of one selection; ``[G, G]`` / ``[Y, Y]`` or batched ``[B, ...]``, True = FG (kept)."""
+
+    grid_raw: torch.Tensor  # bool [.., G, G]: selected from BAViT's probabilities
+    grid_cca: torch.Tensor  # bool [.., G, G]: after CCA (a superset of grid_raw)
+    keep_mask: torch.Tensor  # bool [.., Y, Y]: the detector patches to compute
+
+    @property
+    def kept_patches(self) -> torch.Tensor:
+        """``long [B]`` (or a scalar for one image): detector patches kept."""
+        return self.keep_mask.flatten(-2).sum(-1)
+
+
+def select_patches(fg_prob: torch.Tensor, threshold: Optional[float] = None,
+                   keep_ratio: Optional[float] = None) -> torch.Tensor:
+    """FG grid from probabilities: ``prob >= threshold``, or the top ``round(keep_ratio * cells)`` cells per image.
+
+    Args:
+        fg_prob: ``[G, G]`` or ``[B, G, G]`` FG probabilities.
+        threshold: probability in [0, 1] (default :data:`DEFAULT_THRESHOLD` when ``keep_ratio`` is not given).
+        keep_ratio: fraction (0, 1] of cells to keep, highest probability first (ties: row-major order).
+    Returns:
+        bool grid of the same shape.
+    Raises:
+        ConfigError: both given, or a value out of range.
+    """
+    if threshold is not None and keep_ratio is not None:
+        raise ConfigError("give a threshold or a keep ratio, not both")
+    if keep_ratio is None:
+        threshold = DEFAULT_THRESHOLD if threshold is None else float(threshold)
+        if not 0.0 <= threshold <= 1.0:
+            raise ConfigError(f"threshold is a probability in [0, 1], got {threshold}")
+        return fg_prob >= threshold
+    if not 0.0 < keep_ratio <= 1.0:
+        raise ConfigError(f"keep_ratio is a fraction in (0, 1], got {keep_ratio}")
+    flat = fg_prob.reshape(-1, fg_prob.shape[-2] * fg_prob.shape[-1])
+    count = max(1, round(keep_ratio * flat.shape[1]))
+    order = torch.sort(-flat, dim=1, stable=True).indices[:, :count]
+    grid = torch.zeros_like(flat, dtype=torch.bool).scatter_(1, order, True)
+    return grid.reshape(fg_prob.shape)
+
+
+def keep_mask_from_probs(fg_prob: torch.Tensor, *, threshold: Optional[float] = None,
+                         keep_ratio: Optional[float] = None, cca_steps: int = DEFAULT_CCA_STEPS,
+                         grid: int = 32, resample: str = "nearest") -> KeepMask:
+    """The rule: select (threshold or top-k), CCA on BAViT's grid, resample to the detector's ``grid x grid``.
+
+    Args:
+        fg_prob: ``[G, G]`` or ``[B, G, G]`` FG probabilities (a tensor or array).
+        threshold / keep_ratio: see :func:`select_patches` (threshold 0.5 when neither is given).
+        cca_steps: CCA iterations (0 = none).
+        grid: the detector's patch grid side (``YOLOS_SIZE // patch_size``, 32 for YOLOS-tiny at 512 px).
+        resample: ``"nearest"`` (cell centres) or ``"any"`` (never loses FG area), see ``resample_grid``.
+    """
+    probs = torch.as_tensor(fg_prob)
+    grid_raw = select_patches(probs, threshold, keep_ratio)
+    grid_cca = cca(grid_raw, steps=cca_steps)
+    return KeepMask(grid_raw, grid_cca, resample_grid(grid_cca, (grid, grid), mode=resample))
+
+
+__all__ = ["KeepMask", "select_patches", "keep_mask_from_probs", "DEFAULT_THRESHOLD", "DEFAULT_CCA_STEPS"]
