@@ -1,10 +1,10 @@
 """BAViT Explorer: background-aware token pruning for vision transformers (Sah et al., BAViT)."""
 from .core.cca import cca, resample_grid
 from .core.config import BAViTConfig
-from .errors import BAViTError, CheckpointError, ConfigError, DataError, WeightsUnavailableError
 from .core.labels import labels_from_boxes, labels_from_mask
 from .core.loss import AccumulativeCrossEntropy
 from .core.model import BAViT, build_bavit, load_checkpoint, save_checkpoint
+from .errors import BAViTError, CheckpointError, ConfigError, DataError, WeightsUnavailableError
 
 __all__ = [
     "BAViT",

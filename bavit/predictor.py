@@ -31,8 +31,16 @@ from .core.model import BAViT, load_checkpoint
 from .errors import CheckpointError, ConfigError, WeightsUnavailableError
 from .imageio import ImageInput, load_image, square_resize, to_tensor
 from .pruning.accounting import TokenAccounting, token_accounting
-from .pruning.detector import (DEFAULT_DETECTOR, HOW_TO_GET_WEIGHTS, YOLOS_MEAN, YOLOS_SIZE, YOLOS_STD,
-                               load_yolos_model, yolos_grid, yolos_pixels)
+from .pruning.detector import (
+    DEFAULT_DETECTOR,
+    HOW_TO_GET_WEIGHTS,
+    YOLOS_MEAN,
+    YOLOS_SIZE,
+    YOLOS_STD,
+    load_yolos_model,
+    yolos_grid,
+    yolos_pixels,
+)
 from .pruning.keep_mask import DEFAULT_CCA_STEPS, keep_mask_from_probs
 from .pruning.yolos import patch_yolos, random_yolos_tiny, yolos_tiny_config
 

@@ -1,6 +1,8 @@
+import json
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -19,6 +21,64 @@ def coco_root() -> Path:
     if not (COCO_ROOT / "annotations" / "instances_val2017.json").is_file():
         pytest.skip(f"shared COCO subset not found at {COCO_ROOT}")
     return COCO_ROOT
+
+
+SYNTHETIC_CATEGORIES = [{"id": 1, "name": "person", "supercategory": "person"},
+                        {"id": 17, "name": "cat", "supercategory": "animal"}]
+SYNTHETIC_SIZE = (96, 80)  # width, height in pixels
+
+
+def make_synthetic_coco(root: Path, splits: dict[str, int], seed: int = 0) -> Path:
+    """Write a tiny COCO-format detection set under ``root``: per split ``annotations/instances_{split}.json`` and
+    ``{split}/{image_id:012d}.jpg``. Each image is 96x80 RGB noise with 1-3 filled polygons (triangles and
+    quadrilaterals, 16-40 px across, a flat colour per category) annotated with polygon segmentation, bbox
+    ``[x, y, w, h]`` and area in pixels. Deterministic for a given ``seed``. Returns ``root``."""
+    from PIL import Image, ImageDraw
+
+    rng = np.random.default_rng(seed)
+    width, height = SYNTHETIC_SIZE
+    colours = {1: (230, 40, 40), 17: (40, 60, 230)}
+    image_id, ann_id = 0, 0
+    (root / "annotations").mkdir(parents=True, exist_ok=True)
+    for split, count in splits.items():
+        (root / split).mkdir(parents=True, exist_ok=True)
+        images, annotations = [], []
+        for _ in range(count):
+            image_id += 1
+            pixels = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+            image = Image.fromarray(pixels)
+            draw = ImageDraw.Draw(image)
+            for _ in range(int(rng.integers(1, 4))):
+                ann_id += 1
+                category = int(rng.choice([c["id"] for c in SYNTHETIC_CATEGORIES]))
+                w, h = (float(v) for v in rng.integers(16, 41, 2))
+                x0, y0 = float(rng.integers(0, width - w)), float(rng.integers(0, height - h))
+                if rng.random() < 0.5:  # triangle
+                    points = [(x0, y0 + h), (x0 + w / 2, y0), (x0 + w, y0 + h)]
+                else:  # quadrilateral with one corner pulled in
+                    points = [(x0, y0), (x0 + w, y0), (x0 + w, y0 + h), (x0 + w / 4, y0 + h * 3 / 4)]
+                draw.polygon(points, fill=colours[category])
+                xs, ys = [p[0] for p in points], [p[1] for p in points]
+                area = 0.5 * abs(sum(xs[i] * ys[i - 1] - xs[i - 1] * ys[i] for i in range(len(points))))
+                annotations.append({
+                    "id": ann_id, "image_id": image_id, "category_id": category, "iscrowd": 0, "area": area,
+                    "bbox": [min(xs), min(ys), max(xs) - min(xs), max(ys) - min(ys)],
+                    "segmentation": [[c for point in points for c in point]],
+                })
+            file_name = f"{image_id:012d}.jpg"
+            image.save(root / split / file_name, quality=95)
+            images.append({"id": image_id, "file_name": file_name, "width": width, "height": height})
+        dataset = {"info": {"description": "synthetic BAViT test set"}, "images": images,
+                   "annotations": annotations, "categories": SYNTHETIC_CATEGORIES}
+        (root / "annotations" / f"instances_{split}.json").write_text(json.dumps(dataset))
+    return root
+
+
+@pytest.fixture(scope="session")
+def synthetic_coco(tmp_path_factory) -> Path:
+    """A tiny synthetic COCO root (6 train2017 + 3 val2017 images of 96x80, categories "person" and "cat"), built
+    once per session, so training and fine-tuning tests never depend on ``../shared/data``. Treat as read-only."""
+    return make_synthetic_coco(tmp_path_factory.mktemp("synthetic-coco"), {"train2017": 6, "val2017": 3})
 
 
 @pytest.fixture(scope="session")

@@ -2,6 +2,7 @@
 import pytest
 from transformers import YolosConfig
 
+from bavit.core.config import LARGE, SMALL, BAViTConfig
 from bavit.pruning.accounting import (
     accounting_at_sparsity,
     bavit_macs,
@@ -9,7 +10,6 @@ from bavit.pruning.accounting import (
     token_accounting,
     yolos_macs,
 )
-from bavit.core.config import LARGE, SMALL, BAViTConfig
 
 
 def test_table2_row_at_35_percent():

@@ -10,9 +10,8 @@ import re
 import shutil
 from pathlib import Path
 
-import pytest
-
 import apphelpers
+import pytest
 
 if not Path(apphelpers.CHROMIUM).exists():
     pytest.skip(f"{apphelpers.CHROMIUM} not found (install Debian's chromium: apt-get install chromium)",

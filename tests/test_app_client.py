@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 
 pytest.importorskip("gradio_client")
+import apphelpers  # noqa: E402
 from gradio_client import Client, handle_file  # noqa: E402
 
-import apphelpers  # noqa: E402
-from bavit.app.ui import build_demo  # noqa: E402
 from bavit.app.explorer import MODE_THRESHOLD, Controls, Explorer  # noqa: E402
+from bavit.app.ui import build_demo  # noqa: E402
 from bavit.predictor import Predictor  # noqa: E402
 
 CHELSEA = apphelpers.EXAMPLES / "chelsea.jpg"

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 
 from bavit.core.config import SMALL
+from bavit.core.model import build_bavit, save_checkpoint
 from bavit.data.records import coco_records, coco_split
 from bavit.engine.evaluate import METRIC_KEYS, evaluate
-from bavit.engine.metrics import TokenMetrics
-from bavit.core.model import build_bavit, save_checkpoint
+from bavit.engine.metrics import FN, FP, IGNORED, TN, TP, TokenMetrics, confusion_cells, confusion_counts, rates
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -28,6 +28,22 @@ def test_token_metrics_by_hand():
     assert summary["fg_recall"] == pytest.approx(1 / 2)
     assert summary["fg_iou"] == pytest.approx(1 / 3)
     assert summary["balanced_accuracy"] == pytest.approx((1 / 2 + 2 / 3) / 2)
+
+
+def test_confusion_cells_counts_and_rates_by_hand():
+    labels = np.array([[1, 1, 0], [0, 0, -100]])
+    predicted = np.array([[1, 0, 1], [0, 0, 1]], dtype=bool)
+    assert confusion_cells(predicted, labels).tolist() == [[TP, FN, FP], [TN, TN, IGNORED]]
+    counts = confusion_counts(predicted, labels)
+    assert counts == {"tp": 1, "fp": 1, "fn": 1, "tn": 2}
+    assert rates(**counts) == {"token_accuracy": 3 / 5, "balanced_accuracy": (1 / 2 + 2 / 3) / 2,
+                               "fg_precision": 1 / 2, "fg_recall": 1 / 2, "fg_iou": 1 / 3}
+    # bool labels (a painted GT) have no ignored cells; batched grids count every image
+    assert confusion_counts(predicted, labels == 1) == {"tp": 1, "fp": 2, "fn": 1, "tn": 2}
+    assert confusion_counts(np.stack([predicted] * 3), np.stack([labels] * 3)) == {"tp": 3, "fp": 3, "fn": 3, "tn": 6}
+    assert rates(0, 0, 0, 4)["fg_recall"] is None and rates(0, 0, 0, 0)["token_accuracy"] is None
+    with pytest.raises(ValueError, match="differ in shape"):
+        confusion_cells(predicted, labels[:1])
 
 
 def test_evaluate_structure_and_baselines(coco_root):

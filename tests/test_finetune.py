@@ -1,5 +1,5 @@
-"""Sparse fine-tuning: loss goes down on a fixed batch of the shared COCO subset, checkpoints are atomic and
-loadable, and --resume continues exactly where an uninterrupted run would be. Tiny YOLOS built from a config."""
+"""Sparse fine-tuning: loss goes down on a fixed batch of the synthetic COCO set (conftest), checkpoints are atomic
+and loadable, and --resume continues exactly where an uninterrupted run would be. Tiny YOLOS built from a config."""
 import json
 
 import pytest
@@ -8,8 +8,8 @@ from transformers import YolosConfig, YolosForObjectDetection
 
 from bavit.cli import main
 from bavit.data.coco import CocoDetection, coco91_id2label, label_to_category
-from bavit.errors import CheckpointError
 from bavit.engine.finetune import (
+    TRAIN_STATE_FILE,
     FinetuneConfig,
     FinetuneSamples,
     collate,
@@ -18,6 +18,7 @@ from bavit.engine.finetune import (
     make_optimizer,
     train_step,
 )
+from bavit.errors import CheckpointError
 from bavit.pruning.detector import load_yolos_model
 from bavit.pruning.yolos import patch_yolos
 
@@ -25,8 +26,9 @@ IMAGE_SIZE = 128  # 8x8 patch grid: GT-box masks prune a real share of it
 
 
 @pytest.fixture(scope="module")
-def train_images(coco_root):
-    return CocoDetection(coco_root / "annotations" / "instances_train2017.json", coco_root / "train2017", limit=4)
+def train_images(synthetic_coco):
+    return CocoDetection(synthetic_coco / "annotations" / "instances_train2017.json", synthetic_coco / "train2017",
+                         limit=4)
 
 
 def tiny_yolos(coco, seed: int = 0) -> YolosForObjectDetection:
@@ -73,10 +75,12 @@ def test_checkpoint_resume_matches_uninterrupted_run(train_images, tmp_path):
     assert state["epoch"] == 1 and state["step"] == 2 and state["config"]["mask_source"] == "gt-boxes"
     assert json.loads((checkpoint / "config.json").read_text())["architectures"] == ["YolosForObjectDetection"]
     assert not list((tmp_path / "run").glob(".checkpoint*"))  # no temp folders left behind
+    assert sorted(p.name for p in checkpoint.iterdir() if p.name.startswith("train_state")) == [
+        "train_state.json", TRAIN_STATE_FILE]
     # The checkpoint is an ordinary YOLOS directory for --detector, and its optimizer state comes back.
     reloaded = load_yolos_model(checkpoint)
     optimizer = make_optimizer(reloaded, cfg2)
-    assert load_train_state(checkpoint, optimizer)["epoch"] == 1
+    assert load_train_state(checkpoint, optimizer) == state  # the JSON file is a readable copy of the progress
     assert all(float(s["step"]) == 2 for s in optimizer.state.values()) and len(optimizer.state) > 0
 
     resumed = finetune(None, train_images, cfg2, tmp_path / "run", resume=True, progress=False)
@@ -89,7 +93,19 @@ def test_checkpoint_resume_matches_uninterrupted_run(train_images, tmp_path):
     expected, got = _weights(straight), _weights(resumed)
     assert expected.keys() == got.keys()
     for name in expected:
-        torch.testing.assert_close(got[name], expected[name], rtol=0, atol=1e-6, msg=name)
+        assert torch.equal(got[name], expected[name]), name
+    # The optimizer states saved at epoch 2 are identical too, tensor for tensor.
+    optimizers = []
+    for run in ("straight", "run"):
+        optimizers.append(make_optimizer(load_yolos_model(tmp_path / run / "checkpoint"), cfg2))
+        assert load_train_state(tmp_path / run / "checkpoint", optimizers[-1])["step"] == 4
+    a, b = (o.state_dict() for o in optimizers)
+    assert a["param_groups"] == b["param_groups"] and a["state"].keys() == b["state"].keys() and a["state"]
+    for index, state in a["state"].items():
+        assert state.keys() == b["state"][index].keys() == {"step", "exp_avg", "exp_avg_sq"}
+        assert float(state["step"]) == 4
+        for key, tensor in state.items():
+            assert torch.equal(tensor, b["state"][index][key]), (index, key)
 
 
 def test_resume_without_checkpoint_is_a_clear_error(train_images, tmp_path):
@@ -97,8 +113,8 @@ def test_resume_without_checkpoint_is_a_clear_error(train_images, tmp_path):
         finetune(None, train_images, FinetuneConfig(epochs=1, image_size=IMAGE_SIZE), tmp_path, resume=True, progress=False)
 
 
-def test_cli_missing_detector_exits_2_without_traceback(coco_root, tmp_path, capsys):
-    code = main(["finetune", "--detector", str(tmp_path / "no-such-dir"), "--coco-root", str(coco_root),
+def test_cli_missing_detector_exits_2_without_traceback(synthetic_coco, tmp_path, capsys):
+    code = main(["finetune", "--detector", str(tmp_path / "no-such-dir"), "--coco-root", str(synthetic_coco),
                  "--output", str(tmp_path / "out"), "--no-progress"])
     err = capsys.readouterr().err
     assert code == 2
@@ -109,8 +125,8 @@ def test_cli_missing_detector_exits_2_without_traceback(coco_root, tmp_path, cap
 def test_bavit_masks_and_cli_end_to_end(train_images, tmp_path, capsys):
     """Keep masks from a (random) BAViT through the CLI; structure only, the weights are untrained."""
     from bavit.core.config import SMALL
-    from bavit.engine.finetune import bavit_keep_mask
     from bavit.core.model import build_bavit, save_checkpoint
+    from bavit.engine.finetune import bavit_keep_mask
 
     torch.manual_seed(0)
     bavit = build_bavit(SMALL).eval()

@@ -1,9 +1,9 @@
 """GT patch grids for the app: painted masks, per-image stats, COCO instance masks (shared data; skips without)."""
+import apphelpers
 import numpy as np
 import pytest
 from PIL import Image
 
-import apphelpers
 from bavit.app.explorer import Controls, Explorer
 from bavit.app.gt import CocoGroundTruth, grid_stats, painted_mask
 from bavit.core.labels import labels_from_mask
@@ -56,7 +56,7 @@ def test_coco_gt_grid_is_the_label_rule_on_the_union_of_instance_masks(coco, coc
     for a in ann.loadAnns(ann.getAnnIds(imgIds=[entry.image_id], iscrowd=None)):
         union |= ann.annToMask(a).astype(bool)
     expected = labels_from_mask(union, grid=(24, 24)).numpy()
-    np.testing.assert_array_equal(coco.labels(entry), expected)
+    np.testing.assert_array_equal(coco.labels(entry, (24, 24)), expected)
     assert 0 < expected.sum() < 576
 
 

@@ -5,10 +5,9 @@ import pytest
 import torch
 from PIL import Image
 
+from bavit.core.labels import IGNORE_INDEX, labels_from_boxes, labels_from_mask, voc_masks
 from bavit.data.records import coco_records
 from bavit.errors import DataError
-from bavit.core.labels import labels_from_boxes, labels_from_mask, voc_masks
-from bavit.core.labels import IGNORE_INDEX
 
 
 def test_mask_rule_is_strictly_more_than_ten_percent():

@@ -5,8 +5,10 @@ import torch
 from safetensors.torch import save_file
 
 from bavit.core.config import LARGE, SMALL, BAViTConfig
+from bavit.core.model import build_bavit, checkpoint_extra, grow_from, load_checkpoint, save_checkpoint
+from bavit.core.pretrained import copy_from_yolos
+from bavit.engine.train import init_bavit
 from bavit.errors import CheckpointError, ConfigError
-from bavit.core.model import build_bavit, checkpoint_extra, load_checkpoint, save_checkpoint
 
 
 @pytest.mark.parametrize("config", [SMALL, LARGE, BAViTConfig(stem="conv")], ids=["small", "large", "conv-stem"])
@@ -75,11 +77,11 @@ def test_checkpoint_of_another_architecture(tmp_path):
 def test_grow_from_shallower_model_starts_identical(tmp_path):
     small = build_bavit(BAViTConfig(depth=2)).eval()
     path = save_checkpoint(small, tmp_path / "small.safetensors")
-    large = build_bavit(BAViTConfig(depth=4), init=f"bavit:{path}").eval()
+    large = init_bavit(BAViTConfig(depth=4), init=f"bavit:{path}").eval()
     pixels = torch.randn(1, 3, 384, 384)
     assert torch.allclose(large(pixels), small(pixels), atol=1e-6)
     with pytest.raises(ConfigError, match="cannot grow"):
-        build_bavit(BAViTConfig(depth=1), init=f"bavit:{path}")
+        grow_from(build_bavit(BAViTConfig(depth=1)), small)
 
 
 def test_init_from_yolos_layers(tmp_path):
@@ -89,8 +91,16 @@ def test_init_from_yolos_layers(tmp_path):
                                image_size=[64, 96], num_detection_tokens=5, num_labels=3)
     torch.manual_seed(0)
     YolosForObjectDetection(yolos_config).save_pretrained(tmp_path / "yolos")
-    model = build_bavit(BAViTConfig(depth=2), init=f"yolos:{tmp_path / 'yolos'}").eval()
+    model = init_bavit(BAViTConfig(depth=2), init=f"yolos:{tmp_path / 'yolos'}").eval()  # the --init path
     yolos = YolosForObjectDetection.from_pretrained(tmp_path / "yolos").eval()
+    copied = build_bavit(BAViTConfig(depth=2)).eval()
+    copy_from_yolos(copied, yolos, "tiny")  # the core function on an already loaded model
+    copied_state, init_state = copied.state_dict(), model.state_dict()
+    assert all(torch.equal(copied_state[k], init_state[k]) for k in init_state if k.startswith("vit."))
+    with pytest.raises(ConfigError, match="stem='patch'"):
+        copy_from_yolos(build_bavit(BAViTConfig(depth=2, stem="conv")), yolos, "tiny")
+    with pytest.raises(ConfigError, match="fewer than depth"):
+        copy_from_yolos(build_bavit(BAViTConfig(depth=4)), yolos, "tiny")
     layer, block = yolos.vit.encoder.layer[1], model.vit.blocks[1]
     tokens = torch.randn(1, 20, 192)
     # timm's LayerNorm eps is 1e-6, YOLOS' 1e-12: the same layer up to that.
@@ -102,12 +112,13 @@ def test_timm_init_fails_clearly_offline():
     from bavit.errors import WeightsUnavailableError
 
     with pytest.raises(WeightsUnavailableError, match="vit_tiny_patch16_384"):
-        build_bavit(SMALL, init="timm:vit_tiny_patch16_384")
+        init_bavit(SMALL, init="timm:vit_tiny_patch16_384")
 
 
 def test_unknown_init_is_rejected():
-    with pytest.raises(ConfigError, match="init"):
-        build_bavit(SMALL, init="imagenet")
+    for init in ("imagenet", "timm:", "yolos"):
+        with pytest.raises(ConfigError, match="init must be"):
+            init_bavit(SMALL, init=init)
 
 
 def test_for_inference_copy_matches_and_cannot_be_saved(tmp_path):
@@ -124,3 +135,30 @@ def test_for_inference_copy_matches_and_cannot_be_saved(tmp_path):
     assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())  # the original is untouched
     with pytest.raises(CheckpointError, match="for_inference"):
         save_checkpoint(fast, tmp_path / "x.safetensors")
+
+
+@pytest.mark.parametrize("error", [OSError("disk full"), KeyboardInterrupt()], ids=["oserror", "interrupt"])
+def test_failing_save_leaves_no_temp_file_and_the_old_checkpoint(tmp_path, monkeypatch, error):
+    import safetensors.torch
+
+    model = build_bavit(BAViTConfig(img_size=64, depth=1)).eval()
+    path = save_checkpoint(model, tmp_path / "m.safetensors", extra={"epoch": 1})
+    before = path.read_bytes()
+
+    def broken(tensors, filename, metadata=None):
+        with open(filename, "wb") as handle:
+            handle.write(b"half a checkpoint")
+        raise error
+
+    monkeypatch.setattr(safetensors.torch, "save_file", broken)
+    with pytest.raises(type(error)):
+        save_checkpoint(build_bavit(BAViTConfig(img_size=64, depth=1)), path, extra={"epoch": 2})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.safetensors"]
+    assert path.read_bytes() == before and checkpoint_extra(path) == {"epoch": 1}
+
+
+def test_module_exports_only_what_it_defines():
+    import bavit.core.model as module
+
+    for name in module.__all__:
+        assert getattr(module, name).__module__ == module.__name__, name

@@ -6,10 +6,18 @@ probabilities, dense-detector results, GT grid, plot) lives in a ``gr.State`` ho
 two browser sessions never share an image; the Predictor's own cache is keyed by image content. Moving a control
 reruns only CCA and the pruned detector (BAViT's probabilities come from the session), and control events use
 ``trigger_mode="always_last"`` so a drag never queues stale work.
+
+Thread safety. Gradio runs handlers in worker threads, so two events of one session (a slider and a checkbox moved
+quickly) can run at the same time. Each :class:`ImageSession` has a :class:`SessionGate`: every event that reads or
+changes the session takes a ticket on entry and then runs alone, in ticket order; a control event whose ticket was
+superseded by a newer control event skips its work (:meth:`Explorer.update` returns ``None``), so the last event's
+settings are what the page shows (outputs of one session's events also leave in arrival order). :meth:`Explorer.render` only reads the session: what it measured (a speed-up point,
+a newly drawn curve) comes back in ``view["record"]`` and :meth:`Explorer.record` stores it, under the gate. Shared
+counters (``Explorer.typical_bavit_ms``) have their own lock.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -17,13 +25,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-from . import viz
 from ..errors import BAViTError, DataError
-from .gt import CocoGroundTruth, CocoImage, grid_stats, painted_mask  # noqa: F401 (CocoGroundTruth re-exported)
 from ..imageio import load_image
-from ..predictor import PreparedImage
 from ..pruning.accounting import token_accounting
 from ..pruning.keep_mask import keep_mask_from_probs
+from . import viz
+from .gt import CocoGroundTruth, grid_stats, painted_mask  # noqa: F401 (CocoGroundTruth re-exported)
+from .session import MEASURED_POINTS, MODE_SPARSITY, MODE_THRESHOLD, Controls, ImageSession, SessionGate, ViewRecord  # noqa: F401
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES_DIR = ROOT / "assets" / "examples"
@@ -31,54 +39,11 @@ DISPLAY_SIDE = 512  # px: overlays are drawn at this size
 ANALYSIS_SIDE = 1024  # px: the session keeps the image at most this large (BAViT sees 384, YOLOS 512)
 TINY_SIDE = 32  # px: smaller images still run, with a warning
 CURVE_THRESHOLDS = np.round(np.linspace(0.02, 0.98, 25), 4)
-MODE_THRESHOLD = "FG-probability threshold"
-MODE_SPARSITY = "Target sparsity"
 
 CSS = """
 #banner {background: #fff3cd; border: 1px solid #e0b100; border-radius: 6px; padding: 4px 12px;}
 #tokens table {font-variant-numeric: tabular-nums;}
 """
-
-
-@dataclass
-class ImageSession:
-    """Everything one browser session knows about its current image."""
-
-    name: str
-    prepared: PreparedImage  # the Predictor's set_image result: RGB image (longer side <= ANALYSIS_SIDE), fg_prob
-    display: Image.Image  # RGB, longer side <= DISPLAY_SIDE (what overlays are drawn on)
-    bavit_ms: float  # BAViT latency for this image (measured on first pass, or the app's typical value if cached)
-    dense_ms: float | None = None  # dense YOLOS latency (ms), measured once per image
-    dense_detections: list | None = None
-    gt: np.ndarray | None = None  # [24, 24] int GT grid
-    gt_source: str = ""
-    coco: CocoImage | None = None
-    plots: dict = field(default_factory=dict)  # cca_steps -> viz.CurvePlot
-    measured: dict = field(default_factory=dict)  # cca_steps -> list[(threshold, speed-up)]
-
-
-@dataclass
-class Controls:
-    """The control panel's values."""
-
-    mode: str = MODE_THRESHOLD
-    threshold: float = 0.5
-    target_sparsity: float = 35.0  # percent
-    cca_steps: int = 3
-    detect: bool = True
-    show_dense: bool = False
-
-    @property
-    def keep_ratio(self) -> float | None:
-        """Fraction of BAViT tokens to keep in target-sparsity mode (at least one token), else ``None``."""
-        if self.mode != MODE_SPARSITY:
-            return None
-        return float(min(1.0, max(1e-9, 1.0 - self.target_sparsity / 100.0)))
-
-    @property
-    def threshold_or_none(self) -> float | None:
-        """The threshold in threshold mode, else ``None`` (the Predictor takes one of threshold / keep ratio)."""
-        return float(self.threshold) if self.keep_ratio is None else None
 
 
 def _payload_path(payload: Any) -> tuple[str, str]:
@@ -121,7 +86,23 @@ class Explorer:
     def __init__(self, predictor, coco: CocoGroundTruth | None = None):
         self.predictor = predictor
         self.coco = coco
-        self.typical_bavit_ms: float | None = None
+        self._lock = threading.Lock()  # guards the counters shared by all sessions (typical_bavit_ms)
+        self._typical_bavit_ms: float | None = None
+
+    @property
+    def typical_bavit_ms(self) -> float | None:
+        """Running average of BAViT's measured latency (ms) over this app's uploads; ``None`` before the first."""
+        with self._lock:
+            return self._typical_bavit_ms
+
+    def _bavit_cost(self, measured_ms: float) -> float:
+        """Fold a measured BAViT latency into the typical value; for a cached result (0 ms), the typical value."""
+        with self._lock:
+            if measured_ms > 0.0:
+                typical = self._typical_bavit_ms
+                self._typical_bavit_ms = measured_ms if typical is None else 0.7 * typical + 0.3 * measured_ms
+                return measured_ms
+            return self._typical_bavit_ms or 0.0
 
     # ------------------------------------------------------------------ loading
     def open_image(self, payload: Any) -> ImageSession:
@@ -135,27 +116,26 @@ class Explorer:
             if coco_entry is not None:
                 image = raw
         prepared = self.predictor.set_image(viz.fit_image(image, ANALYSIS_SIDE))  # BAViT, or its cache (bavit_ms 0)
-        bavit_ms = prepared.bavit_ms
-        if bavit_ms > 0.0:
-            self.typical_bavit_ms = bavit_ms if self.typical_bavit_ms is None else 0.7 * self.typical_bavit_ms + 0.3 * bavit_ms
-        else:  # cached by another session or an earlier upload: use the typical measured cost
-            bavit_ms = self.typical_bavit_ms or 0.0
+        bavit_ms = self._bavit_cost(prepared.bavit_ms)  # cached by another session or upload: the typical cost
         session = ImageSession(name=name, prepared=prepared, display=viz.fit_image(image, DISPLAY_SIDE), bavit_ms=bavit_ms)
         if coco_entry is not None:
             session.coco = coco_entry
-            session.gt = self.coco.labels(coco_entry)
+            session.gt = self.coco.labels(coco_entry, prepared.fg_prob.shape)
             session.gt_source = f"COCO {coco_entry.split} image {coco_entry.image_id} (instance masks)"
         return session
 
     def measure_dense(self, session: ImageSession, controls: Controls) -> None:
-        """Dense YOLOS once per image: its latency (for the speed-up) and, with weights, its detections."""
-        if session.dense_ms is not None:
-            return
-        analysis = self.predictor.predict(session.prepared, threshold=controls.threshold_or_none,
-                                          keep_ratio=controls.keep_ratio, cca_steps=controls.cca_steps,
-                                          detect=True, dense=True)
-        session.dense_ms = analysis.timings_ms.get("dense_ms")
-        session.dense_detections = analysis.dense_detections
+        """Dense YOLOS once per image: its latency (for the speed-up) and, with weights, its detections.
+
+        Check and measurement happen under the session's gate, so two events never both run the dense model."""
+        with session.gate.hold():
+            if session.dense_ms is not None:
+                return
+            analysis = self.predictor.predict(session.prepared, threshold=controls.threshold_or_none,
+                                              keep_ratio=controls.keep_ratio, cca_steps=controls.cca_steps,
+                                              detect=True, dense=True)
+            session.dense_detections = analysis.dense_detections
+            session.dense_ms = analysis.timings_ms.get("dense_ms")
 
     # ------------------------------------------------------------------ analysis
     def analyze(self, session: ImageSession, controls: Controls):
@@ -174,7 +154,8 @@ class Explorer:
     def curve(self, session: ImageSession, cca_steps: int) -> viz.CurvePlot:
         """Sparsity and MAC-ratio speed-up (dense / (BAViT + pruned)) against threshold for this image.
 
-        Computed with the Predictor's own patch selection, CCA and resampling; rendered once per CCA setting.
+        Computed with the Predictor's own patch selection, CCA and resampling. Returns the session's cached plot, or
+        draws a new one without caching it (:meth:`record` keeps it, so it is drawn once per CCA setting).
         """
         plot = session.plots.get(cca_steps)
         if plot is None:
@@ -187,7 +168,7 @@ class Explorer:
                 acc = token_accounting(int(keep_mask.sum()), predictor.yolos_config, predictor.bavit.config)
                 sparsity.append(100.0 * acc.sparsity)
                 speedup.append(acc.flop_ratio)
-            plot = session.plots[cca_steps] = viz.curve_plot(CURVE_THRESHOLDS, sparsity, speedup)
+            plot = viz.curve_plot(CURVE_THRESHOLDS, sparsity, speedup)
         return plot
 
     # ------------------------------------------------------------------ text panels
@@ -253,22 +234,23 @@ class Explorer:
 
     # ------------------------------------------------------------------ the page
     def render(self, session: ImageSession, controls: Controls) -> dict[str, Any]:
-        """Everything the page shows for the current image and controls.
+        """Everything the page shows for the current image and controls; reads the session, never changes it.
 
         Returns a dict of plain values: ``grid_raw``, ``grid_cca``, ``curve`` (PIL images); ``det_pruned``,
         ``det_dense``, ``gt_confusion`` (PIL image, or ``None`` = hide); ``det_message``, ``sparsity``, ``tokens``,
-        ``latency``, ``gt_stats`` (markdown); ``analysis`` (the Predictor's Analysis).
+        ``latency``, ``gt_stats`` (markdown); ``analysis`` (the Predictor's Analysis); ``record`` (a
+        :class:`ViewRecord`: what to keep in the session, see :meth:`record`). Event handlers use :meth:`update`,
+        which renders and records under the session's gate.
         """
         analysis = self.analyze(session, controls)
         speedup = self.speedup(session, analysis) if controls.detect else None
         x = self.effective_threshold(session, controls)
-        measured = session.measured.setdefault(controls.cca_steps, [])
-        plot = self.curve(session, controls.cca_steps).with_points((x, 100.0 * analysis.accounting.sparsity, speedup), measured)
-        if speedup is not None:
-            measured.append((x, speedup))
-            del measured[:-200]
+        cca_steps = int(controls.cca_steps)
+        base = self.curve(session, cca_steps)
+        plot = base.with_points((x, 100.0 * analysis.accounting.sparsity, speedup), session.measured.get(cca_steps, ()))
         view: dict[str, Any] = {
             "analysis": analysis,
+            "record": ViewRecord(cca_steps=cca_steps, curve=base, point=None if speedup is None else (x, speedup)),
             "grid_raw": viz.grid_overlay(session.display, analysis.grid_raw),
             "grid_cca": viz.grid_overlay(session.display, analysis.grid_cca, before=analysis.grid_raw),
             "sparsity": self.sparsity_text(analysis, controls),
@@ -293,6 +275,60 @@ class Explorer:
         return view
 
     @staticmethod
+    def record(session: ImageSession, record: ViewRecord) -> None:
+        """Keep what a render measured: the curve for its CCA setting and its speed-up point (last 200 per setting)."""
+        with session.gate.hold():
+            session.plots.setdefault(record.cca_steps, record.curve)
+            if record.point is not None:
+                points = session.measured.get(record.cca_steps, ())
+                session.measured[record.cca_steps] = (*points, record.point)[-MEASURED_POINTS:]
+
+    def update(self, session: ImageSession, controls: Controls) -> dict[str, Any] | None:
+        """One control event: the page for ``controls``, or ``None`` when a newer control event of this session
+        superseded this one (the caller leaves the page as it is; the newer event renders).
+
+        Takes a ticket on entry and runs alone in ticket order (:class:`SessionGate`): measures the dense detector
+        once if the controls need it, renders and records. The check for a newer event happens before the work and
+        again after it, so a stale view is never returned once a newer event is waiting.
+        """
+        with session.gate.hold(supersede=("view",)) as ticket:
+            if session.gate.superseded(ticket):
+                return None
+            if (controls.detect or controls.show_dense) and session.dense_ms is None:
+                self.measure_dense(session, controls)
+            view = self.render(session, controls)
+            self.record(session, view["record"])
+            return None if session.gate.superseded(ticket) else view
+
+    def change_mode(self, session: ImageSession, controls: Controls) -> tuple[bool, dict[str, Any] | None]:
+        """A mode event: ``(show_mode, view)``. ``view`` as :meth:`update`; ``show_mode`` is False when a newer mode
+        event of this session will set the sliders' visibility (so only the newest mode's visibility is sent: a
+        newer non-mode event carries the same mode but does not set the visibility)."""
+        with session.gate.hold(supersede=("view", "mode")) as ticket:
+            view = self.update(session, controls)  # re-entrant: runs under this ticket
+            return not session.gate.superseded(ticket, "mode"), view
+
+    @staticmethod
+    def retire(session: ImageSession | None) -> None:
+        """A session is being replaced (new image, or cleared): events on it still waiting skip their work, and
+        one running now finishes before this returns (so its outputs reach the page before the new image's)."""
+        if session is not None:
+            with session.gate.hold(supersede=("view",)):  # not "mode": the sliders do not belong to the image
+                pass
+
+    def paint_gt(self, session: ImageSession, editor_value, controls: Controls) -> dict[str, Any] | None:
+        """Use the painting as GT and render the comparison; ``None`` when nothing is painted.
+
+        Runs in the session's turn order but supersedes no control event (their settings must still be rendered).
+        """
+        with session.gate.hold():
+            if not self.set_painted_gt(session, editor_value):
+                return None
+            view = self.render(session, controls)
+            self.record(session, view["record"])
+            return view
+
+    @staticmethod
     def effective_threshold(session: ImageSession, controls: Controls) -> float:
         """The threshold on the plot's x axis: the slider's, or in target-sparsity mode the k-th highest FG prob."""
         if controls.keep_ratio is None:
@@ -311,8 +347,9 @@ class Explorer:
             return False
         from ..core.labels import labels_from_mask
 
-        session.gt = labels_from_mask(mask, grid=session.prepared.fg_prob.shape).numpy()
-        session.gt_source = "painted in the editor"
+        gt = labels_from_mask(mask, grid=session.prepared.fg_prob.shape).numpy()
+        with session.gate.hold():
+            session.gt, session.gt_source = gt, "painted in the editor"
         return True
 
     def api_result(self, payload: Any, threshold: float = 0.5, cca_steps: int = 3, keep_ratio: float | None = None,

@@ -5,8 +5,6 @@ over the image the way BAViT sees it (square resize to 384 -> 24x24).
 """
 from __future__ import annotations
 
-import contextlib
-import io
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -14,11 +12,10 @@ from typing import Any, Mapping
 import numpy as np
 from PIL import Image
 
-from ..errors import DataError
 from ..core.labels import labels_from_mask
-from ..core.labels import IGNORE_INDEX
-
-GRID = (24, 24)
+from ..data.records import load_coco
+from ..engine.metrics import confusion_counts, rates
+from ..errors import DataError
 
 
 @dataclass(frozen=True)
@@ -40,8 +37,6 @@ class CocoGroundTruth:
     """
 
     def __init__(self, root: str | Path, splits: tuple[str, ...] = ("val2017", "train2017")):
-        from pycocotools.coco import COCO
-
         self.root = Path(root).expanduser()
         self._coco: dict[str, Any] = {}
         self._by_name: dict[str, CocoImage] = {}
@@ -50,12 +45,7 @@ class CocoGroundTruth:
             images_dir = self.root / split
             if not ann_file.is_file() or not images_dir.is_dir():
                 continue
-            try:
-                with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
-                    coco = COCO(str(ann_file))
-            except Exception as exc:  # json / key errors of a malformed file
-                raise DataError(f"{ann_file} is not a valid COCO annotation file ({exc.__class__.__name__}: {exc})") from None
-            self._coco[split] = coco
+            coco = self._coco[split] = load_coco(ann_file)
             for image_id, info in coco.imgs.items():
                 path = images_dir / info["file_name"]
                 if path.is_file():
@@ -96,7 +86,7 @@ class CocoGroundTruth:
                 mask |= coco.annToMask(ann).astype(bool)
         return mask
 
-    def labels(self, entry: CocoImage, grid: tuple[int, int] = GRID) -> np.ndarray:
+    def labels(self, entry: CocoImage, grid: tuple[int, int]) -> np.ndarray:
         """``[gh, gw]`` int64 GT grid (1 = FG, 0 = BG) from the instance masks."""
         return labels_from_mask(self.fg_mask(entry), grid=grid).numpy()
 
@@ -137,32 +127,13 @@ def painted_mask(editor_value: Mapping[str, Any] | None) -> np.ndarray | None:
 
 
 def grid_stats(gt: np.ndarray, pred: np.ndarray) -> dict[str, float | int | None]:
-    """Token accuracy, FG recall, FG precision and FG IoU of a predicted grid against a GT grid of one image.
+    """Confusion counts and rates of a predicted grid against a GT grid of one image.
 
     Args:
         gt: ``[gh, gw]`` int in {0, 1, IGNORE_INDEX} (or bool).
         pred: ``[gh, gw]`` bool.
     Returns:
-        counts ``tp, fp, fn, tn`` and ratios in [0, 1] (``None`` when undefined, e.g. recall with no GT FG).
+        counts ``tp, fp, fn, tn`` and :func:`bavit.engine.metrics.rates` (fractions; ``None`` when undefined).
     """
-    gt = np.asarray(gt)
-    pred = np.asarray(pred, dtype=bool)
-    if gt.shape != pred.shape:
-        raise ValueError(f"GT grid {gt.shape} and predicted grid {pred.shape} differ in shape")
-    valid = gt != IGNORE_INDEX if gt.dtype != bool else np.ones(gt.shape, dtype=bool)
-    fg = (gt == 1) if gt.dtype != bool else gt
-    tp = int((pred & fg & valid).sum())
-    fp = int((pred & ~fg & valid).sum())
-    fn = int((~pred & fg & valid).sum())
-    tn = int((~pred & ~fg & valid).sum())
-
-    def ratio(num: int, den: int) -> float | None:
-        return num / den if den else None
-
-    return {
-        "tp": tp, "fp": fp, "fn": fn, "tn": tn,
-        "token_accuracy": ratio(tp + tn, tp + fp + fn + tn),
-        "fg_recall": ratio(tp, tp + fn),
-        "fg_precision": ratio(tp, tp + fp),
-        "fg_iou": ratio(tp, tp + fp + fn),
-    }
+    counts = confusion_counts(pred, gt)
+    return {**counts, **rates(**counts)}

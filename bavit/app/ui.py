@@ -4,19 +4,25 @@
 queues and launches it. Stable ``elem_id``s for tests and embedding: ``input-image``, ``threshold``, ``cca-steps``,
 ``grid-raw``, ``grid-cca``, ``detections``, ``tokens``, ``latency``, ``sparsity``, ``gt-compare`` (plus ``mode``,
 ``target-sparsity``, ``run-detector``, ``show-dense``, ``curve``, ``banner``, ``gt-editor``, ``gt-apply``).
+
+Event order: the six control listeners share one Gradio concurrency group (:data:`CONTROLS_GROUP`), so the queue
+starts them in arrival order, at most ``default_concurrency_limit`` at a time across sessions. Per session,
+:meth:`Explorer.update` runs them one at a time in arrival order and skips an event once a newer one is waiting;
+a skipped event returns ``gr.skip()`` for every view output, so the page shows the last event's settings.
 """
 from __future__ import annotations
 
 import functools
 import logging
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import gradio as gr
 
-from . import viz
 from ..errors import BAViTError
+from . import viz
 from .explorer import CSS, EXAMPLES_DIR, MODE_SPARSITY, MODE_THRESHOLD, TINY_SIDE, Controls, Explorer, ImageSession
 
 log = logging.getLogger(__name__)
@@ -26,6 +32,7 @@ VIEW_KEYS = ("grid_raw", "grid_cca", "det_pruned", "det_dense", "det_message", "
              "gt_confusion", "gt_stats")
 HIDEABLE = {"det_pruned", "det_dense", "gt_confusion"}
 IMAGE_HEIGHT = 340  # px: output images are scaled to fit, so portrait photos do not stretch the page
+CONTROLS_GROUP = "controls"  # concurrency_id of the six control listeners (one FIFO queue in Gradio)
 
 
 def _user_errors(fn: Callable) -> Callable:
@@ -53,7 +60,10 @@ def _controls(mode, threshold, target, cca_steps, detect, show_dense) -> Control
                     cca_steps=int(cca_steps), detect=bool(detect), show_dense=bool(show_dense))
 
 
-def _view_updates(view: dict[str, Any]) -> list[Any]:
+def _view_updates(view: dict[str, Any] | None) -> list[Any]:
+    """The view outputs in :data:`VIEW_KEYS` order; ``None`` (a superseded event) leaves them all as they are."""
+    if view is None:
+        return [gr.skip() for _ in VIEW_KEYS]
     return [gr.update(value=view[key], visible=view[key] is not None) if key in HIDEABLE else view[key] for key in VIEW_KEYS]
 
 
@@ -69,13 +79,31 @@ def build_demo(explorer: Explorer, examples: list[str] | None = None, coco_examp
         return _build_demo(explorer, examples, coco_examples)
 
 
-def _build_demo(explorer: Explorer, examples: list[str] | None, coco_examples: list[str] | None) -> gr.Blocks:
-    examples = example_images() if examples is None else examples
-    ready = explorer.predictor.detector_ready
+@dataclass(frozen=True)
+class Handlers:
+    """The event functions :func:`build_demo` wires (callable without a browser, e.g. from tests).
+
+    Arguments are the components' values in wiring order: ``on_image(payload, previous_session, *controls)`` ->
+    ``[session, *view, gt_grid, editor]``; ``on_controls(session, *controls)`` -> view; ``on_mode(session, *controls)``
+    -> ``[threshold visibility, target visibility, *view]``; ``on_paint(session, editor, *controls)`` -> ``[gt_grid,
+    gt_confusion, gt_stats]``; ``on_api(payload, threshold, cca_steps, keep_ratio)`` -> dict. ``*controls`` is
+    ``mode, threshold, target, cca_steps, detect, show_dense``; view is the outputs in :data:`VIEW_KEYS` order.
+    """
+
+    on_image: Callable[..., list]
+    on_controls: Callable[..., list]
+    on_mode: Callable[..., list]
+    on_paint: Callable[..., list]
+    on_api: Callable[..., dict]
+
+
+def build_handlers(explorer: Explorer) -> Handlers:
+    """The app's event functions around ``explorer``: thin adapters from component values to :class:`Explorer` calls."""
 
     @_user_errors
-    def on_image(payload, mode, threshold, target, cca_steps, detect, show_dense):
+    def on_image(payload, previous: ImageSession | None, mode, threshold, target, cca_steps, detect, show_dense):
         if payload is None:  # cleared
+            explorer.retire(previous)
             empty = {key: None for key in VIEW_KEYS}
             empty.update(sparsity="", tokens="", latency="", gt_stats="", det_message=explorer.initial_detection_message())
             return [None, *_view_updates(empty), gr.update(value=None, visible=False), None]
@@ -84,11 +112,10 @@ def _build_demo(explorer: Explorer, examples: list[str] | None, coco_examples: l
         width, height = session.prepared.image.size
         if min(width, height) < TINY_SIDE:
             gr.Warning(f"This image is tiny ({width}x{height} px): it is upscaled to 384x384, so the grid says little.")
-        if controls.detect or controls.show_dense:
-            explorer.measure_dense(session, controls)
-        view = explorer.render(session, controls)
+        view = explorer.update(session, controls)  # a new session: no other event can hold or supersede it yet
         gt_grid = explorer.gt_grid_image(session)
         editor = {"background": session.display, "layers": [], "composite": None}
+        explorer.retire(previous)  # control events still on the old image skip; a running one finishes first
         return [session, *_view_updates(view), gr.update(value=gt_grid, visible=gt_grid is not None), editor]
 
     @_user_errors
@@ -96,24 +123,27 @@ def _build_demo(explorer: Explorer, examples: list[str] | None, coco_examples: l
         if session is None:
             return [gr.skip()] * len(VIEW_KEYS)
         controls = _controls(mode, threshold, target, cca_steps, detect, show_dense)
-        if (controls.detect or controls.show_dense) and session.dense_ms is None:
-            explorer.measure_dense(session, controls)
-        return _view_updates(explorer.render(session, controls))
+        return _view_updates(explorer.update(session, controls))
 
     @_user_errors
     def on_mode(session, mode, threshold, target, cca_steps, detect, show_dense):
+        # The sliders' visibility is skipped only when a newer *mode* event sets it: a newer slider move carries
+        # this mode but does not set the visibility.
         sparsity_mode = mode == MODE_SPARSITY
         visibility = [gr.update(visible=not sparsity_mode), gr.update(visible=sparsity_mode)]
-        return visibility + on_controls(session, mode, threshold, target, cca_steps, detect, show_dense)
+        if session is None:
+            return visibility + [gr.skip()] * len(VIEW_KEYS)
+        show_mode, view = explorer.change_mode(session, _controls(mode, threshold, target, cca_steps, detect, show_dense))
+        return (visibility if show_mode else [gr.skip(), gr.skip()]) + _view_updates(view)
 
     @_user_errors
     def on_paint(session: ImageSession | None, editor_value, mode, threshold, target, cca_steps, detect, show_dense):
         if session is None:
             raise gr.Error("Load an image first, then paint its objects.", print_exception=False)
-        if not explorer.set_painted_gt(session, editor_value):
-            raise gr.Error("Nothing painted yet: paint the objects with the brush, then compare.", print_exception=False)
         controls = _controls(mode, threshold, target, cca_steps, detect, show_dense)
-        view = explorer.render(session, controls)
+        view = explorer.paint_gt(session, editor_value, controls)
+        if view is None:
+            raise gr.Error("Nothing painted yet: paint the objects with the brush, then compare.", print_exception=False)
         gt_grid = explorer.gt_grid_image(session)
         return [gr.update(value=gt_grid, visible=True), gr.update(value=view["gt_confusion"], visible=True), view["gt_stats"]]
 
@@ -123,6 +153,14 @@ def _build_demo(explorer: Explorer, examples: list[str] | None, coco_examples: l
             raise gr.Error("no image given", print_exception=False)
         return explorer.api_result(payload, threshold=threshold if threshold is not None else 0.5,
                                    cca_steps=3 if cca_steps is None else cca_steps, keep_ratio=keep_ratio)
+
+    return Handlers(on_image=on_image, on_controls=on_controls, on_mode=on_mode, on_paint=on_paint, on_api=on_api)
+
+
+def _build_demo(explorer: Explorer, examples: list[str] | None, coco_examples: list[str] | None) -> gr.Blocks:
+    examples = example_images() if examples is None else examples
+    ready = explorer.predictor.detector_ready
+    handlers = build_handlers(explorer)
 
     with gr.Blocks(title="BAViT Explorer", css=CSS, analytics_enabled=False) as demo:
         session_state = gr.State(None, time_to_live=3600)  # per session; dropped 1 h after the last use
@@ -195,18 +233,25 @@ def _build_demo(explorer: Explorer, examples: list[str] | None, coco_examples: l
         view_outputs = [grid_raw, grid_cca, det_pruned, det_dense, det_message, sparsity, tokens, latency, curve,
                         gt_confusion, gt_stats]
         # load_image / set_threshold are callable with gradio_client (tests, app-bench) but kept off the API page.
-        image.change(on_image, [image, *control_inputs], [session_state, *view_outputs, gt_grid, editor],
+        # (gr.State inputs and outputs are not part of the API signature.)
+        image.change(handlers.on_image, [image, session_state, *control_inputs],
+                     [session_state, *view_outputs, gt_grid, editor],
                      preprocess=False, api_name="load_image", show_api=False, trigger_mode="always_last")
+        # One concurrency group for the six control listeners: one FIFO queue (arrival order) instead of six; its
+        # limit is the queue's default_concurrency_limit (none of them sets a lower one). Per-session order and
+        # last-event-wins are Explorer.update's job (several sessions share the group).
+        controls_wiring: dict[str, Any] = {"trigger_mode": "always_last", "concurrency_id": CONTROLS_GROUP}
         for control, name in ((threshold, "set_threshold"), (target, False), (cca_steps, False)):
-            control.input(on_controls, [session_state, *control_inputs], view_outputs, api_name=name, show_api=False,
-                          trigger_mode="always_last", show_progress="hidden")
+            control.input(handlers.on_controls, [session_state, *control_inputs], view_outputs, api_name=name,
+                          show_api=False, show_progress="hidden", **controls_wiring)
         for control in (detect, show_dense):
-            control.input(on_controls, [session_state, *control_inputs], view_outputs, api_name=False,
-                          trigger_mode="always_last")
-        mode.input(on_mode, [session_state, *control_inputs], [threshold, target, *view_outputs], api_name=False,
-                   trigger_mode="always_last")
-        gt_apply.click(on_paint, [session_state, editor, *control_inputs], [gt_grid, gt_confusion, gt_stats], api_name=False)
-        api_button.click(on_api, [api_image, api_threshold, api_cca, api_keep], api_json, api_name="analyze",
+            control.input(handlers.on_controls, [session_state, *control_inputs], view_outputs, api_name=False,
+                          **controls_wiring)
+        mode.input(handlers.on_mode, [session_state, *control_inputs], [threshold, target, *view_outputs],
+                   api_name=False, **controls_wiring)
+        gt_apply.click(handlers.on_paint, [session_state, editor, *control_inputs], [gt_grid, gt_confusion, gt_stats],
+                       api_name=False)
+        api_button.click(handlers.on_api, [api_image, api_threshold, api_cca, api_keep], api_json, api_name="analyze",
                          preprocess=False)
     return demo
 
@@ -230,9 +275,9 @@ def create_demo(bavit: str | Path | None = None, detector: str | None = None, da
         data: COCO-format root for GT comparison of its images (``annotations/instances_*.json`` + split dirs).
         coco_examples: how many COCO images to add to the examples when ``data`` is given.
     """
-    from .explorer import CocoGroundTruth
     from ..predictor import Predictor
     from ..pruning.detector import DEFAULT_DETECTOR
+    from .explorer import CocoGroundTruth
 
     kwargs: dict[str, Any] = {"detector": detector or DEFAULT_DETECTOR}
     if bavit:

@@ -15,11 +15,13 @@ from typing import Mapping, Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from ..engine.metrics import FN, FP, IGNORED, TN, TP, confusion_cells
+
 RGB = tuple[int, int, int]
 
-# Cell classes of the overlays, with their colour and blend weight (alpha 0 leaves the pixel untouched).
+# Cell classes of the overlays, with their colour and blend weight (alpha 0 leaves the pixel untouched); the
+# confusion classes TN / TP / FP / FN / IGNORED are bavit.engine.metrics'.
 BG, FG, FLIPPED = 0, 1, 2
-TN, TP, FP, FN, IGNORED = 0, 1, 2, 3, 4
 
 GRID_PALETTE: dict[int, tuple[RGB, float]] = {
     BG: ((25, 35, 90), 0.55),  # background: darkened, bluish
@@ -128,25 +130,9 @@ def grid_overlay(image: Image.Image, grid: np.ndarray, before: np.ndarray | None
     return overlay_cells(image, grid_classes(grid, before), GRID_PALETTE, lines=lines)
 
 
-def confusion_classes(gt: np.ndarray, pred: np.ndarray, ignore_index: int = -100) -> np.ndarray:
-    """``[gh, gw]`` TN/TP/FP/FN per cell; GT cells equal to ``ignore_index`` become IGNORED."""
-    gt = np.asarray(gt)
-    pred = np.asarray(pred, dtype=bool)
-    if gt.shape != pred.shape:
-        raise ValueError(f"GT grid {gt.shape} and predicted grid {pred.shape} differ in shape")
-    gt_fg = gt == 1 if gt.dtype != bool else gt
-    classes = np.full(gt.shape, TN, dtype=np.int64)
-    classes[gt_fg & pred] = TP
-    classes[~gt_fg & pred] = FP
-    classes[gt_fg & ~pred] = FN
-    if gt.dtype != bool:
-        classes[gt == ignore_index] = IGNORED
-    return classes
-
-
 def confusion_overlay(image: Image.Image, gt: np.ndarray, pred: np.ndarray, lines: bool = True) -> Image.Image:
     """GT-vs-prediction overlay: TP green, FP red, FN yellow, TN darkened, ignored grey."""
-    return overlay_cells(image, confusion_classes(gt, pred), CONFUSION_PALETTE, lines=lines)
+    return overlay_cells(image, confusion_cells(pred, gt), CONFUSION_PALETTE, lines=lines)
 
 
 def label_color(label: str) -> RGB:

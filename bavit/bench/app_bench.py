@@ -27,6 +27,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+from ..files import write_text
+
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_IMAGE = ROOT / "assets" / "examples" / "chelsea.jpg"
 MODE_THRESHOLD = "FG-probability threshold"
@@ -166,7 +168,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"  {label:34s} median {row['median_ms']:7.1f} ms   p90 {row['p90_ms']:7.1f} ms   min {row['min_ms']:7.1f} ms")
     print("targets (app issue): <= 250 ms with the pruned detector, <= 50 ms grid only")
     if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2))
+        write_text(args.json, json.dumps(results, indent=2))
         print(f"wrote {args.json}")
     return 0
 

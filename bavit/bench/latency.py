@@ -28,6 +28,7 @@ import torch
 
 from ..core.config import SMALL
 from ..errors import ConfigError
+from ..files import atomic_path, write_text
 from ..imageio import load_image, to_tensor
 from ..predictor import DEFAULT_BAVIT_CHECKPOINT, Predictor
 from ..pruning.accounting import accounting_at_sparsity, token_accounting
@@ -302,7 +303,8 @@ def plot(report: dict, path: str | os.PathLike) -> Path:
     ax.grid(alpha=0.3)
     fig.text(0.01, 0.01, report["weights"][:150], fontsize=5, color="0.3")
     fig.tight_layout(rect=(0, 0.03, 1, 1))
-    fig.savefig(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
     return path
 
 
@@ -337,8 +339,7 @@ def run(args: argparse.Namespace) -> int:
                        batch=args.batch, bavit=args.bavit, detector=args.detector, images=images)
     print(format_table(report))
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(report, indent=2))
+        write_text(args.json, json.dumps(report, indent=2))
         print(f"wrote {args.json}")
     if args.plot:
         print(f"wrote {plot(report, args.plot)}")

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import torch
@@ -15,8 +14,9 @@ import torch.nn as nn
 from timm.layers import PatchEmbed
 from timm.models.vision_transformer import VisionTransformer
 
+from ..errors import CheckpointError, ConfigError
+from ..files import atomic_path
 from .config import BAViTConfig
-from ..errors import CheckpointError, ConfigError, WeightsUnavailableError
 
 CONFIG_KEY = "bavit_config"
 FORMAT_KEY = "format"
@@ -114,40 +114,12 @@ class BAViT(nn.Module):
         return logits.softmax(-1)[..., 1].reshape(-1, grid, grid)
 
 
-def build_bavit(config: BAViTConfig, init: str = "random") -> BAViT:
-    """Build a BAViT and initialise its transformer.
-
-    Args:
-        config: architecture.
-        init: ``"random"`` (timm's init; the offline default); ``"timm:NAME"`` to copy the patch embedding,
-            position embedding, first ``depth`` blocks and final norm of a pretrained timm ViT of the same width
-            (e.g. ``timm:vit_tiny_patch16_384``, needs the hub); ``"yolos:ID_OR_DIR"`` to copy the first ``depth``
-            encoder layers of a YOLOS checkpoint (e.g. ``yolos:hustvl/yolos-tiny``); ``"bavit:PATH"`` to grow a
-            shallower trained BAViT: its embedding, blocks, norm and head are copied and the extra blocks start as
-            identities (zeroed residual outputs), so the deeper model starts from the shallower one's predictions.
-    """
-    model = BAViT(config)
-    if init == "random":
-        return model
-    if init.startswith("bavit:"):
-        grow_from(model, load_checkpoint(init.partition(":")[2]))
-        return model
-    if config.stem != "patch":
-        raise ConfigError(f"init {init!r} copies a 16x16 patch projection; it needs stem='patch'")
-    kind, _, source = init.partition(":")
-    if not source:
-        raise ConfigError(f"init must be 'random', 'timm:NAME' or 'yolos:ID_OR_DIR', got {init!r}")
-    if kind == "timm":
-        from .pretrained import copy_from_timm
-
-        copy_from_timm(model, source)
-    elif kind == "yolos":
-        from .pretrained import copy_from_yolos
-
-        copy_from_yolos(model, source)
-    else:
-        raise ConfigError(f"unknown init kind {kind!r}; use 'random', 'timm:NAME' or 'yolos:ID_OR_DIR'")
-    return model
+def build_bavit(config: BAViTConfig) -> BAViT:
+    """A BAViT at timm's random initialisation (the offline default). Pretrained starts copy weights into it:
+    :func:`grow_from` (a shallower trained BAViT), :func:`bavit.core.pretrained.copy_from_timm` and
+    :func:`bavit.core.pretrained.copy_from_yolos`; ``python -m bavit train --init`` names them
+    (:func:`bavit.engine.train.init_bavit`)."""
+    return BAViT(config)
 
 
 @torch.no_grad()
@@ -172,7 +144,8 @@ def grow_from(model: BAViT, source: BAViT) -> None:
 
 
 def save_checkpoint(model: BAViT, path: str | os.PathLike, extra: dict | None = None) -> Path:
-    """Write weights + config to ``path`` atomically (temp file in the same folder, then rename).
+    """Write weights + config to ``path`` atomically (:func:`bavit.files.atomic_path`: a temp file in the same
+    folder, renamed onto ``path``; on failure the temp file is removed and an existing ``path`` is untouched).
 
     Args:
         model: the model (a DDP wrapper's ``.module``).
@@ -189,15 +162,8 @@ def save_checkpoint(model: BAViT, path: str | os.PathLike, extra: dict | None = 
     if extra:
         metadata["extra"] = json.dumps(extra, sort_keys=True)
     state = {name: tensor.detach().contiguous().cpu() for name, tensor in model.state_dict().items()}
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(state, tmp, metadata=metadata)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; a checkpoint is meant to be shared
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_path(path) as tmp:  # mode 0644: a checkpoint is meant to be shared
+        save_file(state, str(tmp), metadata=metadata)
     return path
 
 
@@ -261,5 +227,4 @@ __all__ = [
     "load_checkpoint",
     "read_checkpoint_metadata",
     "checkpoint_extra",
-    "WeightsUnavailableError",
 ]

@@ -1,4 +1,4 @@
-"""Copy pretrained transformer weights into a BAViT: a timm ViT by name, or the first k layers of a YOLOS model."""
+"""Copy pretrained transformer weights into a BAViT: a timm ViT by name, or the first k layers of a loaded YOLOS."""
 from __future__ import annotations
 
 import torch
@@ -28,6 +28,8 @@ def copy_from_timm(model, name: str) -> None:
     """Initialise from a pretrained timm ViT (hub download; fails clearly offline)."""
     import timm
 
+    if model.config.stem != "patch":
+        raise ConfigError("copying a timm ViT's 16x16 patch projection needs stem='patch'")
     try:
         source = timm.create_model(name, pretrained=True)
     except Exception as exc:
@@ -52,17 +54,22 @@ def copy_from_timm(model, name: str) -> None:
 
 
 @torch.no_grad()
-def copy_from_yolos(model, id_or_dir: str) -> None:
-    """Initialise from the patch embedding and first ``depth`` encoder layers of a YOLOS checkpoint."""
-    from ..pruning.detector import load_yolos_model
+def copy_from_yolos(model, yolos, source: str = "YOLOS") -> None:
+    """Initialise from the patch embedding and first ``depth`` encoder layers of a loaded YOLOS.
 
-    yolos = load_yolos_model(id_or_dir)
+    Args:
+        model: the BAViT (``stem="patch"``).
+        yolos: a transformers ``YolosForObjectDetection`` or ``YolosModel``.
+        source: its name, for error messages.
+    """
     cfg = yolos.config
-    _check_width(model, cfg.hidden_size, cfg.num_attention_heads, id_or_dir)
+    if model.config.stem != "patch":
+        raise ConfigError("copying YOLOS' 16x16 patch projection needs stem='patch'")
+    _check_width(model, cfg.hidden_size, cfg.num_attention_heads, source)
     if cfg.patch_size != model.config.patch_size:
-        raise ConfigError(f"{id_or_dir} uses {cfg.patch_size}px patches, BAViT {model.config.patch_size}px")
+        raise ConfigError(f"{source} uses {cfg.patch_size}px patches, BAViT {model.config.patch_size}px")
     if cfg.num_hidden_layers < model.config.depth:
-        raise ConfigError(f"{id_or_dir} has {cfg.num_hidden_layers} layers, fewer than depth {model.config.depth}")
+        raise ConfigError(f"{source} has {cfg.num_hidden_layers} layers, fewer than depth {model.config.depth}")
     backbone = yolos.vit if hasattr(yolos, "vit") else yolos
     vit = model.vit
     emb = backbone.embeddings

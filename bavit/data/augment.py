@@ -15,9 +15,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ..core.config import BAViTConfig
+from ..core.labels import IGNORE_INDEX, area_fractions
 from .records import Record
-from ..core.labels import area_fractions
-from ..core.labels import IGNORE_INDEX
 
 
 @dataclass

@@ -17,9 +17,9 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from .records import load_coco  # noqa: F401 (part of this module's API)
 from ..errors import ConfigError, DataError
 from ..imageio import load_image
+from .records import load_coco  # noqa: F401 (part of this module's API)
 
 COCO91_SIZE = 91  # label slots of a DETR/YOLOS COCO head, not counting "no object"
 

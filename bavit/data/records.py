@@ -16,9 +16,9 @@ import torch
 from PIL import Image
 
 from ..core.config import BAViTConfig
+from ..core.labels import FG_FRAC, FRACTION_TOL, area_fractions, labels_from_boxes, labels_from_mask
 from ..errors import DataError
 from ..imageio import load_image, to_tensor
-from ..core.labels import FG_FRAC, FRACTION_TOL, area_fractions, labels_from_boxes, labels_from_mask
 
 # COCO's object size bins (area in original pixels).
 SIZE_BINS = (("small", 0, 32**2), ("medium", 32**2, 96**2), ("large", 96**2, float("inf")))

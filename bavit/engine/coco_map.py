@@ -24,17 +24,17 @@ import json
 import math
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
 import torch
 
 from ..data.coco import CocoDetection, label_to_category, resolve_paths
-from ..pruning.detector import YOLOS_SIZE, yolos_grid, yolos_pixels
-from ..pruning.keep_mask import keep_mask_from_probs
 from ..data.records import add_dataset_arguments
 from ..errors import ConfigError
+from ..files import write_text
+from ..pruning.detector import YOLOS_SIZE, yolos_grid, yolos_pixels
+from ..pruning.keep_mask import keep_mask_from_probs
 
 # COCOeval.stats order (bbox): AP, AP50, AP75, AP_small, AP_medium, AP_large, AR1, AR10, AR100, ...
 STAT_NAMES = ("mAP", "AP50", "AP75", "AP_small", "AP_medium", "AP_large")
@@ -170,9 +170,9 @@ def run_map(detector, dataset: CocoDetection, bavit=None, settings: Sequence[Set
     """
     from tqdm import tqdm
 
-    from ..pruning.accounting import mean_accounting, token_accounting
     from ..core.config import SMALL
     from ..imageio import to_tensor
+    from ..pruning.accounting import mean_accounting, token_accounting
 
     if cca_steps < 0 or batch_size < 1:
         raise ConfigError(f"--cca-steps must be >= 0 and --batch-size >= 1, got {cca_steps} and {batch_size}")
@@ -309,7 +309,7 @@ def run(args: argparse.Namespace) -> int:
     table = markdown_table(report)
     print(table, end="")
     if args.markdown:
-        Path(args.markdown).write_text(table)
+        write_text(args.markdown, table)
     if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+        write_text(args.json, json.dumps(report, indent=2) + "\n")
     return 0

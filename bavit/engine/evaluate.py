@@ -9,9 +9,10 @@ import numpy as np
 import torch
 
 from ..core.cca import cca
-from ..data.records import PatchDataset, Record, add_dataset_arguments, records_from_args
-from .metrics import TokenMetrics
 from ..core.model import BAViT, checkpoint_extra, load_checkpoint
+from ..data.records import PatchDataset, Record, add_dataset_arguments, records_from_args
+from ..files import write_text
+from .metrics import TokenMetrics
 
 METRIC_KEYS = ("token_accuracy", "balanced_accuracy", "fg_precision", "fg_recall", "fg_iou", "object_keep_rate")
 
@@ -143,7 +144,6 @@ def run(args: argparse.Namespace) -> int:
     if result["sweep"]:
         print("\n" + format_sweep(result))
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result, indent=2))
+        write_text(args.json, json.dumps(result, indent=2))
         print(f"wrote {args.json}")
     return 0

@@ -13,9 +13,10 @@ L1 + GIoU; needs scipy). The keep mask comes from:
 
 Conventions shared with ``python -m bavit train``: a tqdm bar with the running loss and images/s, one JSON line
 per epoch in ``OUT/metrics.jsonl``, and an atomic checkpoint after every epoch in ``OUT/checkpoint/``:
-``save_pretrained`` files (loadable with ``--detector OUT/checkpoint``) + ``train_state.json`` (epoch, settings)
-+ ``optimizer.safetensors`` (AdamW moments as tensors; no pickles). The folder is written under a temporary
-name and swapped in with renames, so an interrupt leaves the previous epoch's checkpoint whole. ``--resume``
+``save_pretrained`` files (loadable with ``--detector OUT/checkpoint``) + ``train_state.safetensors`` (AdamW state
+and progress, :mod:`bavit.engine.state`; no pickles) + ``train_state.json`` (epoch, step, settings, to read).
+The folder is written under a temporary name and swapped in with renames (:func:`bavit.files.atomic_dir`), so
+an interrupt leaves the previous epoch's checkpoint whole. ``--resume``
 continues after the saved epoch; the shuffle order depends only on (seed, epoch), so a resumed run sees the same
 batches as an uninterrupted one.
 """
@@ -23,9 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -33,17 +31,19 @@ from pathlib import Path
 import torch
 
 from ..core.cca import cca
+from ..core.labels import labels_from_boxes
 from ..data.coco import CocoDetection, label_to_category, resolve_paths, yolos_targets
-from ..pruning.detector import YOLOS_SIZE, yolos_grid, yolos_pixels
-from ..pruning.keep_mask import keep_mask_from_probs
 from ..data.records import add_dataset_arguments
 from ..errors import CheckpointError, ConfigError, DataError
+from ..files import atomic_dir, recover_dir
 from ..imageio import to_tensor
-from ..core.labels import labels_from_boxes
+from ..pruning.detector import YOLOS_SIZE, yolos_grid, yolos_pixels
+from ..pruning.keep_mask import keep_mask_from_probs
+from .state import load_training_state, save_training_state
 
 CHECKPOINT_DIR = "checkpoint"
-STATE_FILE = "train_state.json"
-OPTIMIZER_FILE = "optimizer.safetensors"
+STATE_FILE = "train_state.json"  # readable copy of the progress
+TRAIN_STATE_FILE = "train_state.safetensors"  # optimizer + progress (bavit.engine.state)
 MASK_SOURCES = ("bavit", "gt-boxes")
 
 
@@ -153,72 +153,37 @@ def make_optimizer(model, cfg: FinetuneConfig) -> torch.optim.Optimizer:
     return torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
-def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
-    tensors = {}
-    for group_index, group in enumerate(optimizer.param_groups):
-        for param_index, param in enumerate(group["params"]):
-            for key, value in optimizer.state.get(param, {}).items():
-                if torch.is_tensor(value):
-                    tensors[f"g{group_index}.p{param_index}.{key}"] = value.detach().contiguous().cpu()
-    return tensors
-
-
-def _restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor]) -> None:
-    for group_index, group in enumerate(optimizer.param_groups):
-        for param_index, param in enumerate(group["params"]):
-            prefix = f"g{group_index}.p{param_index}."
-            state = {name[len(prefix):]: value.to(param.device) for name, value in tensors.items() if name.startswith(prefix)}
-            if state:
-                optimizer.state[param] = state
-
-
 def save_finetune_checkpoint(output: str | Path, model, optimizer: torch.optim.Optimizer, state: dict) -> Path:
-    """Write ``OUT/checkpoint/`` (model, ``train_state.json``, ``optimizer.safetensors``) atomically.
+    """Write ``OUT/checkpoint/`` atomically (:func:`bavit.files.atomic_dir`): the model's ``save_pretrained`` files,
+    ``train_state.safetensors`` (the optimizer and ``state`` as progress, :mod:`bavit.engine.state`) and
+    ``train_state.json`` (``state`` again, for people to read). At every moment one complete checkpoint exists.
 
-    The new folder is written as ``OUT/.checkpoint-XXXX`` and renamed into place; the previous one is moved to
-    ``OUT/.checkpoint.old`` first and deleted last, so at every moment one complete checkpoint exists.
+    Args:
+        output: the run folder ``OUT``.
+        state: JSON-able progress: ``epoch``, ``step``, ``base``, ``config``, ...
+    Returns:
+        ``OUT/checkpoint``.
     """
-    from safetensors.torch import save_file
-
-    output = Path(output)
-    output.mkdir(parents=True, exist_ok=True)
-    final, old = output / CHECKPOINT_DIR, output / f".{CHECKPOINT_DIR}.old"
-    tmp = Path(tempfile.mkdtemp(prefix=f".{CHECKPOINT_DIR}-", dir=output))
-    try:
+    final = Path(output) / CHECKPOINT_DIR
+    with atomic_dir(final) as tmp:
         model.save_pretrained(tmp)
-        save_file(_optimizer_tensors(optimizer), str(tmp / OPTIMIZER_FILE))
+        save_training_state(tmp / TRAIN_STATE_FILE, optimizer, **state)
         (tmp / STATE_FILE).write_text(json.dumps(state, indent=2, sort_keys=True) + "\n")
-        if old.exists():
-            shutil.rmtree(old)
-        if final.exists():
-            os.replace(final, old)
-        os.replace(tmp, final)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    shutil.rmtree(old, ignore_errors=True)
     return final
 
 
 def checkpoint_dir(output: str | Path) -> Path:
     """``OUT/checkpoint``, restoring ``OUT/.checkpoint.old`` when an interrupt fell between the two renames."""
-    output = Path(output)
-    final, old = output / CHECKPOINT_DIR, output / f".{CHECKPOINT_DIR}.old"
-    if not final.exists() and old.is_dir():
-        os.replace(old, final)
-    return final
+    return recover_dir(Path(output) / CHECKPOINT_DIR)
 
 
 def load_train_state(checkpoint: Path, optimizer: torch.optim.Optimizer) -> dict:
-    """Restore the optimizer from ``checkpoint``; returns ``train_state.json``."""
-    from safetensors.torch import load_file
-
-    state_file, optimizer_file = checkpoint / STATE_FILE, checkpoint / OPTIMIZER_FILE
-    if not state_file.is_file() or not optimizer_file.is_file():
-        raise CheckpointError(f"--resume: {checkpoint} has no {STATE_FILE} / {OPTIMIZER_FILE}; not a fine-tune checkpoint")
-    state = json.loads(state_file.read_text())
-    _restore_optimizer(optimizer, load_file(str(optimizer_file)))
-    return state
+    """Restore the optimizer from ``checkpoint/train_state.safetensors``; returns the saved progress (the same dict
+    as ``train_state.json``: ``epoch``, ``step``, ``base``, ``config``, ...)."""
+    state_file = Path(checkpoint) / TRAIN_STATE_FILE
+    if not state_file.is_file():
+        raise CheckpointError(f"--resume: {checkpoint} has no {TRAIN_STATE_FILE}; not a fine-tune checkpoint")
+    return load_training_state(state_file, optimizer)
 
 
 def finetune(detector, images: CocoDetection, cfg: FinetuneConfig, output: str | Path, bavit=None,

@@ -1,4 +1,9 @@
-"""Token-level FG/BG metrics and the object keep rate, accumulated over images."""
+"""Token-level FG/BG metrics and the object keep rate, accumulated over images.
+
+The one confusion count of the project: :func:`confusion_cells` classifies each grid cell against its label,
+:func:`confusion_counts` counts those classes and :func:`rates` turns counts into ratios. Evaluation
+(:class:`TokenMetrics`), the app's per-image GT statistics and its GT-vs-prediction overlay all use them.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -8,6 +13,51 @@ import numpy as np
 from ..core.labels import IGNORE_INDEX
 
 SIZES = ("small", "medium", "large")
+# Cell classes of a prediction against its labels.
+TN, TP, FP, FN, IGNORED = 0, 1, 2, 3, 4
+
+
+def confusion_cells(predicted: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Per-cell class TP / FP / FN / TN of a predicted FG grid, IGNORED where the label is ``IGNORE_INDEX``.
+
+    Args:
+        predicted: ``[..., G, G]`` bool, True = FG (kept).
+        labels: the same shape, int in {0, 1, IGNORE_INDEX}, or bool (True = FG).
+    Returns:
+        int64 array of the same shape with values in {TN, TP, FP, FN, IGNORED}.
+    """
+    predicted = np.asarray(predicted, dtype=bool)
+    labels = np.asarray(labels)
+    if labels.shape != predicted.shape:
+        raise ValueError(f"GT grid {labels.shape} and predicted grid {predicted.shape} differ in shape")
+    fg = labels if labels.dtype == bool else labels == 1
+    cells = np.where(fg, np.where(predicted, TP, FN), np.where(predicted, FP, TN)).astype(np.int64)
+    if labels.dtype != bool:
+        cells[labels == IGNORE_INDEX] = IGNORED
+    return cells
+
+
+def confusion_counts(predicted: np.ndarray, labels: np.ndarray) -> dict[str, int]:
+    """``{"tp", "fp", "fn", "tn"}`` over the cells that are not ignored (see :func:`confusion_cells`)."""
+    counts = np.bincount(confusion_cells(predicted, labels).ravel(), minlength=5)
+    return {"tp": int(counts[TP]), "fp": int(counts[FP]), "fn": int(counts[FN]), "tn": int(counts[TN])}
+
+
+def rates(tp: int, fp: int, fn: int, tn: int) -> dict[str, float | None]:
+    """Token accuracy, balanced accuracy, FG precision, recall and IoU (fractions; ``None`` when undefined)."""
+
+    def ratio(num: float, den: float):
+        return num / den if den else None
+
+    recall = ratio(tp, tp + fn)
+    specificity = ratio(tn, tn + fp)
+    return {
+        "token_accuracy": ratio(tp + tn, tp + fp + fn + tn),
+        "balanced_accuracy": None if recall is None or specificity is None else (recall + specificity) / 2,
+        "fg_precision": ratio(tp, tp + fp),
+        "fg_recall": recall,
+        "fg_iou": ratio(tp, tp + fp + fn),
+    }
 
 
 @dataclass
@@ -34,13 +84,11 @@ class TokenMetrics:
             instances: ``(Instance, patches [G, G] bool)`` pairs from :meth:`Record.instance_patches`.
         """
         predicted = np.asarray(predicted, dtype=bool)
-        labels = np.asarray(labels)
-        valid = labels != IGNORE_INDEX
-        fg = labels == 1
-        self.tp += int((predicted & fg & valid).sum())
-        self.fp += int((predicted & ~fg & valid).sum())
-        self.fn += int((~predicted & fg & valid).sum())
-        self.tn += int((~predicted & ~fg & valid).sum())
+        counts = confusion_counts(predicted, labels)
+        self.tp += counts["tp"]
+        self.fp += counts["fp"]
+        self.fn += counts["fn"]
+        self.tn += counts["tn"]
         self.images += 1
         for instance, patches in instances:
             size = instance.size
@@ -54,15 +102,9 @@ class TokenMetrics:
         def ratio(num: float, den: float):
             return num / den if den else None
 
-        recall = ratio(self.tp, self.tp + self.fn)
-        specificity = ratio(self.tn, self.tn + self.fp)
         total_objects = sum(self.objects.values())
         return {
-            "token_accuracy": ratio(self.tp + self.tn, tokens),
-            "balanced_accuracy": None if recall is None or specificity is None else (recall + specificity) / 2,
-            "fg_precision": ratio(self.tp, self.tp + self.fp),
-            "fg_recall": recall,
-            "fg_iou": ratio(self.tp, self.tp + self.fp + self.fn),
+            **rates(self.tp, self.fp, self.fn, self.tn),
             "object_keep_rate": ratio(sum(self.kept.values()), total_objects),
             "object_keep_rate_by_size": {s: ratio(self.kept[s], self.objects[s]) for s in SIZES},
             "objects_by_size": dict(self.objects),

@@ -2,8 +2,10 @@
 
 Runs on one process, or under ``torchrun --nproc_per_node=N`` (DDP with the gloo backend on CPU). Every epoch
 writes ``OUT/last.safetensors`` (model + config, loadable by path) and ``OUT/last.train-state.safetensors``
-(optimizer moments, scheduler, epoch) atomically, so an interrupt loses at most the current epoch; ``--resume``
-continues from them. Metrics go to ``OUT/metrics.jsonl``.
+(:mod:`bavit.engine.state`: optimizer moments, scheduler, epoch, torch RNG) atomically, so an interrupt loses at
+most the current epoch; ``--resume`` continues from them exactly: the shuffle order and the augmentation depend
+only on (seed, epoch), so a resumed run sees the same batches, and ends with the same weights, as an
+uninterrupted one. Metrics go to ``OUT/metrics.jsonl``.
 """
 from __future__ import annotations
 
@@ -18,13 +20,17 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from ..data.augment import AugmentConfig, AugmentedDataset, CachedSamples
 from ..core.config import PRESETS, BAViTConfig
-from ..data.records import Record, add_dataset_arguments, records_from_args
-from ..errors import CheckpointError, DataError
 from ..core.labels import IGNORE_INDEX
 from ..core.loss import AccumulativeCrossEntropy
-from ..core.model import BAViT, build_bavit, load_checkpoint, save_checkpoint
+from ..core.model import BAViT, build_bavit, checkpoint_extra, grow_from, load_checkpoint, save_checkpoint
+from ..core.pretrained import copy_from_timm, copy_from_yolos
+from ..data.augment import AugmentConfig, AugmentedDataset, CachedSamples
+from ..data.records import Record, add_dataset_arguments, records_from_args
+from ..errors import CheckpointError, ConfigError, DataError
+from ..files import atomic_path
+from ..pruning.detector import load_yolos_model
+from .state import load_training_state, save_training_state
 
 
 @dataclass
@@ -58,47 +64,41 @@ def _state_path(out_dir: Path) -> Path:
     return out_dir / "last.train-state.safetensors"
 
 
-def save_train_state(out_dir: Path, optimizer: torch.optim.Optimizer, scheduler, epoch: int) -> None:
-    """Adam moments as tensors + scheduler/epoch as JSON metadata, written atomically (no pickles)."""
-    from safetensors.torch import save_file
-
-    tensors, layout = {}, []
-    for group_index, group in enumerate(optimizer.param_groups):
-        for param_index, param in enumerate(group["params"]):
-            state = optimizer.state.get(param, {})
-            for key, value in state.items():
-                if torch.is_tensor(value):
-                    name = f"g{group_index}.p{param_index}.{key}"
-                    tensors[name] = value.detach().contiguous().cpu().reshape(value.shape)
-                    layout.append(name)
-    metadata = {"epoch": str(epoch), "scheduler": json.dumps(scheduler.state_dict()),
-                "lrs": json.dumps([g["lr"] for g in optimizer.param_groups])}
-    path = _state_path(out_dir)
-    tmp = path.with_suffix(".tmp")
-    save_file(tensors, str(tmp), metadata=metadata)
-    os.replace(tmp, path)
+def _epoch_sampler(dataset: torch.utils.data.Dataset, world: int, rank: int,
+                   seed: int) -> torch.utils.data.DistributedSampler:
+    """The shuffle: a permutation that depends only on (seed, epoch) -- ``set_epoch`` picks it -- so a resumed run
+    sees the same batches as an uninterrupted one. One process is the one-replica case of DDP's sampler."""
+    return torch.utils.data.DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=seed)
 
 
-def load_train_state(out_dir: Path, optimizer: torch.optim.Optimizer, scheduler) -> int:
-    """Restore optimizer + scheduler; returns the last completed epoch."""
-    from safetensors import safe_open
+def init_bavit(config: BAViTConfig, init: str = "random") -> BAViT:
+    """A new BAViT for training, initialised as ``--init`` names it.
 
-    path = _state_path(out_dir)
-    if not path.is_file():
-        raise CheckpointError(f"--resume: no training state at {path}")
-    with safe_open(str(path), framework="pt") as handle:
-        metadata = handle.metadata()
-        tensors = {name: handle.get_tensor(name) for name in handle.keys()}
-    for group_index, group in enumerate(optimizer.param_groups):
-        for param_index, param in enumerate(group["params"]):
-            prefix = f"g{group_index}.p{param_index}."
-            state = {name[len(prefix):]: value for name, value in tensors.items() if name.startswith(prefix)}
-            if state:
-                optimizer.state[param] = state
-    scheduler.load_state_dict(json.loads(metadata["scheduler"]))
-    for group, lr in zip(optimizer.param_groups, json.loads(metadata["lrs"])):
-        group["lr"] = lr
-    return int(metadata["epoch"])
+    Args:
+        config: architecture.
+        init: ``"random"`` (timm's init; the offline default); ``"timm:NAME"`` to copy the patch embedding,
+            position embedding, first ``depth`` blocks and final norm of a pretrained timm ViT of the same width
+            (e.g. ``timm:vit_tiny_patch16_384``, needs the hub); ``"yolos:ID_OR_DIR"`` to copy the first ``depth``
+            encoder layers of a YOLOS checkpoint (e.g. ``yolos:hustvl/yolos-tiny``); ``"bavit:PATH"`` to grow a
+            shallower trained BAViT: its embedding, blocks, norm and head are copied and the extra blocks start as
+            identities (zeroed residual outputs), so the deeper model starts from the shallower one's predictions.
+    Raises:
+        ConfigError: an unknown init, or one that does not fit the architecture.
+        WeightsUnavailableError: pretrained weights that cannot be had here.
+    """
+    model = build_bavit(config)
+    kind, _, source = init.partition(":")
+    if init == "random":
+        return model
+    if not source or kind not in ("timm", "yolos", "bavit"):
+        raise ConfigError(f"init must be 'random', 'timm:NAME', 'yolos:ID_OR_DIR' or 'bavit:PATH', got {init!r}")
+    if kind == "bavit":
+        grow_from(model, load_checkpoint(source))
+    elif kind == "timm":
+        copy_from_timm(model, source)
+    else:
+        copy_from_yolos(model, load_yolos_model(source), source)
+    return model
 
 
 def train(records: list[Record], model_config: BAViTConfig, cfg: TrainConfig, out_dir: str | Path,
@@ -125,31 +125,44 @@ def train(records: list[Record], model_config: BAViTConfig, cfg: TrainConfig, ou
     cache = CachedSamples(records, model_config, cfg.cache_size, cfg.label_source, cfg.box_rule, cfg.box_tau,
                           progress=progress and rank == 0)
     dataset = AugmentedDataset(cache, AugmentConfig() if cfg.augment else None, seed=cfg.seed)
-    sampler = torch.utils.data.DistributedSampler(dataset, world, rank, shuffle=True, seed=cfg.seed) if world > 1 else None
-    generator = torch.Generator().manual_seed(cfg.seed)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.batch_size, shuffle=sampler is None, sampler=sampler,
+    sampler = _epoch_sampler(dataset, world, rank, cfg.seed)
+    # The loader's own generator only seeds worker processes (the dataset draws from its own (seed, epoch, index)
+    # RNG); giving it one keeps the loader from consuming the global torch RNG.
+    loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler,
                                          num_workers=cfg.workers, drop_last=len(dataset) > cfg.batch_size * world,
-                                         generator=generator, persistent_workers=cfg.workers > 0)
+                                         generator=torch.Generator().manual_seed(cfg.seed),
+                                         persistent_workers=cfg.workers > 0)
     last = out_dir / "last.safetensors"
     if resume:
         if not last.is_file():
             raise CheckpointError(f"--resume: no checkpoint at {last}")
         model = load_checkpoint(last)  # its stored config wins over the command line's
     else:
-        model = build_bavit(model_config, cfg.init)
+        model = init_bavit(model_config, cfg.init)
     model.train()
     net = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
     criterion = AccumulativeCrossEntropy(cfg.class_weights)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.step_size, gamma=cfg.gamma)
-    start_epoch = load_train_state(out_dir, optimizer, scheduler) if resume else 0
+    start_epoch = 0
+    if resume:
+        state_path = _state_path(out_dir)
+        if not state_path.is_file():
+            raise CheckpointError(f"--resume: no training state at {state_path}")
+        saved = load_training_state(state_path, optimizer, scheduler)
+        start_epoch = int(saved["epoch"])
+        model_epoch = checkpoint_extra(last).get("epoch")
+        if model_epoch != start_epoch:
+            raise CheckpointError(f"--resume: {last} holds epoch {model_epoch} but {state_path.name} epoch "
+                                  f"{start_epoch} (a run interrupted between the two writes); start afresh")
+        if "rng" in saved:
+            torch.set_rng_state(saved["rng"])  # drop path draws from it
     prior = cache.fg_prior().flatten().tolist()
     metrics_file = out_dir / "metrics.jsonl"
     steps = 0
     for epoch in range(start_epoch + 1, cfg.epochs + 1):
         dataset.set_epoch(epoch)
-        if sampler is not None:
-            sampler.set_epoch(epoch)
+        sampler.set_epoch(epoch)
         started = time.perf_counter()
         loss_sum, token_correct, token_count, images = 0.0, 0, 0, 0
         bar = tqdm(loader, desc=f"epoch {epoch}/{cfg.epochs}", disable=not progress or rank != 0, leave=False)
@@ -187,9 +200,10 @@ def train(records: list[Record], model_config: BAViTConfig, cfg: TrainConfig, ou
             "world_size": world,
         }
         if rank == 0:
-            save_train_state(out_dir, optimizer, scheduler, epoch)
+            # Model first, then the state: the resume check above catches an interrupt between the two.
             save_checkpoint(model, last, extra={"epoch": epoch, "train": asdict(cfg), "fg_prior": prior,
                                                 "train_images": len(records), "loss": record["loss"]})
+            save_training_state(_state_path(out_dir), optimizer, scheduler, epoch=epoch, rng=torch.get_rng_state())
             with metrics_file.open("a") as handle:
                 handle.write(json.dumps(record) + "\n")
             if progress:
@@ -252,10 +266,8 @@ def run(args: argparse.Namespace) -> int:
     train(records, model_config, cfg, args.out, resume=args.resume, progress=not args.no_progress)
     rank = dist.get_rank() if dist.is_initialized() else 0
     if rank == 0 and args.output:
-        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(args.output).with_suffix(".tmp")
-        shutil.copyfile(Path(args.out) / "last.safetensors", tmp)
-        os.replace(tmp, args.output)
+        with atomic_path(args.output) as tmp:
+            shutil.copyfile(Path(args.out) / "last.safetensors", tmp)
         print(f"wrote {args.output}")
     if dist.is_initialized():
         dist.destroy_process_group()
