@@ -9,7 +9,8 @@ from .errors import BAViTError
 from .imageio import allow_large_images
 
 # Each module exposes ``register(subparsers)`` that adds its sub-command and sets ``func(args) -> int``.
-COMMAND_MODULES = ("engine.train", "engine.evaluate", "bench.latency", "engine.coco_map", "engine.finetune", "bench.app_bench")
+COMMAND_MODULES = ("engine.train", "engine.evaluate", "engine.calibrate", "bench.latency", "engine.coco_map",
+                   "engine.finetune", "bench.app_bench")
 
 
 def build_parser() -> argparse.ArgumentParser:

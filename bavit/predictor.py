@@ -31,6 +31,7 @@ from .core.model import BAViT, load_checkpoint
 from .errors import CheckpointError, ConfigError, WeightsUnavailableError
 from .imageio import ImageInput, load_image, square_resize, to_tensor
 from .pruning.accounting import TokenAccounting, token_accounting
+from .pruning.calibration import Calibration, load_calibration
 from .pruning.detector import (
     DEFAULT_DETECTOR,
     HOW_TO_GET_WEIGHTS,
@@ -96,6 +97,8 @@ class Predictor:
 
     Args:
         bavit: BAViT checkpoint path (or a loaded :class:`BAViT`; it is copied, not changed).
+        calibration: thresholds per target mean sparsity (``predict(sparsity=...)``); by default the one stored in
+            the checkpoint at ``bavit`` (None for a loaded model).
         detector: YOLOS hub id or local directory; None for no detector.
         score_threshold: detection score threshold for post-processing.
         cache_size: images whose FG probabilities are kept (LRU).
@@ -112,9 +115,13 @@ class Predictor:
         score_threshold: float = 0.5,
         cache_size: int = 64,
         resample_mode: str = "nearest",
+        calibration: Optional[Calibration] = None,
     ):
         # An inference copy (conv-stem BatchNorms folded): the caller's model is left as it is.
         self.bavit = (bavit if isinstance(bavit, BAViT) else load_checkpoint(bavit)).for_inference()
+        if calibration is None and not isinstance(bavit, BAViT):
+            calibration = load_calibration(bavit)
+        self.calibration = calibration
         self.score_threshold = score_threshold
         self.resample_mode = resample_mode
         self.cache_size = cache_size
@@ -214,23 +221,36 @@ class Predictor:
         *,
         threshold: Optional[float] = None,
         keep_ratio: Optional[float] = None,
+        sparsity: Optional[float] = None,
         cca_steps: int = DEFAULT_CCA_STEPS,
         detect: bool = True,
         dense: bool = False,
     ) -> Analysis:
         """Keep mask, pruned YOLOS and post-processing for one setting of a prepared image.
 
+        Give at most one of ``threshold``, ``keep_ratio`` and ``sparsity``.
+
         Args:
             prepared: from :meth:`set_image`.
-            threshold: FG-probability threshold (default 0.5 when ``keep_ratio`` is not given).
+            threshold: FG-probability threshold (default 0.5 when neither of the others is given).
             keep_ratio: keep this fraction (0, 1] of BAViT's tokens, most probable first, instead.
+            sparsity: calibrated mode (the paper's Table 2): the threshold that gives this *mean* sparsity over
+                images (a fraction of the YOLOS patches pruned) with ``cca_steps``, from :attr:`calibration`; this
+                image's own sparsity follows its content (``analysis.accounting.sparsity``).
             cca_steps: CCA iterations on BAViT's grid.
             detect: run the pruned detector (its latency is measured even without weights).
             dense: also run the dense detector (``timings_ms["dense_ms"]``, ``dense_detections``).
         Raises:
-            ConfigError: a threshold or keep ratio out of range, or both given.
+            ConfigError: a setting out of range, more than one given, or ``sparsity`` without a calibration.
         """
         start_total = time.perf_counter()
+        if sparsity is not None:
+            if threshold is not None or keep_ratio is not None:
+                raise ConfigError("give one of threshold, keep_ratio and sparsity")
+            if self.calibration is None:
+                raise ConfigError("this BAViT checkpoint carries no calibration, so a mean sparsity cannot be set; "
+                                  "run python -m bavit calibrate --checkpoint CKPT, or use a threshold or keep ratio")
+            threshold = self.calibration.threshold(float(sparsity), cca_steps)
         model = self.latency_model if detect and self.detector_requested else None
         start = time.perf_counter()
         selection = keep_mask_from_probs(torch.from_numpy(np.array(prepared.fg_prob)), threshold=threshold,
@@ -271,7 +291,7 @@ class Predictor:
             timings_ms=timings,
             image_size=prepared.image.size,
             latency_note=self.latency_note,
-            settings={"threshold": threshold, "keep_ratio": keep_ratio, "cca_steps": cca_steps},
+            settings={"threshold": threshold, "keep_ratio": keep_ratio, "sparsity": sparsity, "cca_steps": cca_steps},
         )
 
     def analyze(self, image: ImageInput, **settings) -> Analysis:
@@ -292,10 +312,12 @@ def build_predictor(name: str = "small", checkpoint: Union[str, os.PathLike, Non
     """
     if name not in PRESETS:
         raise ConfigError(f"unknown BAViT preset {name!r}; use one of {sorted(PRESETS)}")
-    model = load_checkpoint(checkpoint if checkpoint is not None else SHIPPED[name])
+    path = checkpoint if checkpoint is not None else SHIPPED[name]
+    model = load_checkpoint(path)
     if model.config.depth != PRESETS[name].depth:
-        raise CheckpointError(f"{checkpoint} holds a {model.config.depth}-layer BAViT, not {name} "
+        raise CheckpointError(f"{path} holds a {model.config.depth}-layer BAViT, not {name} "
                               f"({PRESETS[name].depth} layers)")
+    kwargs.setdefault("calibration", load_calibration(path))
     return Predictor(bavit=model, detector=detector, **kwargs)
 
 

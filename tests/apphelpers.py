@@ -36,6 +36,35 @@ def random_bavit_checkpoint(seed: int = 0) -> Path:
     return path
 
 
+CALIBRATION_IMAGES = sorted(EXAMPLES.glob("*.jpg"))  # the test calibrations' images (the gallery's)
+CALIBRATION_LEVELS = tuple(round(0.05 * i, 2) for i in range(20))  # 0%, 5%, ..., 95% (interpolated between)
+CALIBRATION_SOURCE = "assets/examples, a test calibration"
+
+
+def calibrated_checkpoint(base: Path, name: str) -> Path:
+    """A copy of the checkpoint ``base`` with a calibration on :data:`CALIBRATION_IMAGES` stored in it (every CCA
+    setting of the app's slider, 5% levels), cached by ``name`` for the test process."""
+    path = _TMP / f"{name}.safetensors"
+    if not path.exists():
+        from bavit.predictor import Predictor
+        from bavit.pruning.calibration import CCA_STEPS, calibrate, save_calibration
+
+        predictor = Predictor(bavit=base, detector=None)
+        probs = [predictor.set_image(image).fg_prob for image in CALIBRATION_IMAGES]
+        calibration = calibrate(probs, levels=CALIBRATION_LEVELS, cca_steps=CCA_STEPS, grid=predictor.yolos_grid,
+                                resample=predictor.resample_mode, source=CALIBRATION_SOURCE)
+        tmp = path.with_suffix(".tmp.safetensors")
+        shutil.copyfile(base, tmp)
+        save_calibration(tmp, calibration)
+        tmp.replace(path)
+    return path
+
+
+def calibrated_bavit_checkpoint(seed: int = 0) -> Path:
+    """:func:`random_bavit_checkpoint` (the same weights) with a calibration (see :func:`calibrated_checkpoint`)."""
+    return calibrated_checkpoint(random_bavit_checkpoint(seed), f"bavit-random-{seed}-calibrated")
+
+
 def tiny_yolos_dir(seed: int = 0) -> Path:
     """A tiny random YOLOS (2 layers, width 32) saved with ``save_pretrained``: loads like a real detector dir."""
     path = _TMP / f"yolos-tiny-random-{seed}"
@@ -67,12 +96,13 @@ class AppServer:
 
     def __init__(self, detector: Path | str | None = None, data: Path | str | None = None, bavit: Path | None = None,
                  timeout: float = 120.0):
+        self.bavit = Path(bavit or random_bavit_checkpoint())
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/"
         env = dict(os.environ)
         env.update(GRADIO_SERVER_NAME="127.0.0.1", GRADIO_SERVER_PORT=str(self.port), GRADIO_ANALYTICS_ENABLED="False",
                    HF_HUB_OFFLINE="1", OMP_NUM_THREADS=env.get("OMP_NUM_THREADS", "1"),
-                   BAVIT_CHECKPOINT=str(bavit or random_bavit_checkpoint()),
+                   BAVIT_CHECKPOINT=str(self.bavit),
                    BAVIT_DETECTOR=str(detector or missing_detector_dir()))
         env.pop("BAVIT_DATA", None)
         if data:
@@ -112,8 +142,9 @@ _SERVERS: dict[tuple, AppServer] = {}
 
 
 def shared_server(**kwargs) -> AppServer:
-    """One server per configuration for the whole test process (the browser and client tests share it)."""
-    kwargs.setdefault("bavit", random_bavit_checkpoint())
+    """One server per configuration for the whole test process (the client tests share it). By default a random
+    BAViT with a calibration (:func:`calibrated_bavit_checkpoint`), so all three sparsity modes are served."""
+    kwargs.setdefault("bavit", calibrated_bavit_checkpoint())
     key = tuple(sorted((k, str(v)) for k, v in kwargs.items()))
     server = _SERVERS.get(key)
     if server is None or not server.alive():

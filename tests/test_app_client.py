@@ -9,7 +9,7 @@ pytest.importorskip("gradio_client")
 import apphelpers  # noqa: E402
 from gradio_client import Client, handle_file  # noqa: E402
 
-from bavit.app.explorer import MODE_THRESHOLD, Controls, Explorer  # noqa: E402
+from bavit.app.explorer import MODE_THRESHOLD, MODE_TOPK, Controls, Explorer  # noqa: E402
 from bavit.app.ui import build_demo  # noqa: E402
 from bavit.predictor import Predictor  # noqa: E402
 
@@ -38,6 +38,7 @@ def check_accounting(result):
 def test_analyze_endpoint_returns_numbers(client, local_predictor):
     result = client.predict(handle_file(str(CHELSEA)), 0.6, 3, 0, api_name="/analyze")
     assert result["threshold"] == 0.6 and result["cca_steps"] == 3 and result["keep_ratio"] is None
+    assert result["target_sparsity"] is None
     assert result["image_size"] == [451, 300]
     check_accounting(result)
     # no detector weights: never boxes, and say why; latency measured on the random-init architecture
@@ -63,6 +64,7 @@ def test_analyze_endpoint_threshold_and_keep_ratio(client):
     assert low["fg_tokens_cca"] == low["fg_tokens_raw"]
     top = client.predict(handle_file(str(ROCKET)), 0.5, 0, 0.25, api_name="/analyze")
     assert top["keep_ratio"] == 0.25 and top["fg_tokens_raw"] == round(0.25 * 576) == 144
+    assert top["threshold"] is None  # top-k uses no threshold
     check_accounting(top)
 
 
@@ -142,7 +144,7 @@ def test_slider_moves_do_not_rerun_bavit():
     session = explorer.open_image({"path": str(ROCKET), "orig_name": "rocket.jpg"})
     assert predictor.bavit_runs == 1
     for threshold, cca_steps, mode in ((0.2, 0, MODE_THRESHOLD), (0.5, 3, MODE_THRESHOLD), (0.9, 5, MODE_THRESHOLD),
-                                       (0.5, 3, "Target sparsity")):
+                                       (0.5, 3, MODE_TOPK)):
         view = explorer.render(session, Controls(mode=mode, threshold=threshold, cca_steps=cca_steps, detect=False))
         assert "Sparsity:" in view["sparsity"]
     assert predictor.bavit_runs == 1

@@ -21,6 +21,7 @@ from PIL import Image
 from bavit.app.explorer import (
     MODE_SPARSITY,
     MODE_THRESHOLD,
+    MODE_TOPK,
     Controls,
     Explorer,
     ImageSession,
@@ -35,13 +36,14 @@ SKIP = gr.skip()
 
 @pytest.fixture(scope="module")
 def grid_predictor():
-    return Predictor(bavit=apphelpers.random_bavit_checkpoint(), detector=None)
+    """Calibrated, so all three sparsity modes run."""
+    return Predictor(bavit=apphelpers.calibrated_bavit_checkpoint(), detector=None)
 
 
 @pytest.fixture(scope="module")
 def detector_predictor():
     """A loadable tiny random YOLOS: dense timings, detections and speed-up points are real."""
-    predictor = Predictor(bavit=apphelpers.random_bavit_checkpoint(), detector=str(apphelpers.tiny_yolos_dir()),
+    predictor = Predictor(bavit=apphelpers.calibrated_bavit_checkpoint(), detector=str(apphelpers.tiny_yolos_dir()),
                           score_threshold=0.0)
     assert predictor.detector_ready
     return predictor
@@ -159,26 +161,38 @@ def test_mode_events_keep_slider_visibility_in_order(grid_predictor, monkeypatch
     handlers = build_handlers(explorer)
     session = open_chelsea(explorer)
     explorer.update(session, Controls(detect=False))  # the curve is drawn once: keeps the timings below apart
-    slow_predict(monkeypatch, grid_predictor, lambda s: 0.4 if s["keep_ratio"] is not None else 0.02)
+    # the earlier the mode, the slower its predict: without the gate the events would finish in the wrong order
+    slow_predict(monkeypatch, grid_predictor,
+                 lambda s: 0.4 if s.get("keep_ratio") is not None else 0.2 if s.get("sparsity") is not None else 0.02)
     events = [
-        (handlers.on_mode, (session, MODE_SPARSITY, 0.5, 60, 3, False, False)),  # to target sparsity (slow)
-        (handlers.on_controls, (session, MODE_SPARSITY, 0.5, 70, 3, False, False)),  # target slider
-        (handlers.on_mode, (session, MODE_THRESHOLD, 0.4, 70, 3, False, False)),  # back to threshold
-        (handlers.on_controls, (session, MODE_THRESHOLD, 0.45, 70, 3, False, False)),  # threshold slider
+        (handlers.on_mode, (session, MODE_TOPK, 0.5, 60, 3, False, False)),  # to top-k (slowest)
+        (handlers.on_controls, (session, MODE_TOPK, 0.5, 70, 3, False, False)),  # target slider
+        (handlers.on_mode, (session, MODE_SPARSITY, 0.5, 70, 3, False, False)),  # to the calibrated mean (slow)
+        (handlers.on_controls, (session, MODE_SPARSITY, 0.5, 40, 3, False, False)),  # target slider
+        (handlers.on_mode, (session, MODE_THRESHOLD, 0.4, 40, 3, False, False)),  # back to threshold
+        (handlers.on_controls, (session, MODE_THRESHOLD, 0.45, 40, 3, False, False)),  # threshold slider
     ]
     results, finished = fire(session, events)
-    keys = {0: ("threshold", "target", *VIEW_KEYS), 2: ("threshold", "target", *VIEW_KEYS)}
+    modes = (0, 2, 4)
     page = {}
     for index in finished:
-        for key, value in zip(keys.get(index, VIEW_KEYS), results[index]):
+        keys = ("threshold", "target", *VIEW_KEYS) if index in modes else VIEW_KEYS
+        for key, value in zip(keys, results[index]):
             if value != SKIP:
                 page[key] = value
     assert page["threshold"]["visible"] is True and page["target"]["visible"] is False
-    assert "threshold 0.45" in page["sparsity"]
-    # the first mode event's visibility is stale (a newer mode event follows); the second one's is sent although
+    assert "threshold 0.45" in page["sparsity"] and "Mean sparsity" not in page["sparsity"]
+    # the first two mode events' visibility is stale (a newer mode event follows); the last one's is sent although
     # its view is skipped (the newer threshold move carries its mode but does not set the visibility)
-    assert results[0][:2] == [SKIP, SKIP] and all(value == SKIP for value in results[2][2:])
-    assert results[2][0]["visible"] is True and results[2][1]["visible"] is False
+    assert results[0][:2] == [SKIP, SKIP] and results[2][:2] == [SKIP, SKIP]
+    assert all(value == SKIP for value in results[4][2:])
+    assert results[4][0]["visible"] is True and results[4][1]["visible"] is False
+    # rendered views carry their own mode's text
+    for index, phrase in ((0, "held at the target 60%"), (1, "held at the target 70%"),
+                          (2, "Mean sparsity 70% over images"), (3, "Mean sparsity 40% over images")):
+        view = results[index][2:] if index in modes else results[index]
+        if view[VIEW_KEYS.index("sparsity")] != SKIP:
+            assert phrase in view[VIEW_KEYS.index("sparsity")]
 
 
 def test_dense_detector_is_measured_once(detector_predictor, monkeypatch):
@@ -225,7 +239,8 @@ def test_render_leaves_the_session_unchanged(detector_predictor):
     session = open_chelsea(explorer)
     explorer.measure_dense(session, Controls())
     for controls in (Controls(threshold=0.4), Controls(threshold=0.6, cca_steps=1, show_dense=True),
-                     Controls(mode=MODE_SPARSITY, target_sparsity=50.0, detect=False)):
+                     Controls(mode=MODE_TOPK, target_sparsity=50.0, detect=False),
+                     Controls(mode=MODE_SPARSITY, target_sparsity=50.0, cca_steps=2, show_dense=True)):
         before = fingerprint(session)
         view = explorer.render(session, controls)
         assert fingerprint(session) == before

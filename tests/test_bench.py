@@ -9,13 +9,13 @@ import torch
 from PIL import Image
 from transformers import YolosConfig, YolosForObjectDetection
 
-from bavit.bench.latency import keep_ratio_for_count, run_bench, spread_counts
+from bavit.bench.latency import run_bench, spread_counts
 from bavit.cli import main
 from bavit.core.config import SMALL
 from bavit.core.model import build_bavit, save_checkpoint
 from bavit.imageio import load_image, to_tensor
 from bavit.predictor import Predictor
-from bavit.pruning.keep_mask import keep_mask_from_probs
+from bavit.pruning.keep_mask import keep_mask_from_probs, keep_ratio_for_count
 
 
 def _kept(probs, ratio, grid=32):

@@ -7,6 +7,10 @@ two browser sessions never share an image; the Predictor's own cache is keyed by
 reruns only CCA and the pruned detector (BAViT's probabilities come from the session), and control events use
 ``trigger_mode="always_last"`` so a drag never queues stale work.
 
+Sparsity control (:meth:`Explorer.selection`): a FG-probability threshold; a calibrated *mean* sparsity over images
+(paper Table 2: one threshold from the checkpoint's calibration, each image's own sparsity follows its content;
+offered only when the checkpoint carries a calibration); or this image's sparsity held at the target by top-k.
+
 Thread safety. Gradio runs handlers in worker threads, so two events of one session (a slider and a checkbox moved
 quickly) can run at the same time. Each :class:`ImageSession` has a :class:`SessionGate`: every event that reads or
 changes the session takes a ticket on entry and then runs alone, in ticket order; a control event whose ticket was
@@ -25,13 +29,24 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..errors import BAViTError, DataError
+from ..errors import BAViTError, ConfigError, DataError
 from ..imageio import load_image
 from ..pruning.accounting import token_accounting
-from ..pruning.keep_mask import keep_mask_from_probs
+from ..pruning.keep_mask import keep_mask_from_probs, keep_ratio_for_count
 from . import viz
 from .gt import CocoGroundTruth, grid_stats, painted_mask  # noqa: F401 (CocoGroundTruth re-exported)
-from .session import MEASURED_POINTS, MODE_SPARSITY, MODE_THRESHOLD, Controls, ImageSession, SessionGate, ViewRecord  # noqa: F401
+from .session import (  # noqa: F401 (re-exported for ui and tests)
+    MEASURED_POINTS,
+    MODE_SPARSITY,
+    MODE_THRESHOLD,
+    MODE_TOPK,
+    MODES,
+    TARGET_MODES,
+    Controls,
+    ImageSession,
+    SessionGate,
+    ViewRecord,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES_DIR = ROOT / "assets" / "examples"
@@ -69,6 +84,14 @@ def _read(path: str, name: str, exif: bool = True) -> Image.Image:
     except DataError as exc:
         message = str(exc).replace(path, repr(name))
         raise DataError(message if repr(name) in message else f"{name!r}: {message}") from None
+
+
+def _number(name: str, value: Any) -> float:
+    """An API input as a float, or a BAViTError that names it."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise BAViTError(f"{name} must be a number, got {value!r}") from None
 
 
 def _fmt(value: float | None, spec: str = ".1%") -> str:
@@ -131,18 +154,60 @@ class Explorer:
         with session.gate.hold():
             if session.dense_ms is not None:
                 return
-            analysis = self.predictor.predict(session.prepared, threshold=controls.threshold_or_none,
-                                              keep_ratio=controls.keep_ratio, cca_steps=controls.cca_steps,
-                                              detect=True, dense=True)
+            analysis = self.predictor.predict(session.prepared, **self.selection(session, controls),
+                                              cca_steps=int(controls.cca_steps), detect=True, dense=True)
             session.dense_detections = analysis.dense_detections
             session.dense_ms = analysis.timings_ms.get("dense_ms")
 
     # ------------------------------------------------------------------ analysis
+    @property
+    def calibrated(self) -> bool:
+        """True when the BAViT checkpoint carries a calibration (:data:`MODE_SPARSITY` is offered)."""
+        return self.predictor.calibration is not None
+
+    def modes(self) -> list[str]:
+        """The sparsity controls this checkpoint offers: :data:`MODE_SPARSITY` only with a calibration."""
+        return [mode for mode in MODES if mode != MODE_SPARSITY or self.calibrated]
+
+    def default_mode(self) -> str:
+        """The paper's setting (calibrated mean sparsity) when the checkpoint has a calibration, else the threshold."""
+        return MODE_SPARSITY if self.calibrated else MODE_THRESHOLD
+
+    def selection(self, session: ImageSession, controls: Controls) -> dict[str, float]:
+        """The Predictor setting for ``controls``: exactly one of ``{"threshold": t}``, ``{"sparsity": s}``
+        (calibrated mean sparsity, a fraction) or ``{"keep_ratio": r}``.
+
+        In :data:`MODE_TOPK`, ``r`` is the BAViT keep ratio whose keep mask (top-k, CCA, resample) keeps the
+        count of YOLOS patches closest to the target for this image, so this image's sparsity is the target as
+        nearly as its grid allows.
+
+        Raises:
+            ConfigError: an unknown mode, a target outside [0, 100], or the calibrated mode without a calibration.
+        """
+        if controls.mode == MODE_THRESHOLD:
+            return {"threshold": float(controls.threshold)}
+        if controls.mode not in MODES:
+            raise ConfigError(f"unknown sparsity control {controls.mode!r}; use one of "
+                              + ", ".join(f'"{mode}"' for mode in self.modes()))
+        target = float(controls.target_sparsity)
+        if not 0.0 <= target <= 100.0:
+            raise ConfigError(f"target sparsity is a percentage in [0, 100], got {target:g}")
+        if controls.mode == MODE_SPARSITY:
+            if not self.calibrated:
+                raise ConfigError(f'"{MODE_SPARSITY}" needs a calibrated BAViT checkpoint and this one has no '
+                                  "calibration (python -m bavit calibrate --checkpoint CKPT); use "
+                                  f'"{MODE_TOPK}" or "{MODE_THRESHOLD}"')
+            return {"sparsity": target / 100.0}
+        grid = self.predictor.yolos_grid
+        kept = round(grid * grid * (1.0 - target / 100.0))
+        ratio = keep_ratio_for_count(torch.from_numpy(np.array(session.prepared.fg_prob)), kept, grid,
+                                     int(controls.cca_steps), self.predictor.resample_mode)
+        return {"keep_ratio": ratio}
+
     def analyze(self, session: ImageSession, controls: Controls):
         """CCA + (optionally) the pruned detector at the current controls, reusing the session's BAViT output."""
-        return self.predictor.predict(session.prepared, threshold=controls.threshold_or_none,
-                                      keep_ratio=controls.keep_ratio, cca_steps=int(controls.cca_steps),
-                                      detect=bool(controls.detect), dense=False)
+        return self.predictor.predict(session.prepared, **self.selection(session, controls),
+                                      cca_steps=int(controls.cca_steps), detect=bool(controls.detect), dense=False)
 
     def speedup(self, session: ImageSession, analysis) -> float | None:
         """Measured end-to-end speed-up: dense YOLOS / (BAViT + CCA + pruned YOLOS); ``None`` without timings."""
@@ -172,17 +237,34 @@ class Explorer:
         return plot
 
     # ------------------------------------------------------------------ text panels
-    @staticmethod
-    def sparsity_text(analysis, controls: Controls) -> str:
+    def sparsity_text(self, analysis, controls: Controls) -> str:
+        """The sparsity panel: this image's sparsity (the heading), how it was set and the kept counts."""
         acc = analysis.accounting
         kept = int(acc.kept_patches)
         pruned = acc.yolos_patches - kept
-        how = (f"threshold {controls.threshold:.2f}" if controls.keep_ratio is None
-               else f"target sparsity {controls.target_sparsity:.0f}% (top {controls.keep_ratio:.0%} of BAViT tokens kept)")
+        own = 100.0 * acc.sparsity
+        settings = analysis.settings
+        threshold = settings.get("threshold")
         raw, after = int(analysis.grid_raw.sum()), int(analysis.grid_cca.sum())
-        return (f"### Sparsity: {100.0 * acc.sparsity:.1f}%\n"
-                f"{pruned} of {acc.yolos_patches} YOLOS patches pruned, {kept} kept ({how}, CCA {controls.cca_steps} steps). "
-                f"BAViT FG tokens: {raw} of {analysis.grid_raw.size} before CCA, {after} after.")
+        cells = analysis.grid_raw.size
+        lines = [f"### Sparsity: {own:.1f}%"]
+        if settings.get("sparsity") is not None:  # calibrated: one threshold, this image's sparsity follows its content
+            calibration = self.predictor.calibration
+            source = f": {calibration.source}" if calibration.source else ""
+            lines.append(f"Mean sparsity {100.0 * settings['sparsity']:.0f}% over images (threshold {threshold:.2f}, "
+                         f"calibrated on {calibration.images} images{source}); **this image: {own:.1f}%**.")
+            how = f"threshold {threshold:.2f}"
+        elif settings.get("keep_ratio") is not None:  # top-k: this image held at the target
+            k = max(1, round(settings["keep_ratio"] * cells))
+            lines.append(f"This image is held at the target {controls.target_sparsity:.0f}% by top-k: its {k} most "
+                         f"probable of {cells} BAViT tokens are kept, the count closest to the target after CCA; "
+                         f"**this image: {own:.1f}%**.")
+            how = f"top {k} BAViT tokens"
+        else:
+            how = f"threshold {threshold:.2f}"
+        lines.append(f"{pruned} of {acc.yolos_patches} YOLOS patches pruned, {kept} kept ({how}, CCA "
+                     f"{controls.cca_steps} steps). BAViT FG tokens: {raw} of {cells} before CCA, {after} after.")
+        return "\n\n".join(lines)
 
     @staticmethod
     def tokens_table(analysis) -> str:
@@ -244,7 +326,7 @@ class Explorer:
         """
         analysis = self.analyze(session, controls)
         speedup = self.speedup(session, analysis) if controls.detect else None
-        x = self.effective_threshold(session, controls)
+        x = self.effective_threshold(session, controls, analysis)
         cca_steps = int(controls.cca_steps)
         base = self.curve(session, cca_steps)
         plot = base.with_points((x, 100.0 * analysis.accounting.sparsity, speedup), session.measured.get(cca_steps, ()))
@@ -328,13 +410,16 @@ class Explorer:
             self.record(session, view["record"])
             return view
 
-    @staticmethod
-    def effective_threshold(session: ImageSession, controls: Controls) -> float:
-        """The threshold on the plot's x axis: the slider's, or in target-sparsity mode the k-th highest FG prob."""
-        if controls.keep_ratio is None:
-            return float(controls.threshold)
-        probs = np.sort(session.prepared.fg_prob.ravel())[::-1]
-        return float(probs[max(0, round(controls.keep_ratio * probs.size) - 1)])
+    def effective_threshold(self, session: ImageSession, controls: Controls, analysis=None) -> float:
+        """The threshold on the plot's x axis: the one the analysis used (the slider's or the calibrated one), or
+        in top-k mode the k-th highest FG probability. Without ``analysis``, from :meth:`selection`."""
+        settings = analysis.settings if analysis is not None else self.selection(session, controls)
+        if settings.get("keep_ratio") is not None:
+            probs = np.sort(session.prepared.fg_prob.ravel())[::-1]
+            return float(probs[max(0, round(settings["keep_ratio"] * probs.size) - 1)])
+        if settings.get("threshold") is not None:
+            return float(settings["threshold"])
+        return self.predictor.calibration.threshold(float(settings["sparsity"]), int(controls.cca_steps))
 
     def gt_grid_image(self, session: ImageSession) -> Image.Image | None:
         """The GT patch grid over the image, or ``None`` without GT."""
@@ -353,31 +438,53 @@ class Explorer:
         return True
 
     def api_result(self, payload: Any, threshold: float = 0.5, cca_steps: int = 3, keep_ratio: float | None = None,
-                   detect: bool = True) -> dict[str, Any]:
+                   detect: bool = True, sparsity: float | None = None) -> dict[str, Any]:
         """The ``analyze`` API endpoint: one image and settings in, the numbers as JSON-able dict out.
 
-        ``keep_ratio`` in (0, 1] switches to target-sparsity mode (``None`` or 0: threshold mode).
-        Keys: ``threshold``, ``keep_ratio``, ``cca_steps``, ``sparsity`` (fraction of the 1024 YOLOS patches pruned),
-        ``kept_patches``, ``tokens`` (Table 2 accounting), ``timings_ms``, ``image_size`` ([w, h]),
-        ``fg_tokens_raw`` / ``fg_tokens_cca`` (of 576), ``grid_cca`` (24 strings of 0/1), ``detector_ready``,
-        ``detector_status``, ``detections`` (list, or ``None`` without detector weights), ``latency_note``.
+        ``keep_ratio`` in (0, 1] keeps that fraction of BAViT's tokens (top-k); ``sparsity`` in (0, 1) sets a
+        calibrated mean sparsity over images (paper Table 2; needs a calibrated checkpoint), this image's own
+        sparsity following its content. ``None`` or 0 turns either off; with both off, ``threshold`` is used.
+        Keys: ``threshold`` (the one used: given or calibrated; ``None`` with ``keep_ratio``), ``keep_ratio``,
+        ``target_sparsity`` (the ``sparsity`` asked for, or ``None``), ``cca_steps``, ``sparsity`` (this image's:
+        fraction of the 1024 YOLOS patches pruned), ``kept_patches``, ``tokens`` (Table 2 accounting),
+        ``timings_ms``, ``image_size`` ([w, h]), ``fg_tokens_raw`` / ``fg_tokens_cca`` (of 576), ``grid_cca`` (24
+        strings of 0/1), ``detector_ready``, ``detector_status``, ``detections`` (list, or ``None`` without detector
+        weights), ``latency_note``.
         """
-        threshold = float(threshold)
+        threshold = _number("threshold", threshold)
         if not 0.0 <= threshold <= 1.0:
             raise BAViTError(f"threshold must be in [0, 1], got {threshold}")
+        cca_steps = _number("cca_steps", cca_steps)
+        if not (cca_steps.is_integer() and 0 <= cca_steps <= 10):
+            raise BAViTError(f"cca_steps must be an integer in 0..10, got {cca_steps:g}")
         cca_steps = int(cca_steps)
-        if not 0 <= cca_steps <= 10:
-            raise BAViTError(f"cca_steps must be in 0..10, got {cca_steps}")
-        keep_ratio = None if keep_ratio in (None, 0, 0.0) else float(keep_ratio)
+        keep_ratio = None if keep_ratio in (None, 0, 0.0) else _number("keep_ratio", keep_ratio)
         if keep_ratio is not None and not 0.0 < keep_ratio <= 1.0:
             raise BAViTError(f"keep_ratio must be in (0, 1], got {keep_ratio}")
+        sparsity = None if sparsity in (None, 0, 0.0) else _number("sparsity", sparsity)
+        if sparsity is not None:
+            if not 0.0 < sparsity < 1.0:
+                raise BAViTError(f"sparsity is the target mean sparsity as a fraction in (0, 1) (0.35 for 35%), "
+                                 f"got {sparsity:g}")
+            if keep_ratio is not None:
+                raise BAViTError("give keep_ratio or sparsity, not both")
+            if not self.calibrated:
+                raise BAViTError("sparsity needs a calibrated BAViT checkpoint and this one has no calibration "
+                                 "(python -m bavit calibrate --checkpoint CKPT); use keep_ratio or threshold")
+        if keep_ratio is not None:
+            setting: dict[str, float] = {"keep_ratio": keep_ratio}
+        elif sparsity is not None:
+            setting = {"sparsity": sparsity}
+        else:
+            setting = {"threshold": threshold}
         image = _read(*_payload_path(payload))
-        analysis = self.predictor.analyze(image, threshold=None if keep_ratio is not None else threshold,
-                                          keep_ratio=keep_ratio, cca_steps=cca_steps, detect=bool(detect))
+        analysis = self.predictor.analyze(image, **setting, cca_steps=cca_steps, detect=bool(detect))
         acc = analysis.accounting
+        used = analysis.settings.get("threshold")
         return {
-            "threshold": threshold,
+            "threshold": None if used is None else float(used),
             "keep_ratio": keep_ratio,
+            "target_sparsity": sparsity,
             "cca_steps": cca_steps,
             "sparsity": float(acc.sparsity),
             "kept_patches": int(acc.kept_patches),

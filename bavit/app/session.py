@@ -19,8 +19,12 @@ from PIL import Image
 from ..predictor import PreparedImage
 from .gt import CocoImage
 
-MODE_THRESHOLD = "FG-probability threshold"
-MODE_SPARSITY = "Target sparsity"
+# The three ways to set the sparsity (the mode Radio's choices; Explorer.selection turns each into Predictor settings).
+MODE_THRESHOLD = "FG-probability threshold"  # one threshold for every image (the slider's)
+MODE_SPARSITY = "Mean sparsity (calibrated)"  # paper Table 2: the threshold giving this mean over images
+MODE_TOPK = "This image's sparsity (top-k)"  # top-k BAViT tokens, k chosen so this image hits the target
+MODES = (MODE_THRESHOLD, MODE_SPARSITY, MODE_TOPK)
+TARGET_MODES = (MODE_SPARSITY, MODE_TOPK)  # modes set by the target-sparsity slider
 MEASURED_POINTS = 200  # speed-up points kept per CCA setting for the curve
 
 
@@ -141,7 +145,8 @@ class ImageSession:
 
 @dataclass
 class Controls:
-    """The control panel's values."""
+    """The control panel's values. ``target_sparsity`` (percent of the YOLOS patches pruned) drives both
+    :data:`TARGET_MODES`; ``threshold`` drives :data:`MODE_THRESHOLD` (see :meth:`Explorer.selection`)."""
 
     mode: str = MODE_THRESHOLD
     threshold: float = 0.5
@@ -149,15 +154,3 @@ class Controls:
     cca_steps: int = 3
     detect: bool = True
     show_dense: bool = False
-
-    @property
-    def keep_ratio(self) -> float | None:
-        """Fraction of BAViT tokens to keep in target-sparsity mode (at least one token), else ``None``."""
-        if self.mode != MODE_SPARSITY:
-            return None
-        return float(min(1.0, max(1e-9, 1.0 - self.target_sparsity / 100.0)))
-
-    @property
-    def threshold_or_none(self) -> float | None:
-        """The threshold in threshold mode, else ``None`` (the Predictor takes one of threshold / keep ratio)."""
-        return float(self.threshold) if self.keep_ratio is None else None

@@ -23,7 +23,7 @@ import gradio as gr
 
 from ..errors import BAViTError
 from . import viz
-from .explorer import CSS, EXAMPLES_DIR, MODE_SPARSITY, MODE_THRESHOLD, TINY_SIDE, Controls, Explorer, ImageSession
+from .explorer import CSS, EXAMPLES_DIR, MODE_THRESHOLD, TARGET_MODES, TINY_SIDE, Controls, Explorer, ImageSession
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +33,10 @@ VIEW_KEYS = ("grid_raw", "grid_cca", "det_pruned", "det_dense", "det_message", "
 HIDEABLE = {"det_pruned", "det_dense", "gt_confusion"}
 IMAGE_HEIGHT = 340  # px: output images are scaled to fit, so portrait photos do not stretch the page
 CONTROLS_GROUP = "controls"  # concurrency_id of the six control listeners (one FIFO queue in Gradio)
+MODE_INFO = ("Mean sparsity: one calibrated threshold for all images, so each image's sparsity follows its content "
+             "(paper Table 2). Top-k: this image held at the target.")
+MODE_INFO_UNCALIBRATED = ("Top-k: this image held at the target sparsity. (This checkpoint has no calibration, so a "
+                          "mean sparsity over images cannot be set.)")
 
 
 def _user_errors(fn: Callable) -> Callable:
@@ -56,8 +60,11 @@ def _user_errors(fn: Callable) -> Callable:
 
 
 def _controls(mode, threshold, target, cca_steps, detect, show_dense) -> Controls:
-    return Controls(mode=mode or MODE_THRESHOLD, threshold=float(threshold), target_sparsity=float(target),
-                    cca_steps=int(cca_steps), detect=bool(detect), show_dense=bool(show_dense))
+    try:
+        return Controls(mode=mode or MODE_THRESHOLD, threshold=float(threshold), target_sparsity=float(target),
+                        cca_steps=int(cca_steps), detect=bool(detect), show_dense=bool(show_dense))
+    except (TypeError, ValueError) as exc:  # load_image skips Gradio's preprocessing: raw values from a client
+        raise BAViTError(f"invalid control values ({exc})") from None
 
 
 def _view_updates(view: dict[str, Any] | None) -> list[Any]:
@@ -86,8 +93,10 @@ class Handlers:
     Arguments are the components' values in wiring order: ``on_image(payload, previous_session, *controls)`` ->
     ``[session, *view, gt_grid, editor]``; ``on_controls(session, *controls)`` -> view; ``on_mode(session, *controls)``
     -> ``[threshold visibility, target visibility, *view]``; ``on_paint(session, editor, *controls)`` -> ``[gt_grid,
-    gt_confusion, gt_stats]``; ``on_api(payload, threshold, cca_steps, keep_ratio)`` -> dict. ``*controls`` is
-    ``mode, threshold, target, cca_steps, detect, show_dense``; view is the outputs in :data:`VIEW_KEYS` order.
+    gt_confusion, gt_stats]``; ``on_api(payload, threshold, cca_steps, keep_ratio, sparsity=None)`` -> dict.
+    ``*controls`` is ``mode, threshold, target, cca_steps, detect, show_dense`` (``mode`` one of
+    :meth:`Explorer.modes`; ``target`` in percent drives both target modes); view is the outputs in
+    :data:`VIEW_KEYS` order.
     """
 
     on_image: Callable[..., list]
@@ -129,8 +138,8 @@ def build_handlers(explorer: Explorer) -> Handlers:
     def on_mode(session, mode, threshold, target, cca_steps, detect, show_dense):
         # The sliders' visibility is skipped only when a newer *mode* event sets it: a newer slider move carries
         # this mode but does not set the visibility.
-        sparsity_mode = mode == MODE_SPARSITY
-        visibility = [gr.update(visible=not sparsity_mode), gr.update(visible=sparsity_mode)]
+        target_mode = mode in TARGET_MODES
+        visibility = [gr.update(visible=not target_mode), gr.update(visible=target_mode)]
         if session is None:
             return visibility + [gr.skip()] * len(VIEW_KEYS)
         show_mode, view = explorer.change_mode(session, _controls(mode, threshold, target, cca_steps, detect, show_dense))
@@ -148,11 +157,12 @@ def build_handlers(explorer: Explorer) -> Handlers:
         return [gr.update(value=gt_grid, visible=True), gr.update(value=view["gt_confusion"], visible=True), view["gt_stats"]]
 
     @_user_errors
-    def on_api(payload, threshold, cca_steps, keep_ratio):
+    def on_api(payload, threshold, cca_steps, keep_ratio, sparsity=None):
         if payload is None:
             raise gr.Error("no image given", print_exception=False)
         return explorer.api_result(payload, threshold=threshold if threshold is not None else 0.5,
-                                   cca_steps=3 if cca_steps is None else cca_steps, keep_ratio=keep_ratio)
+                                   cca_steps=3 if cca_steps is None else cca_steps, keep_ratio=keep_ratio,
+                                   sparsity=sparsity)
 
     return Handlers(on_image=on_image, on_controls=on_controls, on_mode=on_mode, on_paint=on_paint, on_api=on_api)
 
@@ -167,19 +177,23 @@ def _build_demo(explorer: Explorer, examples: list[str] | None, coco_examples: l
         gr.Markdown(
             "# BAViT Explorer: background-aware token pruning\n"
             "A 2-layer ViT (**BAViT**) labels each 16x16 patch foreground or background at 384 px; **YOLOS** then runs "
-            "only on the foreground patches at 512 px. Drag the threshold: fewer kept patches, fewer tokens, faster "
-            "detection, and you see what gets lost."
+            "only on the foreground patches at 512 px. Raise the sparsity (or the threshold): fewer kept patches, fewer "
+            "tokens, faster detection, and you see what gets lost."
         )
         gr.Markdown(explorer.banner_text(), elem_id="banner", visible=not ready)
         with gr.Row():
             with gr.Column(scale=1, min_width=320):
                 image = gr.Image(label="Input image", type="filepath", elem_id="input-image", sources=["upload", "clipboard"],
                                  height=320)
-                mode = gr.Radio([MODE_THRESHOLD, MODE_SPARSITY], value=MODE_THRESHOLD, label="Sparsity control", elem_id="mode")
+                # The calibrated mode only with a calibration; the default is the paper's setting when there is one.
+                default_mode = explorer.default_mode()
+                target_mode = default_mode in TARGET_MODES
+                mode = gr.Radio(explorer.modes(), value=default_mode, label="Sparsity control", elem_id="mode",
+                                info=MODE_INFO if explorer.calibrated else MODE_INFO_UNCALIBRATED)
                 threshold = gr.Slider(0.01, 0.99, value=0.5, step=0.01, label="FG-probability threshold (patches above it are kept)",
-                                      elem_id="threshold")
-                target = gr.Slider(0, 95, value=35, step=1, label="Target sparsity (% of BAViT tokens pruned, before CCA)",
-                                   elem_id="target-sparsity", visible=False)
+                                      elem_id="threshold", visible=not target_mode)
+                target = gr.Slider(0, 95, value=35, step=1, label="Target sparsity (% of YOLOS patches pruned)",
+                                   elem_id="target-sparsity", visible=target_mode)
                 cca_steps = gr.Slider(0, 5, value=3, step=1, label="CCA steps (grow FG into cells with >= 3 FG neighbours)",
                                       elem_id="cca-steps")
                 with gr.Row():
@@ -225,7 +239,8 @@ def _build_demo(explorer: Explorer, examples: list[str] | None, coco_examples: l
             api_image = gr.Image(type="filepath", label="image")
             api_threshold = gr.Number(value=0.5, label="threshold")
             api_cca = gr.Number(value=3, precision=0, label="cca_steps")
-            api_keep = gr.Number(value=0, label="keep_ratio (0 = threshold mode)")
+            api_keep = gr.Number(value=0, label="keep_ratio (0 = off)")
+            api_sparsity = gr.Number(value=0, label="sparsity (target mean over images, a fraction; calibrated checkpoints; 0 = off)")
             api_json = gr.JSON(label="result")
             api_button = gr.Button("analyze")
 
@@ -251,7 +266,7 @@ def _build_demo(explorer: Explorer, examples: list[str] | None, coco_examples: l
                    api_name=False, **controls_wiring)
         gt_apply.click(handlers.on_paint, [session_state, editor, *control_inputs], [gt_grid, gt_confusion, gt_stats],
                        api_name=False)
-        api_button.click(handlers.on_api, [api_image, api_threshold, api_cca, api_keep], api_json, api_name="analyze",
+        api_button.click(handlers.on_api, [api_image, api_threshold, api_cca, api_keep, api_sparsity], api_json, api_name="analyze",
                          preprocess=False)
     return demo
 

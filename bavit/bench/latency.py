@@ -33,7 +33,7 @@ from ..imageio import load_image, to_tensor
 from ..predictor import DEFAULT_BAVIT_CHECKPOINT, Predictor
 from ..pruning.accounting import accounting_at_sparsity, token_accounting
 from ..pruning.detector import DEFAULT_DETECTOR, YOLOS_SIZE
-from ..pruning.keep_mask import DEFAULT_CCA_STEPS, keep_mask_from_probs
+from ..pruning.keep_mask import DEFAULT_CCA_STEPS, keep_mask_from_probs, keep_ratio_for_count
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_SPARSITIES = (0.0, 0.29, 0.35, 0.40, 0.46)  # paper Table 2 levels
@@ -58,35 +58,6 @@ def find_images(count: int, sources: Sequence[Path] = DEFAULT_IMAGES) -> list:
             return [load_image(files[i % len(files)]) for i in range(count)]
     rng = np.random.default_rng(0)
     return [load_image(rng.integers(0, 256, (480, 640, 3), dtype=np.uint8)) for _ in range(count)]
-
-
-def keep_ratio_for_count(fg_prob: torch.Tensor, kept: int, grid: int, cca_steps: int = DEFAULT_CCA_STEPS,
-                         resample: str = "nearest") -> float:
-    """The BAViT keep ratio whose keep mask (top-k, CCA, resample) keeps the count closest to ``kept`` patches.
-
-    The kept count never falls as k grows (top-k sets are nested; CCA and resampling are monotone), so a binary
-    search over k finds the smallest k reaching ``kept``; k - 1 wins when it is closer.
-
-    Args:
-        fg_prob: ``[G, G]`` FG probabilities of one image.
-        kept: target number of the ``grid x grid`` detector patches.
-    """
-    cells = fg_prob.numel()
-
-    def count(k: int) -> int:
-        return int(keep_mask_from_probs(fg_prob, keep_ratio=k / cells, cca_steps=cca_steps, grid=grid,
-                                        resample=resample).keep_mask.sum())
-
-    low, high = 1, cells
-    while low < high:
-        middle = (low + high) // 2
-        if count(middle) >= kept:
-            high = middle
-        else:
-            low = middle + 1
-    if low > 1 and abs(count(low - 1) - kept) < abs(count(low) - kept):
-        low -= 1
-    return low / cells
 
 
 def spread_counts(mean_kept: int, batch: int, cells: int, spread: float = 0.10) -> list[int]:

@@ -37,3 +37,31 @@ class AccumulativeCrossEntropy(nn.Module):
         if not (flat_labels != self.ignore_index).any():
             return flat_logits.sum() * 0.0
         return F.cross_entropy(flat_logits, flat_labels, weight=self.weight, ignore_index=self.ignore_index)
+
+
+class PatchRankingLoss(nn.Module):
+    """Rank each image's patches by their object-pixel fraction (not in the paper; for pruning at a budget).
+
+    A budget keeps an image's k highest-scoring patches, and the object pixels it keeps depend only on the order of
+    the scores. This pairwise logistic loss asks, within each image, that a patch with more object pixels score
+    higher than one with fewer, weighting each pair by the difference of their fractions:
+    ``sum_ij w_ij softplus(m_j - m_i) / sum_ij w_ij`` with ``w_ij = max(f_i - f_j, 0)`` and ``m`` the FG-minus-BG
+    logit margin. Pairs with an ignored patch (fraction < 0) are left out.
+    """
+
+    def forward(self, logits: torch.Tensor, fractions: torch.Tensor) -> torch.Tensor:
+        """Args:
+            logits: ``[B, M, 2]`` token logits.
+            fractions: ``[B, M]`` (or ``[B, H, W]``) object fraction per token in [0, 1]; negative = ignore.
+        Returns:
+            scalar loss; 0 (with grad) when no image has two patches of different fractions.
+        """
+        margin = logits[..., 1] - logits[..., 0]  # [B, M]
+        fraction = fractions.reshape(margin.shape).float()
+        valid = fraction >= 0
+        weight = (fraction[:, :, None] - fraction[:, None, :]).clamp(min=0.0)  # [B, M, M]: i above j
+        weight = weight * (valid[:, :, None] & valid[:, None, :])
+        total = weight.sum()
+        if total <= 0:
+            return margin.sum() * 0.0
+        return (weight * F.softplus(margin[:, None, :] - margin[:, :, None])).sum() / total

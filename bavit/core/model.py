@@ -184,6 +184,20 @@ def read_checkpoint_metadata(path: str | os.PathLike) -> dict[str, str]:
     return metadata
 
 
+def update_checkpoint_metadata(path: str | os.PathLike, entries: dict[str, str]) -> None:
+    """Add or replace metadata entries of a BAViT checkpoint (e.g. its calibration); the weights are rewritten
+    unchanged, atomically. The config and format entries cannot be replaced this way."""
+    from safetensors.torch import load_file, save_file
+
+    protected = {CONFIG_KEY, FORMAT_KEY} & set(entries)
+    if protected:
+        raise CheckpointError(f"metadata {sorted(protected)} is written with the weights (save_checkpoint)")
+    metadata = {**read_checkpoint_metadata(path), **entries}
+    state = load_file(str(path))
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp), metadata=metadata)
+
+
 def load_checkpoint(path: str | os.PathLike, map_location: str = "cpu") -> BAViT:
     """Load a BAViT from a checkpoint path alone; the architecture comes from the stored config."""
     from safetensors.torch import load_file
@@ -226,5 +240,7 @@ __all__ = [
     "save_checkpoint",
     "load_checkpoint",
     "read_checkpoint_metadata",
+    "update_checkpoint_metadata",
+    "grow_from",
     "checkpoint_extra",
 ]

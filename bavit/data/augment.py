@@ -1,5 +1,8 @@
 """Training-time cache and augmentation that move the labels with the image.
 
+A sample is ``(pixels [3, S, S], labels [G, G], fractions [G, G])``: the binary token labels of the paper's rule
+and each token's object-pixel fraction (non-void pixels; -1 where the label is ignored), which ranking losses use.
+
 Images are decoded once and kept as square uint8 tensors ``[3, R, R]`` with their FG-coverage and void maps
 ``[R, R]`` (area fractions at the cache resolution R). An augmented sample crops the same window from all three,
 resizes the crop to the model input and recomputes the token labels from the cropped coverage map.
@@ -37,7 +40,7 @@ class CachedSamples:
 
         self.config = config
         grid = (config.grid_size, config.grid_size)
-        images, coverage, void, labels = [], [], [], []
+        images, coverage, void, labels, fractions = [], [], [], [], []
         for record in tqdm(records, desc="decoding", disable=not progress, leave=False):
             image = record.load_image().resize((cache_size, cache_size), Image.BILINEAR)
             images.append(torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1))
@@ -51,7 +54,9 @@ class CachedSamples:
             else:
                 void.append(None)
             labels.append(record.labels(grid, label_source, fg_frac=config.fg_frac, box_rule=box_rule, box_tau=box_tau))
+            fractions.append(_fractions(torch.from_numpy(cover).float(), void[-1], config, labels[-1]))
         self.images, self.coverage, self.void, self.labels = images, coverage, void, torch.stack(labels)
+        self.fractions = torch.stack(fractions)
         self.label_source = label_source
         self.box_rule, self.box_tau = box_rule, box_tau
 
@@ -64,27 +69,38 @@ class CachedSamples:
         return ((self.labels == 1) & valid).float().sum(0) / valid.float().sum(0).clamp(min=1)
 
 
+def _fractions(coverage: torch.Tensor, void: torch.Tensor | None, config: BAViTConfig,
+               labels: torch.Tensor) -> torch.Tensor:
+    """``[G, G]`` object fraction of each token's non-void pixels from ``[R, R]`` coverage maps (-1 where ignored)."""
+    size = config.img_size
+    fine = F.interpolate(coverage[None, None], size=(size, size), mode="bilinear", align_corners=False)
+    fg = F.avg_pool2d(fine, config.patch_size)[0, 0]
+    if void is not None:
+        fine_void = F.interpolate(void.float()[None, None], size=(size, size), mode="bilinear", align_corners=False)
+        fg = fg / (1.0 - F.avg_pool2d(fine_void, config.patch_size)[0, 0]).clamp(min=1e-6)
+    return torch.where(labels == IGNORE_INDEX, torch.full_like(fg, -1.0), fg.clamp(0.0, 1.0))
+
+
 def _normalise(pixels: torch.Tensor, config: BAViTConfig) -> torch.Tensor:
     mean = torch.tensor(config.mean)[:, None, None]
     std = torch.tensor(config.std)[:, None, None]
     return (pixels - mean) / std
 
 
-def plain_sample(cache: CachedSamples, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The un-augmented view: whole image resized to the input, exact labels."""
+def plain_sample(cache: CachedSamples, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The un-augmented view: whole image resized to the input, exact labels, object fractions."""
     size = cache.config.img_size
     pixels = F.interpolate(cache.images[index][None].float() / 255.0, size=(size, size), mode="bilinear",
                            antialias=True, align_corners=False)[0]
-    return _normalise(pixels, cache.config), cache.labels[index]
+    return _normalise(pixels, cache.config), cache.labels[index], cache.fractions[index]
 
 
-def augmented_sample(cache: CachedSamples, index: int, aug: AugmentConfig, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """One augmented ``(pixels [3, S, S], labels [G, G])``."""
+def augmented_sample(cache: CachedSamples, index: int, aug: AugmentConfig,
+                     rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One augmented ``(pixels [3, S, S], labels [G, G], fractions [G, G])``."""
     config = cache.config
     if rng.random() < aug.no_crop_prob:
-        pixels, labels = plain_sample(cache, index)
-        pixels = pixels.clone()
-        labels = labels.clone()
+        pixels, labels, fractions = (tensor.clone() for tensor in plain_sample(cache, index))
     else:
         image = cache.images[index].float() / 255.0
         full = image.shape[-1]
@@ -121,12 +137,12 @@ def augmented_sample(cache: CachedSamples, index: int, aug: AugmentConfig, rng: 
         else:
             labels = (fraction >= cache.box_tau).long()
         labels[void > 0.5] = IGNORE_INDEX
+        fractions = torch.where(labels == IGNORE_INDEX, torch.full_like(fraction, -1.0), fraction.clamp(0.0, 1.0))
     if rng.random() < aug.hflip_prob:
-        pixels = pixels.flip(-1)
-        labels = labels.flip(-1)
+        pixels, labels, fractions = pixels.flip(-1), labels.flip(-1), fractions.flip(-1)
     if aug.color > 0:
         pixels = _color_jitter(pixels, config, aug.color, rng)
-    return pixels, labels
+    return pixels, labels, fractions
 
 
 def _color_jitter(pixels: torch.Tensor, config: BAViTConfig, strength: float, rng: np.random.Generator) -> torch.Tensor:

@@ -6,6 +6,7 @@ A *record* is one image plus what is needed to rasterise its labels; :class:`Pat
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -210,21 +211,48 @@ def voc_records(voc_root: str | Path, image_set: str = "val", year: str = "VOC20
     return records
 
 
+SUBSETS = ("all", "fit", "holdout")
+
+
+def holdout_split(records: Sequence[Record], fraction: float = 0.15, seed: int = 0) -> tuple[list[Record], list[Record]]:
+    """``(fit, holdout)``: a deterministic split of a set into images to train on and images held out (for
+    calibration and for choosing hyperparameters).
+
+    An image is held out when its rank by ``blake2b(f"{seed}:{image_id}")`` is among the first
+    ``round(fraction * N)``: the split depends only on the image ids, the fraction and the seed, not on the order
+    the records come in. Both parts keep the records' order.
+    """
+    if not 0.0 < fraction < 1.0:
+        raise DataError(f"the held-out fraction must be in (0, 1), got {fraction}")
+    ranked = sorted(range(len(records)),
+                    key=lambda i: hashlib.blake2b(f"{seed}:{records[i].image_id}".encode(), digest_size=8).digest())
+    held = set(ranked[: round(fraction * len(records))])
+    return ([r for i, r in enumerate(records) if i not in held], [r for i, r in enumerate(records) if i in held])
+
+
 def records_from_args(args) -> list[Record]:
-    """Records from the CLI's ``--coco-root/--split``, ``--ann/--images`` or ``--voc-root/--image-set``."""
+    """Records from the CLI's ``--coco-root/--split``, ``--ann/--images`` or ``--voc-root/--image-set``, then the
+    ``--subset`` of :func:`holdout_split` when the command has that flag."""
     if getattr(args, "voc_root", None):
-        return voc_records(args.voc_root, args.image_set)
-    if getattr(args, "ann", None):
+        records = voc_records(args.voc_root, args.image_set)
+    elif getattr(args, "ann", None):
         if not args.images:
             raise DataError("--ann needs --images DIR")
-        return coco_records(args.ann, args.images)
-    if getattr(args, "coco_root", None):
-        return coco_records(*coco_split(args.coco_root, args.split))
-    raise DataError("give a dataset: --coco-root DIR [--split NAME], --ann FILE --images DIR, or --voc-root DIR")
+        records = coco_records(args.ann, args.images)
+    elif getattr(args, "coco_root", None):
+        records = coco_records(*coco_split(args.coco_root, args.split))
+    else:
+        raise DataError("give a dataset: --coco-root DIR [--split NAME], --ann FILE --images DIR, or --voc-root DIR")
+    subset = getattr(args, "subset", "all")
+    if subset == "all":
+        return records
+    fit, holdout = holdout_split(records, args.holdout_fraction, args.holdout_seed)
+    return fit if subset == "fit" else holdout
 
 
-def add_dataset_arguments(parser, default_split: str, voc: bool = True) -> None:
-    """``--coco-root/--split``, ``--ann/--images`` and (with ``voc``) ``--voc-root/--image-set``."""
+def add_dataset_arguments(parser, default_split: str, voc: bool = True, default_subset: str | None = None) -> None:
+    """``--coco-root/--split``, ``--ann/--images`` and (with ``voc``) ``--voc-root/--image-set``; with a
+    ``default_subset``, also ``--subset all|fit|holdout``, ``--holdout-fraction`` and ``--holdout-seed``."""
     group = parser.add_argument_group("dataset (one of)")
     group.add_argument("--coco-root", help="COCO root with annotations/instances_SPLIT.json and SPLIT/")
     group.add_argument("--split", default=default_split, help=f"COCO split (default {default_split})")
@@ -234,6 +262,12 @@ def add_dataset_arguments(parser, default_split: str, voc: bool = True) -> None:
         group.add_argument("--voc-root", help="VOCdevkit (or VOC2012) folder")
         group.add_argument("--image-set", default="val" if default_split.startswith("val") else "train",
                            help="VOC ImageSets/Segmentation list name")
+    if default_subset is not None:
+        group.add_argument("--subset", choices=SUBSETS, default=default_subset,
+                           help="all images, or the part of a held-out split to use: 'fit' (train on it) or "
+                                f"'holdout' (calibrate / choose hyperparameters on it); default {default_subset}")
+        group.add_argument("--holdout-fraction", type=float, default=0.15, help="held-out share (default 0.15)")
+        group.add_argument("--holdout-seed", type=int, default=0, help="seed of the held-out split (default 0)")
 
 
 class PatchDataset(torch.utils.data.Dataset):

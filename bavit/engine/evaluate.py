@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -12,6 +13,10 @@ from ..core.cca import cca
 from ..core.model import BAViT, checkpoint_extra, load_checkpoint
 from ..data.records import PatchDataset, Record, add_dataset_arguments, records_from_args
 from ..files import write_text
+from ..pruning.calibration import Calibration, load_calibration
+from ..pruning.detector import yolos_grid
+from ..pruning.yolos import yolos_tiny_config
+from .budget import DEFAULT_LEVELS, PLOT_LEVELS, evaluate_budget, format_budget, plot_budget
 from .metrics import TokenMetrics
 
 METRIC_KEYS = ("token_accuracy", "balanced_accuracy", "fg_precision", "fg_recall", "fg_iou", "object_keep_rate")
@@ -40,15 +45,18 @@ def score(grids: np.ndarray, labels: np.ndarray, records: list[Record], grid: in
 
 def evaluate(model: BAViT, records: list[Record], threshold: float = 0.5, cca_steps: int = 3,
              prior: np.ndarray | None = None, batch_size: int = 16, label_source: str = "mask",
-             sweep: tuple[float, ...] = ()) -> dict:
+             sweep: tuple[float, ...] = (), levels: Sequence[float] = DEFAULT_LEVELS,
+             calibration: Calibration | None = None, grid: int = 32, curve_levels: Sequence[float] = ()) -> dict:
     """Metrics of ``model`` on ``records`` (the keys of :data:`METRIC_KEYS` plus counts).
 
     Returns a dict with the raw metrics at top level, the same under ``after_cca``, and
     ``baselines.all_background`` / ``baselines.center_prior`` (per-cell FG frequency of the *training* labels > 0.5,
     as stored in the checkpoint; without one, the evaluated set's own frequency, marked ``prior_source``).
     ``sweep`` thresholds add ``sweep: [{threshold, raw: {...}, after_cca: {...}}]`` from the same probabilities.
+    ``budget`` holds pruning quality at each sparsity of ``levels`` on the ``grid x grid`` detector grid
+    (:func:`bavit.engine.budget.evaluate_budget`), ``budget_curve`` the same at ``curve_levels`` (for the plot).
     """
-    grid = model.config.grid_size
+    grid_size = model.config.grid_size
     probs, labels = predict_probs(model, records, batch_size, label_source)
     raw = probs > threshold
     grown = cca(torch.from_numpy(raw), steps=cca_steps).numpy()
@@ -57,21 +65,26 @@ def evaluate(model: BAViT, records: list[Record], threshold: float = 0.5, cca_st
         valid = labels != -100
         prior = ((labels == 1) & valid).sum(0) / np.maximum(valid.sum(0), 1)
         prior_source = "evaluated set (no prior in checkpoint)"
-    prior_grid = np.broadcast_to(np.asarray(prior).reshape(grid, grid) > 0.5, raw.shape)
-    result = score(raw, labels, records, grid)
-    result["after_cca"] = score(grown, labels, records, grid)
+    prior_grid = np.broadcast_to(np.asarray(prior).reshape(grid_size, grid_size) > 0.5, raw.shape)
+    result = score(raw, labels, records, grid_size)
+    result["after_cca"] = score(grown, labels, records, grid_size)
     result["baselines"] = {
-        "all_background": score(np.zeros_like(raw), labels, records, grid),
-        "center_prior": {**score(prior_grid, labels, records, grid), "prior_source": prior_source},
+        "all_background": score(np.zeros_like(raw), labels, records, grid_size),
+        "center_prior": {**score(prior_grid, labels, records, grid_size), "prior_source": prior_source},
     }
     result["threshold"] = threshold
     result["cca_steps"] = cca_steps
+    prior_cells = np.asarray(prior, dtype=np.float32).reshape(grid_size, grid_size)
+    result["budget"] = evaluate_budget(probs, records, levels, calibration, prior_cells, grid, cca_steps)
+    if curve_levels:
+        result["budget_curve"] = evaluate_budget(probs, records, curve_levels, calibration, prior_cells, grid, cca_steps)
+    result["calibration"] = None if calibration is None else {"images": calibration.images, "source": calibration.source}
     result["sweep"] = []
     for value in sweep:
         grid_raw = probs > value
         grid_cca = cca(torch.from_numpy(grid_raw), steps=cca_steps).numpy()
-        result["sweep"].append({"threshold": value, "raw": score(grid_raw, labels, records, grid),
-                                "after_cca": score(grid_cca, labels, records, grid)})
+        result["sweep"].append({"threshold": value, "raw": score(grid_raw, labels, records, grid_size),
+                                "after_cca": score(grid_cca, labels, records, grid_size)})
     return result
 
 
@@ -116,7 +129,7 @@ def register(subparsers) -> None:
                                    description="Evaluate a BAViT checkpoint: token accuracy, balanced accuracy, FG "
                                                "precision/recall/IoU and object keep rate, before and after CCA.")
     parser.add_argument("--checkpoint", required=True, help="BAViT .safetensors checkpoint")
-    add_dataset_arguments(parser, default_split="val2017")
+    add_dataset_arguments(parser, default_split="val2017", default_subset="all")
     parser.add_argument("--threshold", type=float, default=0.5, help="FG probability threshold")
     parser.add_argument("--sweep", type=float, nargs="+", default=(), metavar="T",
                         help="also report these thresholds (same predictions), before and after CCA")
@@ -124,6 +137,10 @@ def register(subparsers) -> None:
     parser.add_argument("--labels", choices=["mask", "boxes"], default="mask")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--threads", type=int)
+    parser.add_argument("--sparsity", type=float, nargs="+", default=list(DEFAULT_LEVELS), metavar="S",
+                        help="pruning quality at these target sparsities (fractions of the YOLOS patches pruned; "
+                             "default: the paper's Table 2 levels %(default)s)")
+    parser.add_argument("--plot", help="write object pixel recall vs mean sparsity per method (PNG) here")
     parser.add_argument("--json", help="write the metrics here")
     parser.set_defaults(func=run)
 
@@ -135,14 +152,24 @@ def run(args: argparse.Namespace) -> int:
     extra = checkpoint_extra(args.checkpoint)
     prior = np.asarray(extra["fg_prior"]) if "fg_prior" in extra else None
     records = records_from_args(args)
+    calibration = load_calibration(args.checkpoint)
+    grid = yolos_grid(yolos_tiny_config().patch_size)
     result = evaluate(model, records, args.threshold, args.cca_steps, prior, args.batch_size, args.labels,
-                      tuple(args.sweep))
+                      tuple(args.sweep), tuple(args.sparsity), calibration, grid,
+                      curve_levels=PLOT_LEVELS if args.plot else ())
     result["checkpoint"] = str(args.checkpoint)
     result["config"] = json.loads(model.config.to_json())
     result["train_images"] = extra.get("train_images")
     print(format_table(result, title=f"## {Path(args.checkpoint).name} ({model.config.depth} layers)"))
     if result["sweep"]:
         print("\n" + format_sweep(result))
+    note = ("no calibration in this checkpoint (python -m bavit calibrate adds one): calibrated methods left out"
+            if calibration is None else f"calibration: {calibration.images} images, {calibration.source}")
+    print(f"\n## Pruning quality at a budget ({grid}x{grid} YOLOS grid; {note})\n")
+    print(format_budget(result["budget"]))
+    if args.plot:
+        plot_budget(result["budget_curve"], args.plot, title=f"{Path(args.checkpoint).name}: {len(records)} images")
+        print(f"wrote {args.plot}")
     if args.json:
         write_text(args.json, json.dumps(result, indent=2))
         print(f"wrote {args.json}")

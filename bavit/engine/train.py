@@ -22,7 +22,7 @@ import torch.distributed as dist
 
 from ..core.config import PRESETS, BAViTConfig
 from ..core.labels import IGNORE_INDEX
-from ..core.loss import AccumulativeCrossEntropy
+from ..core.loss import AccumulativeCrossEntropy, PatchRankingLoss
 from ..core.model import BAViT, build_bavit, checkpoint_extra, grow_from, load_checkpoint, save_checkpoint
 from ..core.pretrained import copy_from_timm, copy_from_yolos
 from ..data.augment import AugmentConfig, AugmentedDataset, CachedSamples
@@ -42,6 +42,7 @@ class TrainConfig:
     step_size: int = 15  # StepLR: multiply the LR by gamma every step_size epochs
     gamma: float = 0.3
     class_weights: tuple[float, float] | None = None
+    rank_weight: float = 0.0  # weight of PatchRankingLoss next to the paper's CE (0: the paper's recipe)
     augment: bool = True
     label_source: str = "mask"
     box_rule: str = "coverage"
@@ -142,6 +143,7 @@ def train(records: list[Record], model_config: BAViTConfig, cfg: TrainConfig, ou
     model.train()
     net = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
     criterion = AccumulativeCrossEntropy(cfg.class_weights)
+    ranking = PatchRankingLoss()
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.step_size, gamma=cfg.gamma)
     start_epoch = 0
@@ -158,6 +160,7 @@ def train(records: list[Record], model_config: BAViTConfig, cfg: TrainConfig, ou
         if "rng" in saved:
             torch.set_rng_state(saved["rng"])  # drop path draws from it
     prior = cache.fg_prior().flatten().tolist()
+    image_ids = [record.image_id for record in records]  # calibrate refuses images a model trained on
     metrics_file = out_dir / "metrics.jsonl"
     steps = 0
     for epoch in range(start_epoch + 1, cfg.epochs + 1):
@@ -166,9 +169,11 @@ def train(records: list[Record], model_config: BAViTConfig, cfg: TrainConfig, ou
         started = time.perf_counter()
         loss_sum, token_correct, token_count, images = 0.0, 0, 0, 0
         bar = tqdm(loader, desc=f"epoch {epoch}/{cfg.epochs}", disable=not progress or rank != 0, leave=False)
-        for pixels, labels in bar:
+        for pixels, labels, fractions in bar:
             logits = net(pixels)
             loss = criterion(logits, labels)
+            if cfg.rank_weight:
+                loss = loss + cfg.rank_weight * ranking(logits, fractions)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -202,13 +207,14 @@ def train(records: list[Record], model_config: BAViTConfig, cfg: TrainConfig, ou
         if rank == 0:
             # Model first, then the state: the resume check above catches an interrupt between the two.
             save_checkpoint(model, last, extra={"epoch": epoch, "train": asdict(cfg), "fg_prior": prior,
-                                                "train_images": len(records), "loss": record["loss"]})
+                                                "train_images": len(records), "train_image_ids": image_ids,
+                                                "loss": record["loss"]})
             save_training_state(_state_path(out_dir), optimizer, scheduler, epoch=epoch, rng=torch.get_rng_state())
             with metrics_file.open("a") as handle:
                 handle.write(json.dumps(record) + "\n")
-            if progress:
-                print(f"epoch {epoch}: loss {record['loss']:.4f}  train acc {record['train_token_accuracy']:.4f}  "
-                      f"{record['images_per_s']:.1f} img/s  lr {record['lr']:.2e}", flush=True)
+            # one line per epoch, also without the progress bars (the log of a background run)
+            print(f"epoch {epoch}: loss {record['loss']:.4f}  train acc {record['train_token_accuracy']:.4f}  "
+                  f"{record['images_per_s']:.1f} img/s  lr {record['lr']:.2e}", flush=True)
         if world > 1:
             dist.barrier()
         if max_steps is not None and steps >= max_steps:
@@ -220,7 +226,7 @@ def train(records: list[Record], model_config: BAViTConfig, cfg: TrainConfig, ou
 def register(subparsers) -> None:
     parser = subparsers.add_parser("train", help="train a BAViT token classifier",
                                    description="Train BAViT with the accumulative cross-entropy (Adam + StepLR).")
-    add_dataset_arguments(parser, default_split="train2017")
+    add_dataset_arguments(parser, default_split="train2017", default_subset="all")
     parser.add_argument("--model", choices=sorted(PRESETS), default="small", help="small = 2 layers, large = 10")
     parser.add_argument("--depth", type=int, help="override the preset's depth")
     parser.add_argument("--stem", choices=["patch", "conv"], default="patch", help="token embedding (default patch)")
@@ -236,6 +242,9 @@ def register(subparsers) -> None:
     parser.add_argument("--step-size", type=int, default=TrainConfig.step_size)
     parser.add_argument("--gamma", type=float, default=TrainConfig.gamma)
     parser.add_argument("--class-weights", type=float, nargs=2, metavar=("BG", "FG"), help="off by default")
+    parser.add_argument("--rank-weight", type=float, default=0.0,
+                        help="add the patch ranking loss (object fraction order within each image) with this weight; "
+                             "0 (default) is the paper's loss alone")
     parser.add_argument("--no-augment", action="store_true")
     parser.add_argument("--drop-path", type=float, default=0.0)
     parser.add_argument("--workers", type=int, default=0)
@@ -261,6 +270,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
                       step_size=args.step_size, gamma=args.gamma,
                       class_weights=tuple(args.class_weights) if args.class_weights else None,
+                      rank_weight=args.rank_weight,
                       augment=not args.no_augment, label_source=args.labels, box_rule=args.box_rule,
                       box_tau=args.box_tau, seed=args.seed, workers=args.workers, init=args.init)
     train(records, model_config, cfg, args.out, resume=args.resume, progress=not args.no_progress)

@@ -80,4 +80,33 @@ def keep_mask_from_probs(fg_prob: torch.Tensor, *, threshold: Optional[float] = 
     return KeepMask(grid_raw, grid_cca, resample_grid(grid_cca, (grid, grid), mode=resample))
 
 
-__all__ = ["KeepMask", "select_patches", "keep_mask_from_probs", "DEFAULT_THRESHOLD", "DEFAULT_CCA_STEPS"]
+def keep_ratio_for_count(fg_prob: torch.Tensor, kept: int, grid: int, cca_steps: int = DEFAULT_CCA_STEPS,
+                         resample: str = "nearest") -> float:
+    """The BAViT keep ratio whose keep mask (top-k, CCA, resample) keeps the count closest to ``kept`` patches.
+
+    The kept count never falls as k grows (top-k sets are nested; CCA and resampling are monotone), so a binary
+    search over k finds the smallest k reaching ``kept``; k - 1 wins when it is closer.
+
+    Args:
+        fg_prob: ``[G, G]`` FG probabilities of one image.
+        kept: target number of the ``grid x grid`` detector patches.
+    """
+    cells = fg_prob.numel()
+
+    def count(k: int) -> int:
+        return int(keep_mask_from_probs(fg_prob, keep_ratio=k / cells, cca_steps=cca_steps, grid=grid,
+                                        resample=resample).keep_mask.sum())
+
+    low, high = 1, cells
+    while low < high:
+        middle = (low + high) // 2
+        if count(middle) >= kept:
+            high = middle
+        else:
+            low = middle + 1
+    if low > 1 and abs(count(low - 1) - kept) < abs(count(low) - kept):
+        low -= 1
+    return low / cells
+
+
+__all__ = ["KeepMask", "select_patches", "keep_mask_from_probs", "keep_ratio_for_count", "DEFAULT_THRESHOLD", "DEFAULT_CCA_STEPS"]

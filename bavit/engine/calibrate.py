@@ -1,0 +1,69 @@
+"""``python -m bavit calibrate``: store in a BAViT checkpoint the one threshold per target mean sparsity (Table 2).
+
+Runs the checkpoint on calibration images (by default the held-out part of train2017: ``--subset holdout``),
+finds for each mean sparsity from 0 to 95% in 1% steps and each CCA setting the threshold that gives it
+(:func:`bavit.pruning.calibration.calibrate`) and writes the result into the checkpoint's safetensors metadata.
+Images the checkpoint records as trained on are refused: thresholds from them give less sparsity on new images.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+import torch
+
+from ..core.model import checkpoint_extra, load_checkpoint
+from ..data.records import add_dataset_arguments, records_from_args
+from ..errors import DataError
+from ..pruning.calibration import LEVELS, calibrate, save_calibration
+from ..pruning.detector import yolos_grid
+from ..pruning.yolos import yolos_tiny_config
+from .evaluate import predict_probs
+
+REPORT_LEVELS = (0.29, 0.35, 0.40, 0.46)
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "calibrate", help="store the threshold for each mean sparsity in a BAViT checkpoint",
+        description="Find, on held-out images, the one FG-probability threshold that gives each target mean sparsity "
+                    "(0-95%%, with and without CCA) and store it in the checkpoint's metadata.")
+    parser.add_argument("--checkpoint", required=True, help="BAViT .safetensors checkpoint (rewritten in place)")
+    add_dataset_arguments(parser, default_split="train2017", default_subset="holdout")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--threads", type=int, help="torch CPU threads")
+    parser.add_argument("--allow-trained-images", action="store_true",
+                        help="calibrate even on images the checkpoint was trained on (biased: less sparsity on new "
+                             "images than asked)")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model = load_checkpoint(args.checkpoint)
+    records = records_from_args(args)
+    if not records:
+        raise DataError("no calibration images")
+    trained = checkpoint_extra(args.checkpoint).get("train_image_ids")
+    if trained is None:
+        print("warning: the checkpoint does not record its training images; cannot check that the calibration "
+              "images are new to it", file=sys.stderr)
+    else:
+        seen = {str(i) for i in trained} & {str(r.image_id) for r in records}
+        if seen and not args.allow_trained_images:
+            raise DataError(f"{len(seen)} of the {len(records)} calibration images were used to train this checkpoint; "
+                            "calibrate on images it did not see (e.g. --subset holdout of a model trained with "
+                            "--subset fit)")
+    probs, _ = predict_probs(model, records, args.batch_size)
+    source = (f"{args.split if not getattr(args, 'voc_root', None) else args.image_set} {args.subset}"
+              + (f" ({args.holdout_fraction:.0%}, seed {args.holdout_seed})" if args.subset != "all" else ""))
+    calibration = calibrate(probs, LEVELS, grid=yolos_grid(yolos_tiny_config().patch_size), source=source)
+    save_calibration(args.checkpoint, calibration)
+    print(f"calibrated {args.checkpoint} on {len(records)} images ({source})")
+    print("| target mean sparsity | threshold | achieved | threshold (CCA 3) | achieved (CCA 3) |\n|---|---|---|---|---|")
+    for level in REPORT_LEVELS:
+        index = LEVELS.index(level)
+        print(f"| {level:.0%} | {calibration.thresholds[0][index]:.4f} | {calibration.achieved[0][index]:.1%} "
+              f"| {calibration.thresholds[3][index]:.4f} | {calibration.achieved[3][index]:.1%} |")
+    return 0

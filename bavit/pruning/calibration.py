@@ -1,0 +1,165 @@
+"""Calibrated sparsity (paper Table 2): one FG-probability threshold for every image, per target *mean* sparsity.
+
+Table 2 of the paper sets sparsity with one confidence threshold for the whole set: each image keeps what its
+content asks for, and the table's sparsity is the mean over images. :func:`calibrate` finds, for each target mean
+sparsity (0-95% in 1% steps) and each number of CCA steps, the threshold that gives that mean on a set of
+calibration images, through the pipeline's own keep-mask rule (:func:`bavit.pruning.keep_mask.keep_mask_from_probs`
+on the YOLOS grid). The result is stored in the BAViT checkpoint's safetensors metadata (key ``calibration``), so
+loading a checkpoint brings its calibration along.
+
+Calibrate on images the model did not train on: a model is more confident on its training images, so thresholds
+taken from them give less sparsity on new images than asked (``python -m bavit calibrate`` refuses images the
+checkpoint records as trained on).
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from ..core.model import read_checkpoint_metadata, update_checkpoint_metadata
+from ..errors import CheckpointError, ConfigError
+from .keep_mask import keep_mask_from_probs
+
+METADATA_KEY = "calibration"
+LEVELS = tuple(round(0.01 * i, 2) for i in range(96))  # target mean sparsity: 0%, 1%, ..., 95%
+CCA_STEPS = (0, 1, 2, 3, 4, 5)  # every setting of the app's CCA slider
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Thresholds that give each target mean sparsity on the calibration images.
+
+    Attributes:
+        levels: target mean sparsities (fractions of the ``grid x grid`` detector patches pruned), ascending.
+        thresholds: ``{cca_steps: [threshold per level]}``; a patch is kept when its FG probability is >= it.
+        achieved: ``{cca_steps: [mean sparsity per level]}`` that threshold gives on the calibration images.
+        grid: detector patch grid side (32 for YOLOS at 512 px).
+        resample: BAViT grid -> detector grid resampling of the keep-mask rule.
+        images: how many calibration images.
+        source: which images (for the reader), e.g. ``"train2017 holdout (15%, seed 0)"``.
+    """
+
+    levels: tuple[float, ...]
+    thresholds: dict[int, tuple[float, ...]]
+    achieved: dict[int, tuple[float, ...]]
+    grid: int
+    resample: str
+    images: int
+    source: str = ""
+
+    def threshold(self, sparsity: float, cca_steps: int) -> float:
+        """The threshold for a target mean ``sparsity`` (fraction) with ``cca_steps`` CCA steps, interpolated
+        linearly between the calibrated levels.
+
+        Raises:
+            ConfigError: a sparsity outside the calibrated range, or CCA steps that were not calibrated.
+        """
+        if cca_steps not in self.thresholds:
+            raise ConfigError(f"no calibration for {cca_steps} CCA steps (calibrated: {sorted(self.thresholds)})")
+        low, high = self.levels[0], self.levels[-1]
+        if not low <= sparsity <= high + 1e-9:
+            raise ConfigError(f"sparsity is a fraction in [{low:g}, {high:g}], got {sparsity}")
+        return float(np.interp(sparsity, self.levels, self.thresholds[cca_steps]))
+
+    def to_json(self) -> str:
+        data = asdict(self)
+        data["thresholds"] = {str(k): list(v) for k, v in self.thresholds.items()}
+        data["achieved"] = {str(k): list(v) for k, v in self.achieved.items()}
+        return json.dumps(data, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "Calibration":
+        data = json.loads(text)
+        return cls(levels=tuple(data["levels"]),
+                   thresholds={int(k): tuple(v) for k, v in data["thresholds"].items()},
+                   achieved={int(k): tuple(v) for k, v in data["achieved"].items()},
+                   grid=int(data["grid"]), resample=data["resample"], images=int(data["images"]),
+                   source=data.get("source", ""))
+
+
+def sparsity_at(fg_prob: torch.Tensor, threshold: float, cca_steps: int, grid: int,
+                resample: str = "nearest") -> torch.Tensor:
+    """``float [N]``: each image's sparsity (fraction of the ``grid x grid`` patches pruned) at ``threshold``.
+
+    Args:
+        fg_prob: ``[N, G, G]`` FG probabilities.
+    """
+    masks = keep_mask_from_probs(fg_prob, threshold=threshold, cca_steps=cca_steps, grid=grid,
+                                 resample=resample).keep_mask
+    return 1.0 - masks.flatten(1).float().mean(1)
+
+
+def _threshold_for(fg_prob: torch.Tensor, candidates: torch.Tensor, target: float, cca_steps: int, grid: int,
+                   resample: str) -> tuple[float, float]:
+    """The threshold whose mean sparsity is closest to ``target``, and that mean.
+
+    Mean sparsity never falls as the threshold rises (fewer cells pass; CCA and resampling are monotone), so a
+    binary search over the sorted distinct probabilities finds the first one reaching ``target``; the one before
+    wins when it is closer. The threshold returned lies halfway between two neighbouring probabilities, so it
+    keeps the same cells on the calibration images and does not sit on an exact probability.
+    """
+    def mean(index: int) -> float:
+        return float(sparsity_at(fg_prob, float(values[index]), cca_steps, grid, resample).mean())
+
+    values = torch.unique(torch.cat([candidates.new_zeros(1), candidates, candidates.new_ones(1)]))  # sorted
+    low, high = 0, len(values) - 1
+    while low < high:
+        middle = (low + high) // 2
+        if mean(middle) >= target:
+            high = middle
+        else:
+            low = middle + 1
+    if low > 0 and abs(mean(low - 1) - target) <= abs(mean(low) - target):
+        low -= 1
+    threshold = 0.0 if low == 0 else float((values[low - 1] + values[low]) / 2)
+    return threshold, mean(low)
+
+
+def calibrate(fg_prob: np.ndarray | torch.Tensor, levels: Sequence[float] = LEVELS,
+              cca_steps: Sequence[int] = CCA_STEPS, grid: int = 32, resample: str = "nearest",
+              source: str = "") -> Calibration:
+    """Thresholds for each target mean sparsity on the calibration images' FG probabilities.
+
+    Args:
+        fg_prob: ``[N, G, G]`` BAViT FG probabilities of the calibration images.
+        levels: target mean sparsities (fractions in [0, 1)), ascending.
+        cca_steps: the CCA settings to calibrate.
+        grid: detector patch grid side; resample: the keep-mask rule's resampling.
+    """
+    probs = torch.tensor(np.array(fg_prob), dtype=torch.float32)
+    if probs.dim() != 3 or len(probs) == 0:
+        raise ConfigError(f"calibration needs FG probabilities [N, G, G] of at least one image, got {tuple(probs.shape)}")
+    levels = tuple(float(v) for v in levels)
+    if list(levels) != sorted(levels) or not all(0.0 <= v < 1.0 for v in levels):
+        raise ConfigError("calibration levels must be ascending fractions in [0, 1)")
+    candidates = torch.unique(probs)
+    thresholds, achieved = {}, {}
+    for steps in cca_steps:
+        pairs = [_threshold_for(probs, candidates, level, int(steps), grid, resample) for level in levels]
+        thresholds[int(steps)] = tuple(threshold for threshold, _ in pairs)
+        achieved[int(steps)] = tuple(mean for _, mean in pairs)
+    return Calibration(levels, thresholds, achieved, grid, resample, len(probs), source)
+
+
+def save_calibration(checkpoint: str | os.PathLike, calibration: Calibration) -> None:
+    """Store ``calibration`` in the checkpoint's safetensors metadata (the weights are rewritten unchanged)."""
+    update_checkpoint_metadata(checkpoint, {METADATA_KEY: calibration.to_json()})
+
+
+def load_calibration(checkpoint: str | os.PathLike) -> Calibration | None:
+    """The calibration stored with a checkpoint, or ``None`` when it has none."""
+    text = read_checkpoint_metadata(checkpoint).get(METADATA_KEY)
+    if text is None:
+        return None
+    try:
+        return Calibration.from_json(text)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"{checkpoint}: stored calibration is invalid ({exc})") from None
+
+
+__all__ = ["Calibration", "calibrate", "sparsity_at", "save_calibration", "load_calibration", "LEVELS", "CCA_STEPS"]
