@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from ..errors import ConfigError
 
+STEMS = ("patch", "conv", "conv-deep")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -29,6 +30,7 @@ class BAViTConfig:
     # Token embedding: "patch" is the paper's (and timm's) 16x16 linear patch projection; "conv" is a 4-layer
     # stride-2 convolutional stem (Xiao et al. 2021, "Early convolutions help transformers see better") that gives
     # the from-scratch model a locality bias. Both produce the same 24x24 token grid.
+    # "conv-deep" adds a 3x3 stride-1 convolution after each stride-2 one (twice the stem's depth).
     stem: str = "patch"
     # Pixel normalisation applied after the square resize (ImageNet statistics, as YOLOS and DeiT use).
     mean: tuple[float, float, float] = IMAGENET_MEAN
@@ -48,9 +50,9 @@ class BAViTConfig:
             )
         if self.embed_dim % self.num_heads:
             raise ConfigError(f"embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}")
-        if self.stem not in ("patch", "conv"):
-            raise ConfigError(f"stem must be 'patch' or 'conv', got {self.stem!r}")
-        if self.stem == "conv" and self.patch_size != 16:
+        if self.stem not in STEMS:
+            raise ConfigError(f"stem must be one of {STEMS}, got {self.stem!r}")
+        if self.stem != "patch" and self.patch_size != 16:
             raise ConfigError("the conv stem is built for 16x16 patches")
         if self.depth < 1:
             raise ConfigError(f"depth must be >= 1, got {self.depth}")

@@ -29,6 +29,8 @@ class ConvStemPatchEmbed(PatchEmbed):
     ``[B, 3, S, S] -> [B, (S/16)^2, D]``, the same token grid as the patch projection.
     """
 
+    deep = False  # DeepConvStemPatchEmbed: a stride-1 3x3 convolution after each stride-2 one
+
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         embed_dim = self.proj.out_channels
@@ -36,6 +38,8 @@ class ConvStemPatchEmbed(PatchEmbed):
         layers: list[nn.Module] = []
         for c_in, c_out in zip(widths[:-1], widths[1:]):
             layers += [nn.Conv2d(c_in, c_out, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
+            if self.deep:
+                layers += [nn.Conv2d(c_out, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
         layers.append(nn.Conv2d(embed_dim, embed_dim, 1))
         self.proj = nn.Sequential(*layers)
 
@@ -59,6 +63,15 @@ class ConvStemPatchEmbed(PatchEmbed):
         return super().forward(pixels.contiguous(memory_format=torch.channels_last))
 
 
+class DeepConvStemPatchEmbed(ConvStemPatchEmbed):
+    """:class:`ConvStemPatchEmbed` with a 3x3 stride-1 convolution (+ BatchNorm, ReLU) after each stride-2 one."""
+
+    deep = True
+
+
+EMBED_LAYERS = {"patch": PatchEmbed, "conv": ConvStemPatchEmbed, "conv-deep": DeepConvStemPatchEmbed}
+
+
 class BAViT(nn.Module):
     """Per-token FG/BG classifier.
 
@@ -80,7 +93,7 @@ class BAViT(nn.Module):
             global_pool="",
             num_classes=0,
             drop_path_rate=config.drop_path_rate,
-            embed_layer=ConvStemPatchEmbed if config.stem == "conv" else PatchEmbed,
+            embed_layer=EMBED_LAYERS[config.stem],
         )
         self.head = nn.Linear(config.embed_dim, config.num_classes)
 

@@ -139,7 +139,8 @@ def method_masks(fg_prob: np.ndarray, objects: Sequence[ImageObjects], level: fl
         prior: ``[24, 24]`` training FG frequency (``None``: ``centre`` is left out).
     """
     count = round(grid * grid * (1.0 - level))
-    probs = torch.tensor(np.array(fg_prob), dtype=torch.float32)
+    probs = (fg_prob.detach().float().clone() if isinstance(fg_prob, torch.Tensor)
+             else torch.tensor(np.asarray(fg_prob), dtype=torch.float32))
     masks: dict[str, list[np.ndarray]] = {
         "bavit_topk": [_rule_top_k(p, count, grid, resample) for p in probs],
     }

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from ..core.config import PRESETS, BAViTConfig
+from ..core.config import PRESETS, STEMS, BAViTConfig
 from ..core.labels import IGNORE_INDEX
 from ..core.loss import AccumulativeCrossEntropy, PatchRankingLoss
 from ..core.model import BAViT, build_bavit, checkpoint_extra, grow_from, load_checkpoint, save_checkpoint
@@ -229,7 +229,7 @@ def register(subparsers) -> None:
     add_dataset_arguments(parser, default_split="train2017", default_subset="all")
     parser.add_argument("--model", choices=sorted(PRESETS), default="small", help="small = 2 layers, large = 10")
     parser.add_argument("--depth", type=int, help="override the preset's depth")
-    parser.add_argument("--stem", choices=["patch", "conv"], default="patch", help="token embedding (default patch)")
+    parser.add_argument("--stem", choices=list(STEMS), default="patch", help="token embedding (default patch)")
     parser.add_argument("--img-size", type=int, default=384)
     parser.add_argument("--init", default="random", help="random | timm:NAME | yolos:ID_OR_DIR")
     parser.add_argument("--labels", choices=["mask", "boxes"], default="mask", help="label source")

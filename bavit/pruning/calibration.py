@@ -23,7 +23,7 @@ import torch
 
 from ..core.model import read_checkpoint_metadata, update_checkpoint_metadata
 from ..errors import CheckpointError, ConfigError
-from .keep_mask import keep_mask_from_probs
+from .keep_mask import closest_index, keep_mask_from_probs
 
 METADATA_KEY = "calibration"
 LEVELS = tuple(round(0.01 * i, 2) for i in range(96))  # target mean sparsity: 0%, 1%, ..., 95%
@@ -98,24 +98,15 @@ def _threshold_for(fg_prob: torch.Tensor, candidates: torch.Tensor, target: floa
                    resample: str) -> tuple[float, float]:
     """The threshold whose mean sparsity is closest to ``target``, and that mean.
 
-    Mean sparsity never falls as the threshold rises (fewer cells pass; CCA and resampling are monotone), so a
-    binary search over the sorted distinct probabilities finds the first one reaching ``target``; the one before
-    wins when it is closer. The threshold returned lies halfway between two neighbouring probabilities, so it
+    Mean sparsity never falls as the threshold rises (fewer cells pass; CCA and resampling are monotone), so
+    :func:`closest_index` searches the sorted distinct probabilities. The threshold returned lies halfway between two neighbouring probabilities, so it
     keeps the same cells on the calibration images and does not sit on an exact probability.
     """
     def mean(index: int) -> float:
         return float(sparsity_at(fg_prob, float(values[index]), cca_steps, grid, resample).mean())
 
     values = torch.unique(torch.cat([candidates.new_zeros(1), candidates, candidates.new_ones(1)]))  # sorted
-    low, high = 0, len(values) - 1
-    while low < high:
-        middle = (low + high) // 2
-        if mean(middle) >= target:
-            high = middle
-        else:
-            low = middle + 1
-    if low > 0 and abs(mean(low - 1) - target) <= abs(mean(low) - target):
-        low -= 1
+    low = closest_index(mean, 0, len(values) - 1, target, ties="low")  # a tie keeps more patches
     threshold = 0.0 if low == 0 else float((values[low - 1] + values[low]) / 2)
     return threshold, mean(low)
 
@@ -131,7 +122,8 @@ def calibrate(fg_prob: np.ndarray | torch.Tensor, levels: Sequence[float] = LEVE
         cca_steps: the CCA settings to calibrate.
         grid: detector patch grid side; resample: the keep-mask rule's resampling.
     """
-    probs = torch.tensor(np.array(fg_prob), dtype=torch.float32)
+    probs = (fg_prob.detach().float().clone() if isinstance(fg_prob, torch.Tensor)
+             else torch.tensor(np.asarray(fg_prob), dtype=torch.float32))
     if probs.dim() != 3 or len(probs) == 0:
         raise ConfigError(f"calibration needs FG probabilities [N, G, G] of at least one image, got {tuple(probs.shape)}")
     levels = tuple(float(v) for v in levels)

@@ -8,7 +8,7 @@ latency bench, the mAP harness, sparse fine-tuning and the app all call :func:`k
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 
@@ -80,12 +80,30 @@ def keep_mask_from_probs(fg_prob: torch.Tensor, *, threshold: Optional[float] = 
     return KeepMask(grid_raw, grid_cca, resample_grid(grid_cca, (grid, grid), mode=resample))
 
 
+def closest_index(value: Callable[[int], float], low: int, high: int, target: float, ties: str = "low") -> int:
+    """The index in ``[low, high]`` whose value is closest to ``target``, for a ``value`` that never falls as the
+    index grows: a binary search finds the first index reaching ``target``, and the one before wins when it is
+    closer (on a tie: the lower index with ``ties="low"``, the higher with ``"high"``)."""
+    start = low
+    while low < high:
+        middle = (low + high) // 2
+        if value(middle) >= target:
+            high = middle
+        else:
+            low = middle + 1
+    if low > start:
+        before, at = abs(value(low - 1) - target), abs(value(low) - target)
+        if before < at or (before == at and ties == "low"):
+            low -= 1
+    return low
+
+
 def keep_ratio_for_count(fg_prob: torch.Tensor, kept: int, grid: int, cca_steps: int = DEFAULT_CCA_STEPS,
                          resample: str = "nearest") -> float:
     """The BAViT keep ratio whose keep mask (top-k, CCA, resample) keeps the count closest to ``kept`` patches.
 
-    The kept count never falls as k grows (top-k sets are nested; CCA and resampling are monotone), so a binary
-    search over k finds the smallest k reaching ``kept``; k - 1 wins when it is closer.
+    The kept count never falls as k grows (top-k sets are nested; CCA and resampling are monotone), so
+    :func:`closest_index` searches over k.
 
     Args:
         fg_prob: ``[G, G]`` FG probabilities of one image.
@@ -97,16 +115,9 @@ def keep_ratio_for_count(fg_prob: torch.Tensor, kept: int, grid: int, cca_steps:
         return int(keep_mask_from_probs(fg_prob, keep_ratio=k / cells, cca_steps=cca_steps, grid=grid,
                                         resample=resample).keep_mask.sum())
 
-    low, high = 1, cells
-    while low < high:
-        middle = (low + high) // 2
-        if count(middle) >= kept:
-            high = middle
-        else:
-            low = middle + 1
-    if low > 1 and abs(count(low - 1) - kept) < abs(count(low) - kept):
-        low -= 1
+    low = closest_index(count, 1, cells, kept, ties="high")  # a tie keeps more patches
     return low / cells
 
 
-__all__ = ["KeepMask", "select_patches", "keep_mask_from_probs", "keep_ratio_for_count", "DEFAULT_THRESHOLD", "DEFAULT_CCA_STEPS"]
+__all__ = ["KeepMask", "select_patches", "keep_mask_from_probs", "keep_ratio_for_count", "closest_index",
+           "DEFAULT_THRESHOLD", "DEFAULT_CCA_STEPS"]
