@@ -25,6 +25,13 @@ def main(argv: list[str] | None = None) -> int:
     allow_large_images()
     parser = build_parser()
     args = parser.parse_args(argv)
+    threads = getattr(args, "threads", None)
+    if threads is not None:  # every command's --threads: a process-wide setting, made here only
+        if threads < 1:
+            parser.error("--threads must be >= 1")
+        import torch
+
+        torch.set_num_threads(threads)
     try:
         return int(args.func(args) or 0)
     except BAViTError as exc:

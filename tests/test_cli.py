@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from bavit.cli import COMMAND_MODULES, build_parser
+from bavit.cli import COMMAND_MODULES, build_parser, main
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -34,3 +34,19 @@ def test_readme_command_table_lists_exactly_the_cli_commands():
     assert len(commands) == len(COMMAND_MODULES)
     table = re.findall(r"^\| `python -m bavit ([a-z-]+)", (ROOT / "README.md").read_text(), flags=re.M)
     assert set(table) == commands
+
+
+def test_threads_are_set_once_by_the_cli_and_checked(capsys, tmp_path):
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        # a command that fails on its input after parsing: --threads has been applied by then
+        assert main(["evaluate", "--checkpoint", str(tmp_path / "missing.safetensors"), "--threads", "1",
+                     "--coco-root", str(tmp_path)]) == 2
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["evaluate", "--checkpoint", "x", "--threads", "0"])
+    assert exit_info.value.code == 2 and "--threads must be >= 1" in capsys.readouterr().err

@@ -10,8 +10,6 @@ from __future__ import annotations
 import argparse
 import sys
 
-import torch
-
 from ..core.model import checkpoint_extra, load_checkpoint
 from ..data.records import add_dataset_arguments, records_from_args
 from ..errors import DataError
@@ -39,8 +37,6 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.threads:
-        torch.set_num_threads(args.threads)
     model = load_checkpoint(args.checkpoint)
     records = records_from_args(args)
     if not records:

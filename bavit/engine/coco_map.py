@@ -286,8 +286,6 @@ def run(args: argparse.Namespace) -> int:
     from ..pruning.detector import load_yolos_model
     from ..pruning.yolos import patch_yolos
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
     settings = make_settings(args.thresholds or (), args.keep_ratios or ())
     try:
         detector = patch_yolos(load_yolos_model(args.detector))

@@ -146,8 +146,6 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.threads:
-        torch.set_num_threads(args.threads)
     model = load_checkpoint(args.checkpoint)
     extra = checkpoint_extra(args.checkpoint)
     prior = np.asarray(extra["fg_prior"]) if "fg_prior" in extra else None

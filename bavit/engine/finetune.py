@@ -311,8 +311,6 @@ def run(args: argparse.Namespace) -> int:
     from ..core.model import load_checkpoint
     from ..pruning.detector import load_yolos_model
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
     cfg = FinetuneConfig(
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
         image_size=args.image_size, mask_source="bavit" if args.bavit else "gt-boxes",

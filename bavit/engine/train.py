@@ -259,8 +259,6 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.threads:
-        torch.set_num_threads(args.threads)
     preset = PRESETS[args.model]
     model_config = BAViTConfig(**{**asdict(preset), "depth": args.depth or preset.depth, "stem": args.stem,
                                   "img_size": args.img_size, "drop_path_rate": args.drop_path})
