@@ -1,8 +1,8 @@
 """BAViT Explorer: the Gradio app (a Hugging Face Space entry point). All logic lives in the ``bavit`` package.
 
-    python app.py [--bavit CKPT] [--detector ID_OR_DIR] [--data COCO_ROOT] [--port N]
+    python app.py [--bavit CKPT] [--detector ID_OR_DIR] [--data COCO_ROOT] [--backend torch|onnxruntime] [--port N]
 
-Environment: BAVIT_CHECKPOINT, BAVIT_DETECTOR, BAVIT_DATA (same as the flags), BAVIT_CONCURRENCY (queue workers,
+Environment: BAVIT_CHECKPOINT, BAVIT_DETECTOR, BAVIT_DATA, BAVIT_BACKEND (same as the flags), BAVIT_CONCURRENCY (queue workers,
 default 2), GRADIO_SERVER_NAME / GRADIO_SERVER_PORT (honoured by ``launch``).
 """
 import os
@@ -25,6 +25,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="YOLOS hub id or local directory (default: hustvl/yolos-tiny)")
     parser.add_argument("--data", default=os.environ.get("BAVIT_DATA"),
                         help="COCO-format root for ground-truth comparison (e.g. ../shared/data/coco)")
+    parser.add_argument("--backend", default=os.environ.get("BAVIT_BACKEND"),
+                        help="torch or onnxruntime (default: the Predictor's)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--port", type=int, default=None, help="server port (default: GRADIO_SERVER_PORT or 7860)")
     parser.add_argument("--host", default=None, help="server name (default: GRADIO_SERVER_NAME or 127.0.0.1)")
@@ -39,7 +41,7 @@ def main(argv=None) -> None:
         torch.set_num_threads(args.threads)
     allow_large_images()
     try:
-        demo = create_demo(bavit=args.bavit, detector=args.detector, data=args.data)
+        demo = create_demo(bavit=args.bavit, detector=args.detector, data=args.data, backend=args.backend)
     except BAViTError as exc:  # a missing checkpoint or dataset: one line, no traceback
         raise SystemExit(f"error: {exc}") from None
     concurrency = int(os.environ.get("BAVIT_CONCURRENCY", "2"))

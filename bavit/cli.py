@@ -10,7 +10,7 @@ from .imageio import allow_large_images
 
 # Each module exposes ``register(subparsers)`` that adds its sub-command and sets ``func(args) -> int``.
 COMMAND_MODULES = ("engine.train", "engine.evaluate", "engine.calibrate", "bench.latency", "engine.coco_map",
-                   "engine.finetune", "bench.app_bench")
+                   "engine.finetune", "bench.app_bench", "deploy.export")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -3,6 +3,11 @@ between the calibrated mean sparsity (the default with a calibrated checkpoint),
 threshold, drag the sliders, check the page updates consistently; a second browser context checks that sessions are
 isolated.
 
+Grid-only slider moves are answered in the page by bavit/app/static/grid.js: its keep-mask rule, texts and number
+formatting are checked here against the Python ones (Predictor / Explorer) on the probabilities the page received,
+bit for bit and string for string, and the page is checked to send no request for them; with the detector on, a
+slider move goes back to the server.
+
 Saves a screenshot to a temp dir; with BAVIT_UPDATE_SCREENSHOT=1 it also becomes assets/screenshot.png (the README's).
 """
 from __future__ import annotations
@@ -13,6 +18,7 @@ import shutil
 from pathlib import Path
 
 import apphelpers
+import numpy as np
 import pytest
 
 if not Path(apphelpers.CHROMIUM).exists():
@@ -65,7 +71,8 @@ def open_page(browser, url):
 def upload(page, path: Path) -> str:
     page.locator("#input-image input[type=file]").set_input_files(str(path))
     page.wait_for_function("document.querySelector('#sparsity').innerText.includes('Sparsity:')")
-    page.wait_for_selector("#grid-raw img")
+    page.wait_for_selector("#grid-raw.bavit-loaded canvas")
+    page.wait_for_selector("#curve.bavit-loaded canvas")
     return page.inner_text("#sparsity")
 
 
@@ -115,8 +122,15 @@ def own_sparsity(text: str) -> float:
     return float(match.group(1))
 
 
-def src(page, elem_id: str) -> str:
-    return page.locator(f"#{elem_id} img").get_attribute("src")
+def figure(page, elem_id: str) -> dict[str, str]:
+    """A browser-drawn figure's data attributes (grids: ``bits``, ``kept``, ``source``; curve: ``cca``,
+    ``threshold``)."""
+    return page.evaluate("id => ({...document.getElementById(id).dataset})", elem_id)
+
+
+def pixels(page, elem_id: str) -> bytes:
+    """The canvas of a browser-drawn figure as a PNG."""
+    return page.locator(f"#{elem_id} canvas").screenshot()
 
 
 def token_table(page) -> dict[str, float]:
@@ -173,15 +187,19 @@ def test_upload_drag_threshold_and_screenshot(server, browser, predictor, tmp_pa
     assert page.locator("#detections img").count() == 0
     assert "random init" in page.inner_text("#latency")
     check_consistent(page, before)
-    raw_before, cca_before = src(page, "grid-raw"), src(page, "grid-cca")
+    raw_before, cca_before = figure(page, "grid-raw"), figure(page, "grid-cca")
+    pixels_before = pixels(page, "grid-raw")
 
     value = drag_threshold(page, 0.5, 0.8)
     assert value > 0.7
     after = wait_for_threshold(page, value)
     assert after != before
     assert parse_sparsity(after)[1] >= parse_sparsity(before)[1]  # a higher threshold keeps no more patches
-    page.wait_for_function(f"document.querySelector('#grid-raw img').src !== {raw_before!r}")
-    assert src(page, "grid-raw") != raw_before and src(page, "grid-cca") != cca_before
+    raw_after, cca_after = figure(page, "grid-raw"), figure(page, "grid-cca")
+    assert raw_after["bits"] != raw_before["bits"] and cca_after["bits"] != cca_before["bits"]
+    assert raw_after["bits"].count("1") < raw_before["bits"].count("1")
+    assert pixels(page, "grid-raw") != pixels_before
+    assert figure(page, "curve")["threshold"] == str(value)  # the curve's marker moved with it
     check_consistent(page, after)
 
     # paint a GT with the brush in the ImageEditor and compare it with the prediction
@@ -209,6 +227,17 @@ def test_upload_drag_threshold_and_screenshot(server, browser, predictor, tmp_pa
     assert shot.stat().st_size > 10_000
     if os.environ.get("BAVIT_UPDATE_SCREENSHOT") == "1":
         shutil.copy(shot, apphelpers.ROOT / "assets" / "screenshot.png")
+
+    # with GT the comparison follows the grid: grid-only slider moves go to the server, which updates it too
+    assert page.evaluate("() => window.bavitGrid.state.gt") is True
+    page.locator("#run-detector input[type=checkbox]").uncheck()
+    page.wait_for_function("document.querySelector('#latency').innerText.includes('Detector off')")
+    stats = page.inner_text("#gt-stats")
+    value = drag_threshold(page, 0.8, 0.2)
+    wait_for_threshold(page, value)
+    assert figure(page, "grid-cca")["source"] == "server"
+    assert page.evaluate("() => window.bavitGrid.state.localChanges") == 0
+    page.wait_for_function("s => document.querySelector('#gt-stats').innerText !== s", arg=stats)
     page.context.close()
 
 
@@ -271,4 +300,208 @@ def test_target_slider_in_both_sparsity_modes(server, browser, predictor):
     choose_mode(page, MODE_SPARSITY, f"Mean sparsity {target}% over images")
     choose_mode(page, MODE_THRESHOLD, "threshold 0.50")
     assert page.locator("#threshold").is_visible() and not page.locator("#target-sparsity").is_visible()
+    page.context.close()
+
+
+# ---------------------------------------------------------------- grid.js: the page answers grid-only slider moves
+
+
+@pytest.fixture(scope="module")
+def explorer(predictor):
+    from bavit.app.explorer import Explorer
+
+    return Explorer(predictor)
+
+
+def reference_session(page, path: Path, probs: np.ndarray | None = None):
+    """An in-process session holding the FG probabilities the page received (so the comparison is exact whatever
+    the server's backend computed them with), or ``probs``."""
+    from PIL import Image
+
+    from bavit.app.explorer import ImageSession
+    from bavit.predictor import PreparedImage
+
+    payload = page.evaluate("() => ({key: window.bavitGrid.state.payload.key,"
+                            " probs: Array.from(window.bavitGrid.state.payload.probs)})")
+    if probs is None:
+        probs = np.asarray(payload["probs"], dtype=np.float32).reshape(24, 24)
+    probs.setflags(write=False)
+    image = Image.open(path).convert("RGB")
+    return ImageSession(name=path.name, prepared=PreparedImage(image, probs, 0.0, payload["key"]), display=image,
+                        bavit_ms=0.0)
+
+
+def bits(grid) -> str:
+    return "".join("1" if v else "0" for v in np.asarray(grid, dtype=bool).ravel())
+
+
+def python_view(explorer, session, mode: str, value: float, cca_steps: int) -> dict:
+    """What the server renders for these controls (grid-only): grid bits, kept count and the two texts."""
+    from bavit.app.explorer import MODE_THRESHOLD, Controls
+
+    controls = Controls(mode=mode, cca_steps=cca_steps, detect=False,
+                        **({"threshold": value} if mode == MODE_THRESHOLD else {"target_sparsity": value}))
+    analysis = explorer.analyze(session, controls)
+    return {"raw": bits(analysis.grid_raw), "cca": bits(analysis.grid_cca), "kept": int(analysis.keep_mask.sum()),
+            "sparsity": explorer.sparsity_text(analysis, controls), "tokens": explorer.tokens_table(analysis),
+            "x": explorer.effective_threshold(session, controls, analysis)}
+
+
+def assert_same_view(page_view: dict, expected: dict, setting) -> None:
+    assert page_view is not None, setting
+    assert page_view["x"] == pytest.approx(expected["x"], rel=1e-6), setting  # the curve's x: float32 vs float64
+    assert {k: v for k, v in page_view.items() if k != "x"} == {k: v for k, v in expected.items() if k != "x"}, setting
+
+
+JS_VIEW = """([settings, probs]) => {
+  const g = window.bavitGrid;
+  const p = probs ? g.withProbs(g.state.payload, probs) : g.state.payload;
+  return settings.map(([mode, value, ccaSteps]) => {
+    const controls = {mode, threshold: value, target: value, ccaSteps};
+    const r = g.analyze(p, controls);
+    return r && {raw: g.bits(r.raw), cca: g.bits(r.cca), kept: r.kept, sparsity: g.sparsityText(p, r, controls),
+                 tokens: g.tokensTable(p, r.kept), x: g.effectiveThreshold(p, r)};
+  });
+}"""
+
+
+def test_page_rule_equals_python(server, browser, explorer):
+    """grid.js's keep-mask rule (threshold >= in float32, top-k with ties, CCA, 24 -> 32 nearest), calibrated
+    thresholds and texts equal the Predictor's and Explorer's for every mode over thresholds, targets and CCA steps."""
+    import torch
+
+    from bavit.app.explorer import MODE_SPARSITY, MODE_THRESHOLD, MODE_TOPK
+    from bavit.pruning.keep_mask import keep_mask_from_probs
+
+    path = apphelpers.EXAMPLES / "rocket.jpg"
+    page = open_page(browser, server.url)
+    page.locator("#run-detector input[type=checkbox]").uncheck()
+    upload(page, path)
+    session = reference_session(page, path)
+    probs = session.prepared.fg_prob
+    middle = probs.ravel()[np.argmin(np.abs(probs.ravel() - 0.5))]
+    exact = float(middle)  # a threshold equal to a probability keeps that cell (>=)
+    rounds_to = exact + 1e-12  # above it as a double, equal to it in float32: torch compares in float32, so kept too
+    settings = (
+        [(MODE_THRESHOLD, t, steps) for t in (0.05, 0.2, 0.37, 0.5, 0.63, 0.81, 0.95, exact, rounds_to)
+         for steps in (0, 1, 3, 5)]
+        + [(MODE_SPARSITY, t, steps) for t in (0, 10, 35, 52, 77, 95) for steps in range(6)]
+        + [(MODE_TOPK, t, steps) for t in (0, 20, 35, 50, 80, 95) for steps in (0, 2, 3, 5)]
+    )
+    page_views = page.evaluate(JS_VIEW, [settings, None])
+    for (mode, value, steps), view in zip(settings, page_views):
+        assert_same_view(view, python_view(explorer, session, mode, value, steps), (mode, value, steps))
+    assert len({view["kept"] for view in page_views}) > 10  # the settings do move the grid
+    kept_cells = int((probs >= middle).sum())
+    assert page_views[settings.index((MODE_THRESHOLD, exact, 0))]["raw"].count("1") == kept_cells
+    assert page_views[settings.index((MODE_THRESHOLD, rounds_to, 0))]["raw"].count("1") == kept_cells
+
+    # ties: probabilities with many equal values (top-k keeps them in row-major order) and a threshold on them
+    tied = (np.round(probs * 8) / 8).astype(np.float32)
+    tied_session = reference_session(page, path, tied)
+    tie_settings = [(MODE_TOPK, t, steps) for t in (30, 50, 70) for steps in (0, 3)] + [(MODE_THRESHOLD, 0.5, 0)]
+    page_views = page.evaluate(JS_VIEW, [tie_settings, tied.ravel().tolist()])
+    for (mode, value, steps), view in zip(tie_settings, page_views):
+        assert_same_view(view, python_view(explorer, tied_session, mode, value, steps), (mode, value, steps))
+    reference = keep_mask_from_probs(torch.from_numpy(tied.copy()), threshold=0.5, cca_steps=0)
+    assert page_views[-1]["raw"] == bits(reference.grid_raw)
+    assert page_views[-1]["kept"] == int(reference.keep_mask.sum())
+    page.context.close()
+
+
+def test_page_number_formatting_is_pythons(server, browser):
+    """Exact ties round half to even, as Python's format does (toFixed rounds them up)."""
+    page = open_page(browser, server.url)
+    cases = [(6.25, 1), (0.125, 2), (2.5, 0), (3.5, 0), (0.375, 2), (35.0, 0), (100 * (1 - 960 / 1024), 1),
+             (0.3599999, 2), (-6.25, 1), (100 * (1 - 1021 / 1024), 1), (12.765, 2)]
+    assert page.evaluate("cases => cases.map(([x, d]) => window.bavitGrid.pyFixed(x, d))", cases) == \
+        [format(x, f".{d}f") for x, d in cases]
+    values = [0.5, 1.5, 2.5, 2.4999, 665.6, 7.5]
+    assert page.evaluate("xs => xs.map(window.bavitGrid.pyRound)", values) == [round(x) for x in values]
+    page.context.close()
+
+
+def set_target(page, value: int) -> None:
+    box = page.locator("#target-sparsity input[type=number]")
+    box.fill(str(value))
+    box.press("Enter")
+
+
+def test_grid_only_slider_is_answered_in_the_page(server, browser, explorer):
+    """Detector off: target and CCA moves redraw both grids, the sparsity text and the token table in the page, the
+    same as the server would, with no request for them; the CCA slider's new curve comes from the server."""
+    from bavit.app.explorer import MODE_SPARSITY
+
+    path = apphelpers.EXAMPLES / "astronaut.jpg"
+    page = open_page(browser, server.url)
+    page.locator("#run-detector input[type=checkbox]").uncheck()
+    upload(page, path)
+    page.wait_for_function("document.querySelector('#latency').innerText.includes('Detector off')")
+    session = reference_session(page, path)
+    requests = []
+    page.on("request", lambda request: requests.append(request.url))
+    local = page.evaluate("() => window.bavitGrid.state.localChanges")
+    for target in (20, 55, 80):
+        set_target(page, target)
+        page.wait_for_function(
+            "t => document.querySelector('#sparsity').innerText.includes('Mean sparsity ' + t + '%')", arg=str(target))
+        expected = python_view(explorer, session, MODE_SPARSITY, target, 3)
+        for elem_id, key in (("grid-raw", "raw"), ("grid-cca", "cca")):
+            assert figure(page, elem_id) == {"bits": expected[key], "kept": str(expected["kept"]), "source": "client"}
+        assert page.evaluate("() => window.bavitGrid.state.last") == {"sparsity": expected["sparsity"],
+                                                                      "tokens": expected["tokens"]}
+        check_consistent(page, page.inner_text("#sparsity"))
+        own = own_sparsity(page.inner_text("#sparsity"))
+        assert own == pytest.approx(100 * (1 - expected["kept"] / 1024), abs=0.05)
+        assert float(figure(page, "curve")["threshold"]) == pytest.approx(expected["x"])
+    assert page.evaluate("() => window.bavitGrid.state.localChanges") == local + 3
+    assert requests == []  # no round trip at all
+
+    # CCA: the grids are redrawn at once; the curve of the new setting is asked for once
+    box = page.locator("#cca-steps input[type=number]")
+    box.fill("1")
+    box.press("Enter")
+    page.wait_for_function("() => document.querySelector('#sparsity').innerText.includes('CCA 1 steps')")
+    expected = python_view(explorer, session, MODE_SPARSITY, 80, 1)
+    assert figure(page, "grid-cca") == {"bits": expected["cca"], "kept": str(expected["kept"]), "source": "client"}
+    page.wait_for_function("() => document.querySelector('#curve').dataset.cca === '1'")
+    assert len([url for url in requests if "/queue/join" in url or "/run/predict" in url]) == 1
+    page.context.close()
+
+
+def test_detector_on_goes_back_to_the_server(server, browser, explorer):
+    """With the detector ticked a slider move is a server round trip (the pruned YOLOS runs there); unticked, the
+    page answers again."""
+    from bavit.app.explorer import MODE_SPARSITY
+
+    path = apphelpers.EXAMPLES / "coffee.jpg"
+    page = open_page(browser, server.url)
+    upload(page, path)  # the detector is on by default
+    session = reference_session(page, path)
+    local = page.evaluate("() => window.bavitGrid.state.localChanges")
+    received = page.evaluate("() => window.bavitGrid.state.received")
+    set_target(page, 60)
+    page.wait_for_function("() => document.querySelector('#sparsity').innerText.includes('Mean sparsity 60%')")
+    page.wait_for_function("n => window.bavitGrid.state.received > n", arg=received)
+    expected = python_view(explorer, session, MODE_SPARSITY, 60, 3)
+    assert figure(page, "grid-cca") == {"bits": expected["cca"], "kept": str(expected["kept"]), "source": "server"}
+    assert page.evaluate("() => window.bavitGrid.state.localChanges") == local
+    assert "YOLOS pruned" in page.inner_text("#latency")
+
+    page.locator("#run-detector input[type=checkbox]").uncheck()
+    page.wait_for_function("() => document.querySelector('#latency').innerText.includes('Detector off')")
+    set_target(page, 40)
+    page.wait_for_function("() => document.querySelector('#sparsity').innerText.includes('Mean sparsity 40%')")
+    expected = python_view(explorer, session, MODE_SPARSITY, 40, 3)
+    assert figure(page, "grid-cca") == {"bits": expected["cca"], "kept": str(expected["kept"]), "source": "client"}
+    assert page.evaluate("() => window.bavitGrid.state.localChanges") == local + 1
+
+    # removing the image clears the figures; a slider move then has nothing to draw
+    page.locator("#input-image button[aria-label='Remove Image']").click()
+    page.wait_for_function("() => window.bavitGrid.state.payload === null")
+    assert figure(page, "grid-raw") == {} and page.locator("#grid-raw canvas").is_hidden()
+    assert page.locator("#grid-raw .bavit-placeholder").is_visible()
+    set_target(page, 50)
+    page.wait_for_timeout(300)
+    assert figure(page, "grid-cca") == {} and page.inner_text("#sparsity") == ""
     page.context.close()

@@ -103,6 +103,7 @@ def test_detector_present_path_draws_boxes(tmp_path):
     assert predictor.detector_ready
     explorer = Explorer(predictor)
     assert explorer.banner_text() == ""
+    assert explorer.monitor.start().join(60)  # the latency warm-up (tiny models: about a second)
     session = explorer.open_image({"path": str(CHELSEA), "orig_name": "chelsea.jpg"})
     controls = Controls(threshold=0.5, cca_steps=3, detect=True, show_dense=True)
     explorer.measure_dense(session, controls)
@@ -113,7 +114,8 @@ def test_detector_present_path_draws_boxes(tmp_path):
     assert {d["label"] for d in detections} <= {"cat", "dog", "cup"}
     assert view["det_pruned"].size == session.display.size and view["det_dense"] is not None
     assert f"{len(detections)} detections" in view["det_message"]
-    assert "Speed-up" in view["latency"]
+    estimate = explorer.latency(view["analysis"])  # the medians the panel used
+    assert f"**Speed-up: {estimate.speedup:.2f}x** for this image ({estimate.kept} of 1024" in view["latency"]
     result = explorer.api_result({"path": str(CHELSEA)}, threshold=0.5)
     assert result["detector_ready"] is True and isinstance(result["detections"], list)
     for det in result["detections"]:

@@ -64,8 +64,15 @@ def test_bench_cli_writes_json_and_plot_and_runs_yolos_on_the_rules_mask(bavit_c
     assert "speed-up" in printed and "tiny-yolos" in printed
     report = json.loads(out_json.read_text())
     assert report["threads"] == 1 and "tiny-yolos (pretrained)" in report["weights"]
-    probs = torch.from_numpy(np.array(Predictor(bavit_ckpt, detector=None).set_image(images / "noise.png").fg_prob))
-    for row in report["results"] + report["batch2"]["results"]:
+    probs_of = {backend: torch.from_numpy(np.array(Predictor(bavit_ckpt, detector=None, backend=backend)
+                                                   .set_image(images / "noise.png").fg_prob))
+                for backend in ("torch", "onnxruntime")}  # each backend's own BAViT (onnxruntime: int8)
+    assert report["backend"] == "onnxruntime" and set(report["backends"]) == {"torch", "onnxruntime"}
+    assert "| 35% | torch |" in printed and "| 35% | onnxruntime |" in printed and "FLOP ratio at 35%" in printed
+    rows = [row for value in report["backends"].values() for row in value["results"] + value["batch2"]["results"]]
+    assert len(rows) == 8 and {row["backend"] for row in rows} == {"torch", "onnxruntime"}
+    for row in rows:
+        probs = probs_of[row["backend"]]
         assert {"sparsity", "dense_ms", "pruned_total_ms", "bavit_ms", "cca_ms", "pruned_yolos_ms", "speedup",
                 "dense_img_per_s", "pruned_img_per_s", "peak_rss_mb", "flop_ratio"} <= set(row)
         # YOLOS ran on the masks the pipeline's rule (top-k, CCA, resample) produced, image by image
@@ -93,7 +100,7 @@ def test_pipeline_time_covers_every_stage_timed_separately(bavit_ckpt, tmp_path)
     pruned YOLOS timed one by one here: a stage left out of the pipeline timing would show as a large gap."""
     image = Image.fromarray(np.random.default_rng(1).integers(0, 256, (300, 400, 3), dtype=np.uint8))
     image.save(tmp_path / "noise.png")
-    report = run_bench(threads=torch.get_num_threads(), sparsities=[0.35], repeats=5, warmup=1, batch=0, bavit=str(bavit_ckpt),
+    report = run_bench(threads=torch.get_num_threads(), sparsities=[0.35], repeats=5, warmup=1, batch=0, bavit=str(bavit_ckpt), backends=["torch"],
                        detector=str(tmp_path / "missing"), images=[tmp_path], log=lambda _: None)
     assert "random init" in report["weights"] and report["weights_detail"]["detector_pretrained"] is False
     assert "batch8" not in report

@@ -122,7 +122,7 @@ def test_harness_keep_masks_are_the_predictors(coco_root):
 
     torch.manual_seed(0)
     bavit = build_bavit(SMALL).eval()
-    predictor = Predictor(bavit=bavit, detector=None)
+    predictor = Predictor(bavit=bavit, detector=None, backend="torch")  # run_map's default backend
     image = CocoDetection(coco_root / "annotations" / "instances_val2017.json", coco_root / "val2017", limit=1)[0].image
     probs = bavit.fg_prob(to_tensor(image, 384, SMALL.mean, SMALL.std)[None])  # the harness' path, [1, 24, 24]
     prepared = predictor.set_image(np.asarray(image))
@@ -207,3 +207,24 @@ def test_missing_detector_dir_and_offline_hub_are_clear_errors(coco_root, tmp_pa
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("error: detector 'hustvl/yolos-tiny' is not in the local cache and the Hugging Face hub cannot be reached")
     assert HOW_TO_GET_WEIGHTS in err and "Traceback" not in err
+
+
+def test_onnxruntime_backend_gives_the_torch_rows(coco_root, tmp_path):
+    """The harness on both backends: the same kept patches, detections and COCOeval numbers (random tiny YOLOS)."""
+    from bavit.engine.coco_map import run_map
+    from bavit.pruning.yolos import patch_yolos
+
+    coco = load_coco(coco_root / "annotations" / "instances_val2017.json")
+    detector = patch_yolos(load_yolos_model(tiny_yolos_dir(coco, tmp_path / "tiny-yolos")))
+    dataset = CocoDetection(coco_root / "annotations" / "instances_val2017.json", coco_root / "val2017", limit=2)
+    torch.manual_seed(0)
+    bavit = build_bavit(SMALL).eval()
+    settings = make_settings([0.5], [0.6])
+    reports = {backend: run_map(detector, dataset, bavit, settings, progress=False, backend=backend, bavit_int8=False)
+               for backend in ("torch", "onnxruntime")}
+    assert reports["onnxruntime"]["backend"] == "onnxruntime"
+    for torch_row, ort_row in zip(reports["torch"]["rows"], reports["onnxruntime"]["rows"]):
+        assert ort_row["kept_patches"] == torch_row["kept_patches"]
+        assert ort_row["detections"] == torch_row["detections"] == 2 * 10
+        for name in STAT_NAMES:
+            assert ort_row[name] == pytest.approx(torch_row[name], abs=1e-6)

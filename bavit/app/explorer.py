@@ -16,12 +16,15 @@ quickly) can run at the same time. Each :class:`ImageSession` has a :class:`Sess
 changes the session takes a ticket on entry and then runs alone, in ticket order; a control event whose ticket was
 superseded by a newer control event skips its work (:meth:`Explorer.update` returns ``None``), so the last event's
 settings are what the page shows (outputs of one session's events also leave in arrival order). :meth:`Explorer.render` only reads the session: what it measured (a speed-up point,
-a newly drawn curve) comes back in ``view["record"]`` and :meth:`Explorer.record` stores it, under the gate. Shared
-counters (``Explorer.typical_bavit_ms``) have their own lock.
+a newly drawn curve) comes back in ``view["record"]`` and :meth:`Explorer.record` stores it, under the gate.
+
+Latency. Timings shared by all sessions live in one :class:`~bavit.app.latency.LatencyMonitor` (``Explorer.monitor``,
+its own lock): every model run of a request is bracketed by ``monitor.measuring()`` (so runs that shared the CPU
+with another are dropped) and its detector timings are fed to it; the page shows its medians of warm runs and the
+speed-up they give at this image's kept count, never a single timing.
 """
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +38,7 @@ from ..pruning.accounting import token_accounting
 from ..pruning.keep_mask import keep_mask_from_probs, keep_ratio_for_count
 from . import viz
 from .gt import CocoGroundTruth, grid_stats, painted_mask  # noqa: F401 (CocoGroundTruth re-exported)
+from .latency import MIN_DENSE_RUNS, LatencyEstimate, LatencyMonitor
 from .session import (  # noqa: F401 (re-exported for ui and tests)
     MEASURED_POINTS,
     MODE_SPARSITY,
@@ -104,28 +108,14 @@ class Explorer:
     Args:
         predictor: a :class:`bavit.predictor.Predictor` (loaded once, shared by all sessions).
         coco: optional COCO-format dataset for GT grids of its images.
+        monitor: the latency monitor (default: a new one around ``predictor``, not started: the entry point
+            calls ``explorer.monitor.start()`` to warm the models up in the background).
     """
 
-    def __init__(self, predictor, coco: CocoGroundTruth | None = None):
+    def __init__(self, predictor, coco: CocoGroundTruth | None = None, monitor: LatencyMonitor | None = None):
         self.predictor = predictor
         self.coco = coco
-        self._lock = threading.Lock()  # guards the counters shared by all sessions (typical_bavit_ms)
-        self._typical_bavit_ms: float | None = None
-
-    @property
-    def typical_bavit_ms(self) -> float | None:
-        """Running average of BAViT's measured latency (ms) over this app's uploads; ``None`` before the first."""
-        with self._lock:
-            return self._typical_bavit_ms
-
-    def _bavit_cost(self, measured_ms: float) -> float:
-        """Fold a measured BAViT latency into the typical value; for a cached result (0 ms), the typical value."""
-        with self._lock:
-            if measured_ms > 0.0:
-                typical = self._typical_bavit_ms
-                self._typical_bavit_ms = measured_ms if typical is None else 0.7 * typical + 0.3 * measured_ms
-                return measured_ms
-            return self._typical_bavit_ms or 0.0
+        self.monitor = monitor if monitor is not None else LatencyMonitor(predictor)
 
     # ------------------------------------------------------------------ loading
     def open_image(self, payload: Any) -> ImageSession:
@@ -138,9 +128,10 @@ class Explorer:
             coco_entry = self.coco.match(name, raw)
             if coco_entry is not None:
                 image = raw
-        prepared = self.predictor.set_image(viz.fit_image(image, ANALYSIS_SIDE))  # BAViT, or its cache (bavit_ms 0)
-        bavit_ms = self._bavit_cost(prepared.bavit_ms)  # cached by another session or upload: the typical cost
-        session = ImageSession(name=name, prepared=prepared, display=viz.fit_image(image, DISPLAY_SIDE), bavit_ms=bavit_ms)
+        with self.monitor.measuring():  # BAViT (or its cache: bavit_ms 0); set_image times it without the resize,
+            prepared = self.predictor.set_image(viz.fit_image(image, ANALYSIS_SIDE))  # so it is not fed
+        session = ImageSession(name=name, prepared=prepared, display=viz.fit_image(image, DISPLAY_SIDE),
+                               bavit_ms=prepared.bavit_ms)
         if coco_entry is not None:
             session.coco = coco_entry
             session.gt = self.coco.labels(coco_entry, prepared.fg_prob.shape)
@@ -148,14 +139,17 @@ class Explorer:
         return session
 
     def measure_dense(self, session: ImageSession, controls: Controls) -> None:
-        """Dense YOLOS once per image: its latency (for the speed-up) and, with weights, its detections.
+        """Dense YOLOS once per image, for its detections ("Show dense YOLOS too"); its timing (and the pruned run's)
+        goes into :attr:`monitor`, the latency panel shows medians, not this run.
 
         Check and measurement happen under the session's gate, so two events never both run the dense model."""
         with session.gate.hold():
             if session.dense_ms is not None:
                 return
-            analysis = self.predictor.predict(session.prepared, **self.selection(session, controls),
-                                              cca_steps=int(controls.cca_steps), detect=True, dense=True)
+            with self.monitor.measuring() as run:
+                analysis = self.predictor.predict(session.prepared, **self.selection(session, controls),
+                                                  cca_steps=int(controls.cca_steps), detect=True, dense=True)
+            self._record(analysis, run.overlapped)
             session.dense_detections = analysis.dense_detections
             session.dense_ms = analysis.timings_ms.get("dense_ms")
 
@@ -205,16 +199,39 @@ class Explorer:
         return {"keep_ratio": ratio}
 
     def analyze(self, session: ImageSession, controls: Controls):
-        """CCA + (optionally) the pruned detector at the current controls, reusing the session's BAViT output."""
-        return self.predictor.predict(session.prepared, **self.selection(session, controls),
-                                      cca_steps=int(controls.cca_steps), detect=bool(controls.detect), dense=False)
+        """CCA + (optionally) the pruned detector at the current controls, reusing the session's BAViT output.
 
-    def speedup(self, session: ImageSession, analysis) -> float | None:
-        """Measured end-to-end speed-up: dense YOLOS / (BAViT + CCA + pruned YOLOS); ``None`` without timings."""
-        pruned_ms = analysis.timings_ms.get("pruned_ms")
-        if not session.dense_ms or not pruned_ms:
+        The detector's timing goes into :attr:`monitor`."""
+        settings = dict(**self.selection(session, controls), cca_steps=int(controls.cca_steps),
+                        detect=bool(controls.detect), dense=False)
+        if not controls.detect:
+            analysis = self.predictor.predict(session.prepared, **settings)
+            self.monitor.add_cca(analysis.timings_ms["cca_ms"])
+            return analysis
+        with self.monitor.measuring() as run:
+            analysis = self.predictor.predict(session.prepared, **settings)
+        self._record(analysis, run.overlapped)
+        return analysis
+
+    def _record(self, analysis, overlapped: bool) -> None:
+        """Feed an analysis' timings (``cca_ms``; ``pruned_ms`` at its kept count, ``dense_ms``) to :attr:`monitor`."""
+        timings = analysis.timings_ms
+        self.monitor.add_cca(timings["cca_ms"])
+        if timings.get("pruned_ms"):
+            self.monitor.add_pruned(int(analysis.accounting.kept_patches), timings["pruned_ms"], overlapped)
+        if timings.get("dense_ms"):
+            self.monitor.add_dense(timings["dense_ms"], overlapped)
+
+    def latency(self, analysis) -> LatencyEstimate:
+        """The monitor's medians at this analysis' kept count (see :class:`LatencyEstimate`)."""
+        return self.monitor.estimate(int(analysis.accounting.kept_patches))
+
+    def speedup(self, analysis) -> float | None:
+        """The speed-up the page shows for this image: dense / (BAViT + CCA + pruned YOLOS at its kept count),
+        medians of warm runs (:class:`LatencyMonitor`); ``None`` while warming up or without a detector run."""
+        if not analysis.timings_ms.get("pruned_ms"):
             return None
-        return session.dense_ms / (session.bavit_ms + analysis.timings_ms.get("cca_ms", 0.0) + pruned_ms)
+        return self.latency(analysis).speedup
 
     def curve(self, session: ImageSession, cca_steps: int) -> viz.CurvePlot:
         """Sparsity and MAC-ratio speed-up (dense / (BAViT + pruned)) against threshold for this image.
@@ -279,27 +296,44 @@ class Explorer:
             f"| GMACs: YOLOS dense → BAViT + YOLOS pruned | {acc.dense_macs / 1e9:.2f} → {acc.pipeline_macs / 1e9:.2f} |"
         )
 
-    def latency_text(self, session: ImageSession, analysis, controls: Controls, speedup: float | None) -> str:
+    def latency_text(self, analysis, controls: Controls, estimate: LatencyEstimate | None = None) -> str:
+        """The latency panel: medians of warm runs (:attr:`monitor`) at this image's kept count, how many runs each
+        is, and the speed-up they give; "warming up" until the monitor has enough warm runs."""
         t = analysis.timings_ms
-        lines = ["| Latency (this machine) | ms |", "|---|---:|"]
-        cached = " (cached for this image)"
-        lines.append(f"| BAViT{cached} | {session.bavit_ms:.1f} |")
-        lines.append(f"| CCA | {t.get('cca_ms', 0.0):.2f} |")
-        if controls.detect and t.get("pruned_ms"):
-            lines.append(f"| YOLOS pruned | {t['pruned_ms']:.1f} |")
-            total = session.bavit_ms + t.get("cca_ms", 0.0) + t["pruned_ms"]
-            lines.append(f"| **BAViT + CCA + YOLOS pruned** | **{total:.1f}** |")
-        if session.dense_ms:
-            lines.append(f"| YOLOS dense | {session.dense_ms:.1f} |")
-        text = "\n".join(lines)
-        if speedup is not None:
-            text += f"\n\n**Speed-up: {speedup:.2f}x** end to end (dense / (BAViT + CCA + pruned))."
-        elif not controls.detect:
-            text += "\n\nDetector off: grid-only update (tick *Run detector* to measure latency)."
         note = getattr(analysis, "latency_note", "") or ("" if self.predictor.detector_ready else "YOLOS-tiny architecture, random init (latency only)")
-        if note:
-            text += f"\n\n_{note}_"
-        return text
+        note = f"\n\n_{note}_" if note else ""
+        if not controls.detect or not t.get("pruned_ms"):
+            reason = ("Detector off: grid-only update (tick *Run detector* to measure latency)." if not controls.detect
+                      else "No detector: grids only, no latency to compare.")
+            return reason + note
+        est = estimate if estimate is not None else self.latency(analysis)
+        cells = self.predictor.yolos_grid ** 2
+
+        def ms(value: float | None, spec: str = ".1f") -> str:
+            return "…" if value is None else format(value, spec)
+
+        curve = est.pruned_source == "start-up curve"
+        lines = ["| Latency (this machine) | median ms | warm runs |", "|---|---:|---:|",
+                 f"| BAViT | {ms(est.bavit_ms)} | {est.bavit_runs} |",
+                 f"| CCA | {est.cca_ms:.2f} | {est.cca_runs} |",
+                 f"| YOLOS pruned, {est.kept} kept | {ms(est.pruned_ms)} | "
+                 f"{'start-up curve' if curve else est.pruned_runs} |",
+                 f"| **BAViT + CCA + YOLOS pruned** | **{ms(est.pipeline_ms)}** | |",
+                 f"| YOLOS dense | {ms(est.dense_ms)} | {est.dense_runs} |"]
+        text = "\n".join(lines)
+        if est.speedup is not None:
+            source = "the start-up latency curve, interpolated" if curve else "recent warm runs at about this kept count"
+            text += (f"\n\n**Speed-up: {est.speedup:.2f}x** for this image ({est.kept} of {cells} patches kept): dense / "
+                     f"(BAViT + CCA + pruned), medians of warm runs; pruned from {source}.")
+        elif self.monitor.error:
+            text += f"\n\n**Speed-up: not available**: the latency warm-up failed ({self.monitor.error})."
+        else:
+            text += (f"\n\n**Speed-up: warming up** (timing the models in the background: {est.dense_runs} of "
+                     f"{MIN_DENSE_RUNS} warm dense runs so far).")
+        points = self.monitor.curve()
+        if points:
+            text += "\n\nStart-up curve, YOLOS pruned ms by kept patches: " + " · ".join(f"{k}: {v:.0f}" for k, v in points) + "."
+        return text + note
 
     @staticmethod
     def gt_text(session: ImageSession, analysis) -> str:
@@ -325,7 +359,8 @@ class Explorer:
         which renders and records under the session's gate.
         """
         analysis = self.analyze(session, controls)
-        speedup = self.speedup(session, analysis) if controls.detect else None
+        estimate = self.latency(analysis)
+        speedup = estimate.speedup if controls.detect and analysis.timings_ms.get("pruned_ms") else None
         x = self.effective_threshold(session, controls, analysis)
         cca_steps = int(controls.cca_steps)
         base = self.curve(session, cca_steps)
@@ -337,7 +372,7 @@ class Explorer:
             "grid_cca": viz.grid_overlay(session.display, analysis.grid_cca, before=analysis.grid_raw),
             "sparsity": self.sparsity_text(analysis, controls),
             "tokens": self.tokens_table(analysis),
-            "latency": self.latency_text(session, analysis, controls, speedup),
+            "latency": self.latency_text(analysis, controls, estimate),
             "curve": plot,
             "gt_stats": self.gt_text(session, analysis),
             "gt_confusion": None if session.gt is None else viz.confusion_overlay(session.display, session.gt, analysis.grid_cca),
@@ -370,14 +405,14 @@ class Explorer:
         superseded this one (the caller leaves the page as it is; the newer event renders).
 
         Takes a ticket on entry and runs alone in ticket order (:class:`SessionGate`): measures the dense detector
-        once if the controls need it, renders and records. The check for a newer event happens before the work and
+        once if dense detections are to be shown, renders and records. The check for a newer event happens before the work and
         again after it, so a stale view is never returned once a newer event is waiting.
         """
         with session.gate.hold(supersede=("view",)) as ticket:
             if session.gate.superseded(ticket):
                 return None
-            if (controls.detect or controls.show_dense) and session.dense_ms is None:
-                self.measure_dense(session, controls)
+            if controls.show_dense and self.predictor.detector_ready and session.dense_ms is None:
+                self.measure_dense(session, controls)  # dense detections to show; the latency comes from the monitor
             view = self.render(session, controls)
             self.record(session, view["record"])
             return None if session.gate.superseded(ticket) else view
@@ -449,7 +484,10 @@ class Explorer:
         fraction of the 1024 YOLOS patches pruned), ``kept_patches``, ``tokens`` (Table 2 accounting),
         ``timings_ms``, ``image_size`` ([w, h]), ``fg_tokens_raw`` / ``fg_tokens_cca`` (of 576), ``grid_cca`` (24
         strings of 0/1), ``detector_ready``, ``detector_status``, ``detections`` (list, or ``None`` without detector
-        weights), ``latency_note``.
+        weights), ``latency_note``; ``speedup`` (what the page shows at this kept count: medians of warm runs;
+        ``None`` while warming up or with ``detect`` off) and ``latency_ms`` (what it used: ``dense``, ``bavit``,
+        ``cca``, ``pruned``, ``pipeline`` ms, ``dense_runs``, ``bavit_runs``, ``pruned_runs`` (warm runs behind
+        each median), ``pruned_source``, ``warming_up``, ``kept``; :meth:`bavit.app.latency.LatencyEstimate.as_dict`).
         """
         threshold = _number("threshold", threshold)
         if not 0.0 <= threshold <= 1.0:
@@ -478,7 +516,10 @@ class Explorer:
         else:
             setting = {"threshold": threshold}
         image = _read(*_payload_path(payload))
-        analysis = self.predictor.analyze(image, **setting, cca_steps=cca_steps, detect=bool(detect))
+        with self.monitor.measuring() as run:
+            analysis = self.predictor.analyze(image, **setting, cca_steps=cca_steps, detect=bool(detect))
+        self._record(analysis, run.overlapped)
+        estimate = self.latency(analysis)
         acc = analysis.accounting
         used = analysis.settings.get("threshold")
         return {
@@ -501,6 +542,8 @@ class Explorer:
                 for d in analysis.detections
             ],
             "latency_note": getattr(analysis, "latency_note", "") or "",
+            "speedup": estimate.speedup if analysis.timings_ms.get("pruned_ms") else None,
+            "latency_ms": estimate.as_dict(),
         }
 
     def initial_detection_message(self) -> str:

@@ -132,8 +132,8 @@ class ImageSession:
     name: str
     prepared: PreparedImage  # the Predictor's set_image result: RGB image (longer side <= ANALYSIS_SIDE), fg_prob
     display: Image.Image  # RGB, longer side <= DISPLAY_SIDE (what overlays are drawn on)
-    bavit_ms: float  # BAViT latency for this image (measured on first pass, or the app's typical value if cached)
-    dense_ms: float | None = None  # dense YOLOS latency (ms), measured once per image
+    bavit_ms: float  # this image's set_image BAViT run (ms; 0 when cached); the page shows the monitor's medians
+    dense_ms: float | None = None  # this image's one dense YOLOS run (ms; for its detections), None before it
     dense_detections: list | None = None
     gt: np.ndarray | None = None  # [24, 24] int GT grid
     gt_source: str = ""

@@ -5,7 +5,17 @@ queues and launches it. Stable ``elem_id``s for tests and embedding: ``input-ima
 ``grid-raw``, ``grid-cca``, ``detections``, ``tokens``, ``latency``, ``sparsity``, ``gt-compare`` (plus ``mode``,
 ``target-sparsity``, ``run-detector``, ``show-dense``, ``curve``, ``banner``, ``gt-editor``, ``gt-apply``).
 
-Event order: the six control listeners share one Gradio concurrency group (:data:`CONTROLS_GROUP`), so the queue
+Drawing in the browser. The two grid overlays and the curve are canvases that ``static/grid.js`` draws (loaded
+with ``gr.Blocks(head=...)``); the server sends them data, not pictures, through the hidden ``#page-state`` textbox
+(:mod:`bavit.app.client`): the image's FG probabilities, display image and calibration once per image, then grid bits
+and the curve's point per server event. A slider move calls ``grid.js`` first (a ``js=`` event without a Python
+function): with the detector off it applies the keep-mask rule in the page and sets the sparsity text and token table
+itself, with no server round trip; with the detector on it clicks the hidden ``#server-update`` button, whose event
+runs the pruned YOLOS and sends only what a slider changes. The server stays the source of truth for every other
+event. ``gradio_client`` callers keep ``load_image`` / ``set_threshold`` (with the grid and curve images, in
+:data:`VIEW_KEYS` order) and ``analyze`` on hidden components.
+
+Event order: the control listeners share one Gradio concurrency group (:data:`CONTROLS_GROUP`), so the queue
 starts them in arrival order, at most ``default_concurrency_limit`` at a time across sessions. Per session,
 :meth:`Explorer.update` runs them one at a time in arrival order and skips an event once a newer one is waiting;
 a skipped event returns ``gr.skip()`` for every view output, so the page shows the last event's settings.
@@ -22,8 +32,18 @@ from typing import Any, Callable
 import gradio as gr
 
 from ..errors import BAViTError
-from . import viz
-from .explorer import CSS, EXAMPLES_DIR, MODE_THRESHOLD, TARGET_MODES, TINY_SIDE, Controls, Explorer, ImageSession
+from . import client, viz
+from .explorer import (
+    CSS,
+    EXAMPLES_DIR,
+    MODE_THRESHOLD,
+    TARGET_MODES,
+    TINY_SIDE,
+    Controls,
+    Explorer,
+    ImageSession,
+    ViewRecord,
+)
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +51,10 @@ log = logging.getLogger(__name__)
 VIEW_KEYS = ("grid_raw", "grid_cca", "det_pruned", "det_dense", "det_message", "sparsity", "tokens", "latency", "curve",
              "gt_confusion", "gt_stats")
 HIDEABLE = {"det_pruned", "det_dense", "gt_confusion"}
+# Outputs of the page's server events besides #page-state (the grids and the curve are drawn by static/grid.js).
+PAGE_KEYS = ("det_pruned", "det_dense", "det_message", "sparsity", "tokens", "latency", "gt_confusion", "gt_stats")
+SLIDER_KEYS = tuple(key for key in PAGE_KEYS if key != "det_dense")  # a slider never changes the dense panel
+MAX_CCA_STEPS = 10  # the API's limit (Explorer.api_result); the slider goes to 5
 IMAGE_HEIGHT = 340  # px: output images are scaled to fit, so portrait photos do not stretch the page
 CONTROLS_GROUP = "controls"  # concurrency_id of the six control listeners (one FIFO queue in Gradio)
 MODE_INFO = ("Mean sparsity: one calibrated threshold for all images, so each image's sparsity follows its content "
@@ -67,11 +91,26 @@ def _controls(mode, threshold, target, cca_steps, detect, show_dense) -> Control
         raise BAViTError(f"invalid control values ({exc})") from None
 
 
-def _view_updates(view: dict[str, Any] | None) -> list[Any]:
-    """The view outputs in :data:`VIEW_KEYS` order; ``None`` (a superseded event) leaves them all as they are."""
+def _view_updates(view: dict[str, Any] | None, keys: tuple[str, ...] = VIEW_KEYS,
+                  unchanged: frozenset[str] = frozenset()) -> list[Any]:
+    """The view outputs in ``keys`` order; ``None`` (a superseded event) leaves them all as they are, and so does
+    ``gr.skip()`` for the keys in ``unchanged`` (values the page already shows)."""
     if view is None:
-        return [gr.skip() for _ in VIEW_KEYS]
-    return [gr.update(value=view[key], visible=view[key] is not None) if key in HIDEABLE else view[key] for key in VIEW_KEYS]
+        return [gr.skip() for _ in keys]
+    return [gr.skip() if key in unchanged
+            else gr.update(value=view[key], visible=view[key] is not None) if key in HIDEABLE else view[key]
+            for key in keys]
+
+
+def _unchanged_by_slider(explorer: Explorer, session: ImageSession, controls: Controls) -> frozenset[str]:
+    """Page outputs a slider move cannot change: the detection panel unless live detections are drawn, the GT
+    comparison when the image has no GT."""
+    unchanged = set()
+    if not (explorer.predictor.detector_ready and controls.detect):
+        unchanged |= {"det_pruned", "det_message"}
+    if session.gt is None:
+        unchanged |= {"gt_confusion", "gt_stats"}
+    return frozenset(unchanged)
 
 
 def example_images(directory: Path = EXAMPLES_DIR) -> list[str]:
@@ -97,6 +136,14 @@ class Handlers:
     ``*controls`` is ``mode, threshold, target, cca_steps, detect, show_dense`` (``mode`` one of
     :meth:`Explorer.modes`; ``target`` in percent drives both target modes); view is the outputs in
     :data:`VIEW_KEYS` order.
+
+    The page's own events send ``#page-state`` (a :mod:`bavit.app.client` message, JSON) instead of the grid and
+    curve images: ``page_image(payload, previous, *controls)`` -> ``[session, page_state, *page, gt_grid, editor]``;
+    ``page_controls(session, *controls)`` -> ``[page_state, *page]``; ``page_slider(session, *controls)`` ->
+    ``[page_state, *slider]``; ``page_mode(session, *controls)`` -> ``[threshold visibility, target visibility,
+    page_state, *page]``; ``page_curve(session, cca_steps)`` -> page_state (the base plot of that CCA setting);
+    ``page_paint(session, editor, *controls)`` -> ``[gt_grid, gt_confusion, gt_stats, page_state]``.
+    page / slider are the outputs in :data:`PAGE_KEYS` / :data:`SLIDER_KEYS` order.
     """
 
     on_image: Callable[..., list]
@@ -104,19 +151,19 @@ class Handlers:
     on_mode: Callable[..., list]
     on_paint: Callable[..., list]
     on_api: Callable[..., dict]
+    page_image: Callable[..., list]
+    page_controls: Callable[..., list]
+    page_slider: Callable[..., list]
+    page_mode: Callable[..., list]
+    page_curve: Callable[..., Any]
+    page_paint: Callable[..., list]
 
 
 def build_handlers(explorer: Explorer) -> Handlers:
     """The app's event functions around ``explorer``: thin adapters from component values to :class:`Explorer` calls."""
 
-    @_user_errors
-    def on_image(payload, previous: ImageSession | None, mode, threshold, target, cca_steps, detect, show_dense):
-        if payload is None:  # cleared
-            explorer.retire(previous)
-            empty = {key: None for key in VIEW_KEYS}
-            empty.update(sparsity="", tokens="", latency="", gt_stats="", det_message=explorer.initial_detection_message())
-            return [None, *_view_updates(empty), gr.update(value=None, visible=False), None]
-        controls = _controls(mode, threshold, target, cca_steps, detect, show_dense)
+    def load(payload, previous: ImageSession | None, controls: Controls) -> tuple[ImageSession, dict, list]:
+        """Open the image, render it and retire the previous session: ``(session, view, [gt_grid, editor])``."""
         session = explorer.open_image(payload)
         width, height = session.prepared.image.size
         if min(width, height) < TINY_SIDE:
@@ -125,7 +172,77 @@ def build_handlers(explorer: Explorer) -> Handlers:
         gt_grid = explorer.gt_grid_image(session)
         editor = {"background": session.display, "layers": [], "composite": None}
         explorer.retire(previous)  # control events still on the old image skip; a running one finishes first
-        return [session, *_view_updates(view), gr.update(value=gt_grid, visible=gt_grid is not None), editor]
+        return session, view, [gr.update(value=gt_grid, visible=gt_grid is not None), editor]
+
+    def cleared(previous: ImageSession | None) -> dict[str, Any]:
+        """The image was removed: retire its session; the empty view."""
+        explorer.retire(previous)
+        empty = {key: None for key in VIEW_KEYS}
+        empty.update(sparsity="", tokens="", latency="", gt_stats="", det_message=explorer.initial_detection_message())
+        return empty
+
+    def page_state(session: ImageSession, view: dict[str, Any] | None, controls: Controls) -> Any:
+        return gr.skip() if view is None else client.encode(client.view_message(explorer, session, view, controls))
+
+    @_user_errors
+    def on_image(payload, previous: ImageSession | None, mode, threshold, target, cca_steps, detect, show_dense):
+        if payload is None:  # cleared
+            return [None, *_view_updates(cleared(previous)), gr.update(value=None, visible=False), None]
+        session, view, gt = load(payload, previous, _controls(mode, threshold, target, cca_steps, detect, show_dense))
+        return [session, *_view_updates(view), *gt]
+
+    @_user_errors
+    def page_image(payload, previous: ImageSession | None, mode, threshold, target, cca_steps, detect, show_dense):
+        if payload is None:
+            empty = cleared(previous)
+            return [None, client.encode(client.clear_message()), *_view_updates(empty, PAGE_KEYS),
+                    gr.update(value=None, visible=False), None]
+        controls = _controls(mode, threshold, target, cca_steps, detect, show_dense)
+        session, view, gt = load(payload, previous, controls)
+        message = client.image_message(explorer, session, view, controls)
+        return [session, client.encode(message), *_view_updates(view, PAGE_KEYS), *gt]
+
+    @_user_errors
+    def page_controls(session: ImageSession | None, mode, threshold, target, cca_steps, detect, show_dense):
+        if session is None:
+            return [gr.skip()] * (1 + len(PAGE_KEYS))
+        controls = _controls(mode, threshold, target, cca_steps, detect, show_dense)
+        view = explorer.update(session, controls)
+        return [page_state(session, view, controls), *_view_updates(view, PAGE_KEYS)]
+
+    @_user_errors
+    def page_slider(session: ImageSession | None, mode, threshold, target, cca_steps, detect, show_dense):
+        if session is None:
+            return [gr.skip()] * (1 + len(SLIDER_KEYS))
+        controls = _controls(mode, threshold, target, cca_steps, detect, show_dense)
+        view = explorer.update(session, controls)
+        unchanged = _unchanged_by_slider(explorer, session, controls)
+        return [page_state(session, view, controls), *_view_updates(view, SLIDER_KEYS, unchanged)]
+
+    @_user_errors
+    def page_mode(session, mode, threshold, target, cca_steps, detect, show_dense):
+        visibility = slider_visibility(mode)  # skipped as in on_mode
+        if session is None:
+            return visibility + [gr.skip()] * (1 + len(PAGE_KEYS))
+        controls = _controls(mode, threshold, target, cca_steps, detect, show_dense)
+        show_mode, view = explorer.change_mode(session, controls)
+        return ((visibility if show_mode else [gr.skip(), gr.skip()]) + [page_state(session, view, controls)]
+                + _view_updates(view, PAGE_KEYS))
+
+    @_user_errors
+    def page_curve(session: ImageSession | None, cca_steps):
+        if session is None:
+            return gr.skip()
+        try:
+            steps = int(cca_steps)
+        except (TypeError, ValueError):
+            raise BAViTError(f"CCA steps must be an integer, got {cca_steps!r}") from None
+        if not 0 <= steps <= MAX_CCA_STEPS:
+            raise BAViTError(f"CCA steps must be in 0..{MAX_CCA_STEPS}, got {steps}")
+        with session.gate.hold():  # in this session's turn order; supersedes no control event
+            plot = explorer.curve(session, steps)
+            explorer.record(session, ViewRecord(cca_steps=steps, curve=plot, point=None))
+            return client.encode(client.curve_message(session, plot, steps))
 
     @_user_errors
     def on_controls(session: ImageSession | None, mode, threshold, target, cca_steps, detect, show_dense):
@@ -134,12 +251,16 @@ def build_handlers(explorer: Explorer) -> Handlers:
         controls = _controls(mode, threshold, target, cca_steps, detect, show_dense)
         return _view_updates(explorer.update(session, controls))
 
+    def slider_visibility(mode) -> list[Any]:
+        """The threshold and target sliders' visibility for ``mode``."""
+        target_mode = mode in TARGET_MODES
+        return [gr.update(visible=not target_mode), gr.update(visible=target_mode)]
+
     @_user_errors
     def on_mode(session, mode, threshold, target, cca_steps, detect, show_dense):
         # The sliders' visibility is skipped only when a newer *mode* event sets it: a newer slider move carries
         # this mode but does not set the visibility.
-        target_mode = mode in TARGET_MODES
-        visibility = [gr.update(visible=not target_mode), gr.update(visible=target_mode)]
+        visibility = slider_visibility(mode)
         if session is None:
             return visibility + [gr.skip()] * len(VIEW_KEYS)
         show_mode, view = explorer.change_mode(session, _controls(mode, threshold, target, cca_steps, detect, show_dense))
@@ -147,14 +268,24 @@ def build_handlers(explorer: Explorer) -> Handlers:
 
     @_user_errors
     def on_paint(session: ImageSession | None, editor_value, mode, threshold, target, cca_steps, detect, show_dense):
+        return paint(session, editor_value, _controls(mode, threshold, target, cca_steps, detect, show_dense))[1]
+
+    @_user_errors
+    def page_paint(session: ImageSession | None, editor_value, mode, threshold, target, cca_steps, detect, show_dense):
+        controls = _controls(mode, threshold, target, cca_steps, detect, show_dense)
+        view, outputs = paint(session, editor_value, controls)
+        return [*outputs, page_state(session, view, controls)]  # the page now has GT: its sliders ask the server
+
+    def paint(session: ImageSession | None, editor_value, controls: Controls) -> tuple[dict, list]:
         if session is None:
             raise gr.Error("Load an image first, then paint its objects.", print_exception=False)
-        controls = _controls(mode, threshold, target, cca_steps, detect, show_dense)
         view = explorer.paint_gt(session, editor_value, controls)
         if view is None:
-            raise gr.Error("Nothing painted yet: paint the objects with the brush, then compare.", print_exception=False)
+            raise gr.Error("Nothing painted yet: paint the objects with the brush, then compare.",
+                           print_exception=False)
         gt_grid = explorer.gt_grid_image(session)
-        return [gr.update(value=gt_grid, visible=True), gr.update(value=view["gt_confusion"], visible=True), view["gt_stats"]]
+        return view, [gr.update(value=gt_grid, visible=True), gr.update(value=view["gt_confusion"], visible=True),
+                      view["gt_stats"]]
 
     @_user_errors
     def on_api(payload, threshold, cca_steps, keep_ratio, sparsity=None):
@@ -164,7 +295,9 @@ def build_handlers(explorer: Explorer) -> Handlers:
                                    cca_steps=3 if cca_steps is None else cca_steps, keep_ratio=keep_ratio,
                                    sparsity=sparsity)
 
-    return Handlers(on_image=on_image, on_controls=on_controls, on_mode=on_mode, on_paint=on_paint, on_api=on_api)
+    return Handlers(on_image=on_image, on_controls=on_controls, on_mode=on_mode, on_paint=on_paint, on_api=on_api,
+                    page_image=page_image, page_controls=page_controls, page_slider=page_slider, page_mode=page_mode,
+                    page_curve=page_curve, page_paint=page_paint)
 
 
 def _build_demo(explorer: Explorer, examples: list[str] | None, coco_examples: list[str] | None) -> gr.Blocks:
@@ -172,7 +305,7 @@ def _build_demo(explorer: Explorer, examples: list[str] | None, coco_examples: l
     ready = explorer.predictor.detector_ready
     handlers = build_handlers(explorer)
 
-    with gr.Blocks(title="BAViT Explorer", css=CSS, analytics_enabled=False) as demo:
+    with gr.Blocks(title="BAViT Explorer", css=CSS, head=client.head_html(), analytics_enabled=False) as demo:
         session_state = gr.State(None, time_to_live=3600)  # per session; dropped 1 h after the last use
         gr.Markdown(
             "# BAViT Explorer: background-aware token pruning\n"
@@ -204,17 +337,16 @@ def _build_demo(explorer: Explorer, examples: list[str] | None, coco_examples: l
                 if coco_examples:
                     gr.Examples(coco_examples, inputs=image, label="COCO images from BAVIT_DATA (with ground truth)")
             with gr.Column(scale=2):
-                with gr.Row():
-                    grid_raw = gr.Image(label="BAViT patch grid (before CCA)", elem_id="grid-raw", format="jpeg", height=IMAGE_HEIGHT, interactive=False)
-                    grid_cca = gr.Image(label="After CCA", elem_id="grid-cca", format="jpeg", height=IMAGE_HEIGHT, interactive=False)
+                gr.HTML(_figures(("grid-raw", "BAViT patch grid (before CCA)"), ("grid-cca", "After CCA")),
+                        elem_id="grid-view", padding=False)
                 gr.HTML(viz.legend_html(viz.GRID_LEGEND), padding=False)
                 with gr.Row():
                     sparsity = gr.Markdown(elem_id="sparsity")
                     latency = gr.Markdown(elem_id="latency")
                 with gr.Row():
                     tokens = gr.Markdown(elem_id="tokens")
-                    curve = gr.Image(label="This image: sparsity and speed-up vs threshold", elem_id="curve", format="jpeg",
-                                     interactive=False)
+                    gr.HTML(_figures(("curve", "This image: sparsity and speed-up vs threshold"),),
+                            elem_id="curve-view", padding=False)
         with gr.Column(elem_id="detections"):
             gr.Markdown("## Detections")
             det_message = gr.Markdown(explorer.initial_detection_message(), elem_id="detections-message")
@@ -235,7 +367,17 @@ def _build_demo(explorer: Explorer, examples: list[str] | None, coco_examples: l
                                         sources=(), transforms=(), layers=False, height=420, canvas_size=(512, 512),
                                         brush=gr.Brush(colors=["#ff3b30"], default_size=24, color_mode="fixed"))
                 gt_apply = gr.Button("Compare with painted GT", elem_id="gt-apply")
-        with gr.Row(visible=False):  # the `analyze` API endpoint's own components
+        with gr.Row(elem_classes=["bavit-hidden"]):  # the page's wiring to static/grid.js (rendered, not shown)
+            page_state = gr.Textbox(elem_id="page-state", label="page state (JSON for grid.js)", max_lines=1)
+            server_update = gr.Button("server update", elem_id="server-update")  # grid.js clicks these two
+            curve_request = gr.Button("curve request", elem_id="curve-request")
+        with gr.Row(visible=False):  # the API endpoints' components (gradio_client: load_image, set_threshold, analyze)
+            api_load_image = gr.Image(type="filepath", label="image")
+            api_grid_raw = gr.Image(label="BAViT patch grid (before CCA)", format="jpeg")
+            api_grid_cca = gr.Image(label="After CCA", format="jpeg")
+            api_curve = gr.Image(label="sparsity and speed-up vs threshold", format="jpeg")
+            api_load = gr.Button("load_image")
+            api_set_threshold = gr.Button("set_threshold")
             api_image = gr.Image(type="filepath", label="image")
             api_threshold = gr.Number(value=0.5, label="threshold")
             api_cca = gr.Number(value=3, precision=0, label="cca_steps")
@@ -245,30 +387,56 @@ def _build_demo(explorer: Explorer, examples: list[str] | None, coco_examples: l
             api_button = gr.Button("analyze")
 
         control_inputs = [mode, threshold, target, cca_steps, detect, show_dense]
-        view_outputs = [grid_raw, grid_cca, det_pruned, det_dense, det_message, sparsity, tokens, latency, curve,
-                        gt_confusion, gt_stats]
-        # load_image / set_threshold are callable with gradio_client (tests, app-bench) but kept off the API page.
-        # (gr.State inputs and outputs are not part of the API signature.)
-        image.change(handlers.on_image, [image, session_state, *control_inputs],
-                     [session_state, *view_outputs, gt_grid, editor],
-                     preprocess=False, api_name="load_image", show_api=False, trigger_mode="always_last")
-        # One concurrency group for the six control listeners: one FIFO queue (arrival order) instead of six; its
+        page_outputs = [page_state, det_pruned, det_dense, det_message, sparsity, tokens, latency, gt_confusion,
+                        gt_stats]
+        slider_outputs = [page_state, det_pruned, det_message, sparsity, tokens, latency, gt_confusion, gt_stats]
+        # One concurrency group for the control listeners: one FIFO queue (arrival order) instead of several; its
         # limit is the queue's default_concurrency_limit (none of them sets a lower one). Per-session order and
         # last-event-wins are Explorer.update's job (several sessions share the group).
         controls_wiring: dict[str, Any] = {"trigger_mode": "always_last", "concurrency_id": CONTROLS_GROUP}
-        for control, name in ((threshold, "set_threshold"), (target, False), (cca_steps, False)):
-            control.input(handlers.on_controls, [session_state, *control_inputs], view_outputs, api_name=name,
-                          show_api=False, show_progress="hidden", **controls_wiring)
+        image.change(handlers.page_image, [image, session_state, *control_inputs],
+                     [session_state, *page_outputs, gt_grid, editor], preprocess=False, api_name=False,
+                     trigger_mode="always_last")
+        # A slider runs static/grid.js only (no Python function): it answers grid-only moves in the page, else it
+        # clicks #server-update, whose event reads the same controls.
+        for control in (threshold, target, cca_steps):
+            control.input(None, [*control_inputs, sparsity, tokens], [sparsity, tokens], api_name=False,
+                          show_progress="hidden", js="(...values) => window.bavitGrid.slider(...values)")
+        server_update.click(handlers.page_slider, [session_state, *control_inputs], slider_outputs, api_name=False,
+                            show_progress="hidden", **controls_wiring)
         for control in (detect, show_dense):
-            control.input(handlers.on_controls, [session_state, *control_inputs], view_outputs, api_name=False,
+            control.input(handlers.page_controls, [session_state, *control_inputs], page_outputs, api_name=False,
                           **controls_wiring)
-        mode.input(handlers.on_mode, [session_state, *control_inputs], [threshold, target, *view_outputs],
+        mode.input(handlers.page_mode, [session_state, *control_inputs], [threshold, target, *page_outputs],
                    api_name=False, **controls_wiring)
-        gt_apply.click(handlers.on_paint, [session_state, editor, *control_inputs], [gt_grid, gt_confusion, gt_stats],
-                       api_name=False)
+        # Cheap and order-free (one CCA setting's base plot, drawn once per image): off the queue, which polls every
+        # 50 ms. The session stays safe: page_curve holds the session's gate like every other event.
+        curve_request.click(handlers.page_curve, [session_state, cca_steps], page_state, api_name=False,
+                            show_progress="hidden", queue=False)
+        page_state.change(None, page_state, None, js="(text) => window.bavitGrid.receive(text)")
+        # load_image / set_threshold are callable with gradio_client (tests, app-bench) but kept off the API page;
+        # they answer with the grid and curve images, in VIEW_KEYS order. (gr.State inputs and outputs are not part
+        # of the API signature.)
+        api_view_outputs = [api_grid_raw, api_grid_cca, det_pruned, det_dense, det_message, sparsity, tokens, latency,
+                            api_curve, gt_confusion, gt_stats]
+        api_load.click(handlers.on_image, [api_load_image, session_state, *control_inputs],
+                       [session_state, *api_view_outputs, gt_grid, editor], preprocess=False, api_name="load_image",
+                       show_api=False, trigger_mode="always_last")
+        api_set_threshold.click(handlers.on_controls, [session_state, *control_inputs], api_view_outputs,
+                                api_name="set_threshold", show_api=False, show_progress="hidden", **controls_wiring)
+        gt_apply.click(handlers.page_paint, [session_state, editor, *control_inputs],
+                       [gt_grid, gt_confusion, gt_stats, page_state], api_name=False)
         api_button.click(handlers.on_api, [api_image, api_threshold, api_cca, api_keep, api_sparsity], api_json, api_name="analyze",
                          preprocess=False)
     return demo
+
+
+def _figures(*figures: tuple[str, str]) -> str:
+    """HTML of captioned canvases that static/grid.js draws (``(elem_id, caption)`` each)."""
+    return '<div class="bavit-figures">' + "".join(
+        f'<div class="bavit-figure" id="{elem_id}"><div class="bavit-caption">{caption}</div><canvas></canvas>'
+        '<div class="bavit-placeholder">Load an image to see it here.</div></div>' for elem_id, caption in figures
+    ) + "</div>"
 
 
 def allowed_paths(data: str | Path | None) -> list[str]:
@@ -280,15 +448,15 @@ def allowed_paths(data: str | Path | None) -> list[str]:
     return [str(p) for p in sorted(root.iterdir()) if p.is_dir() and p.name != "annotations"] if root.is_dir() else []
 
 
-def create_demo(bavit: str | Path | None = None, detector: str | None = None, data: str | Path | None = None,
-                coco_examples: int = 4) -> gr.Blocks:
-    """Load the Predictor (and the optional COCO GT) once and build the page.
+def create_explorer(bavit: str | Path | None = None, detector: str | None = None, data: str | Path | None = None,
+                    backend: str | None = None) -> Explorer:
+    """Load the Predictor (and the optional COCO GT) once: the :class:`Explorer` :func:`create_demo` lays out.
 
     Args:
         bavit: BAViT checkpoint path (default: the shipped ``checkpoints/bavit-small-coco.safetensors``).
         detector: YOLOS hub id or local directory (default ``hustvl/yolos-tiny``); missing weights -> banner.
         data: COCO-format root for GT comparison of its images (``annotations/instances_*.json`` + split dirs).
-        coco_examples: how many COCO images to add to the examples when ``data`` is given.
+        backend: ``"torch"`` or ``"onnxruntime"`` (default: the Predictor's).
     """
     from ..predictor import Predictor
     from ..pruning.detector import DEFAULT_DETECTOR
@@ -297,7 +465,23 @@ def create_demo(bavit: str | Path | None = None, detector: str | None = None, da
     kwargs: dict[str, Any] = {"detector": detector or DEFAULT_DETECTOR}
     if bavit:
         kwargs["bavit"] = str(bavit)
+    if backend:
+        kwargs["backend"] = backend
     predictor = Predictor(**kwargs)
     coco = CocoGroundTruth(data) if data else None
-    explorer = Explorer(predictor, coco=coco)
+    return Explorer(predictor, coco=coco)
+
+
+def create_demo(bavit: str | Path | None = None, detector: str | None = None, data: str | Path | None = None,
+                coco_examples: int = 4, backend: str | None = None) -> gr.Blocks:
+    """Load the Predictor once (:func:`create_explorer`), start the latency warm-up in the background (the page is
+    built and served meanwhile; the latency panel says "warming up" until it has medians) and build the page.
+
+    Args:
+        bavit, detector, data, backend: as :func:`create_explorer`.
+        coco_examples: how many COCO images to add to the examples when ``data`` is given.
+    """
+    explorer = create_explorer(bavit=bavit, detector=detector, data=data, backend=backend)
+    explorer.monitor.start()
+    coco = explorer.coco
     return build_demo(explorer, coco_examples=[str(p) for p in coco.examples(coco_examples)] if coco else None)

@@ -150,7 +150,8 @@ def _collate(items):
 
 @torch.no_grad()
 def run_map(detector, dataset: CocoDetection, bavit=None, settings: Sequence[Setting] = (Setting(),),
-            cca_steps: int = 3, batch_size: int = 4, image_size: int = YOLOS_SIZE, progress: bool = True) -> dict:
+            cca_steps: int = 3, batch_size: int = 4, image_size: int = YOLOS_SIZE, progress: bool = True,
+            backend: str = "torch", bavit_int8: bool = True) -> dict:
     """Run every setting over ``dataset`` and evaluate each with COCOeval.
 
     Args:
@@ -161,6 +162,8 @@ def run_map(detector, dataset: CocoDetection, bavit=None, settings: Sequence[Set
         cca_steps: CCA iterations on the 24x24 grid before resampling to YOLOS' grid.
         batch_size: images per forward pass.
         image_size: square YOLOS input side in pixels (512 -> 32x32 patches).
+        backend: ``"torch"`` or ``"onnxruntime"`` (both models exported in memory; :mod:`bavit.deploy.runtime`).
+        bavit_int8: with onnxruntime, BAViT with int8 MatMuls, as the Predictor runs it (False: float32).
     Returns:
         The report: ``{"images", "image_size", "cca_steps", "label_mapping", "rows": [...]}``; each row has
         ``model``, ``threshold``, ``keep_ratio``, ``sparsity`` (fraction pruned), the token accounting of the
@@ -178,7 +181,11 @@ def run_map(detector, dataset: CocoDetection, bavit=None, settings: Sequence[Set
         raise ConfigError(f"--cca-steps must be >= 0 and --batch-size >= 1, got {cca_steps} and {batch_size}")
     if any(not s.dense for s in settings) and bavit is None:
         raise ConfigError("pruned settings need a BAViT checkpoint (--bavit)")
+    from ..deploy.runtime import bavit_runner, detector_runner
+
     grid = yolos_grid(detector.config.patch_size, image_size)
+    run_detector = detector_runner(detector, backend, image_size)
+    run_bavit = bavit_runner(bavit.for_inference(), backend, int8=bavit_int8) if bavit is not None else None
     label_map = label_to_category(detector.config.id2label, dataset.coco)
     rows = [_Row(s) for s in settings]
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, collate_fn=_collate)
@@ -189,15 +196,15 @@ def run_map(detector, dataset: CocoDetection, bavit=None, settings: Sequence[Set
         fg_prob = None
         if bavit is not None and any(not r.setting.dense for r in rows):
             cfg = bavit.config
-            fg_prob = bavit.fg_prob(torch.stack([to_tensor(item.image, cfg.img_size, cfg.mean, cfg.std) for item in items]))
+            fg_prob = run_bavit(torch.stack([to_tensor(item.image, cfg.img_size, cfg.mean, cfg.std) for item in items]))
         for row in rows:
             if row.setting.dense:
-                outputs = detector(pixels)
+                outputs = run_detector(pixels)
                 row.kept_patches += [grid * grid] * len(items)
             else:
                 mask = keep_mask_from_probs(fg_prob, threshold=row.setting.threshold, keep_ratio=row.setting.keep_ratio,
                                             cca_steps=cca_steps, grid=grid).keep_mask
-                outputs = detector(pixels, keep_mask=mask)
+                outputs = run_detector(pixels, mask)
                 row.kept_patches += mask.flatten(1).sum(1).tolist()
             for item, det in zip(items, _post_process(outputs, sizes)):
                 row.results.append(_result_rows(item.image_id, det["scores"], det["labels"], det["boxes"], label_map))
@@ -205,6 +212,7 @@ def run_map(detector, dataset: CocoDetection, bavit=None, settings: Sequence[Set
 
     identity = all(label == cat for label, cat in label_map.items())
     report = {
+        "backend": backend,
         "images": len(dataset),
         "image_size": image_size,
         "cca_steps": cca_steps,
@@ -261,6 +269,7 @@ def register(subparsers) -> None:
         "map", help="COCO mAP of dense vs BAViT-pruned YOLOS (Table 2)",
         description="COCO box mAP / AP50 / AP_small, sparsity and token reduction (Eq. 4) of dense YOLOS and of "
                     "BAViT + CCA + pruned YOLOS at each threshold / keep ratio.")
+    from ..deploy.runtime import BACKENDS, DEFAULT_BACKEND
     from ..pruning.detector import DEFAULT_DETECTOR
 
     parser.add_argument("--detector", default=DEFAULT_DETECTOR, help="YOLOS hub id or local save_pretrained dir")
@@ -274,7 +283,9 @@ def register(subparsers) -> None:
     parser.add_argument("--limit", type=int, help="evaluate only the first N images (sorted by id)")
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--image-size", type=int, default=YOLOS_SIZE, help="square YOLOS input side (pixels)")
-    parser.add_argument("--threads", type=int, help="torch CPU threads")
+    parser.add_argument("--threads", type=int, help="torch (and onnxruntime) CPU threads")
+    parser.add_argument("--backend", choices=BACKENDS, default=DEFAULT_BACKEND,
+                        help="inference backend (default %(default)s)")
     parser.add_argument("--json", help="write the report as JSON here")
     parser.add_argument("--markdown", help="write the markdown table here")
     parser.add_argument("--no-progress", action="store_true")
@@ -300,7 +311,7 @@ def run(args: argparse.Namespace) -> int:
         bavit_path = args.bavit or DEFAULT_BAVIT_CHECKPOINT
         bavit = load_checkpoint(bavit_path)
     report = run_map(detector, dataset, bavit, settings, cca_steps=args.cca_steps, batch_size=args.batch_size,
-                     image_size=args.image_size, progress=not args.no_progress)
+                     image_size=args.image_size, progress=not args.no_progress, backend=args.backend)
     report = {"detector": str(args.detector), "bavit": str(bavit_path) if bavit_path else None,
               "annotations": str(ann_file), "images_dir": str(images_dir), "threads": torch.get_num_threads(),
               **report}

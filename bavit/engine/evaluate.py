@@ -24,14 +24,20 @@ METRIC_KEYS = ("token_accuracy", "balanced_accuracy", "fg_precision", "fg_recall
 
 @torch.no_grad()
 def predict_probs(model: BAViT, records: list[Record], batch_size: int = 16, label_source: str = "mask",
-                  box_rule: str = "coverage", box_tau: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
-    """FG probabilities ``[N, G, G]`` and labels ``[N, G, G]`` for ``records``."""
+                  box_rule: str = "coverage", box_tau: float = 0.5,
+                  backend: str = "torch", int8: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """FG probabilities ``[N, G, G]`` and labels ``[N, G, G]`` for ``records`` (``backend``: ``"torch"`` runs
+    ``model`` itself, ``"onnxruntime"`` its ONNX export, with int8 MatMuls unless ``int8=False``, as the Predictor
+    does)."""
+    from ..deploy.runtime import bavit_runner
+
     dataset = PatchDataset(records, model.config, label_source, box_rule, box_tau)
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False)
     probs, labels = [], []
     model.eval()
+    runner = model.fg_prob if backend == "torch" else bavit_runner(model.for_inference(), backend, int8=int8)
     for pixels, batch_labels in loader:
-        probs.append(model.fg_prob(pixels))
+        probs.append(runner(pixels))
         labels.append(batch_labels)
     return torch.cat(probs).numpy(), torch.cat(labels).numpy()
 
@@ -46,7 +52,8 @@ def score(grids: np.ndarray, labels: np.ndarray, records: list[Record], grid: in
 def evaluate(model: BAViT, records: list[Record], threshold: float = 0.5, cca_steps: int = 3,
              prior: np.ndarray | None = None, batch_size: int = 16, label_source: str = "mask",
              sweep: tuple[float, ...] = (), levels: Sequence[float] = DEFAULT_LEVELS,
-             calibration: Calibration | None = None, grid: int = 32, curve_levels: Sequence[float] = ()) -> dict:
+             calibration: Calibration | None = None, grid: int = 32, curve_levels: Sequence[float] = (),
+             backend: str = "torch", int8: bool = True) -> dict:
     """Metrics of ``model`` on ``records`` (the keys of :data:`METRIC_KEYS` plus counts).
 
     Returns a dict with the raw metrics at top level, the same under ``after_cca``, and
@@ -57,7 +64,7 @@ def evaluate(model: BAViT, records: list[Record], threshold: float = 0.5, cca_st
     (:func:`bavit.engine.budget.evaluate_budget`), ``budget_curve`` the same at ``curve_levels`` (for the plot).
     """
     grid_size = model.config.grid_size
-    probs, labels = predict_probs(model, records, batch_size, label_source)
+    probs, labels = predict_probs(model, records, batch_size, label_source, backend=backend, int8=int8)
     raw = probs > threshold
     grown = cca(torch.from_numpy(raw), steps=cca_steps).numpy()
     prior_source = "training labels (checkpoint)"
@@ -141,6 +148,10 @@ def register(subparsers) -> None:
                         help="pruning quality at these target sparsities (fractions of the YOLOS patches pruned; "
                              "default: the paper's Table 2 levels %(default)s)")
     parser.add_argument("--plot", help="write object pixel recall vs mean sparsity per method (PNG) here")
+    parser.add_argument("--backend", choices=("torch", "onnxruntime"), default="torch",
+                        help="run BAViT with torch or as its ONNX export in onnxruntime (default %(default)s)")
+    parser.add_argument("--float32", action="store_true",
+                        help="with --backend onnxruntime: the float32 graph instead of the int8-MatMul one")
     parser.add_argument("--json", help="write the metrics here")
     parser.set_defaults(func=run)
 
@@ -154,8 +165,11 @@ def run(args: argparse.Namespace) -> int:
     grid = yolos_grid(yolos_tiny_config().patch_size)
     result = evaluate(model, records, args.threshold, args.cca_steps, prior, args.batch_size, args.labels,
                       tuple(args.sweep), tuple(args.sparsity), calibration, grid,
-                      curve_levels=PLOT_LEVELS if args.plot else ())
+                      curve_levels=PLOT_LEVELS if args.plot else (), backend=args.backend,
+                      int8=not args.float32)
     result["checkpoint"] = str(args.checkpoint)
+    result["backend"] = args.backend if args.backend == "torch" else (
+        f"{args.backend} ({'float32' if args.float32 else 'int8 MatMuls'})")
     result["config"] = json.loads(model.config.to_json())
     result["train_images"] = extra.get("train_images")
     print(format_table(result, title=f"## {Path(args.checkpoint).name} ({model.config.depth} layers)"))

@@ -1,0 +1,241 @@
+"""Slider latency in a real browser: ``python -m bavit app-bench --browser`` (or
+``python -m bavit.bench.browser_bench``).
+
+Starts ``python app.py`` on a free port (:func:`bavit.bench.app_bench.start_app`), waits for its background latency
+warm-up to finish, opens it in Debian's chromium through Playwright, uploads ``--image`` and times ``--changes``
+slider changes in the page's default sparsity mode (the calibrated mean sparsity with the shipped checkpoint: the
+target slider), first grid-only (detector unticked), then with the pruned detector. One change: type a value in the
+slider's number box and press Enter, then wait until the sparsity text shows it. Its time runs from the number box's
+``input`` event to the DOM mutation that puts the new value in the sparsity panel, both taken in the page with
+``performance.now()`` (so Playwright's own round trips are not counted). Grid-only changes are answered in the page
+(``bavit/app/static/grid.js``); with the detector each is a server round trip (queue, CCA, pruned YOLOS, texts). The
+first two changes of each mode warm up and are not timed.
+
+The same app's ``gradio_client`` round trips (:func:`bavit.bench.app_bench.time_changes`: the ``set_threshold`` API,
+threshold mode, all view images) are measured afterwards as a second line.
+
+Targets (issue 9, reported, not asserted): grid-only <= 50 ms, with the pruned detector <= 200 ms (medians).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from pathlib import Path
+
+from ..app.session import MODE_TOPK
+from .app_bench import add_arguments, start_app, summary, time_changes
+from .app_bench import run as app_bench_run
+
+CHROMIUM = "/usr/bin/chromium"  # Debian's chromium (apt-get install chromium), as tests/test_app_browser.py
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--disable-quic"]
+TARGETS_MS = {"grid_only": 50.0, "with_detector": 200.0}
+WARMUP = 2  # changes per mode that are not timed
+TIMEOUT_MS = 120_000
+WARM_UP_TIMEOUT_S = 600.0  # the app's background latency warm-up must be done before anything is timed
+
+# In the page: the time from the slider's number box `input` event to the sparsity panel showing the expected text.
+_INSTALL_TIMER = """() => {
+  const timer = window.__bavitBench = {slider: null, expect: null, start: null, end: null};
+  document.addEventListener("input", (event) => {
+    if (timer.expect !== null && timer.start === null && event.target.closest(timer.slider)) {
+      timer.start = performance.now();
+    }
+  }, true);
+  const panel = document.querySelector("#sparsity");
+  new MutationObserver(() => {
+    if (timer.start !== null && timer.end === null && panel.innerText.includes(timer.expect)) {
+      timer.end = performance.now();
+    }
+  }).observe(panel, {subtree: true, childList: true, characterData: true});
+}"""
+_ARM_TIMER = "([slider, expect]) => Object.assign(window.__bavitBench, {slider, expect, start: null, end: null})"
+
+
+def _messages(page) -> int:
+    """Server messages the page has applied so far (grid.js)."""
+    return int(page.evaluate("() => window.bavitGrid.state.received"))
+
+
+def _wait_for_server(page, before: int) -> None:
+    page.wait_for_function("n => window.bavitGrid.state.received > n", arg=before)
+
+
+def _slider(page) -> tuple[str, str]:
+    """The slider of the page's current mode and what the sparsity panel says for its value: ``(elem_id, format)``."""
+    text = page.inner_text("#sparsity")
+    if "Mean sparsity" in text:
+        return "target-sparsity", "Mean sparsity {value}% over images"
+    if "held at the target" in text:
+        return "target-sparsity", "held at the target {value}%"
+    return "threshold", "threshold {value}"
+
+
+def _values(elem_id: str, start: int, count: int) -> list[str]:
+    """Slider values number ``start`` to ``start + count - 1`` of a cycle where each differs from the one before
+    (the first, 30% or 0.30, from the page's defaults, 35% and 0.50)."""
+    if elem_id == "threshold":
+        return [f"{0.30 + 0.05 * (i % 9):.2f}" for i in range(start, start + count)]
+    return [str(30 + 5 * (i % 9)) for i in range(start, start + count)]
+
+
+def time_slider(page, changes: int, start: int = 0) -> list[float]:
+    """ms per slider change in the page's current mode (after :data:`WARMUP` untimed ones), using the slider values
+    from number ``start`` of :func:`_values`' cycle."""
+    elem_id, phrase = _slider(page)
+    box = page.locator(f"#{elem_id} input[type=number]")
+    timings = []
+    for i, value in enumerate(_values(elem_id, start, changes + WARMUP)):
+        page.evaluate(_ARM_TIMER, [f"#{elem_id}", phrase.format(value=value)])
+        box.fill(value)
+        box.press("Enter")
+        page.wait_for_function("() => window.__bavitBench.end !== null")
+        if i >= WARMUP:
+            timings.append(page.evaluate("() => window.__bavitBench.end - window.__bavitBench.start"))
+    return timings
+
+
+def set_detector(page, on: bool) -> None:
+    """Tick or untick *Run detector* and wait for the server's answer."""
+    checkbox = page.locator("#run-detector input[type=checkbox]")
+    if checkbox.is_checked() == on:
+        return
+    before = _messages(page)
+    checkbox.set_checked(on)
+    _wait_for_server(page, before)
+
+
+def browser_timings(url: str, image: Path, changes: int, chromium: str = CHROMIUM) -> dict:
+    """Open ``url`` in chromium, upload ``image`` and time the slider grid-only, then with the detector."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()
+            page.set_default_timeout(TIMEOUT_MS)
+            page.goto(url)
+            page.wait_for_selector("#input-image input[type=file]", state="attached")
+            page.wait_for_function("() => window.bavitGrid !== undefined")
+            before = _messages(page)
+            page.locator("#input-image input[type=file]").set_input_files(str(image))
+            _wait_for_server(page, before)
+            page.wait_for_function("() => document.querySelector('#sparsity').innerText.includes('Sparsity:')")
+            page.evaluate(_INSTALL_TIMER)
+            mode = page.locator("#mode label.selected").inner_text().strip()
+            set_detector(page, False)
+            local_before = page.evaluate("() => window.bavitGrid.state.localChanges")
+            grid_only = time_slider(page, changes)
+            local = page.evaluate("() => window.bavitGrid.state.localChanges") - local_before
+            set_detector(page, True)
+            with_detector = time_slider(page, changes, start=changes + WARMUP)
+            latency_text = page.inner_text("#latency")
+            # The same with this image *held* at the slider's sparsity (top-k): in the default, calibrated mode an
+            # object-filled photo keeps nearly every patch, so the detector there runs almost dense.
+            before = _messages(page)
+            page.locator("#mode label", has_text=MODE_TOPK).click()
+            _wait_for_server(page, before)
+            page.evaluate(_INSTALL_TIMER)  # the mode event may re-render the sparsity panel the timer watched
+            with_detector_topk = time_slider(page, changes, start=2 * (changes + WARMUP))  # continue the cycle
+        finally:
+            browser.close()
+    return {"mode": mode, "grid_only": summary(grid_only), "with_detector": summary(with_detector),
+            "with_detector_topk": summary(with_detector_topk), "grid_only_in_page": local,
+            "latency_panel": latency_text}
+
+
+def wait_for_warm_up(client, image: Path, timeout: float = WARM_UP_TIMEOUT_S) -> dict:
+    """Poll the app's ``analyze`` API (once a second) until its background latency warm-up is done, so that it does
+    not share the CPU with the timed changes; returns the last answer."""
+    from gradio_client import handle_file
+
+    deadline = time.monotonic() + timeout
+    while True:
+        info = client.predict(handle_file(str(image)), 0.5, 3, 0, api_name="/analyze")
+        if not (info.get("latency_ms") or {}).get("warming_up") or time.monotonic() > deadline:
+            return info
+        time.sleep(1.0)
+
+
+def client_timings(client, image: Path, changes: int) -> dict:
+    """The same app through ``gradio_client`` (``set_threshold``, threshold mode), as ``app-bench`` measures it."""
+    from gradio_client import handle_file
+
+    client.predict(handle_file(str(image)), "FG-probability threshold", 0.5, 35, 3, True, False, api_name="/load_image")
+    return {"grid_only": summary(time_changes(client, changes, detect=False)),
+            "with_detector": summary(time_changes(client, changes, detect=True))}
+
+
+def run_browser(args: argparse.Namespace) -> dict:
+    """Start the app, time the slider in chromium, then through ``gradio_client``; the app is stopped on return.
+
+    Uses ``args.threads``, ``args.changes``, ``args.image``, ``args.bavit``, ``args.detector``, ``args.backend``
+    (optional) and ``args.chromium``.
+    """
+    if args.changes < 1:
+        raise SystemExit("error: --changes must be >= 1")
+    chromium = getattr(args, "chromium", CHROMIUM)
+    if not Path(chromium).exists():
+        raise SystemExit(f"error: no browser at {chromium} (install Debian's chromium: apt-get install chromium)")
+    from gradio_client import Client
+
+    image = Path(args.image)
+    process, url, _log = start_app(args.threads, args.bavit, args.detector, getattr(args, "backend", None))
+    try:
+        client = Client(url, download_files=False, verbose=False)
+        info = wait_for_warm_up(client, image)
+        results = {"threads": args.threads, "image": str(image), "changes": args.changes,
+                   "latency_note": info["latency_note"], "detector_status": info["detector_status"],
+                   "browser": browser_timings(url, image, args.changes, chromium)}
+        results["gradio_client"] = client_timings(client, image, args.changes)
+    finally:
+        process.terminate()
+        process.wait(timeout=20)
+    results["targets_ms"] = dict(TARGETS_MS)
+    results["load_average"] = os.getloadavg()
+    return results
+
+
+def _row(label: str, row: dict, target: float | None = None) -> str:
+    line = (f"  {label:30s} median {row['median_ms']:7.1f} ms   p90 {row['p90_ms']:7.1f} ms   "
+            f"min {row['min_ms']:7.1f} ms")
+    if target is not None:
+        line += f"   target <= {target:.0f} ms: {'met' if row['median_ms'] <= target else 'MISSED'}"
+    return line
+
+
+def print_browser(results: dict) -> None:
+    """The browser figures with their targets, then the ``gradio_client`` line."""
+    browser, client = results["browser"], results["gradio_client"]
+    print(f"slider in chromium (Playwright), {results['changes']} changes in the default mode ({browser['mode']}), "
+          f"torch threads={results['threads']}, image {Path(results['image']).name}")
+    print(f"detector: {results['latency_note']}; load average {results['load_average'][0]:.1f} on "
+          f"{os.cpu_count()} CPUs")
+    print("type a value in the slider's box and press Enter, until the sparsity text shows it (performance.now in "
+          "the page):")
+    print(_row("grid only (detector off)", browser["grid_only"], TARGETS_MS["grid_only"])
+          + f"   [{browser['grid_only_in_page']} answered in the page]")
+    print(_row("with the pruned detector", browser["with_detector"], TARGETS_MS["with_detector"]))
+    if "with_detector_topk" in browser:
+        print(_row("  same, top-k (held at 30-70%)", browser["with_detector_topk"], TARGETS_MS["with_detector"]))
+    print("gradio_client round trip, same app (set_threshold API, threshold mode, grid and curve images):")
+    print(_row("grid only (detector off)", client["grid_only"]))
+    print(_row("with the pruned detector", client["with_detector"]))
+
+
+def add_browser_arguments(parser: argparse.ArgumentParser) -> None:
+    """The browser bench's own options (the shared ones, ``--changes`` etc., are app-bench's ``add_arguments``)."""
+    parser.add_argument("--chromium", default=CHROMIUM, help=f"chromium executable for Playwright (default {CHROMIUM})")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bavit.bench.browser_bench", description=__doc__.split("\n\n")[0])
+    add_arguments(parser)  # app-bench's options, --chromium included (add_browser_arguments)
+    args = parser.parse_args(argv)
+    args.browser = True
+    return app_bench_run(args)  # app-bench's run, which takes the --browser path
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
