@@ -30,7 +30,6 @@ from typing import Optional
 import torch
 
 from ..core.model import BAViT
-from ..errors import ConfigError
 from ..files import atomic_dir
 from ..pruning.detector import YOLOS_SIZE, yolos_grid
 from .graphs import BAViTGraph, DenseYolosGraph, PrunedYolosGraph
@@ -201,15 +200,6 @@ def _readme(manifest: dict) -> str:
             f"- `yolos_dense.onnx`: the same detector, dense\n\n"
             "Inputs, normalisation, labels, the keep-mask rule and the calibration are in `export.json`. The project "
             "README's *Deployment* section runs these files with onnxruntime and numpy alone.\n")
-
-
-def load_manifest(directory: str | os.PathLike) -> dict:
-    """``export.json`` of an export directory (ConfigError when it is not one)."""
-    path = Path(directory) / MANIFEST
-    if not path.is_file():
-        raise ConfigError(f"{directory} is not a BAViT ONNX export (no {MANIFEST}); "
-                          "make one with python -m bavit export")
-    return json.loads(path.read_text())
 
 
 def register(subparsers) -> None:

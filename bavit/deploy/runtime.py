@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Optional, Union
 
 import numpy as np
@@ -159,23 +158,16 @@ class OrtDetector:
         return DetectorOutput(torch.from_numpy(np.concatenate(logits)), torch.from_numpy(np.concatenate(boxes)))
 
 
-def bavit_runner(model, backend: str, threads: Optional[int] = None, onnx_file: Optional[Path] = None,
-                 int8: bool = True):
-    """BAViT on ``backend``: the torch model itself, or its ONNX export (``onnx_file``, else exported in memory; with
-    int8 MatMuls unless ``int8=False``, see :func:`bavit.deploy.export.quantize_bavit`)."""
+def bavit_runner(model, backend: str, threads: Optional[int] = None, int8: bool = True):
+    """BAViT on ``backend``: the torch model itself, or its ONNX export made in memory (with int8 MatMuls unless
+    ``int8=False``, see :func:`bavit.deploy.export.quantize_bavit`)."""
     if check_backend(backend) == "torch":
         return TorchBAViT(model)
-    return OrtBAViT(onnx_file, threads) if onnx_file else OrtBAViT.from_model(model, threads, int8=int8)
+    return OrtBAViT.from_model(model, threads, int8=int8)
 
 
-def detector_runner(model, backend: str, image_size: int, threads: Optional[int] = None,
-                    onnx_files: Optional[tuple[Path, Path]] = None):
-    """The detector on ``backend``: a patched YOLOS, or its pruned + dense ONNX export (``onnx_files``, else
-    exported in memory)."""
+def detector_runner(model, backend: str, image_size: int, threads: Optional[int] = None):
+    """The detector on ``backend``: a patched YOLOS, or its pruned + dense ONNX export made in memory."""
     if check_backend(backend) == "torch":
         return TorchDetector(model)
-    if onnx_files:
-        from ..pruning.detector import yolos_grid
-
-        return OrtDetector(*onnx_files, yolos_grid(model.config.patch_size, image_size), threads)
     return OrtDetector.from_model(model, image_size, threads)
