@@ -202,22 +202,23 @@ def build_handlers(explorer: Explorer) -> Handlers:
         message = client.image_message(explorer, session, view, controls)
         return [session, client.encode(message), *_view_updates(view, PAGE_KEYS), *gt]
 
+    def page_update(keys: tuple[str, ...], slider: bool, session: ImageSession | None, *values) -> list:
+        """A control event of the page: the page state and the outputs ``keys`` (a slider event leaves out what a
+        slider cannot change)."""
+        if session is None:
+            return [gr.skip()] * (1 + len(keys))
+        controls = _controls(*values)
+        view = explorer.update(session, controls)
+        unchanged = _unchanged_by_slider(explorer, session, controls) if slider else frozenset()
+        return [page_state(session, view, controls), *_view_updates(view, keys, unchanged)]
+
     @_user_errors
     def page_controls(session: ImageSession | None, mode, threshold, target, cca_steps, detect, show_dense):
-        if session is None:
-            return [gr.skip()] * (1 + len(PAGE_KEYS))
-        controls = _controls(mode, threshold, target, cca_steps, detect, show_dense)
-        view = explorer.update(session, controls)
-        return [page_state(session, view, controls), *_view_updates(view, PAGE_KEYS)]
+        return page_update(PAGE_KEYS, False, session, mode, threshold, target, cca_steps, detect, show_dense)
 
     @_user_errors
     def page_slider(session: ImageSession | None, mode, threshold, target, cca_steps, detect, show_dense):
-        if session is None:
-            return [gr.skip()] * (1 + len(SLIDER_KEYS))
-        controls = _controls(mode, threshold, target, cca_steps, detect, show_dense)
-        view = explorer.update(session, controls)
-        unchanged = _unchanged_by_slider(explorer, session, controls)
-        return [page_state(session, view, controls), *_view_updates(view, SLIDER_KEYS, unchanged)]
+        return page_update(SLIDER_KEYS, True, session, mode, threshold, target, cca_steps, detect, show_dense)
 
     @_user_errors
     def page_mode(session, mode, threshold, target, cca_steps, detect, show_dense):
