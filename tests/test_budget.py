@@ -1,5 +1,6 @@
 """Pruning quality at a budget and calibrated sparsity: hand-made grids with exact answers, the CLIs end to end."""
 import json
+import re
 
 import numpy as np
 import pytest
@@ -12,7 +13,13 @@ from bavit.data.records import Instance, Record, coco_records, coco_split, holdo
 from bavit.engine.budget import BudgetMetrics, ImageObjects, evaluate_budget, image_objects, top_k_mask
 from bavit.errors import ConfigError
 from bavit.predictor import Predictor
-from bavit.pruning.calibration import calibrate, load_calibration, save_calibration, sparsity_at
+from bavit.pruning.calibration import (
+    calibrate,
+    load_calibration,
+    save_calibration,
+    sparsity_at,
+    sparsity_standard_error,
+)
 
 
 def test_pixel_recall_keep_rate_and_sparsity_by_hand():
@@ -94,6 +101,15 @@ def test_calibration_hits_each_mean_sparsity_and_thresholds_rise():
         calibration.threshold(0.99, 0)
 
 
+def test_sparsity_standard_error_by_hand():
+    # 4 images on a 2x2 grid kept as is (detector grid 2): two all-FG (sparsity 0), two all-BG (sparsity 1).
+    probs = torch.tensor([1.0, 0.0, 1.0, 0.0])[:, None, None].expand(4, 2, 2).clone()
+    # per-image sparsities 0, 1, 0, 1: sample sd sqrt(1/3), over sqrt(4)
+    assert sparsity_standard_error(probs, 0.5, 0, 2) == pytest.approx((1 / 3) ** 0.5 / 2)
+    assert sparsity_standard_error(probs[:1], 0.5, 0, 2) is None  # one image: no spread to measure
+    assert sparsity_standard_error(probs[[0, 2]], 0.5, 0, 2) == 0.0  # identical images
+
+
 def test_calibration_survives_a_checkpoint_round_trip(tmp_path):
     torch.manual_seed(0)
     model = build_bavit(SMALL)
@@ -154,7 +170,9 @@ def test_calibrate_and_evaluate_budget_cli(synthetic_coco, tmp_path, capsys):
     assert main(["calibrate", "--checkpoint", str(path), *common, "--subset", "fit"]) == 2  # images it trained on
     assert "used to train this checkpoint" in capsys.readouterr().err
     assert main(["calibrate", "--checkpoint", str(path), *common]) == 0  # default: the held-out part
-    assert "calibrated" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "calibrated" in printed and "(standard error, points)" in printed
+    assert re.search(r"\| 35% \| [0-9.]+ \| [0-9.]+% \((±[0-9.]+|-)\) \|", printed), printed
     calibration = load_calibration(path)
     assert calibration.images == len(held) and "holdout" in calibration.source
     out_json, out_png = tmp_path / "eval.json", tmp_path / "budget.png"

@@ -68,3 +68,66 @@ def test_patch_ranking_loss_by_hand():
     assert PatchRankingLoss()(reversed_logits, fractions) > loss  # the wrong order costs more
     flat = PatchRankingLoss()(logits.detach(), torch.full((1, 4), 0.3))
     assert flat.item() == 0.0  # no pair differs
+
+
+def test_distillation_loss_by_hand():
+    from bavit.core.loss import DistillationLoss
+
+    # Student FG probabilities sigmoid(margin): 0.5 (margin 0) and 0.8 (margin log 4); the third token is ignored.
+    logits = torch.tensor([[[0.0, 0.0], [0.0, math.log(4.0)], [3.0, -3.0]]], requires_grad=True)
+    teacher = torch.tensor([[0.25, 1.0, 0.9]])
+    labels = torch.tensor([[0, 1, IGNORE_INDEX]])
+    loss = DistillationLoss()(logits, teacher, labels)
+    expected = (math.log(2.0) + -math.log(0.8)) / 2  # -(.25 ln .5 + .75 ln .5) = ln 2; -(1 ln .8)
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
+    loss.backward()
+    assert logits.grad[0, 2].abs().sum() == 0  # the ignored token takes no part
+    # With hard 0/1 teacher targets it is the paper's cross-entropy on those labels.
+    generator = torch.Generator().manual_seed(3)
+    logits = torch.randn(2, 12, 2, generator=generator)
+    hard = torch.randint(0, 2, (2, 12), generator=generator)
+    assert DistillationLoss()(logits, hard.float(), hard).item() == pytest.approx(
+        AccumulativeCrossEntropy()(logits, hard).item(), rel=1e-6)
+
+
+def test_distillation_loss_is_smallest_at_the_teacher():
+    from bavit.core.loss import DistillationLoss
+
+    teacher = torch.tensor([[0.3]])
+    labels = torch.zeros(1, 1, dtype=torch.long)
+    at_teacher = torch.tensor([[[0.0, math.log(0.3 / 0.7)]]])  # student FG probability 0.3
+    entropy = -(0.3 * math.log(0.3) + 0.7 * math.log(0.7))
+    assert DistillationLoss()(at_teacher, teacher, labels).item() == pytest.approx(entropy, rel=1e-6)
+    for margin in (-2.0, -0.5, 0.5, 2.0):
+        assert DistillationLoss()(torch.tensor([[[0.0, margin]]]), teacher, labels).item() > entropy
+    assert DistillationLoss()(torch.zeros(1, 2, 2), torch.ones(1, 2), torch.full((1, 2), IGNORE_INDEX)).item() == 0.0
+
+
+def test_patch_targets_are_each_patch_normalised_in_row_major_order():
+    from bavit.core.loss import patch_targets
+
+    pixels = torch.zeros(1, 3, 4, 4)
+    pixels[0, :, 0:2, 2:4] = torch.tensor([1.0, 3.0]).repeat(6)[:12].reshape(3, 2, 2)  # patch 1 (top right)
+    targets = patch_targets(pixels, 2)
+    assert targets.shape == (1, 4, 12)
+    assert torch.equal(targets[0, 0], torch.zeros(12))  # a flat patch normalises to zeros
+    # patch 1 holds values 1 and 3 alternately: mean 2, std 1 -> -1 and +1
+    assert torch.allclose(targets[0, 1], torch.tensor([-1.0, 1.0]).repeat(6), atol=1e-5)
+
+
+def test_masked_pixel_loss_by_hand():
+    from bavit.core.loss import MaskedPixelLoss
+
+    pixels = torch.zeros(1, 3, 4, 4)  # every target is 0 (flat patches)
+    predicted = torch.zeros(1, 4, 12, requires_grad=True)
+    with torch.no_grad():
+        predicted[0, 1] = 2.0  # masked: |2 - 0| on 12 values
+        predicted[0, 2] = 5.0  # visible: not counted
+    mask = torch.tensor([[False, True], [False, False]])
+    loss = MaskedPixelLoss(2)(predicted, pixels, mask)
+    assert loss.item() == pytest.approx(2.0)
+    loss.backward()
+    assert predicted.grad[0, 2].abs().sum() == 0 and predicted.grad[0, 1].abs().sum() > 0
+    both = torch.tensor([[True, True], [False, False]])  # (0 + 2) / 2 per value
+    assert MaskedPixelLoss(2)(predicted.detach(), pixels, both).item() == pytest.approx(1.0)
+    assert MaskedPixelLoss(2)(predicted.detach(), pixels, torch.zeros(1, 4, dtype=torch.bool)).item() == 0.0

@@ -135,3 +135,88 @@ def test_train_cli_bad_dataset_is_a_clear_error(tmp_path):
     assert result.returncode == 2
     assert "error: annotation file not found" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_block_mask_hides_whole_blocks_and_hide_patches_zeroes_exactly_them():
+    import numpy as np
+
+    from bavit.engine.train import block_mask, hide_patches
+
+    mask = block_mask(3, 4, 0.5, np.random.default_rng(0))  # 4x4 tokens = 2x2 blocks of 2x2; 2 blocks hidden
+    assert mask.shape == (3, 4, 4) and mask.dtype == torch.bool
+    assert mask.flatten(1).sum(1).tolist() == [8, 8, 8]
+    blocks = mask.reshape(3, 2, 2, 2, 2)  # [B, block row, in-block row, block col, in-block col]
+    assert torch.equal(blocks.all(2).all(3), blocks.any(2).any(3))  # every block wholly in or out
+    assert torch.equal(mask, block_mask(3, 4, 0.5, np.random.default_rng(0)))  # the rng decides it
+    pixels = torch.rand(3, 3, 64, 64) + 1.0  # no zeros of its own
+    hidden = hide_patches(pixels, mask)
+    zero = (hidden == 0).all(1)  # [B, 64, 64]
+    assert torch.equal(zero, mask.repeat_interleave(16, 1).repeat_interleave(16, 2))
+    assert torch.equal(hidden[~zero[:, None].expand_as(hidden)], pixels[~zero[:, None].expand_as(hidden)])
+
+
+def test_mim_pretraining_uses_no_labels_learns_and_resumes_exactly(records, tmp_path):
+    from bavit.engine.train import init_bavit
+
+    records = records[:4]
+    cfg = TrainConfig(epochs=3, batch_size=2, lr=2e-3, step_size=10, cache_size=80, seed=2, objective="mim",
+                      mask_ratio=0.5)
+    torch.manual_seed(cfg.seed)
+    initial = build_bavit(CONFIG).state_dict()
+    straight = train(records, CONFIG, cfg, tmp_path / "straight", progress=False)
+    lines = _metrics(tmp_path / "straight")
+    assert [line["train_token_accuracy"] for line in lines] == [None, None, None]  # no labels were read
+    assert lines[-1]["loss"] < lines[0]["loss"], lines
+    trained = straight.state_dict()
+    # The 2-class head gets no gradient from masked pixels; the stem and the blocks learn.
+    assert torch.equal(trained["head.weight"], initial["head.weight"])
+    assert not torch.equal(trained["vit.blocks.0.mlp.fc1.weight"], initial["vit.blocks.0.mlp.fc1.weight"])
+    # Resume continues with the decoder and masks an uninterrupted run used: the same weights at the end.
+    train(records, CONFIG, TrainConfig(**{**cfg.__dict__, "epochs": 2}), tmp_path / "resumed", progress=False)
+    resumed = train(records, CONFIG, cfg, tmp_path / "resumed", resume=True, progress=False)
+    assert all(torch.equal(resumed.state_dict()[name], tensor) for name, tensor in trained.items())
+    assert [line["loss"] for line in _metrics(tmp_path / "resumed")] == [line["loss"] for line in lines]
+    # --init bavit:PRE starts a label run from the pre-trained stem and blocks.
+    started = init_bavit(CONFIG, f"bavit:{tmp_path / 'straight' / 'last.safetensors'}").state_dict()
+    assert all(torch.equal(started[name], trained[name]) for name in trained if name.startswith("vit."))
+
+
+def test_distillation_pulls_the_student_to_its_teacher_and_passes_on_its_images(records, tmp_path):
+    from bavit.engine.train import teacher_prob
+    from bavit.errors import ConfigError
+
+    teacher_cfg = TrainConfig(epochs=3, batch_size=2, lr=3e-3, step_size=10, cache_size=64, augment=False, seed=4)
+    teacher_path = tmp_path / "teacher" / "last.safetensors"
+    teacher = train(records[:3], CONFIG, teacher_cfg, teacher_path.parent, progress=False)
+    student_records = records[3:6]
+    cfg = TrainConfig(epochs=6, batch_size=3, lr=3e-3, step_size=10, cache_size=64, augment=False, seed=5,
+                      teachers=(str(teacher_path),), distill_weight=1.0)
+    torch.manual_seed(cfg.seed)
+    before = build_bavit(CONFIG).eval()
+    student = train(student_records, CONFIG, cfg, tmp_path / "student", progress=False)
+    from bavit.data.records import PatchDataset
+
+    pixels = torch.stack([PatchDataset(student_records, CONFIG)[i][0] for i in range(3)])
+    target = teacher_prob([teacher.eval()], pixels)
+    with torch.no_grad():
+        gap_before = (before.fg_prob(pixels) - target).abs().mean()
+        gap_after = (student.fg_prob(pixels) - target).abs().mean()
+    torch.manual_seed(cfg.seed)
+    labels_only = train(student_records, CONFIG, TrainConfig(**{**cfg.__dict__, "distill_weight": 0.0}),
+                        tmp_path / "labels-only", progress=False)
+    with torch.no_grad():
+        gap_labels_only = (labels_only.fg_prob(pixels) - target).abs().mean()
+    assert gap_after < 0.5 * gap_before and gap_after < gap_labels_only, (gap_before, gap_after, gap_labels_only)
+    extra = checkpoint_extra(tmp_path / "student" / "last.safetensors")
+    assert extra["train"]["teachers"] == [str(teacher_path)] and extra["train"]["distill_weight"] == 1.0
+    ids = [r.image_id for r in records]
+    assert extra["train_image_ids"] == ids[3:6] + ids[:3]  # calibrate must refuse the teacher's images too
+    with pytest.raises(ConfigError, match="distill-weight is a fraction"):
+        train(student_records, CONFIG, TrainConfig(epochs=1, teachers=(str(teacher_path),), distill_weight=1.5),
+              tmp_path / "bad1", progress=False)
+    with pytest.raises(ConfigError, match="the student reads 96 px"):
+        train(student_records, BAViTConfig(img_size=96, depth=1), TrainConfig(epochs=1, teachers=(str(teacher_path),)),
+              tmp_path / "bad2", progress=False)
+    with pytest.raises(ConfigError, match="objective mim takes no teachers"):
+        train(student_records, CONFIG, TrainConfig(epochs=1, teachers=(str(teacher_path),), objective="mim"),
+              tmp_path / "bad3", progress=False)

@@ -65,3 +65,74 @@ class PatchRankingLoss(nn.Module):
         if total <= 0:
             return margin.sum() * 0.0
         return (weight * F.softplus(margin[:, None, :] - margin[:, :, None])).sum() / total
+
+
+class DistillationLoss(nn.Module):
+    """Soft-target cross-entropy against a teacher's FG probabilities (not in the paper; knowledge distillation).
+
+    Per token, ``-(t log p + (1 - t) log (1 - p))`` with ``t`` the teacher's FG probability and ``p`` the
+    student's softmax FG probability, averaged over the tokens whose label is not ignored (as
+    :class:`AccumulativeCrossEntropy` averages). Its minimum over the student's logits is the teacher's own
+    binary entropy, reached when ``p = t``.
+    """
+
+    def __init__(self, ignore_index: int = IGNORE_INDEX):
+        super().__init__()
+        self.ignore_index = ignore_index
+
+    def forward(self, logits: torch.Tensor, teacher_prob: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Args:
+            logits: ``[B, M, 2]`` student token logits.
+            teacher_prob: ``[B, M]`` (or ``[B, H, W]``) teacher FG probability per token, in [0, 1].
+            labels: ``[B, M]`` (or ``[B, H, W]``) token labels; tokens labelled ``ignore_index`` are left out.
+        Returns:
+            scalar loss; 0 (with grad) when every token is ignored.
+        """
+        log_probs = logits.reshape(-1, logits.shape[-1]).log_softmax(-1)
+        target = teacher_prob.reshape(-1).to(log_probs.dtype)
+        valid = labels.reshape(-1) != self.ignore_index
+        if target.shape[0] != log_probs.shape[0] or valid.shape[0] != log_probs.shape[0]:
+            raise ValueError(f"{log_probs.shape[0]} token logits but {target.shape[0]} teacher probabilities "
+                             f"and {valid.shape[0]} labels")
+        if not valid.any():
+            return log_probs.sum() * 0.0
+        per_token = -(target * log_probs[:, 1] + (1.0 - target) * log_probs[:, 0])
+        return per_token[valid].mean()
+
+
+def patch_targets(pixels: torch.Tensor, patch: int) -> torch.Tensor:
+    """``[B, 3, S, S] -> [B, (S/patch)^2, 3 * patch^2]``: each patch's pixels, row-major patches, normalised per
+    patch to zero mean and unit variance (MAE's ``norm_pix_loss`` target)."""
+    b, c, h, w = pixels.shape
+    grid_h, grid_w = h // patch, w // patch
+    patches = pixels.reshape(b, c, grid_h, patch, grid_w, patch).permute(0, 2, 4, 1, 3, 5)
+    patches = patches.reshape(b, grid_h * grid_w, c * patch * patch)
+    mean = patches.mean(-1, keepdim=True)
+    var = patches.var(-1, keepdim=True, unbiased=False)
+    return (patches - mean) / (var + 1e-6).sqrt()
+
+
+class MaskedPixelLoss(nn.Module):
+    """Masked image modelling (SimMIM, Xie et al., CVPR 2022; not in the paper): the L1 error of the predicted
+    pixels of the masked patches, averaged over masked patches and pixel values. Self-supervised pre-training:
+    no labels are used."""
+
+    def __init__(self, patch: int):
+        super().__init__()
+        self.patch = patch
+
+    def forward(self, predicted: torch.Tensor, pixels: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Args:
+            predicted: ``[B, M, 3 * patch^2]`` the decoder's pixels per token.
+            pixels: ``[B, 3, S, S]`` the *unmasked* input (the target, normalised per patch).
+            mask: ``[B, M]`` (or ``[B, H, W]``) bool, True = the patch was hidden from the model.
+        Returns:
+            scalar loss; 0 (with grad) when nothing is masked.
+        """
+        target = patch_targets(pixels, self.patch)
+        hidden = mask.reshape(target.shape[:2])
+        if predicted.shape != target.shape:
+            raise ValueError(f"predicted pixels {tuple(predicted.shape)} but targets {tuple(target.shape)}")
+        if not hidden.any():
+            return predicted.sum() * 0.0
+        return (predicted - target).abs()[hidden].mean()

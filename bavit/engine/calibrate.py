@@ -10,10 +10,12 @@ from __future__ import annotations
 import argparse
 import sys
 
+import torch
+
 from ..core.model import checkpoint_extra, load_checkpoint
 from ..data.records import add_dataset_arguments, records_from_args
 from ..errors import DataError
-from ..pruning.calibration import LEVELS, calibrate, save_calibration
+from ..pruning.calibration import LEVELS, calibrate, save_calibration, sparsity_standard_error
 from ..pruning.detector import yolos_grid
 from ..pruning.yolos import yolos_tiny_config
 from .evaluate import predict_probs
@@ -57,9 +59,20 @@ def run(args: argparse.Namespace) -> int:
     calibration = calibrate(probs, LEVELS, grid=yolos_grid(yolos_tiny_config().patch_size), source=source)
     save_calibration(args.checkpoint, calibration)
     print(f"calibrated {args.checkpoint} on {len(records)} images ({source})")
-    print("| target mean sparsity | threshold | achieved | threshold (CCA 3) | achieved (CCA 3) |\n|---|---|---|---|---|")
+    grid = calibration.grid
+    probs = torch.from_numpy(probs)
+
+    def error(steps: int, index: int) -> str:
+        value = sparsity_standard_error(probs, calibration.thresholds[steps][index], steps, grid, calibration.resample)
+        return "-" if value is None else f"±{100 * value:.1f}"
+
+    print("| target mean sparsity | threshold | achieved (standard error, points) | threshold (CCA 3) "
+          "| achieved (CCA 3) |\n|---|---|---|---|---|")
     for level in REPORT_LEVELS:
         index = LEVELS.index(level)
         print(f"| {level:.0%} | {calibration.thresholds[0][index]:.4f} | {calibration.achieved[0][index]:.1%} "
-              f"| {calibration.thresholds[3][index]:.4f} | {calibration.achieved[3][index]:.1%} |")
+              f"({error(0, index)}) | {calibration.thresholds[3][index]:.4f} | {calibration.achieved[3][index]:.1%} "
+              f"({error(3, index)}) |")
+    print(f"\nThe standard error is that of the mean sparsity over these {len(records)} images: on new images the "
+          "same threshold's mean is expected to differ from the target by about that much.")
     return 0

@@ -1,5 +1,11 @@
 """``python -m bavit train``: BAViT training with the accumulative cross-entropy, Adam and StepLR (paper §3.4).
 
+Besides the paper's recipe, for the ablation of levers that might do better from the same images: a patch ranking
+loss (``--rank-weight``), distillation from trained BAViTs (``--teacher``: their mean FG probability on each
+augmented view, :class:`~bavit.core.loss.DistillationLoss`), and self-supervised pre-training by masked image
+modelling (``--objective mim``, SimMIM: hidden 32x32 blocks, a linear pixel decoder,
+:class:`~bavit.core.loss.MaskedPixelLoss`), whose checkpoint a label run starts from with ``--init bavit:PATH``.
+
 Runs on one process, or under ``torchrun --nproc_per_node=N`` (DDP with the gloo backend on CPU). Every epoch
 writes ``OUT/last.safetensors`` (model + config, loadable by path) and ``OUT/last.train-state.safetensors``
 (:mod:`bavit.engine.state`: optimizer moments, scheduler, epoch, torch RNG) atomically, so an interrupt loses at
@@ -16,13 +22,15 @@ import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Sequence
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
 from ..core.config import PRESETS, STEMS, BAViTConfig
 from ..core.labels import IGNORE_INDEX
-from ..core.loss import AccumulativeCrossEntropy, PatchRankingLoss
+from ..core.loss import AccumulativeCrossEntropy, DistillationLoss, MaskedPixelLoss, PatchRankingLoss
 from ..core.model import BAViT, build_bavit, checkpoint_extra, grow_from, load_checkpoint, save_checkpoint
 from ..core.pretrained import copy_from_timm, copy_from_yolos
 from ..data.augment import AugmentConfig, AugmentedDataset, CachedSamples
@@ -43,6 +51,10 @@ class TrainConfig:
     gamma: float = 0.3
     class_weights: tuple[float, float] | None = None
     rank_weight: float = 0.0  # weight of PatchRankingLoss next to the paper's CE (0: the paper's recipe)
+    teachers: tuple[str, ...] = ()  # BAViT checkpoints whose mean FG probability the student also learns
+    objective: str = "labels"  # "labels": the token labels (the paper); "mim": masked image modelling, no labels
+    mask_ratio: float = 0.6  # mim: share of the 32x32-pixel blocks (2x2 tokens) hidden from the model
+    distill_weight: float = 0.5  # with teachers: loss = (1 - w) * CE(labels) + w * CE(teacher probabilities)
     augment: bool = True
     label_source: str = "mask"
     box_rule: str = "coverage"
@@ -102,6 +114,54 @@ def init_bavit(config: BAViTConfig, init: str = "random") -> BAViT:
     return model
 
 
+def load_teachers(paths: Sequence[str], config: BAViTConfig) -> list[BAViT]:
+    """The distillation teachers, in eval mode; each must read the student's input and predict its grid.
+
+    Raises:
+        CheckpointError: a teacher that cannot be loaded.
+        ConfigError: a teacher with another input size or patch grid than ``config``.
+    """
+    teachers = []
+    for path in paths:
+        teacher = load_checkpoint(path).eval()
+        if (teacher.config.img_size, teacher.config.grid_size) != (config.img_size, config.grid_size):
+            raise ConfigError(f"teacher {path} reads {teacher.config.img_size} px into a {teacher.config.grid_size}x"
+                              f"{teacher.config.grid_size} grid; the student reads {config.img_size} px into "
+                              f"{config.grid_size}x{config.grid_size}")
+        for parameter in teacher.parameters():
+            parameter.requires_grad_(False)
+        teachers.append(teacher)
+    return teachers
+
+
+@torch.no_grad()
+def teacher_prob(teachers: Sequence[BAViT], pixels: torch.Tensor) -> torch.Tensor:
+    """``[B, G, G]``: the teachers' mean FG probability on the student's (augmented) input."""
+    return torch.stack([teacher.fg_prob(pixels) for teacher in teachers]).mean(0)
+
+
+MIM_BLOCK = 2  # tokens per side of a masked block (SimMIM masks 32x32 pixels)
+
+
+def block_mask(batch: int, grid: int, ratio: float, rng: np.random.Generator, block: int = MIM_BLOCK) -> torch.Tensor:
+    """``bool [batch, grid, grid]``: per image, ``round(ratio * blocks)`` random ``block x block`` token blocks
+    masked (SimMIM's random masking; ``grid`` a multiple of ``block``)."""
+    side = grid // block
+    count = round(ratio * side * side)
+    masks = np.zeros((batch, side * side), dtype=bool)
+    for row in masks:
+        row[rng.permutation(side * side)[:count]] = True
+    small = torch.from_numpy(masks).reshape(batch, side, side)
+    return small.repeat_interleave(block, 1).repeat_interleave(block, 2)
+
+
+def hide_patches(pixels: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``pixels`` with the masked tokens' pixels set to 0 (the dataset mean after normalisation)."""
+    patch = pixels.shape[-1] // mask.shape[-1]
+    keep = ~mask.repeat_interleave(patch, 1).repeat_interleave(patch, 2)
+    return pixels * keep[:, None].to(pixels.dtype)
+
+
 def train(records: list[Record], model_config: BAViTConfig, cfg: TrainConfig, out_dir: str | Path,
           resume: bool = False, progress: bool = True, max_steps: int | None = None) -> BAViT:
     """Train a BAViT on ``records``; returns the (unwrapped) model after the last epoch.
@@ -144,7 +204,22 @@ def train(records: list[Record], model_config: BAViTConfig, cfg: TrainConfig, ou
     net = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
     criterion = AccumulativeCrossEntropy(cfg.class_weights)
     ranking = PatchRankingLoss()
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    distillation = DistillationLoss()
+    if cfg.teachers and not 0.0 <= cfg.distill_weight <= 1.0:
+        raise ConfigError(f"--distill-weight is a fraction in [0, 1], got {cfg.distill_weight}")
+    teachers = load_teachers(cfg.teachers, model.config)
+    mim = cfg.objective == "mim"
+    if cfg.objective not in ("labels", "mim"):
+        raise ConfigError(f"objective must be 'labels' or 'mim', got {cfg.objective!r}")
+    if mim and (teachers or cfg.rank_weight or world > 1 or not 0.0 < cfg.mask_ratio < 1.0):
+        raise ConfigError("--objective mim takes no teachers or ranking loss, runs in one process, and needs a "
+                          f"mask ratio in (0, 1) (got {cfg.mask_ratio})")
+    # mim: a linear decoder from each token's features to its 16x16 pixels (SimMIM's one-layer head)
+    patch = model.config.patch_size
+    decoder = torch.nn.Linear(model.config.embed_dim, 3 * patch * patch) if mim else None
+    masked_pixels = MaskedPixelLoss(patch)
+    parameters = list(model.parameters()) + (list(decoder.parameters()) if mim else [])
+    optimizer = torch.optim.Adam(parameters, lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.step_size, gamma=cfg.gamma)
     start_epoch = 0
     if resume:
@@ -159,8 +234,15 @@ def train(records: list[Record], model_config: BAViTConfig, cfg: TrainConfig, ou
                                   f"{start_epoch} (a run interrupted between the two writes); start afresh")
         if "rng" in saved:
             torch.set_rng_state(saved["rng"])  # drop path draws from it
+        if mim:
+            decoder.load_state_dict({"weight": saved["decoder_weight"], "bias": saved["decoder_bias"]})
     prior = cache.fg_prior().flatten().tolist()
-    image_ids = [record.image_id for record in records]  # calibrate refuses images a model trained on
+    # calibrate refuses images a model trained on; what its teachers or its init trained on reaches it through them
+    image_ids = [record.image_id for record in records]
+    inherited = list(cfg.teachers) + ([cfg.init.partition(":")[2]] if cfg.init.startswith("bavit:") else [])
+    for path in inherited:
+        seen = set(image_ids)
+        image_ids += [i for i in checkpoint_extra(path).get("train_image_ids", []) if i not in seen]
     metrics_file = out_dir / "metrics.jsonl"
     steps = 0
     for epoch in range(start_epoch + 1, cfg.epochs + 1):
@@ -169,15 +251,23 @@ def train(records: list[Record], model_config: BAViTConfig, cfg: TrainConfig, ou
         started = time.perf_counter()
         loss_sum, token_correct, token_count, images = 0.0, 0, 0, 0
         bar = tqdm(loader, desc=f"epoch {epoch}/{cfg.epochs}", disable=not progress or rank != 0, leave=False)
-        for pixels, labels, fractions in bar:
-            logits = net(pixels)
-            loss = criterion(logits, labels)
-            if cfg.rank_weight:
-                loss = loss + cfg.rank_weight * ranking(logits, fractions)
+        for batch_index, (pixels, labels, fractions) in enumerate(bar):
+            if mim:  # the masks depend only on (seed, epoch, batch), so a resumed run hides the same blocks
+                mask = block_mask(len(pixels), model.config.grid_size, cfg.mask_ratio,
+                                  np.random.default_rng((cfg.seed, epoch, batch_index)))
+                loss = masked_pixels(decoder(model.forward_features(hide_patches(pixels, mask))), pixels, mask)
+            else:
+                logits = net(pixels)
+                loss = criterion(logits, labels)
+                if teachers:
+                    soft = distillation(logits, teacher_prob(teachers, pixels), labels)
+                    loss = (1.0 - cfg.distill_weight) * loss + cfg.distill_weight * soft
+                if cfg.rank_weight:
+                    loss = loss + cfg.rank_weight * ranking(logits, fractions)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            with torch.no_grad():
+            if not mim:
                 valid = labels.reshape(-1) != IGNORE_INDEX
                 predicted = logits.reshape(-1, 2).argmax(-1)
                 token_correct += int((predicted[valid] == labels.reshape(-1)[valid]).sum())
@@ -197,7 +287,7 @@ def train(records: list[Record], model_config: BAViTConfig, cfg: TrainConfig, ou
         record = {
             "epoch": epoch,
             "loss": totals[0].item() / max(totals[1].item(), 1),
-            "train_token_accuracy": totals[2].item() / max(totals[3].item(), 1),
+            "train_token_accuracy": totals[2].item() / totals[3].item() if totals[3].item() else None,
             "images": int(totals[1].item()),
             "images_per_s": totals[1].item() / elapsed,
             "seconds": elapsed,
@@ -209,11 +299,16 @@ def train(records: list[Record], model_config: BAViTConfig, cfg: TrainConfig, ou
             save_checkpoint(model, last, extra={"epoch": epoch, "train": asdict(cfg), "fg_prior": prior,
                                                 "train_images": len(records), "train_image_ids": image_ids,
                                                 "loss": record["loss"]})
-            save_training_state(_state_path(out_dir), optimizer, scheduler, epoch=epoch, rng=torch.get_rng_state())
+            decoder_state = ({"decoder_weight": decoder.weight.detach(), "decoder_bias": decoder.bias.detach()}
+                             if mim else {})
+            save_training_state(_state_path(out_dir), optimizer, scheduler, epoch=epoch, rng=torch.get_rng_state(),
+                                **decoder_state)
             with metrics_file.open("a") as handle:
                 handle.write(json.dumps(record) + "\n")
             # one line per epoch, also without the progress bars (the log of a background run)
-            print(f"epoch {epoch}: loss {record['loss']:.4f}  train acc {record['train_token_accuracy']:.4f}  "
+            accuracy = record["train_token_accuracy"]
+            print(f"epoch {epoch}: loss {record['loss']:.4f}  "
+                  f"{'' if accuracy is None else f'train acc {accuracy:.4f}  '}"
                   f"{record['images_per_s']:.1f} img/s  lr {record['lr']:.2e}", flush=True)
         if world > 1:
             dist.barrier()
@@ -245,6 +340,15 @@ def register(subparsers) -> None:
     parser.add_argument("--rank-weight", type=float, default=0.0,
                         help="add the patch ranking loss (object fraction order within each image) with this weight; "
                              "0 (default) is the paper's loss alone")
+    parser.add_argument("--teacher", nargs="+", default=(), metavar="CKPT",
+                        help="distil from these BAViT checkpoints (their mean FG probability on each augmented view)")
+    parser.add_argument("--distill-weight", type=float, default=TrainConfig.distill_weight,
+                        help="with --teacher: loss = (1 - w) * CE(labels) + w * CE(teacher) (default %(default)s)")
+    parser.add_argument("--objective", choices=("labels", "mim"), default=TrainConfig.objective,
+                        help="labels: the token labels (the paper); mim: self-supervised masked image modelling "
+                             "(SimMIM: predict the pixels of hidden 32x32 blocks; no labels), to pre-train for "
+                             "--init bavit:OUT/last.safetensors")
+    parser.add_argument("--mask-ratio", type=float, default=TrainConfig.mask_ratio, help="mim: share of blocks hidden")
     parser.add_argument("--no-augment", action="store_true")
     parser.add_argument("--drop-path", type=float, default=0.0)
     parser.add_argument("--workers", type=int, default=0)
@@ -268,7 +372,8 @@ def run(args: argparse.Namespace) -> int:
     cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
                       step_size=args.step_size, gamma=args.gamma,
                       class_weights=tuple(args.class_weights) if args.class_weights else None,
-                      rank_weight=args.rank_weight,
+                      rank_weight=args.rank_weight, teachers=tuple(args.teacher),
+                      distill_weight=args.distill_weight, objective=args.objective, mask_ratio=args.mask_ratio,
                       augment=not args.no_augment, label_source=args.labels, box_rule=args.box_rule,
                       box_tau=args.box_tau, seed=args.seed, workers=args.workers, init=args.init)
     train(records, model_config, cfg, args.out, resume=args.resume, progress=not args.no_progress)

@@ -94,6 +94,22 @@ def sparsity_at(fg_prob: torch.Tensor, threshold: float, cca_steps: int, grid: i
     return 1.0 - masks.flatten(1).float().mean(1)
 
 
+def sparsity_standard_error(fg_prob: torch.Tensor, threshold: float, cca_steps: int, grid: int,
+                            resample: str = "nearest") -> float | None:
+    """The standard error of the mean sparsity at ``threshold`` over these images (sample standard deviation of the
+    per-image sparsity over ``sqrt(N)``); ``None`` for fewer than two images.
+
+    A calibrated threshold is fitted to the mean over the calibration images, which is an estimate: on a new set of
+    images, the mean at the same threshold is expected to differ by about this much (and more, by the new set's own
+    standard error). Per-image sparsity varies widely (nearly 0 for a crowded image, most of the grid for an empty
+    one), so a few dozen calibration images leave several points of uncertainty.
+    """
+    per_image = sparsity_at(fg_prob, threshold, cca_steps, grid, resample).double()
+    if len(per_image) < 2:
+        return None
+    return float(per_image.std(unbiased=True) / len(per_image) ** 0.5)
+
+
 def _threshold_for(fg_prob: torch.Tensor, candidates: torch.Tensor, target: float, cca_steps: int, grid: int,
                    resample: str) -> tuple[float, float]:
     """The threshold whose mean sparsity is closest to ``target``, and that mean.
@@ -154,4 +170,4 @@ def load_calibration(checkpoint: str | os.PathLike) -> Calibration | None:
         raise CheckpointError(f"{checkpoint}: stored calibration is invalid ({exc})") from None
 
 
-__all__ = ["Calibration", "calibrate", "sparsity_at", "save_calibration", "load_calibration", "LEVELS", "CCA_STEPS"]
+__all__ = ["Calibration", "calibrate", "sparsity_at", "sparsity_standard_error", "save_calibration", "load_calibration", "LEVELS", "CCA_STEPS"]
