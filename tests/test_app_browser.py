@@ -79,6 +79,7 @@ def upload(page, path: Path) -> str:
 def drag_threshold(page, start: float, stop: float, elem_id: str = "threshold") -> float:
     """Drag a slider (the threshold by default) with the mouse from ``start`` to ``stop`` (fractions of its width)."""
     track = page.locator(f"#{elem_id} input[type=range]")
+    track.scroll_into_view_if_needed()  # the mouse acts on the viewport: a slider scrolled out of it takes no drag
     box = track.bounding_box()
     y = box["y"] + box["height"] / 2
     page.mouse.move(box["x"] + box["width"] * start, y)
