@@ -128,9 +128,7 @@ def load_teachers(paths: Sequence[str], config: BAViTConfig) -> list[BAViT]:
             raise ConfigError(f"teacher {path} reads {teacher.config.img_size} px into a {teacher.config.grid_size}x"
                               f"{teacher.config.grid_size} grid; the student reads {config.img_size} px into "
                               f"{config.grid_size}x{config.grid_size}")
-        for parameter in teacher.parameters():
-            parameter.requires_grad_(False)
-        teachers.append(teacher)
+        teachers.append(teacher)  # used under no_grad only (teacher_prob)
     return teachers
 
 
@@ -207,13 +205,13 @@ def train(records: list[Record], model_config: BAViTConfig, cfg: TrainConfig, ou
     distillation = DistillationLoss()
     if cfg.teachers and not 0.0 <= cfg.distill_weight <= 1.0:
         raise ConfigError(f"--distill-weight is a fraction in [0, 1], got {cfg.distill_weight}")
-    teachers = load_teachers(cfg.teachers, model.config)
-    mim = cfg.objective == "mim"
     if cfg.objective not in ("labels", "mim"):
         raise ConfigError(f"objective must be 'labels' or 'mim', got {cfg.objective!r}")
-    if mim and (teachers or cfg.rank_weight or world > 1 or not 0.0 < cfg.mask_ratio < 1.0):
+    mim = cfg.objective == "mim"
+    if mim and (cfg.teachers or cfg.rank_weight or world > 1 or not 0.0 < cfg.mask_ratio < 1.0):
         raise ConfigError("--objective mim takes no teachers or ranking loss, runs in one process, and needs a "
                           f"mask ratio in (0, 1) (got {cfg.mask_ratio})")
+    teachers = load_teachers(cfg.teachers, model.config)
     # mim: a linear decoder from each token's features to its 16x16 pixels (SimMIM's one-layer head)
     patch = model.config.patch_size
     decoder = torch.nn.Linear(model.config.embed_dim, 3 * patch * patch) if mim else None

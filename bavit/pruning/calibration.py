@@ -170,4 +170,5 @@ def load_calibration(checkpoint: str | os.PathLike) -> Calibration | None:
         raise CheckpointError(f"{checkpoint}: stored calibration is invalid ({exc})") from None
 
 
-__all__ = ["Calibration", "calibrate", "sparsity_at", "sparsity_standard_error", "save_calibration", "load_calibration", "LEVELS", "CCA_STEPS"]
+__all__ = ["Calibration", "calibrate", "sparsity_at", "sparsity_standard_error", "save_calibration", "load_calibration",
+           "LEVELS", "CCA_STEPS"]
