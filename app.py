@@ -13,6 +13,7 @@ os.environ.setdefault("HF_HUB_DOWNLOAD_TIMEOUT", "5")  # fail fast without netwo
 import argparse  # noqa: E402
 
 from bavit.app.ui import allowed_paths, create_demo  # noqa: E402
+from bavit.app.uploads import MAX_UPLOAD  # noqa: E402
 from bavit.errors import BAViTError  # noqa: E402
 from bavit.imageio import allow_large_images  # noqa: E402
 
@@ -46,7 +47,8 @@ def main(argv=None) -> None:
         raise SystemExit(f"error: {exc}") from None
     concurrency = int(os.environ.get("BAVIT_CONCURRENCY", "2"))
     demo.queue(default_concurrency_limit=concurrency).launch(
-        server_name=args.host, server_port=args.port, allowed_paths=allowed_paths(args.data))
+        server_name=args.host, server_port=args.port, allowed_paths=allowed_paths(args.data),
+        max_file_size=MAX_UPLOAD)  # larger uploads are refused as they arrive (README, "Limits")
 
 
 if __name__ == "__main__":

@@ -6,11 +6,24 @@ import importlib
 import sys
 
 from .errors import BAViTError
+from .files import check_output_dir, check_output_file
 from .imageio import allow_large_images
 
 # Each module exposes ``register(subparsers)`` that adds its sub-command and sets ``func(args) -> int``.
 COMMAND_MODULES = ("engine.train", "engine.evaluate", "engine.calibrate", "bench.latency", "engine.coco_map",
-                   "engine.finetune", "bench.app_bench", "deploy.export")
+                   "engine.finetune", "bench.app_bench", "bench.upload_memory", "deploy.export")
+
+# What each command writes, checked before it starts (bavit.files.check_output_*: the write's first step is tried),
+# so that a path that cannot be written fails at once in one line, not in a traceback after minutes of work.
+# dest -> "file" (written with atomic_path), "folder" (created if needed and written into) or "export" (a folder
+# replaced whole: bavit.deploy.export.check_out_dir). REPORTS apply to every command that has them.
+REPORTS = {"json": "file", "markdown": "file", "plot": "file"}
+OUTPUTS = {
+    "train": {"out": "folder", "output": "file"},
+    "finetune": {"output": "folder"},
+    "calibrate": {"checkpoint": "file"},  # rewritten in place with its calibration
+    "export": {"out": "export"},
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -19,6 +32,23 @@ def build_parser() -> argparse.ArgumentParser:
     for name in COMMAND_MODULES:
         importlib.import_module(f"bavit.{name}").register(subparsers)
     return parser
+
+
+def check_outputs(args: argparse.Namespace) -> None:
+    """Raise a one-line :class:`BAViTError` if any path the command in ``args`` writes cannot be written."""
+    for dest, kind in {**REPORTS, **OUTPUTS.get(args.command, {})}.items():
+        path = getattr(args, dest, None)
+        if path is None:
+            continue
+        option = "--" + dest.replace("_", "-")
+        if kind == "file":
+            check_output_file(path, option)
+        elif kind == "folder":
+            check_output_dir(path, option)
+        else:
+            from .deploy.export import check_out_dir
+
+            check_out_dir(path, option)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,9 +63,15 @@ def main(argv: list[str] | None = None) -> int:
 
         torch.set_num_threads(threads)
     try:
+        check_outputs(args)
         return int(args.func(args) or 0)
     except BAViTError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a path the checks could not foresee (disk full, a folder removed meanwhile)
+        if exc.filename is None:
+            raise
+        print(f"error: {exc.filename}: {exc.strerror or exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

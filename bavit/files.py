@@ -7,15 +7,20 @@
   non-empty one, so the swap takes two renames: ``NAME -> .NAME.old``, then ``temp -> NAME``; ``.NAME.old`` is
   deleted last. At every moment one complete folder exists, as ``NAME`` or -- when an interrupt fell between the
   two renames -- as ``.NAME.old``, which :func:`recover_dir` (called by :func:`atomic_dir` itself) moves back.
+* :func:`remove_stale_temps` -- what both leave behind when their process is killed mid-write (``kill -9``, power
+  loss: no ``finally`` runs); a command calls it when it starts, for the paths it writes.
 """
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+
+from .errors import ConfigError
 
 FILE_MODE = 0o644  # mkstemp creates 0600; checkpoints and exports are meant to be shared
 DIR_MODE = 0o755  # mkdtemp creates 0700
@@ -128,3 +133,135 @@ def write_text(path: str | os.PathLike, text: str) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
     return Path(path)
+
+
+def remove_stale_temps(*paths: str | os.PathLike) -> list[Path]:
+    """Delete the temporaries a killed writer left next to each of ``paths``: :func:`atomic_path`'s
+    ``.NAME.XXXXXXXX.tmp`` files and :func:`atomic_dir`'s ``.NAME-XXXXXXXX`` folders (``XXXXXXXX``: mkstemp's 8
+    random characters), nothing else. Call it only where no other process is writing ``paths``, e.g. when a run
+    starts. Returns what was removed."""
+    removed = []
+    for path in map(Path, paths):
+        name = glob.escape(path.name)
+        for stale in [*path.parent.glob(f".{name}.{'?' * 8}.tmp"), *path.parent.glob(f".{name}-{'?' * 8}")]:
+            if stale.is_dir() and not stale.is_symlink():
+                shutil.rmtree(stale, ignore_errors=True)
+            else:
+                stale.unlink(missing_ok=True)
+            removed.append(stale)
+    return removed
+
+
+NAME_MAX = 255  # bytes in one file name on the usual file systems (ext4, xfs, btrfs, APFS, NTFS)
+TEMP_NAME_EXTRA = 14  # what atomic_path / atomic_dir add to a name: ".NAME.XXXXXXXX.tmp", ".NAME-XXXXXXXX"
+
+
+def _first_existing(folder: Path, target: Path, what: str) -> Path:
+    """``folder`` or its nearest ancestor that exists: where a write's ``mkdir(parents=True)`` starts. Raises the
+    error when that is a file (``report.json/sub``) or a link to nothing."""
+    while not os.path.lexists(folder):
+        folder = folder.parent  # ends: "." and "/" exist
+    if not folder.is_dir():
+        kind = "a link to nothing" if folder.is_symlink() and not folder.exists() else "a file, not a folder"
+        raise ConfigError(f"cannot write {what} {target}: {folder} is {kind}")
+    return folder
+
+
+def _probe(folder: Path, target: Path, what: str, *, prefix: str, make_folder: bool) -> None:
+    """Create and delete a temporary file (or folder) in ``folder``, named as the real write names its own: the
+    write's first step, tried (permission bits alone cannot say: root, read-only mounts, /proc)."""
+    try:
+        if make_folder:
+            os.rmdir(tempfile.mkdtemp(prefix=prefix, dir=folder))
+        else:
+            fd, name = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=folder)
+            os.close(fd)
+            os.unlink(name)
+    except OSError as exc:
+        raise ConfigError(f"cannot write {what} {target}: cannot create files in {folder} "
+                            f"({exc.strerror or exc})") from None
+
+
+def _check_name(path: str | os.PathLike, what: str) -> Path:
+    if not os.fspath(path):
+        raise ConfigError(f"{what} is an empty path")
+    target = Path(path)
+    if len(os.fsencode(target.name)) + TEMP_NAME_EXTRA > NAME_MAX:
+        raise ConfigError(f"cannot write {what} {target}: its name is longer than "
+                            f"{NAME_MAX - TEMP_NAME_EXTRA} bytes")
+    return target
+
+
+def check_output_file(path: str | os.PathLike, what: str = "output file") -> Path:
+    """Fail now, with a one-line :class:`~bavit.errors.ConfigError`, if :func:`atomic_path` could not write ``path``.
+
+    Call it before the work whose result goes there (a report after minutes of evaluation). Refuses a folder, a
+    device or other non-regular file, a parent that is a file, and a folder where no file can be created (tried:
+    a temporary file is created and deleted there). Creates nothing that stays; missing parent folders are not
+    created (the probe runs in the nearest existing one, where the write would create them).
+
+    Args:
+        path: the file the command will write.
+        what: how the message names it, e.g. ``"--json"``.
+    Returns:
+        ``Path(path)``.
+    """
+    target = _check_name(path, what)
+    if target.is_dir():
+        raise ConfigError(f"cannot write {what} {target}: it is a folder; name a file")
+    if target.exists() and not target.is_file():
+        raise ConfigError(f"cannot write {what} {target}: it exists and is not a regular file")
+    folder = _first_existing(target.parent, target, what)
+    if folder == target.parent:
+        _probe(folder, target, what, prefix=f".{target.name}.", make_folder=False)
+    else:
+        _probe(folder, target, what, prefix=".bavit-probe-", make_folder=True)
+    return target
+
+
+def check_output_dir(path: str | os.PathLike, what: str = "output folder", *, replace: bool = False,
+                     manifest: str | None = None, names: tuple[str, ...] = ()) -> Path:
+    """Fail now, with a one-line :class:`~bavit.errors.ConfigError`, if the folder ``path`` could not be written.
+
+    Args:
+        path: the folder the command will write.
+        what: how the message names it, e.g. ``"--out"``.
+        replace: ``False``: the folder is created if needed and files are written into it (a training run's
+            folder; what is there stays). ``True``: it is replaced whole (:func:`atomic_dir`), so an existing
+            folder is accepted only when it is empty or an earlier output: it holds ``manifest`` and nothing
+            whose name is not in ``names``. The current folder (or one holding it) and files are always refused.
+        manifest: with ``replace``: the file that marks an earlier output (e.g. ``export.json``).
+        names: with ``replace``: every name an output folder holds (``manifest`` included).
+    Returns:
+        ``Path(path)``.
+    """
+    target = _check_name(path, what)
+    if target.exists() and not target.is_dir():
+        raise ConfigError(f"cannot write {what} {target}: it is a file, not a folder")
+    if not replace:
+        folder = _first_existing(target, target, what)
+        if folder == target:
+            _probe(folder, target, what, prefix=".bavit-probe-", make_folder=False)
+        else:
+            _probe(folder, target, what, prefix=".bavit-probe-", make_folder=True)
+        return target
+    resolved, cwd = target.resolve(), Path.cwd().resolve()
+    if resolved == cwd or resolved in cwd.parents:
+        raise ConfigError(f"cannot write {what} {target}: it is the current folder or holds it, and would be "
+                            "replaced whole; name a new folder")
+    if target.is_dir():
+        try:
+            entries = sorted(entry.name for entry in target.iterdir())
+        except OSError as exc:
+            raise ConfigError(f"cannot write {what} {target}: cannot list it ({exc.strerror or exc})") from None
+        strangers = sorted(set(entries) - set(names))
+        if entries and (manifest not in entries or strangers):
+            reason = (f"it has no {manifest}, so it is not an earlier output" if manifest not in entries else
+                      f"it holds {', '.join(strangers[:3])}{', ...' if len(strangers) > 3 else ''}, which an output "
+                      "folder does not")
+            raise ConfigError(f"refusing to replace {what} {target}: {reason}, and replacing it would delete "
+                                "its contents; name a new or empty folder")
+    folder = _first_existing(target.parent, target, what)
+    prefix = f".{target.name}-" if folder == target.parent else ".bavit-probe-"
+    _probe(folder, target, what, prefix=prefix, make_folder=True)
+    return target

@@ -31,11 +31,25 @@ def allow_large_images(max_pixels: int = MAX_PIXELS) -> None:
     Image.MAX_IMAGE_PIXELS = max_pixels
 
 
+WIDE_MODES = ("I;16", "I;16B", "I;16L", "I", "F")  # 16/32-bit single-channel modes
+_ROWS = 512  # rows converted at a time from a wide mode: bounds the float64 scratch memory
+
+
+def _to_8bit(image: Image.Image) -> Image.Image:
+    """A :data:`WIDE_MODES` image as 8-bit ``L``: ``round(value / high * 255)``, ``high`` 65535 for 16-bit data
+    (and 32-bit data above 255), else 255. Converted in blocks of rows, so the scratch memory stays small."""
+    array = np.asarray(image)
+    high = 65535.0 if image.mode.startswith("I;16") or array.max() > 255 else 255.0
+    out = np.empty(array.shape, dtype=np.uint8)
+    for row in range(0, array.shape[0], _ROWS):
+        block = array[row:row + _ROWS].astype(np.float64)
+        out[row:row + _ROWS] = np.clip(block / high * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    return Image.fromarray(out)
+
+
 def _to_rgb(image: Image.Image) -> Image.Image:
-    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        array = np.asarray(image, dtype=np.float64)
-        high = 65535.0 if image.mode.startswith("I;16") or array.max() > 255 else 255.0
-        image = Image.fromarray(np.clip(array / high * 255.0 + 0.5, 0, 255).astype(np.uint8))
+    if image.mode in WIDE_MODES:
+        image = _to_8bit(image)
     if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
@@ -43,7 +57,25 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def load_image(source: ImageInput, max_side: int | None = MAX_SIDE, exif: bool = True) -> Image.Image:
+def _decode(handle, name: str, max_side: int | None, max_pixels: int | None) -> tuple[Image.Image, tuple[int, int]]:
+    """Open ``handle`` (a binary file object), refuse it when more than ``max_pixels`` would be decoded (known from
+    the header alone), then decode it. Returns the decoded image and its stored ``(width, height)``."""
+    image = Image.open(handle)
+    size = image.size
+    if max_side is not None and image.format == "JPEG":
+        image.draft("RGB", (max_side, max_side))  # decode big JPEGs at reduced scale (1/2..1/8): fast, little memory
+    decoded = image.size[0] * image.size[1]  # what decoding allocates: the stored size, or a JPEG's reduced one
+    if max_pixels is not None and decoded > max_pixels:
+        raise DataError(f"{name} is {size[0]}x{size[1]} px ({size[0] * size[1] / 1e6:.0f} MP); the limit here is "
+                        f"{max_pixels / 1e6:.0f} MP decoded: downscale it first")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        image.load()
+    return image, size
+
+
+def load_image(source: ImageInput, max_side: int | None = MAX_SIDE, exif: bool = True,
+               max_pixels: int | None = None) -> Image.Image:
     """Decode any supported image into 8-bit RGB.
 
     Args:
@@ -51,11 +83,19 @@ def load_image(source: ImageInput, max_side: int | None = MAX_SIDE, exif: bool =
         max_side: downscale (aspect kept) so the longer side is at most this; ``None`` keeps the size.
         exif: apply the EXIF orientation tag (user photos); datasets pass ``False`` because their
             annotations refer to the stored pixel layout.
+        max_pixels: refuse encoded input (a path or bytes) with more pixels than this, from its header, before
+            decoding anything (the app's bound, :data:`bavit.app.uploads.MAX_IMAGE_PIXELS`); ``None``: only PIL's
+            process-wide decompression-bomb bound.
+    Returns:
+        The RGB image; ``image.info["source_size"]`` is the ``(width, height)`` before any downscaling (after the
+        EXIF rotation).
     Raises:
-        DataError: missing, empty, corrupt or non-image input.
+        DataError: missing, empty, corrupt, too large or non-image input. The message names the file (or
+        "image") and never carries the text of a Python object.
     """
     name = "image"
     try:
+        stored = None  # (width, height) in the file's header, for encoded input
         if isinstance(source, Image.Image):
             image = source
         elif isinstance(source, np.ndarray):
@@ -69,37 +109,47 @@ def load_image(source: ImageInput, max_side: int | None = MAX_SIDE, exif: bool =
             if array.ndim not in (2, 3) or array.size == 0:
                 raise DataError(f"array of shape {source.shape} is not an image")
             image = Image.fromarray(array)
+        elif isinstance(source, (bytes, bytearray)):
+            if not source:
+                raise DataError("image is empty (0 bytes)")
+            image, stored = _decode(io.BytesIO(source), name, max_side, max_pixels)
         else:
-            if isinstance(source, (bytes, bytearray)):
-                data = bytes(source)
-            else:
-                path = Path(source)
-                name = str(path)
-                if not path.is_file():
-                    raise DataError(f"image not found: {path}")
-                data = path.read_bytes()
-            if not data:
+            path = Path(source)
+            name = str(path)
+            if not path.is_file():
+                raise DataError(f"image not found: {path}")
+            if path.stat().st_size == 0:
                 raise DataError(f"{name} is empty (0 bytes)")
-            image = Image.open(io.BytesIO(data))
-            if max_side is not None and image.format == "JPEG":
-                image.draft("RGB", (max_side, max_side))  # decode big JPEGs at reduced scale: fast, little memory
-            with warnings.catch_warnings():
-                warnings.simplefilter("error", Image.DecompressionBombWarning)
-                image.load()
+            with open(path, "rb") as handle:  # decoded from the file: no second whole copy in memory
+                image, stored = _decode(handle, name, max_side, max_pixels)
+        decoded = image.size
         if exif:
             image = ImageOps.exif_transpose(image)
+        source_size = image.size if stored is None else stored
+        if image.size != decoded:  # an EXIF rotation by 90 degrees
+            source_size = source_size[::-1]
         if image.width < 1 or image.height < 1:
             raise DataError(f"{name} has no pixels")
+        if image.mode in WIDE_MODES:
+            image = _to_8bit(image)  # PIL cannot resize every wide mode
         if max_side is not None and max(image.size) > max_side:
-            image = image.copy()
+            if image is source:
+                image = image.copy()  # thumbnail works in place: never change the caller's image
             image.thumbnail((max_side, max_side), Image.BILINEAR)
-        return _to_rgb(image)
+        rgb = _to_rgb(image)
+        rgb.info["source_size"] = source_size
+        return rgb
     except DataError:
         raise
-    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise DataError(f"{name} is not a readable image ({exc.__class__.__name__}: {exc})") from None
+    except UnidentifiedImageError:
+        raise DataError(f"{name} is not a readable image (unknown or unsupported format)") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise DataError(f"{name} has too many pixels to decode safely") from None
+    except PermissionError:
+        raise DataError(f"{name} cannot be read (permission denied)") from None
     except (OSError, SyntaxError, ValueError) as exc:
-        raise DataError(f"{name} is corrupt or truncated ({exc})") from None
+        reason = exc.__class__.__name__ if " at 0x" in str(exc) else str(exc)
+        raise DataError(f"{name} is corrupt or truncated ({reason})") from None
 
 
 def square_resize(image: Image.Image, size: int) -> Image.Image:

@@ -44,6 +44,7 @@ from .pruning.detector import (
     yolos_pixels,
 )
 from .pruning.keep_mask import DEFAULT_CCA_STEPS, keep_mask_from_probs
+from .pruning.settings import PruningSettings
 from .pruning.yolos import patch_yolos, random_yolos_tiny, yolos_tiny_config
 
 CHECKPOINTS = Path(__file__).resolve().parents[1] / "checkpoints"
@@ -300,13 +301,13 @@ class Predictor:
             ConfigError: a setting out of range, more than one given, or ``sparsity`` without a calibration.
         """
         start_total = time.perf_counter()
-        if sparsity is not None:
-            if threshold is not None or keep_ratio is not None:
-                raise ConfigError("give one of threshold, keep_ratio and sparsity")
+        setting = PruningSettings(threshold=threshold, keep_ratio=keep_ratio, sparsity=sparsity, cca_steps=cca_steps)
+        threshold, keep_ratio, cca_steps = setting.threshold, setting.keep_ratio, setting.cca_steps
+        if setting.sparsity is not None:
             if self.calibration is None:
                 raise ConfigError("this BAViT checkpoint carries no calibration, so a mean sparsity cannot be set; "
                                   "run python -m bavit calibrate --checkpoint CKPT, or use a threshold or keep ratio")
-            threshold = self.calibration.threshold(float(sparsity), cca_steps)
+            threshold = self.calibration.threshold(setting.sparsity, cca_steps)
         model = self.latency_model if detect and self.detector_requested else None
         runner = self._runner("detector") if model is not None else None
         start = time.perf_counter()

@@ -55,7 +55,7 @@ def odd_images(tmp_path):
     files = []
     huge = Image.new("RGB", (12000, 9000), (90, 120, 60))
     huge.paste((230, 200, 40), (4000, 3000, 8000, 6000))
-    files.append((write(tmp_path / "huge.jpg", jpeg_bytes(huge, quality=40)), (2048, 1536)))
+    files.append((write(tmp_path / "huge.jpg", jpeg_bytes(huge, quality=40)), (1024, 768)))
     del huge
     files.append((write(tmp_path / "tiny.png", _png(Image.new("RGB", (8, 8), (10, 200, 10)))), (8, 8)))
     gray = Image.fromarray(np.tile(np.arange(256, dtype=np.uint8), (120, 1)))
@@ -100,3 +100,24 @@ def test_app_stays_up_after_errors(client, tmp_path):
     # and the slider still answers for this session's image
     moved = client.predict(MODE_THRESHOLD, 0.9, 35, 3, False, False, api_name="/set_threshold")
     assert "threshold 0.90" in moved[5]
+
+
+def test_bad_settings_get_one_clear_message_on_every_event(client, server):
+    """One validation (bavit.pruning.settings) behind every event: the same value gets the same words, never
+    Gradio's generic error or an "internal error" with a logged traceback."""
+    tracebacks = server.log.read_text().count("Traceback")
+    chelsea = handle_file(str(apphelpers.EXAMPLES / "chelsea.jpg"))
+    mode, threshold, target, cca, detect, dense = GRID_ONLY
+    cases = [
+        ("/set_threshold", (mode, "abc", target, cca, detect, dense), "threshold must be a number, got 'abc'"),
+        ("/load_image", (chelsea, mode, threshold, target, -1, detect, dense), "cca_steps is a whole number in 0..10, got -1"),
+        ("/set_threshold", (mode, threshold, target, 2.5, detect, dense), "cca_steps is a whole number in 0..10, got 2.5"),
+        ("/analyze", (chelsea, threshold, 2.5, 0, 0), "cca_steps is a whole number in 0..10, got 2.5"),
+        ("/analyze", (chelsea, True, 3, 0, 0), "threshold must be a number, got True"),
+    ]
+    for api_name, args, message in cases:
+        with pytest.raises(AppError) as error:
+            client.predict(*args, api_name=api_name)
+        assert str(error.value) == message, (api_name, args)
+    assert server.log.read_text().count("Traceback") == tracebacks
+    assert server.alive()

@@ -203,9 +203,9 @@ def test_analyze_endpoint_sparsity_input(client, local_calibrated):
 
 
 @pytest.mark.parametrize("keep_ratio, sparsity, message", [
-    (0, 35, r"sparsity is the target mean sparsity as a fraction in \(0, 1\)"),  # a percentage, not a fraction
-    (0, -0.2, r"fraction in \(0, 1\)"),
-    (0, 0.99, r"sparsity is a fraction in \[0, 0.95\]"),  # beyond the calibrated levels
+    (0, 35, r"sparsity is the target mean sparsity as a fraction in \[0, 1\) \(0.35 for 35%\), got 35"),  # a percentage
+    (0, -0.2, r"fraction in \[0, 1\)"),
+    (0, 0.99, r"sparsity must lie in this checkpoint's calibrated range \[0, 0.95\]"),  # beyond the calibrated levels
     (0.5, 0.35, "not both"),
 ])
 def test_analyze_endpoint_refuses_bad_sparsity(client, server, keep_ratio, sparsity, message):

@@ -102,7 +102,7 @@ def test_curve_request(explorer, handlers):
     np.testing.assert_allclose(message["left"], session.plots[1].left)
     assert handlers.page_curve(None, 1) == SKIP
     for bad in (-1, 11, "x"):
-        with pytest.raises(gr.Error, match="CCA steps"):
+        with pytest.raises(gr.Error, match="cca_steps (is a whole number in 0..10|must be a number)"):
             handlers.page_curve(session, bad)
 
 

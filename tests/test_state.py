@@ -13,7 +13,7 @@ from bavit.engine.state import (
     save_training_state,
 )
 from bavit.errors import CheckpointError
-from bavit.files import atomic_dir, atomic_path, recover_dir
+from bavit.files import atomic_dir, atomic_path, recover_dir, remove_stale_temps
 
 
 def _model(seed: int = 0) -> torch.nn.Module:
@@ -201,3 +201,22 @@ def test_atomic_dir_swaps_whole_folders_and_recovers_an_interrupted_swap(tmp_pat
     with atomic_dir(target) as tmp:  # the next save recovers it first, then replaces it
         (tmp / "d.txt").write_text("4")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint"] and [p.name for p in target.iterdir()] == ["d.txt"]
+
+
+def test_remove_stale_temps_deletes_what_killed_writers_left_and_nothing_else(tmp_path):
+    stale_file, stale_dir = tmp_path / ".last.safetensors.a1_b2c3d.tmp", tmp_path / ".checkpoint-x9y8z7w6"
+    stale_file.write_bytes(b"half a file")
+    (stale_dir / "nested").mkdir(parents=True)
+    (stale_dir / "nested" / "weights.bin").write_bytes(b"half")
+    keep = [".last.safetensors.short.tmp", ".other.safetensors.a1b2c3d4.tmp", "last.safetensors",
+            ".last.safetensors.a1b2c3d4.tmp.bak", ".checkpoint.old", "checkpoint-a1b2c3d4"]
+    for name in keep:
+        (tmp_path / name).write_text("mine")
+    removed = remove_stale_temps(tmp_path / "last.safetensors", tmp_path / "checkpoint", tmp_path / "missing" / "x")
+    assert sorted(removed) == sorted([stale_file, stale_dir])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(keep)
+    # The names the writers really use match (a KeyboardInterrupt ends the blocks; a SIGKILL would leave them).
+    new_file, new_dir = tmp_path / "new.txt", tmp_path / "new-folder"
+    with pytest.raises(KeyboardInterrupt), atomic_path(new_file) as tmp, atomic_dir(new_dir) as tmp_dir:
+        assert sorted(remove_stale_temps(new_file, new_dir)) == sorted([tmp, tmp_dir])
+        raise KeyboardInterrupt

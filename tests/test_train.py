@@ -91,17 +91,22 @@ def test_train_writes_checkpoints_metrics_and_resumes_exactly(records, tmp_path)
     assert not [p.name for p in (tmp_path / "resumed").iterdir() if p.name.startswith(".") or p.suffix == ".tmp"]
 
 
-def test_resume_without_a_run_or_with_mismatched_files_is_a_clear_error(records, tmp_path):
+def test_resume_rewrites_a_lagging_checkpoint_from_the_state_and_refuses_what_it_cannot_resume(records, tmp_path):
     cfg = TrainConfig(epochs=1, batch_size=2, cache_size=64)
-    with pytest.raises(CheckpointError, match="no checkpoint at"):
+    with pytest.raises(CheckpointError, match="no training state at"):
         train(records[:2], CONFIG, cfg, tmp_path, resume=True, progress=False)
-    train(records[:2], CONFIG, cfg, tmp_path, progress=False)
-    state = tmp_path / "last.train-state.safetensors"
-    # An interrupt after the model was written but before its training state: the two disagree.
+    trained = train(records[:2], CONFIG, cfg, tmp_path, progress=False).state_dict()
+    last, state = tmp_path / "last.safetensors", tmp_path / "last.train-state.safetensors"
+    extra = checkpoint_extra(last)
+    # A kill after the state was written but before the model: the state alone resumes and rewrites the model.
+    last.unlink()
+    train(records[:2], CONFIG, cfg, tmp_path, resume=True, progress=False)  # epoch 1 of 1: nothing left to train
+    assert checkpoint_extra(last) == extra and load_checkpoint(last).config == CONFIG
+    assert all(torch.equal(tensor, trained[name]) for name, tensor in load_checkpoint(last).state_dict().items())
+    # A training state without the weights (as written before they moved into it) cannot resume.
     optimizer = torch.optim.Adam(build_bavit(CONFIG).parameters())
-    save_training_state(state, optimizer, torch.optim.lr_scheduler.StepLR(optimizer, 1), epoch=0)
-    cfg.epochs = 2
-    with pytest.raises(CheckpointError, match="holds epoch 1 but last.train-state.safetensors epoch 0"):
+    save_training_state(state, optimizer, torch.optim.lr_scheduler.StepLR(optimizer, 1), epoch=1)
+    with pytest.raises(CheckpointError, match="holds no model weights"):
         train(records[:2], CONFIG, cfg, tmp_path, resume=True, progress=False)
     state.unlink()
     with pytest.raises(CheckpointError, match="no training state at"):

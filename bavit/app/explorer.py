@@ -34,9 +34,10 @@ from PIL import Image
 
 from ..errors import BAViTError, ConfigError, DataError
 from ..imageio import load_image
+from ..pruning.settings import PruningSettings, flag_value
 from ..pruning.accounting import token_accounting
 from ..pruning.keep_mask import keep_mask_from_probs, keep_ratio_for_count
-from . import viz
+from . import uploads, viz
 from .gt import CocoGroundTruth, grid_stats, painted_mask  # noqa: F401 (CocoGroundTruth re-exported)
 from .latency import MIN_DENSE_RUNS, LatencyEstimate, LatencyMonitor
 from .session import (  # noqa: F401 (re-exported for ui and tests)
@@ -65,39 +66,6 @@ CSS = """
 """
 
 
-def _payload_path(payload: Any) -> tuple[str, str]:
-    """``(path, original file name)`` of a file payload (dict from ``preprocess=False``, FileData or a path)."""
-    if isinstance(payload, dict):
-        path = payload.get("path")
-        name = payload.get("orig_name") or (Path(path).name if path else "image")
-    elif hasattr(payload, "path"):
-        path = payload.path
-        name = getattr(payload, "orig_name", None) or Path(path).name
-    else:
-        path = str(payload)
-        name = Path(path).name
-    if not path:
-        raise BAViTError("no image file was received")
-    return str(path), str(name)
-
-
-def _read(path: str, name: str, exif: bool = True) -> Image.Image:
-    """``load_image`` with errors that name the uploaded file, not the server's temporary copy."""
-    try:
-        return load_image(path, exif=exif)
-    except DataError as exc:
-        message = str(exc).replace(path, repr(name))
-        raise DataError(message if repr(name) in message else f"{name!r}: {message}") from None
-
-
-def _number(name: str, value: Any) -> float:
-    """An API input as a float, or a BAViTError that names it."""
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        raise BAViTError(f"{name} must be a number, got {value!r}") from None
-
-
 def _fmt(value: float | None, spec: str = ".1%") -> str:
     return "n/a" if value is None else format(value, spec)
 
@@ -112,26 +80,66 @@ class Explorer:
             calls ``explorer.monitor.start()`` to warm the models up in the background).
     """
 
-    def __init__(self, predictor, coco: CocoGroundTruth | None = None, monitor: LatencyMonitor | None = None):
+    def __init__(self, predictor, coco: CocoGroundTruth | None = None, monitor: LatencyMonitor | None = None,
+                 image_roots: tuple[str | Path, ...] | None = None):
         self.predictor = predictor
         self.coco = coco
         self.monitor = monitor if monitor is not None else LatencyMonitor(predictor)
+        self.image_roots = (EXAMPLES_DIR, *(coco.image_dirs() if coco else ())) if image_roots is None else image_roots
 
     # ------------------------------------------------------------------ loading
+    def allow_images_from(self, folder: str | Path) -> None:
+        """Add ``folder`` (the web framework's upload folder) to :attr:`image_roots`."""
+        if Path(folder) not in {Path(root) for root in self.image_roots}:
+            self.image_roots = (*self.image_roots, Path(folder))
+
+    @staticmethod
+    def tiny_warning(session: ImageSession) -> str | None:
+        """A warning for an image whose shorter side is under :data:`TINY_SIDE` px (as uploaded, or as analysed
+        after a very long side was fitted into :data:`ANALYSIS_SIDE`), else ``None``."""
+        width, height = session.source_size
+        analysed = session.prepared.image.size
+        if min(width, height, *analysed) >= TINY_SIDE:
+            return None
+        fitted = "" if analysed == (width, height) else f", {analysed[0]}x{analysed[1]} px once fitted into {ANALYSIS_SIDE} px"
+        return (f"This image is tiny ({width}x{height} px{fitted}): it is stretched to 384x384, so the grid says "
+                "little.")
+
+    def read_image(self, payload: Any, exif: bool = True) -> tuple[Image.Image, str]:
+        """The payload's image, fitted into :data:`ANALYSIS_SIDE` (the one preprocessing of the page and the API),
+        and the file name to show.
+
+        The file must lie in :attr:`image_roots` (:func:`~bavit.app.uploads.confine`), have at most
+        :data:`~bavit.app.uploads.MAX_IMAGE_PIXELS` pixels (checked before decoding) and is decoded in one of the
+        app's :data:`~bavit.app.uploads.DECODE_SLOTS`. ``image.info["source_size"]`` is its size as stored.
+
+        Raises:
+            DataError: refused, not an image, corrupt or too large; the message names the upload's file name,
+                never a server path.
+        """
+        path, name = uploads.payload_path(payload)
+        resolved = uploads.confine(path, self.image_roots)
+        try:
+            with uploads.decode_slot():
+                image = load_image(resolved, max_side=ANALYSIS_SIDE, exif=exif, max_pixels=uploads.MAX_IMAGE_PIXELS)
+        except DataError as exc:
+            message = str(exc).replace(str(resolved), repr(name))
+            raise DataError(message if repr(name) in message else f"{name!r}: {message}") from None
+        return image, name
+
     def open_image(self, payload: Any) -> ImageSession:
-        """Decode the uploaded file, run BAViT (cached by content) and the dense detector once."""
-        path, name = _payload_path(payload)
-        image = _read(path, name)
+        """Decode the uploaded file (:meth:`read_image`), run BAViT (cached by content) and start a session."""
+        image, name = self.read_image(payload)
         coco_entry = None
         if self.coco is not None and self.coco.lookup(name) is not None:
-            raw = _read(path, name, exif=False)  # COCO annotations refer to the stored pixel layout
+            raw, _ = self.read_image(payload, exif=False)  # COCO annotations refer to the stored pixel layout
             coco_entry = self.coco.match(name, raw)
             if coco_entry is not None:
                 image = raw
-        with self.monitor.measuring():  # BAViT (or its cache: bavit_ms 0); set_image times it without the resize,
-            prepared = self.predictor.set_image(viz.fit_image(image, ANALYSIS_SIDE))  # so it is not fed
+        with self.monitor.measuring():  # BAViT (or its cache: bavit_ms 0)
+            prepared = self.predictor.set_image(image)
         session = ImageSession(name=name, prepared=prepared, display=viz.fit_image(image, DISPLAY_SIDE),
-                               bavit_ms=prepared.bavit_ms)
+                               bavit_ms=prepared.bavit_ms, source_size=tuple(image.info["source_size"]))
         if coco_entry is not None:
             session.coco = coco_entry
             session.gt = self.coco.labels(coco_entry, prepared.fg_prob.shape)
@@ -476,62 +484,46 @@ class Explorer:
                    detect: bool = True, sparsity: float | None = None) -> dict[str, Any]:
         """The ``analyze`` API endpoint: one image and settings in, the numbers as JSON-able dict out.
 
-        ``keep_ratio`` in (0, 1] keeps that fraction of BAViT's tokens (top-k); ``sparsity`` in (0, 1) sets a
-        calibrated mean sparsity over images (paper Table 2; needs a calibrated checkpoint), this image's own
-        sparsity following its content. ``None`` or 0 turns either off; with both off, ``threshold`` is used.
+        Settings are parsed by :meth:`bavit.pruning.settings.PruningSettings.from_api`, like every other entry
+        point's. ``keep_ratio`` in (0, 1] keeps that fraction of BAViT's tokens (top-k); ``sparsity``, a fraction
+        in the checkpoint's calibrated range (``[0, 0.95]`` for the shipped ones; 0.35 for 35%), sets a calibrated
+        mean sparsity over images (paper Table 2; needs a calibrated checkpoint), this image's own sparsity
+        following its content. ``None`` or 0 turns either off; with both off, ``threshold`` is used. The image is
+        read by :meth:`read_image`, as the page's.
         Keys: ``threshold`` (the one used: given or calibrated; ``None`` with ``keep_ratio``), ``keep_ratio``,
         ``target_sparsity`` (the ``sparsity`` asked for, or ``None``), ``cca_steps``, ``sparsity`` (this image's:
         fraction of the 1024 YOLOS patches pruned), ``kept_patches``, ``tokens`` (Table 2 accounting),
-        ``timings_ms``, ``image_size`` ([w, h]), ``fg_tokens_raw`` / ``fg_tokens_cca`` (of 576), ``grid_cca`` (24
+        ``timings_ms``, ``image_size`` ([w, h] analysed), ``source_size`` ([w, h] as uploaded), ``fg_tokens_raw`` / ``fg_tokens_cca`` (of 576), ``grid_cca`` (24
         strings of 0/1), ``detector_ready``, ``detector_status``, ``detections`` (list, or ``None`` without detector
         weights), ``latency_note``; ``speedup`` (what the page shows at this kept count: medians of warm runs;
         ``None`` while warming up or with ``detect`` off) and ``latency_ms`` (what it used: ``dense``, ``bavit``,
         ``cca``, ``pruned``, ``pipeline`` ms, ``dense_runs``, ``bavit_runs``, ``pruned_runs`` (warm runs behind
         each median), ``pruned_source``, ``warming_up``, ``kept``; :meth:`bavit.app.latency.LatencyEstimate.as_dict`).
         """
-        threshold = _number("threshold", threshold)
-        if not 0.0 <= threshold <= 1.0:
-            raise BAViTError(f"threshold must be in [0, 1], got {threshold}")
-        cca_steps = _number("cca_steps", cca_steps)
-        if not (cca_steps.is_integer() and 0 <= cca_steps <= 10):
-            raise BAViTError(f"cca_steps must be an integer in 0..10, got {cca_steps:g}")
-        cca_steps = int(cca_steps)
-        keep_ratio = None if keep_ratio in (None, 0, 0.0) else _number("keep_ratio", keep_ratio)
-        if keep_ratio is not None and not 0.0 < keep_ratio <= 1.0:
-            raise BAViTError(f"keep_ratio must be in (0, 1], got {keep_ratio}")
-        sparsity = None if sparsity in (None, 0, 0.0) else _number("sparsity", sparsity)
-        if sparsity is not None:
-            if not 0.0 < sparsity < 1.0:
-                raise BAViTError(f"sparsity is the target mean sparsity as a fraction in (0, 1) (0.35 for 35%), "
-                                 f"got {sparsity:g}")
-            if keep_ratio is not None:
-                raise BAViTError("give keep_ratio or sparsity, not both")
-            if not self.calibrated:
-                raise BAViTError("sparsity needs a calibrated BAViT checkpoint and this one has no calibration "
-                                 "(python -m bavit calibrate --checkpoint CKPT); use keep_ratio or threshold")
-        if keep_ratio is not None:
-            setting: dict[str, float] = {"keep_ratio": keep_ratio}
-        elif sparsity is not None:
-            setting = {"sparsity": sparsity}
-        else:
-            setting = {"threshold": threshold}
-        image = _read(*_payload_path(payload))
+        setting = PruningSettings.from_api(threshold=threshold, cca_steps=cca_steps, keep_ratio=keep_ratio,
+                                           sparsity=sparsity)
+        if setting.sparsity is not None and not self.calibrated:
+            raise BAViTError("sparsity needs a calibrated BAViT checkpoint and this one has no calibration "
+                             "(python -m bavit calibrate --checkpoint CKPT); use keep_ratio or threshold")
+        detect = flag_value("detect", detect)
+        image, _ = self.read_image(payload)
         with self.monitor.measuring() as run:
-            analysis = self.predictor.analyze(image, **setting, cca_steps=cca_steps, detect=bool(detect))
+            analysis = self.predictor.analyze(image, **setting.selection, cca_steps=setting.cca_steps, detect=detect)
         self._record(analysis, run.overlapped)
         estimate = self.latency(analysis)
         acc = analysis.accounting
         used = analysis.settings.get("threshold")
         return {
             "threshold": None if used is None else float(used),
-            "keep_ratio": keep_ratio,
-            "target_sparsity": sparsity,
-            "cca_steps": cca_steps,
+            "keep_ratio": setting.keep_ratio,
+            "target_sparsity": setting.sparsity,
+            "cca_steps": setting.cca_steps,
             "sparsity": float(acc.sparsity),
             "kept_patches": int(acc.kept_patches),
             "tokens": {k: (v.item() if hasattr(v, "item") else v) for k, v in acc.as_dict().items()},
             "timings_ms": {k: float(v) for k, v in analysis.timings_ms.items()},
             "image_size": [int(v) for v in analysis.image_size],
+            "source_size": [int(v) for v in image.info["source_size"]],
             "fg_tokens_raw": int(analysis.grid_raw.sum()),
             "fg_tokens_cca": int(analysis.grid_cca.sum()),
             "grid_cca": ["".join("1" if v else "0" for v in row) for row in np.asarray(analysis.grid_cca)],

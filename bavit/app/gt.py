@@ -59,6 +59,10 @@ class CocoGroundTruth:
     def __len__(self) -> int:
         return len(self._by_name)
 
+    def image_dirs(self) -> tuple[Path, ...]:
+        """The image folders of the loaded splits (``ROOT/SPLIT``): the app may read its images from them."""
+        return tuple(self.root / split for split in self._coco)
+
     def lookup(self, file_name: str) -> CocoImage | None:
         """The dataset image with this file name (any directory part is ignored), or ``None``."""
         return self._by_name.get(Path(file_name).name)

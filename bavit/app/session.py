@@ -16,6 +16,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from ..errors import ConfigError
+from ..pruning.settings import cca_steps_value, flag_value, percent_value, threshold_value
 from ..predictor import PreparedImage
 from .gt import CocoImage
 
@@ -133,6 +135,7 @@ class ImageSession:
     prepared: PreparedImage  # the Predictor's set_image result: RGB image (longer side <= ANALYSIS_SIDE), fg_prob
     display: Image.Image  # RGB, longer side <= DISPLAY_SIDE (what overlays are drawn on)
     bavit_ms: float  # this image's set_image BAViT run (ms; 0 when cached); the page shows the monitor's medians
+    source_size: tuple[int, int] = (0, 0)  # (width, height) px as uploaded, before any downscaling
     dense_ms: float | None = None  # this image's one dense YOLOS run (ms; for its detections), None before it
     dense_detections: list | None = None
     gt: np.ndarray | None = None  # [24, 24] int GT grid
@@ -154,3 +157,12 @@ class Controls:
     cca_steps: int = 3
     detect: bool = True
     show_dense: bool = False
+
+    def __post_init__(self) -> None:  # one validation for every event (bavit.pruning.settings)
+        self.threshold = threshold_value(self.threshold)
+        self.target_sparsity = percent_value("target sparsity", self.target_sparsity)
+        self.cca_steps = cca_steps_value(self.cca_steps)
+        self.detect = flag_value("detect", self.detect)
+        self.show_dense = flag_value("show_dense", self.show_dense)
+        if not isinstance(self.mode, str):
+            raise ConfigError(f"the sparsity control must be one of {', '.join(MODES)}, got {self.mode!r}")

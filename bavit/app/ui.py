@@ -32,13 +32,13 @@ from typing import Any, Callable
 import gradio as gr
 
 from ..errors import BAViTError
-from . import client, viz
+from ..pruning.settings import cca_steps_value
+from . import client, uploads, viz
 from .explorer import (
     CSS,
     EXAMPLES_DIR,
     MODE_THRESHOLD,
     TARGET_MODES,
-    TINY_SIDE,
     Controls,
     Explorer,
     ImageSession,
@@ -54,7 +54,6 @@ HIDEABLE = {"det_pruned", "det_dense", "gt_confusion"}
 # Outputs of the page's server events besides #page-state (the grids and the curve are drawn by static/grid.js).
 PAGE_KEYS = ("det_pruned", "det_dense", "det_message", "sparsity", "tokens", "latency", "gt_confusion", "gt_stats")
 SLIDER_KEYS = tuple(key for key in PAGE_KEYS if key != "det_dense")  # a slider never changes the dense panel
-MAX_CCA_STEPS = 10  # the API's limit (Explorer.api_result); the slider goes to 5
 IMAGE_HEIGHT = 340  # px: output images are scaled to fit, so portrait photos do not stretch the page
 CONTROLS_GROUP = "controls"  # concurrency_id of the six control listeners (one FIFO queue in Gradio)
 MODE_INFO = ("Mean sparsity: one calibrated threshold for all images, so each image's sparsity follows its content "
@@ -84,11 +83,10 @@ def _user_errors(fn: Callable) -> Callable:
 
 
 def _controls(mode, threshold, target, cca_steps, detect, show_dense) -> Controls:
-    try:
-        return Controls(mode=mode or MODE_THRESHOLD, threshold=float(threshold), target_sparsity=float(target),
-                        cca_steps=int(cca_steps), detect=bool(detect), show_dense=bool(show_dense))
-    except (TypeError, ValueError) as exc:  # load_image skips Gradio's preprocessing: raw values from a client
-        raise BAViTError(f"invalid control values ({exc})") from None
+    """The controls' raw values (events skip Gradio's preprocessing, so a client's values arrive as sent) as
+    validated :class:`Controls` (one validation: :mod:`bavit.pruning.settings`)."""
+    return Controls(mode=mode or MODE_THRESHOLD, threshold=threshold, target_sparsity=target, cca_steps=cca_steps,
+                    detect=detect, show_dense=show_dense)
 
 
 def _view_updates(view: dict[str, Any] | None, keys: tuple[str, ...] = VIEW_KEYS,
@@ -165,9 +163,9 @@ def build_handlers(explorer: Explorer) -> Handlers:
     def load(payload, previous: ImageSession | None, controls: Controls) -> tuple[ImageSession, dict, list]:
         """Open the image, render it and retire the previous session: ``(session, view, [gt_grid, editor])``."""
         session = explorer.open_image(payload)
-        width, height = session.prepared.image.size
-        if min(width, height) < TINY_SIDE:
-            gr.Warning(f"This image is tiny ({width}x{height} px): it is upscaled to 384x384, so the grid says little.")
+        warning = explorer.tiny_warning(session)
+        if warning:
+            gr.Warning(warning)
         view = explorer.update(session, controls)  # a new session: no other event can hold or supersede it yet
         gt_grid = explorer.gt_grid_image(session)
         editor = {"background": session.display, "layers": [], "composite": None}
@@ -234,12 +232,7 @@ def build_handlers(explorer: Explorer) -> Handlers:
     def page_curve(session: ImageSession | None, cca_steps):
         if session is None:
             return gr.skip()
-        try:
-            steps = int(cca_steps)
-        except (TypeError, ValueError):
-            raise BAViTError(f"CCA steps must be an integer, got {cca_steps!r}") from None
-        if not 0 <= steps <= MAX_CCA_STEPS:
-            raise BAViTError(f"CCA steps must be in 0..{MAX_CCA_STEPS}, got {steps}")
+        steps = cca_steps_value(cca_steps)
         with session.gate.hold():  # in this session's turn order; supersedes no control event
             plot = explorer.curve(session, steps)
             explorer.record(session, ViewRecord(cca_steps=steps, curve=plot, point=None))
@@ -247,9 +240,9 @@ def build_handlers(explorer: Explorer) -> Handlers:
 
     @_user_errors
     def on_controls(session: ImageSession | None, mode, threshold, target, cca_steps, detect, show_dense):
+        controls = _controls(mode, threshold, target, cca_steps, detect, show_dense)  # refused even without an image
         if session is None:
             return [gr.skip()] * len(VIEW_KEYS)
-        controls = _controls(mode, threshold, target, cca_steps, detect, show_dense)
         return _view_updates(explorer.update(session, controls))
 
     def slider_visibility(mode) -> list[Any]:
@@ -306,7 +299,9 @@ def _build_demo(explorer: Explorer, examples: list[str] | None, coco_examples: l
     ready = explorer.predictor.detector_ready
     handlers = build_handlers(explorer)
 
-    with gr.Blocks(title="BAViT Explorer", css=CSS, head=client.head_html(), analytics_enabled=False) as demo:
+    explorer.allow_images_from(gr.utils.get_upload_folder())  # the one folder requests may name, with the examples
+    with gr.Blocks(title="BAViT Explorer", css=CSS, head=client.head_html(), analytics_enabled=False,
+                   delete_cache=(uploads.CACHE_LIFETIME, uploads.CACHE_LIFETIME)) as demo:
         session_state = gr.State(None, time_to_live=3600)  # per session; dropped 1 h after the last use
         gr.Markdown(
             "# BAViT Explorer: background-aware token pruning\n"
@@ -394,7 +389,10 @@ def _build_demo(explorer: Explorer, examples: list[str] | None, coco_examples: l
         # One concurrency group for the control listeners: one FIFO queue (arrival order) instead of several; its
         # limit is the queue's default_concurrency_limit (none of them sets a lower one). Per-session order and
         # last-event-wins are Explorer.update's job (several sessions share the group).
-        controls_wiring: dict[str, Any] = {"trigger_mode": "always_last", "concurrency_id": CONTROLS_GROUP}
+        # Raw values (preprocess=False): the controls are validated once, by Controls (bavit.pruning.settings),
+        # so a client's "abc" or 2.5 CCA steps gets the same clear error on every event.
+        controls_wiring: dict[str, Any] = {"trigger_mode": "always_last", "concurrency_id": CONTROLS_GROUP,
+                                           "preprocess": False}
         image.change(handlers.page_image, [image, session_state, *control_inputs],
                      [session_state, *page_outputs, gt_grid, editor], preprocess=False, api_name=False,
                      trigger_mode="always_last")
@@ -413,7 +411,7 @@ def _build_demo(explorer: Explorer, examples: list[str] | None, coco_examples: l
         # Cheap and order-free (one CCA setting's base plot, drawn once per image): off the queue, which polls every
         # 50 ms. The session stays safe: page_curve holds the session's gate like every other event.
         curve_request.click(handlers.page_curve, [session_state, cca_steps], page_state, api_name=False,
-                            show_progress="hidden", queue=False)
+                            show_progress="hidden", queue=False, preprocess=False)
         page_state.change(None, page_state, None, js="(text) => window.bavitGrid.receive(text)")
         # load_image / set_threshold are callable with gradio_client (tests, app-bench) but kept off the API page;
         # they answer with the grid and curve images, in VIEW_KEYS order. (gr.State inputs and outputs are not part

@@ -11,6 +11,15 @@ STEMS = ("patch", "conv", "conv-deep")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
+# Bounds on what a config may ask for -- a checkpoint's stored one included, so that a corrupt or foreign config
+# fails here in one line instead of allocating gigabytes. Generous for a token classifier: ViT-Base (768 wide, 12
+# deep, 86M parameters) fits; BAViT-large is 4.4M.
+INT_BOUNDS = {"img_size": (1, 2048), "patch_size": (1, 64), "embed_dim": (1, 2048), "depth": (1, 48),
+              "num_heads": (1, 64), "num_classes": (1, 1000)}
+MAX_MLP_RATIO = 16.0
+MAX_TOKENS = 64 * 64  # tokens per image; attention memory grows with its square
+MAX_PARAMETERS = 100_000_000  # 400 MB of float32 weights
+
 
 @dataclass
 class BAViTConfig:
@@ -40,10 +49,9 @@ class BAViTConfig:
     name: str = field(default="bavit")
 
     def __post_init__(self) -> None:
+        self._check_bounds()
         self.mean = tuple(float(v) for v in self.mean)
         self.std = tuple(float(v) for v in self.std)
-        if self.patch_size <= 0 or self.img_size <= 0:
-            raise ConfigError("img_size and patch_size must be positive")
         if self.img_size % self.patch_size:
             raise ConfigError(
                 f"input size {self.img_size} is not a multiple of the patch size {self.patch_size}"
@@ -54,8 +62,53 @@ class BAViTConfig:
             raise ConfigError(f"stem must be one of {STEMS}, got {self.stem!r}")
         if self.stem != "patch" and self.patch_size != 16:
             raise ConfigError("the conv stem is built for 16x16 patches")
-        if self.depth < 1:
-            raise ConfigError(f"depth must be >= 1, got {self.depth}")
+        parameters = self.parameter_estimate()
+        if parameters > MAX_PARAMETERS:
+            raise ConfigError(
+                f"this config asks for a model of about {parameters / 1e6:,.0f}M parameters "
+                f"({4 * parameters / 1e6:,.0f} MB in float32; embed_dim {self.embed_dim}, depth {self.depth}, "
+                f"mlp_ratio {self.mlp_ratio}); the limit is {MAX_PARAMETERS / 1e6:.0f}M "
+                f"({4 * MAX_PARAMETERS / 1e6:.0f} MB)"
+            )
+
+    def _check_bounds(self) -> None:
+        """Types and sizes, before anything is computed from them (see ``INT_BOUNDS`` and the limits above)."""
+        for name, (low, high) in INT_BOUNDS.items():
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise ConfigError(f"{name} must be an integer, got {value!r}")
+            if not low <= value <= high:
+                raise ConfigError(f"{name} must be in [{low}, {high}], got {value} (sizes are bounded so that no "
+                                  f"config asks for a model over {MAX_PARAMETERS / 1e6:.0f}M parameters)")
+        for name in ("mlp_ratio", "drop_path_rate", "fg_frac"):
+            if not isinstance(getattr(self, name), (int, float)) or isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name} must be a number, got {getattr(self, name)!r}")
+        if not 0 < self.mlp_ratio <= MAX_MLP_RATIO:
+            raise ConfigError(f"mlp_ratio must be in (0, {MAX_MLP_RATIO:g}], got {self.mlp_ratio}")
+        if not 0 <= self.drop_path_rate < 1:
+            raise ConfigError(f"drop_path_rate must be in [0, 1), got {self.drop_path_rate}")
+        for name in ("mean", "std"):
+            value = getattr(self, name)
+            if (not isinstance(value, (list, tuple)) or len(value) != 3
+                    or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)):
+                raise ConfigError(f"{name} must be 3 numbers (R, G, B), got {value!r}")
+        if (self.img_size // self.patch_size) ** 2 > MAX_TOKENS:
+            raise ConfigError(f"{self.img_size}/{self.patch_size} gives {(self.img_size // self.patch_size) ** 2} "
+                              f"tokens per image; the limit is {MAX_TOKENS}")
+
+    def parameter_estimate(self) -> int:
+        """Parameters of the model this config builds, to within a few percent (transformer blocks, token
+        embedding, position embedding and head; biases and norms counted). Cheap: nothing is allocated."""
+        width, hidden = self.embed_dim, int(self.embed_dim * self.mlp_ratio)
+        block = 4 * width * width + 2 * width * hidden + 9 * width + hidden  # qkv + proj, MLP, biases, 2 norms
+        if self.stem == "patch":
+            embed = 3 * self.patch_size**2 * width + width
+        else:  # four 3x3 stride-2 convs (3 -> D/8 -> D/4 -> D/2 -> D), deep: a 3x3 conv after each, then a 1x1
+            embed = 9 * (3 * width // 8 + width**2 * (1 / 32 + 1 / 8 + 1 / 2)) + width * width
+            if self.stem == "conv-deep":
+                embed += 9 * width**2 * (1 / 64 + 1 / 16 + 1 / 4 + 1)
+        tokens = self.num_tokens + 1  # the CLS token's position too
+        return int(self.depth * block + embed + tokens * width + 3 * width + width * self.num_classes)
 
     @property
     def grid_size(self) -> int:

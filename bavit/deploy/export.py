@@ -30,7 +30,7 @@ from typing import Optional
 import torch
 
 from ..core.model import BAViT
-from ..files import atomic_dir
+from ..files import atomic_dir, check_output_dir
 from ..pruning.detector import YOLOS_SIZE, yolos_grid
 from .graphs import BAViTGraph, DenseYolosGraph, PrunedYolosGraph
 
@@ -38,6 +38,8 @@ OPSET = 18
 FILES = {"bavit": "bavit.onnx", "bavit_int8": "bavit_int8.onnx", "yolos_pruned": "yolos_pruned.onnx",
          "yolos_dense": "yolos_dense.onnx"}
 MANIFEST = "export.json"
+README = "README.md"
+WRITTEN = (*FILES.values(), MANIFEST, README)  # everything an export puts in its folder
 
 
 _CACHE: OrderedDict[tuple, bytes] = OrderedDict()  # (graph, weights digest, args) -> exported bytes, this process
@@ -142,15 +144,24 @@ def export_dense_yolos(detector, image_size: int = YOLOS_SIZE) -> bytes:
                                         {"pixels": {0: torch.export.Dim("batch", min=1, max=256)}}))
 
 
+def check_out_dir(out: str | os.PathLike, what: str = "export folder") -> Path:
+    """Refuse ``out`` (:class:`~bavit.errors.ConfigError`) unless an export can be written there without deleting
+    anything else: it is new, or an empty folder, or an earlier export holding nothing but :data:`WRITTEN` (it is
+    replaced whole); never a file, the current folder, or a folder where nothing can be created."""
+    return check_output_dir(out, what, replace=True, manifest=MANIFEST, names=WRITTEN)
+
+
 def export_all(out: str | os.PathLike, bavit: BAViT, detector, *, bavit_source: str, detector_source: str,
                detector_pretrained: bool, calibration: Optional[dict] = None, image_size: int = YOLOS_SIZE,
                processor_stats: Optional[tuple] = None) -> dict:
     """Write the three graphs, ``export.json`` and a README into ``out`` (atomically: all or nothing).
 
+    ``out`` must pass :func:`check_out_dir` (checked first, before the graphs are exported).
     Returns the manifest (``export.json``'s content)."""
     from ..pruning.detector import YOLOS_MEAN, YOLOS_STD
     from ..pruning.keep_mask import DEFAULT_CCA_STEPS
 
+    out = check_out_dir(out)
     cfg = bavit.config
     mean, std = processor_stats or (YOLOS_MEAN, YOLOS_STD)
     blobs = {FILES["bavit"]: export_bavit(bavit), FILES["bavit_int8"]: quantize_bavit(bavit),
@@ -179,12 +190,11 @@ def export_all(out: str | os.PathLike, bavit: BAViT, detector, *, bavit_source: 
                               "cells among its 8 neighbours is kept, cca_steps times; nearest 24 -> 32 resample; "
                               "keep_index = flat indices of the kept 32x32 cells, ascending"},
     }
-    out = Path(out)
     with atomic_dir(out) as tmp:
         for name, blob in blobs.items():
             (tmp / name).write_bytes(blob)
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-        (tmp / "README.md").write_text(_readme(manifest))
+        (tmp / README).write_text(_readme(manifest))
     return manifest
 
 
@@ -207,7 +217,9 @@ def register(subparsers) -> None:
                                    description=__doc__.split("\n\n")[0])
     from ..pruning.detector import DEFAULT_DETECTOR
 
-    parser.add_argument("--out", required=True, help="output directory (replaced atomically)")
+    parser.add_argument("--out", required=True,
+                        help="output folder: new, empty, or an earlier export (replaced atomically); a folder holding "
+                             "anything else is refused")
     parser.add_argument("--bavit", default=None, help="BAViT checkpoint (default: the shipped BAViT-small)")
     parser.add_argument("--detector", default=DEFAULT_DETECTOR,
                         help="YOLOS hub id or save_pretrained directory (without weights: the YOLOS-tiny architecture "

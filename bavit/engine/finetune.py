@@ -16,7 +16,8 @@ per epoch in ``OUT/metrics.jsonl``, and an atomic checkpoint after every epoch i
 ``save_pretrained`` files (loadable with ``--detector OUT/checkpoint``) + ``train_state.safetensors`` (AdamW state
 and progress, :mod:`bavit.engine.state`; no pickles) + ``train_state.json`` (epoch, step, settings, to read).
 The folder is written under a temporary name and swapped in with renames (:func:`bavit.files.atomic_dir`), so
-an interrupt leaves the previous epoch's checkpoint whole. ``--resume``
+an interrupt leaves the previous epoch's checkpoint whole (and the next run deletes the temporary folder a
+killed one left). ``--resume``
 continues after the saved epoch; the shuffle order depends only on (seed, epoch), so a resumed run sees the same
 batches as an uninterrupted one.
 """
@@ -35,7 +36,7 @@ from ..core.labels import labels_from_boxes
 from ..data.coco import CocoDetection, label_to_category, resolve_paths, yolos_targets
 from ..data.records import add_dataset_arguments
 from ..errors import CheckpointError, ConfigError, DataError
-from ..files import atomic_dir, recover_dir
+from ..files import atomic_dir, recover_dir, remove_stale_temps
 from ..imageio import to_tensor
 from ..pruning.detector import YOLOS_SIZE, yolos_grid, yolos_pixels
 from ..pruning.keep_mask import keep_mask_from_probs
@@ -211,6 +212,7 @@ def finetune(detector, images: CocoDetection, cfg: FinetuneConfig, output: str |
         raise DataError("no training images")
     output = Path(output)
     checkpoint = checkpoint_dir(output)
+    remove_stale_temps(checkpoint)  # a killed run's half-written .checkpoint-XXXXXXXX folder
     if resume:
         if not (checkpoint / "config.json").is_file():
             raise CheckpointError(f"--resume: no fine-tune checkpoint at {checkpoint}")

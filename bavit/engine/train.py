@@ -7,11 +7,13 @@ modelling (``--objective mim``, SimMIM: hidden 32x32 blocks, a linear pixel deco
 :class:`~bavit.core.loss.MaskedPixelLoss`), whose checkpoint a label run starts from with ``--init bavit:PATH``.
 
 Runs on one process, or under ``torchrun --nproc_per_node=N`` (DDP with the gloo backend on CPU). Every epoch
-writes ``OUT/last.safetensors`` (model + config, loadable by path) and ``OUT/last.train-state.safetensors``
-(:mod:`bavit.engine.state`: optimizer moments, scheduler, epoch, torch RNG) atomically, so an interrupt loses at
-most the current epoch; ``--resume`` continues from them exactly: the shuffle order and the augmentation depend
-only on (seed, epoch), so a resumed run sees the same batches, and ends with the same weights, as an
-uninterrupted one. Metrics go to ``OUT/metrics.jsonl``.
+writes, each atomically, ``OUT/last.train-state.safetensors`` (:mod:`bavit.engine.state`: the weights, config,
+optimizer moments, scheduler, epoch, torch RNG -- all a resume needs, in one file) and then ``OUT/last.safetensors``
+(model + config, loadable by path). So a kill at any moment loses at most the current epoch: ``--resume`` reads
+the state file alone and rewrites a ``last.safetensors`` that lags behind it, and every run first deletes the
+temporary files a killed one left. A resumed run continues exactly: the shuffle order and the augmentation
+depend only on (seed, epoch), so it sees the same batches, and ends with the same weights, as an uninterrupted
+one. Metrics go to ``OUT/metrics.jsonl``, one line per epoch (``--resume`` drops those of epochs it redoes).
 """
 from __future__ import annotations
 
@@ -36,9 +38,9 @@ from ..core.pretrained import copy_from_timm, copy_from_yolos
 from ..data.augment import AugmentConfig, AugmentedDataset, CachedSamples
 from ..data.records import Record, add_dataset_arguments, records_from_args
 from ..errors import CheckpointError, ConfigError, DataError
-from ..files import atomic_path
+from ..files import atomic_path, remove_stale_temps, write_text
 from ..pruning.detector import load_yolos_model
-from .state import load_training_state, save_training_state
+from .state import load_training_state, read_training_state, save_training_state
 
 
 @dataclass
@@ -75,6 +77,33 @@ def _distributed() -> tuple[int, int]:
 
 def _state_path(out_dir: Path) -> Path:
     return out_dir / "last.train-state.safetensors"
+
+
+def _resume_state(state_path: Path) -> dict:
+    """The progress saved with the last complete epoch: ``epoch``, ``model`` (its state dict), ``config`` (JSON),
+    ``checkpoint`` (``last.safetensors``' extra metadata), ``rng`` and, for mim, ``decoder``."""
+    if not state_path.is_file():
+        raise CheckpointError(f"--resume: no training state at {state_path}")
+    progress = read_training_state(state_path)[2]
+    if "model" not in progress:
+        raise CheckpointError(f"--resume: {state_path} holds no model weights (written by an older bavit); "
+                              "start afresh")
+    return progress
+
+
+def _rewind_metrics(path: Path, epoch: int) -> None:
+    """Keep ``metrics.jsonl``'s lines of the epochs up to ``epoch`` (the resumed one): a line is written before its
+    epoch's state, so a run killed in between (or midway through the line) left one that the resumed run redoes."""
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line)["epoch"] <= epoch:
+                kept.append(line + "\n")
+        except (ValueError, KeyError, TypeError):
+            pass  # the half-written last line of a killed run
+    write_text(path, "".join(kept))
 
 
 def _epoch_sampler(dataset: torch.utils.data.Dataset, world: int, rank: int,
@@ -169,15 +198,17 @@ def train(records: list[Record], model_config: BAViTConfig, cfg: TrainConfig, ou
         model_config: architecture (stored in every checkpoint).
         cfg: optimisation settings.
         out_dir: folder for ``last.safetensors``, its train state and ``metrics.jsonl``.
-        resume: continue from ``out_dir``'s last checkpoint.
+        resume: continue after the epoch saved in ``out_dir``'s training state.
         max_steps: stop after this many optimizer steps in total (tests).
     """
     from tqdm import tqdm
 
     rank, world = _distributed()
     out_dir = Path(out_dir)
+    last, state_path, metrics_file = out_dir / "last.safetensors", _state_path(out_dir), out_dir / "metrics.jsonl"
     if rank == 0:
         out_dir.mkdir(parents=True, exist_ok=True)
+        remove_stale_temps(last, state_path, metrics_file)  # a killed run's half-written files
     torch.manual_seed(cfg.seed)
     if not records:
         raise DataError("no training images")
@@ -191,11 +222,10 @@ def train(records: list[Record], model_config: BAViTConfig, cfg: TrainConfig, ou
                                          num_workers=cfg.workers, drop_last=len(dataset) > cfg.batch_size * world,
                                          generator=torch.Generator().manual_seed(cfg.seed),
                                          persistent_workers=cfg.workers > 0)
-    last = out_dir / "last.safetensors"
-    if resume:
-        if not last.is_file():
-            raise CheckpointError(f"--resume: no checkpoint at {last}")
-        model = load_checkpoint(last)  # its stored config wins over the command line's
+    saved = _resume_state(state_path) if resume else None
+    if saved is not None:
+        model = BAViT(BAViTConfig.from_json(saved["config"]))  # the stored config wins over the command line's
+        model.load_state_dict(saved["model"])
     else:
         model = init_bavit(model_config, cfg.init)
     model.train()
@@ -220,20 +250,21 @@ def train(records: list[Record], model_config: BAViTConfig, cfg: TrainConfig, ou
     optimizer = torch.optim.Adam(parameters, lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.step_size, gamma=cfg.gamma)
     start_epoch = 0
-    if resume:
-        state_path = _state_path(out_dir)
-        if not state_path.is_file():
-            raise CheckpointError(f"--resume: no training state at {state_path}")
-        saved = load_training_state(state_path, optimizer, scheduler)
+    if saved is not None:
+        load_training_state(state_path, optimizer, scheduler)
         start_epoch = int(saved["epoch"])
-        model_epoch = checkpoint_extra(last).get("epoch")
-        if model_epoch != start_epoch:
-            raise CheckpointError(f"--resume: {last} holds epoch {model_epoch} but {state_path.name} epoch "
-                                  f"{start_epoch} (a run interrupted between the two writes); start afresh")
-        if "rng" in saved:
-            torch.set_rng_state(saved["rng"])  # drop path draws from it
+        torch.set_rng_state(saved["rng"])  # drop path draws from it
         if mim:
-            decoder.load_state_dict({"weight": saved["decoder_weight"], "bias": saved["decoder_bias"]})
+            decoder.load_state_dict(saved["decoder"])
+        if rank == 0:
+            try:
+                model_epoch = checkpoint_extra(last).get("epoch")
+            except CheckpointError:  # missing or unreadable
+                model_epoch = None
+            if model_epoch != start_epoch:  # killed between the two writes: the state is the newer one
+                save_checkpoint(model, last, extra=saved["checkpoint"])
+            _rewind_metrics(metrics_file, start_epoch)
+            print(f"resuming after epoch {start_epoch} ({state_path})", flush=True)
     prior = cache.fg_prior().flatten().tolist()
     # calibrate refuses images a model trained on; what its teachers or its init trained on reaches it through them
     image_ids = [record.image_id for record in records]
@@ -241,7 +272,6 @@ def train(records: list[Record], model_config: BAViTConfig, cfg: TrainConfig, ou
     for path in inherited:
         seen = set(image_ids)
         image_ids += [i for i in checkpoint_extra(path).get("train_image_ids", []) if i not in seen]
-    metrics_file = out_dir / "metrics.jsonl"
     steps = 0
     for epoch in range(start_epoch + 1, cfg.epochs + 1):
         dataset.set_epoch(epoch)
@@ -293,16 +323,16 @@ def train(records: list[Record], model_config: BAViTConfig, cfg: TrainConfig, ou
             "world_size": world,
         }
         if rank == 0:
-            # Model first, then the state: the resume check above catches an interrupt between the two.
-            save_checkpoint(model, last, extra={"epoch": epoch, "train": asdict(cfg), "fg_prior": prior,
-                                                "train_images": len(records), "train_image_ids": image_ids,
-                                                "loss": record["loss"]})
-            decoder_state = ({"decoder_weight": decoder.weight.detach(), "decoder_bias": decoder.bias.detach()}
-                             if mim else {})
-            save_training_state(_state_path(out_dir), optimizer, scheduler, epoch=epoch, rng=torch.get_rng_state(),
-                                **decoder_state)
-            with metrics_file.open("a") as handle:
+            with metrics_file.open("a") as handle:  # before the state: --resume drops the lines of epochs it redoes
                 handle.write(json.dumps(record) + "\n")
+            extra = {"epoch": epoch, "train": asdict(cfg), "fg_prior": prior, "train_images": len(records),
+                     "train_image_ids": image_ids, "loss": record["loss"]}
+            # The state first: it alone resumes (it holds the weights too), so a kill anywhere in here loses at most
+            # this epoch, and --resume rewrites a last.safetensors that lags behind the state.
+            save_training_state(state_path, optimizer, scheduler, epoch=epoch, rng=torch.get_rng_state(),
+                                model=model.state_dict(), config=model.config.to_json(), checkpoint=extra,
+                                **({"decoder": decoder.state_dict()} if mim else {}))
+            save_checkpoint(model, last, extra=extra)
             # one line per epoch, also without the progress bars (the log of a background run)
             accuracy = record["train_token_accuracy"]
             print(f"epoch {epoch}: loss {record['loss']:.4f}  "
@@ -355,7 +385,8 @@ def register(subparsers) -> None:
     parser.add_argument("--limit", type=int, help="use only the first N images")
     parser.add_argument("--out", default="runs/bavit", help="folder for checkpoints and metrics.jsonl")
     parser.add_argument("--output", help="also copy the final checkpoint to this .safetensors path")
-    parser.add_argument("--resume", action="store_true", help="continue from OUT/last.safetensors")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue after the last complete epoch (OUT/last.train-state.safetensors)")
     parser.add_argument("--no-progress", action="store_true")
     parser.set_defaults(func=run)
 

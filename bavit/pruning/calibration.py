@@ -24,6 +24,7 @@ import torch
 from ..core.model import read_checkpoint_metadata, update_checkpoint_metadata
 from ..errors import CheckpointError, ConfigError
 from .keep_mask import closest_index, keep_mask_from_probs
+from .settings import cca_steps_value, sparsity_value
 
 METADATA_KEY = "calibration"
 LEVELS = tuple(round(0.01 * i, 2) for i in range(96))  # target mean sparsity: 0%, 1%, ..., 95%
@@ -59,11 +60,14 @@ class Calibration:
         Raises:
             ConfigError: a sparsity outside the calibrated range, or CCA steps that were not calibrated.
         """
+        cca_steps = cca_steps_value(cca_steps)
         if cca_steps not in self.thresholds:
             raise ConfigError(f"no calibration for {cca_steps} CCA steps (calibrated: {sorted(self.thresholds)})")
         low, high = self.levels[0], self.levels[-1]
+        sparsity = sparsity_value(sparsity)
         if not low <= sparsity <= high + 1e-9:
-            raise ConfigError(f"sparsity is a fraction in [{low:g}, {high:g}], got {sparsity}")
+            raise ConfigError(f"sparsity must lie in this checkpoint's calibrated range [{low:g}, {high:g}] (a fraction: "
+                              f"0.35 for 35%), got {sparsity:g}")
         return float(np.interp(sparsity, self.levels, self.thresholds[cca_steps]))
 
     def to_json(self) -> str:

@@ -13,10 +13,7 @@ from typing import Callable, Optional
 import torch
 
 from ..core.cca import cca, resample_grid
-from ..errors import ConfigError
-
-DEFAULT_THRESHOLD = 0.5
-DEFAULT_CCA_STEPS = 3
+from .settings import DEFAULT_CCA_STEPS, DEFAULT_THRESHOLD, PruningSettings, cca_steps_value
 
 
 @dataclass(frozen=True)
@@ -46,15 +43,10 @@ def select_patches(fg_prob: torch.Tensor, threshold: Optional[float] = None,
     Raises:
         ConfigError: both given, or a value out of range.
     """
-    if threshold is not None and keep_ratio is not None:
-        raise ConfigError("give a threshold or a keep ratio, not both")
-    if keep_ratio is None:
-        threshold = DEFAULT_THRESHOLD if threshold is None else float(threshold)
-        if not 0.0 <= threshold <= 1.0:
-            raise ConfigError(f"threshold is a probability in [0, 1], got {threshold}")
-        return fg_prob >= threshold
-    if not 0.0 < keep_ratio <= 1.0:
-        raise ConfigError(f"keep_ratio is a fraction in (0, 1], got {keep_ratio}")
+    setting = PruningSettings(threshold=threshold, keep_ratio=keep_ratio)  # validated in bavit.pruning.settings
+    if setting.keep_ratio is None:
+        return fg_prob >= setting.threshold
+    keep_ratio = setting.keep_ratio
     flat = fg_prob.reshape(-1, fg_prob.shape[-2] * fg_prob.shape[-1])
     count = max(1, round(keep_ratio * flat.shape[1]))
     order = torch.sort(-flat, dim=1, stable=True).indices[:, :count]
@@ -76,7 +68,7 @@ def keep_mask_from_probs(fg_prob: torch.Tensor, *, threshold: Optional[float] = 
     """
     probs = torch.as_tensor(fg_prob)
     grid_raw = select_patches(probs, threshold, keep_ratio)
-    grid_cca = cca(grid_raw, steps=cca_steps)
+    grid_cca = cca(grid_raw, steps=cca_steps_value(cca_steps))
     return KeepMask(grid_raw, grid_cca, resample_grid(grid_cca, (grid, grid), mode=resample))
 
 

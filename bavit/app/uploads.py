@@ -1,0 +1,98 @@
+"""What the app accepts from a request: which files it reads, and how large they may be.
+
+A request names an image by a file payload (``{"path": ...}``), and a client can write any path there. So every
+path the app reads on behalf of a request must resolve -- symbolic links followed -- to a regular file inside one
+of its image folders (Gradio's upload folder, ``assets/examples``, the ``--data`` image folders); anything else gets
+one :class:`RefusedImage` error whose text says nothing about the path (a missing file, a folder, a non-image and
+an image outside the folders read the same), so the API cannot be used to read or probe the server's files.
+
+The limits (README, "Limits"), sized for a CPU Space (2 vCPU, 16 GB):
+
+* :data:`MAX_UPLOAD` -- Gradio's ``max_file_size``: larger uploads are refused while they arrive.
+* :data:`MAX_IMAGE_PIXELS` -- an image that would decode to more pixels is refused from its header, before
+  decoding, in every format (a 656 KB PNG can hold 225 MP of zeros). JPEGs decode at up to 1/8 scale (only as
+  large as the analysis needs), so a JPEG may store up to 64 times as many.
+* :data:`DECODE_SLOTS` -- at most this many images are decoded at once, whatever the queue's concurrency, so the
+  decode memory of the whole app stays below ``DECODE_SLOTS`` times that of one largest image.
+* :data:`CACHE_LIFETIME` -- Gradio's ``delete_cache``: uploads and result files are deleted after this (seconds).
+"""
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import threading
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+from ..errors import DataError
+
+MAX_UPLOAD = "25mb"
+MAX_IMAGE_PIXELS = 50_000_000  # 50 MP: an 8000x6000 (48 MP) camera photo passes
+DECODE_SLOTS = 2
+CACHE_LIFETIME = 3600  # s
+
+_DECODING = threading.BoundedSemaphore(DECODE_SLOTS)
+
+
+class RefusedImage(DataError):
+    """A payload that names no readable file inside the app's image folders."""
+
+    def __init__(self) -> None:
+        super().__init__("this image cannot be read: give a file uploaded to this app or one of its examples")
+
+
+def payload_path(payload: Any) -> tuple[str, str]:
+    """``(path, file name to show)`` of a file payload: a dict (from ``preprocess=False``), a Gradio ``FileData``
+    or a path. The name is the upload's original name when the payload has one.
+
+    Raises:
+        RefusedImage: a payload without a path.
+    """
+    if isinstance(payload, dict):
+        path, name = payload.get("path"), payload.get("orig_name")
+    elif hasattr(payload, "path"):
+        path, name = payload.path, getattr(payload, "orig_name", None)
+    else:
+        path, name = payload, None
+    if not isinstance(path, (str, os.PathLike)) or not str(path):
+        raise RefusedImage()
+    return str(path), str(name) if isinstance(name, str) and name else Path(path).name
+
+
+def confine(path: str | os.PathLike, roots: Iterable[str | os.PathLike]) -> Path:
+    """``path`` resolved (symbolic links followed), if it is a regular file inside one of ``roots``.
+
+    Raises:
+        RefusedImage: anything else, with the same text whatever the reason.
+    """
+    try:
+        resolved = Path(path).resolve(strict=True)
+        if resolved.is_file() and any(resolved.is_relative_to(Path(root).resolve()) for root in roots):
+            return resolved
+    except (OSError, RuntimeError, ValueError):  # missing, a link loop, a NUL byte in the name
+        pass
+    raise RefusedImage()
+
+
+def _release_freed_memory() -> None:
+    """Hand memory freed by a large decode back to the system (glibc keeps freed heap pages otherwise, so one
+    large image would raise the server's resident memory for good). A no-op where there is no glibc."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+@contextlib.contextmanager
+def decode_slot() -> Iterator[None]:
+    """Hold one of the :data:`DECODE_SLOTS` process-wide decode slots (waits for a free one) while decoding; after
+    the block, freed memory goes back to the system."""
+    with _DECODING:
+        yield
+    _release_freed_memory()
+
+
+__all__ = ["CACHE_LIFETIME", "DECODE_SLOTS", "MAX_IMAGE_PIXELS", "MAX_UPLOAD", "RefusedImage", "confine",
+           "decode_slot", "payload_path"]

@@ -1,0 +1,148 @@
+"""The pruning settings and their one validation: every entry point (the keep-mask rule, the Predictor, the
+calibration, the app's events, the ``analyze`` API and the CLI) parses user values through here.
+
+A setting is one of three selections -- an FG-probability ``threshold``, a per-image ``keep_ratio`` (top-k) or a
+calibrated mean ``sparsity`` over images (paper Table 2) -- plus the CCA steps. Values from a user (a JSON client,
+a form, a command line) are parsed strictly: numbers only (``true`` and ``"abc"`` are refused, so are NaN and
+infinities), CCA steps a whole number (2.5 is refused, never truncated), each in its documented range.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+from dataclasses import dataclass
+from typing import Any, Optional
+
+from ..errors import ConfigError
+
+DEFAULT_THRESHOLD = 0.5
+DEFAULT_CCA_STEPS = 3
+MAX_CCA_STEPS = 10  # the rule's bound; CCA on a 24x24 grid stops changing long before
+
+
+def number(name: str, value: Any) -> float:
+    """``value`` as a finite float, or a :class:`ConfigError` that names ``name``.
+
+    Accepts ints, floats, numpy numbers and numeric strings (``"0.5"``, from a form); refuses booleans, ``None``,
+    other strings, NaN and infinities.
+    """
+    if isinstance(value, bool) or (hasattr(value, "dtype") and getattr(value.dtype, "kind", "") == "b"):
+        raise ConfigError(f"{name} must be a number, got {value!r}")
+    if isinstance(value, numbers.Real):
+        result = float(value)
+    elif isinstance(value, str):
+        try:
+            result = float(value.strip())
+        except ValueError:
+            raise ConfigError(f"{name} must be a number, got {value[:40]!r}") from None
+    else:
+        raise ConfigError(f"{name} must be a number, got a {type(value).__name__}")
+    if not math.isfinite(result):
+        raise ConfigError(f"{name} must be a finite number, got {value!r}")
+    return result
+
+
+def threshold_value(value: Any) -> float:
+    """An FG-probability threshold in [0, 1] (a cell is kept when its probability is ``>=`` it)."""
+    result = number("threshold", value)
+    if not 0.0 <= result <= 1.0:
+        raise ConfigError(f"threshold is a probability in [0, 1], got {result:g}")
+    return result
+
+
+def keep_ratio_value(value: Any) -> float:
+    """A fraction in (0, 1] of BAViT's cells to keep, most probable first."""
+    result = number("keep_ratio", value)
+    if not 0.0 < result <= 1.0:
+        raise ConfigError(f"keep_ratio is a fraction in (0, 1], got {result:g}")
+    return result
+
+
+def sparsity_value(value: Any) -> float:
+    """A target mean sparsity as a fraction in [0, 1) (0.35 for 35%); a calibration narrows it to its own range."""
+    result = number("sparsity", value)
+    if not 0.0 <= result < 1.0:
+        raise ConfigError(f"sparsity is the target mean sparsity as a fraction in [0, 1) (0.35 for 35%), got {result:g}")
+    return result
+
+
+def percent_value(name: str, value: Any) -> float:
+    """A percentage in [0, 100]."""
+    result = number(name, value)
+    if not 0.0 <= result <= 100.0:
+        raise ConfigError(f"{name} is a percentage in [0, 100], got {result:g}")
+    return result
+
+
+def cca_steps_value(value: Any) -> int:
+    """CCA iterations: a whole number in 0..:data:`MAX_CCA_STEPS` (2.0 is 2; 2.5 is refused, never truncated)."""
+    result = number("cca_steps", value)
+    if not (result.is_integer() and 0 <= result <= MAX_CCA_STEPS):
+        raise ConfigError(f"cca_steps is a whole number in 0..{MAX_CCA_STEPS}, got {result:g}")
+    return int(result)
+
+
+def flag_value(name: str, value: Any) -> bool:
+    """A yes/no control: a boolean (or 0/1 from a form)."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, numbers.Integral) and int(value) in (0, 1):
+        return bool(value)
+    raise ConfigError(f"{name} must be true or false, got {value!r}")
+
+
+@dataclass(frozen=True)
+class PruningSettings:
+    """One validated setting of the keep-mask rule: at most one of ``threshold``, ``keep_ratio`` and ``sparsity``
+    (the threshold :data:`DEFAULT_THRESHOLD` when none is given) and ``cca_steps``.
+
+    Construction parses and checks every value (:func:`number` and friends), so holding one means it is valid;
+    ``sparsity`` still has to fall in a checkpoint's calibrated range (:meth:`Calibration.threshold`).
+
+    Raises:
+        ConfigError: a value that is not a number, out of range, or more than one selection.
+    """
+
+    threshold: Optional[float] = None
+    keep_ratio: Optional[float] = None
+    sparsity: Optional[float] = None
+    cca_steps: int = DEFAULT_CCA_STEPS
+
+    def __post_init__(self) -> None:
+        given = [name for name in ("threshold", "keep_ratio", "sparsity") if getattr(self, name) is not None]
+        if len(given) > 1:
+            raise ConfigError(f"give one of threshold, keep_ratio and sparsity, not both {given[0]} and {given[1]}")
+        parse = {"threshold": threshold_value, "keep_ratio": keep_ratio_value, "sparsity": sparsity_value}
+        for name in given:
+            object.__setattr__(self, name, parse[name](getattr(self, name)))
+        if not given:
+            object.__setattr__(self, "threshold", DEFAULT_THRESHOLD)
+        object.__setattr__(self, "cca_steps", cca_steps_value(self.cca_steps))
+
+    @property
+    def selection(self) -> dict[str, float]:
+        """The one selection as keyword arguments: ``{"threshold": t}``, ``{"keep_ratio": r}`` or ``{"sparsity": s}``."""
+        for name in ("threshold", "keep_ratio", "sparsity"):
+            value = getattr(self, name)
+            if value is not None:
+                return {name: value}
+        raise AssertionError("unreachable: __post_init__ sets a threshold when nothing is given")
+
+    @classmethod
+    def from_api(cls, threshold: Any = DEFAULT_THRESHOLD, cca_steps: Any = DEFAULT_CCA_STEPS, keep_ratio: Any = None,
+                 sparsity: Any = None) -> "PruningSettings":
+        """The ``analyze`` API's form: ``keep_ratio`` / ``sparsity`` of ``None`` or 0 are off (a form's empty
+        number field); with both off, ``threshold`` selects (``None`` is the default 0.5)."""
+        off = lambda value: value is None or (not isinstance(value, bool) and isinstance(value, numbers.Real)  # noqa: E731
+                                              and value == 0)
+        if not off(keep_ratio):
+            if not off(sparsity):
+                raise ConfigError("give keep_ratio or sparsity, not both")
+            return cls(keep_ratio=keep_ratio, cca_steps=cca_steps)
+        if not off(sparsity):
+            return cls(sparsity=sparsity, cca_steps=cca_steps)
+        return cls(threshold=DEFAULT_THRESHOLD if threshold is None else threshold, cca_steps=cca_steps)
+
+
+__all__ = ["DEFAULT_CCA_STEPS", "DEFAULT_THRESHOLD", "MAX_CCA_STEPS", "PruningSettings", "cca_steps_value",
+           "flag_value", "keep_ratio_value", "number", "percent_value", "sparsity_value", "threshold_value"]
