@@ -17,6 +17,7 @@ from timm.models.vision_transformer import VisionTransformer
 from ..errors import CheckpointError, ConfigError
 from ..files import atomic_path
 from .config import BAViTConfig
+from .lite0 import Lite0PatchEmbed
 
 CONFIG_KEY = "bavit_config"
 FORMAT_KEY = "format"
@@ -69,7 +70,8 @@ class DeepConvStemPatchEmbed(ConvStemPatchEmbed):
     deep = True
 
 
-EMBED_LAYERS = {"patch": PatchEmbed, "conv": ConvStemPatchEmbed, "conv-deep": DeepConvStemPatchEmbed}
+EMBED_LAYERS = {"patch": PatchEmbed, "conv": ConvStemPatchEmbed, "conv-deep": DeepConvStemPatchEmbed,
+                "lite0": Lite0PatchEmbed}
 
 
 class BAViT(nn.Module):
@@ -109,12 +111,12 @@ class BAViT(nn.Module):
         return self.head(self.forward_features(pixels))
 
     def for_inference(self) -> "BAViT":
-        """A copy in eval mode with the conv stem's BatchNorms folded into its convolutions (same outputs up to
+        """A copy in eval mode with the conv or lite0 stem's BatchNorms folded into its convolutions (same outputs up to
         float rounding). The copy is for prediction only: it cannot be trained or saved as a checkpoint."""
         import copy
 
         model = copy.deepcopy(self).eval()
-        if isinstance(model.vit.patch_embed, ConvStemPatchEmbed):
+        if isinstance(model.vit.patch_embed, (ConvStemPatchEmbed, Lite0PatchEmbed)):
             model.vit.patch_embed.fuse_batchnorm()
         model.inference_only = True
         return model

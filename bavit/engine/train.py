@@ -30,11 +30,13 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from ..core.config import PRESETS, STEMS, BAViTConfig
+from ..core.config import PRESETS, STEMS, BAViTConfig, stem_normalisation
 from ..core.labels import IGNORE_INDEX
 from ..core.loss import AccumulativeCrossEntropy, DistillationLoss, MaskedPixelLoss, PatchRankingLoss
 from ..core.model import BAViT, build_bavit, checkpoint_extra, grow_from, load_checkpoint, save_checkpoint
+from ..core import lite0
 from ..core.pretrained import copy_from_timm, copy_from_yolos
+from ..data.ade20k import CLASS_SETS, OTHER, ade20k_records
 from ..data.augment import AugmentConfig, AugmentedDataset, CachedSamples
 from ..data.records import Record, add_dataset_arguments, records_from_args
 from ..errors import CheckpointError, ConfigError, DataError
@@ -65,6 +67,8 @@ class TrainConfig:
     seed: int = 0
     workers: int = 0
     init: str = "random"
+    freeze_trunk: int | None = None  # stem="lite0": freeze its stem and first N of 5 stages (None: train all)
+    trunk_lr_scale: float = 1.0  # stem="lite0": the trunk's learning rate is lr times this
 
 
 def _distributed() -> tuple[int, int]:
@@ -123,7 +127,11 @@ def init_bavit(config: BAViTConfig, init: str = "random") -> BAViT:
             (e.g. ``timm:vit_tiny_patch16_384``, needs the hub); ``"yolos:ID_OR_DIR"`` to copy the first ``depth``
             encoder layers of a YOLOS checkpoint (e.g. ``yolos:hustvl/yolos-tiny``); ``"bavit:PATH"`` to grow a
             shallower trained BAViT: its embedding, blocks, norm and head are copied and the extra blocks start as
-            identities (zeroed residual outputs), so the deeper model starts from the shallower one's predictions.
+            identities (zeroed residual outputs), so the deeper model starts from the shallower one's predictions;
+            ``"lite0:package"`` / ``"lite0:hub"`` (``stem="lite0"`` only) to copy ImageNet-trained EfficientNet-Lite0
+            weights into the stem's trunk, from the pip package's file or timm's hub name
+            (:mod:`bavit.core.lite0`). The model's ``init_provenance`` then names the weights (source, version,
+            file, sha256), and train stores it in the checkpoint.
     Raises:
         ConfigError: an unknown init, or one that does not fit the architecture.
         WeightsUnavailableError: pretrained weights that cannot be had here.
@@ -132,9 +140,16 @@ def init_bavit(config: BAViTConfig, init: str = "random") -> BAViT:
     kind, _, source = init.partition(":")
     if init == "random":
         return model
-    if not source or kind not in ("timm", "yolos", "bavit"):
-        raise ConfigError(f"init must be 'random', 'timm:NAME', 'yolos:ID_OR_DIR' or 'bavit:PATH', got {init!r}")
-    if kind == "bavit":
+    if not source or kind not in ("timm", "yolos", "bavit", "lite0"):
+        raise ConfigError(f"init must be 'random', 'timm:NAME', 'yolos:ID_OR_DIR', 'bavit:PATH', 'lite0:package' or "
+                          f"'lite0:hub', got {init!r}")
+    if kind == "lite0":
+        if config.stem != "lite0" or source not in ("package", "hub"):
+            raise ConfigError(f"init {init!r} needs --stem lite0 and is lite0:package or lite0:hub")
+        state, provenance = lite0.package_weights() if source == "package" else lite0.hub_weights()
+        lite0.copy_lite0(model.vit.patch_embed, state)
+        model.init_provenance = provenance
+    elif kind == "bavit":
         grow_from(model, load_checkpoint(source))
     elif kind == "timm":
         copy_from_timm(model, source)
@@ -226,8 +241,10 @@ def train(records: list[Record], model_config: BAViTConfig, cfg: TrainConfig, ou
     if saved is not None:
         model = BAViT(BAViTConfig.from_json(saved["config"]))  # the stored config wins over the command line's
         model.load_state_dict(saved["model"])
+        init_weights = saved["checkpoint"].get("init_weights")
     else:
         model = init_bavit(model_config, cfg.init)
+        init_weights = getattr(model, "init_provenance", None)
     model.train()
     net = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
     criterion = AccumulativeCrossEntropy(cfg.class_weights)
@@ -246,8 +263,15 @@ def train(records: list[Record], model_config: BAViTConfig, cfg: TrainConfig, ou
     patch = model.config.patch_size
     decoder = torch.nn.Linear(model.config.embed_dim, 3 * patch * patch) if mim else None
     masked_pixels = MaskedPixelLoss(patch)
-    parameters = list(model.parameters()) + (list(decoder.parameters()) if mim else [])
-    optimizer = torch.optim.Adam(parameters, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    groups = [{"params": list(model.parameters()) + (list(decoder.parameters()) if mim else [])}]
+    if model.config.stem == "lite0":  # a pretrained trunk: frozen in part or whole, or at its own learning rate
+        model.vit.patch_embed.freeze(cfg.freeze_trunk)
+        trunk = {id(p) for p in model.vit.patch_embed.trunk.parameters()}
+        groups = [{"params": [p for p in groups[0]["params"] if id(p) not in trunk]},
+                  {"params": list(model.vit.patch_embed.trunk.parameters()), "lr": cfg.lr * cfg.trunk_lr_scale}]
+    elif cfg.freeze_trunk is not None or cfg.trunk_lr_scale != 1.0:
+        raise ConfigError("--freeze-trunk and --trunk-lr-scale apply to the pretrained stem (--stem lite0) only")
+    optimizer = torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.step_size, gamma=cfg.gamma)
     start_epoch = 0
     if saved is not None:
@@ -327,6 +351,8 @@ def train(records: list[Record], model_config: BAViTConfig, cfg: TrainConfig, ou
                 handle.write(json.dumps(record) + "\n")
             extra = {"epoch": epoch, "train": asdict(cfg), "fg_prior": prior, "train_images": len(records),
                      "train_image_ids": image_ids, "loss": record["loss"]}
+            if init_weights:
+                extra["init_weights"] = init_weights  # which pretrained file the run started from
             # The state first: it alone resumes (it holds the weights too), so a kill anywhere in here loses at most
             # this epoch, and --resume rewrites a last.safetensors that lags behind the state.
             save_training_state(state_path, optimizer, scheduler, epoch=epoch, rng=torch.get_rng_state(),
@@ -354,7 +380,7 @@ def register(subparsers) -> None:
     parser.add_argument("--depth", type=int, help="override the preset's depth")
     parser.add_argument("--stem", choices=list(STEMS), default="patch", help="token embedding (default patch)")
     parser.add_argument("--img-size", type=int, default=384)
-    parser.add_argument("--init", default="random", help="random | timm:NAME | yolos:ID_OR_DIR")
+    parser.add_argument("--init", default="random", help="random | timm:NAME | yolos:ID_OR_DIR | bavit:PATH | lite0:package | lite0:hub (with --stem lite0)")
     parser.add_argument("--labels", choices=["mask", "boxes"], default="mask", help="label source")
     parser.add_argument("--box-rule", choices=["coverage", "iou"], default="coverage")
     parser.add_argument("--box-tau", type=float, default=0.5)
@@ -377,12 +403,23 @@ def register(subparsers) -> None:
                              "(SimMIM: predict the pixels of hidden 32x32 blocks; no labels), to pre-train for "
                              "--init bavit:OUT/last.safetensors")
     parser.add_argument("--mask-ratio", type=float, default=TrainConfig.mask_ratio, help="mim: share of blocks hidden")
+    parser.add_argument("--freeze-trunk", type=int, default=None, metavar="N",
+                        help="--stem lite0: freeze its stem and first N of 5 stages (5: the whole trunk; default none)")
+    parser.add_argument("--trunk-lr-scale", type=float, default=1.0,
+                        help="--stem lite0: the trunk's learning rate is --lr times this (default 1)")
     parser.add_argument("--no-augment", action="store_true")
     parser.add_argument("--drop-path", type=float, default=0.0)
     parser.add_argument("--workers", type=int, default=0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, help="torch intra-op threads")
     parser.add_argument("--limit", type=int, help="use only the first N images")
+    ade = parser.add_argument_group("ADE20K scenes (bavit.data.ade20k): alone, or mixed into the dataset above")
+    ade.add_argument("--ade-root", help="ADE20K folder (images/, masks/, categories.json)")
+    ade.add_argument("--ade-classes", choices=CLASS_SETS, default="coco",
+                     help="object classes: coco = the COCO-like things (default), things = all 100")
+    ade.add_argument("--ade-other", choices=OTHER, default="background",
+                     help="the unlabelled value 0: background (default) or ignore")
+    ade.add_argument("--ade-limit", type=int, default=None, help="use only the first N ADE20K images")
     parser.add_argument("--out", default="runs/bavit", help="folder for checkpoints and metrics.jsonl")
     parser.add_argument("--output", help="also copy the final checkpoint to this .safetensors path")
     parser.add_argument("--resume", action="store_true",
@@ -393,18 +430,24 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     preset = PRESETS[args.model]
+    mean, std = stem_normalisation(args.stem)
     model_config = BAViTConfig(**{**asdict(preset), "depth": args.depth or preset.depth, "stem": args.stem,
-                                  "img_size": args.img_size, "drop_path_rate": args.drop_path})
-    records = records_from_args(args)
+                                  "img_size": args.img_size, "drop_path_rate": args.drop_path, "mean": mean,
+                                  "std": std})
+    primary = any(getattr(args, name, None) for name in ("coco_root", "ann", "voc_root"))
+    records = records_from_args(args) if primary or not args.ade_root else []
     if args.limit:
         records = records[: args.limit]
+    if args.ade_root:  # alone: ADE20K only (e.g. pre-training for --init bavit:); with a dataset: mixed in
+        records += ade20k_records(args.ade_root, args.ade_classes, args.ade_other)[: args.ade_limit]
     cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
                       step_size=args.step_size, gamma=args.gamma,
                       class_weights=tuple(args.class_weights) if args.class_weights else None,
                       rank_weight=args.rank_weight, teachers=tuple(args.teacher),
                       distill_weight=args.distill_weight, objective=args.objective, mask_ratio=args.mask_ratio,
                       augment=not args.no_augment, label_source=args.labels, box_rule=args.box_rule,
-                      box_tau=args.box_tau, seed=args.seed, workers=args.workers, init=args.init)
+                      box_tau=args.box_tau, seed=args.seed, workers=args.workers, init=args.init,
+                      freeze_trunk=args.freeze_trunk, trunk_lr_scale=args.trunk_lr_scale)
     train(records, model_config, cfg, args.out, resume=args.resume, progress=not args.no_progress)
     rank = dist.get_rank() if dist.is_initialized() else 0
     if rank == 0 and args.output:

@@ -1,0 +1,100 @@
+"""ADE20K semantic masks as object pixels (bavit.data.ade20k), on hand-made masks and on the shared folder."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from bavit.data.ade20k import COCO_LIKE, ade20k_records, object_values
+from bavit.errors import DataError
+from conftest import SHARED_DATA
+
+PERSON, WINDOW, WALL, OTHER = 13, 9, 1, 0
+
+
+def make_ade(root, masks: dict[str, np.ndarray]):
+    """An ADE20K-style folder: categories (every COCO-like value and window are things, wall is stuff), a grey
+    JPEG and a mask PNG per entry."""
+    categories = [{"value": v, "name": f"class {v}", "isthing": int(v in COCO_LIKE or v == WINDOW)} for v in range(1, 151)]
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    (root / "categories.json").write_text(json.dumps({"categories": categories}))
+    for name, mask in masks.items():
+        Image.new("RGB", mask.shape[::-1], (128, 128, 128)).save(root / "images" / f"{name}.jpg")
+        Image.fromarray(mask.astype(np.uint8)).save(root / "masks" / f"{name}.png")
+    return root
+
+
+def quadrants() -> np.ndarray:
+    """32x32: person top-left, window top-right, unlabelled bottom-left, wall bottom-right (a 2x2 grid of 16 px)."""
+    mask = np.full((32, 32), WALL, np.uint8)
+    mask[:16, :16], mask[:16, 16:], mask[16:, :16] = PERSON, WINDOW, OTHER
+    return mask
+
+
+@pytest.mark.parametrize("classes, other, expected", [
+    ("coco", "background", [[1, 0], [0, 0]]),
+    ("things", "background", [[1, 1], [0, 0]]),  # windows are ADE things, not COCO objects
+    ("coco", "ignore", [[1, 0], [-100, 0]]),
+])
+def test_classes_and_other_choose_the_labels(tmp_path, classes, other, expected):
+    record, = ade20k_records(make_ade(tmp_path, {"ADE_a": quadrants()}), classes=classes, other=other)
+    assert record.labels((2, 2)).tolist() == expected
+    assert record.image_id == "ADE_a" and (record.width, record.height) == (32, 32)
+    assert record.instances[0].iscrowd  # semantic: no instances to count
+
+
+def test_the_ten_percent_rule_counts_object_pixels(tmp_path):
+    exactly = np.full((16, 16), WALL, np.uint8)
+    exactly.flat[:25] = PERSON  # 25 of 256 pixels = 9.8%: background
+    more = exactly.copy()
+    more.flat[:26] = PERSON  # 26 / 256 = 10.2%: foreground
+    mixed = np.full((16, 16), WALL, np.uint8)
+    mixed.flat[:13], mixed.flat[13:26] = PERSON, 99  # person and bottle together pass
+    root = make_ade(tmp_path, {"a": exactly, "b": more, "c": mixed})
+    assert [r.labels((1, 1)).item() for r in ade20k_records(root)] == [0, 1, 1]
+
+
+def test_bad_folders_and_choices_are_clear_errors(tmp_path):
+    root = make_ade(tmp_path / "ade", {"a": quadrants()})
+    with pytest.raises(DataError, match="ADE20K classes are one of"):
+        ade20k_records(root, classes="all")
+    with pytest.raises(DataError, match="'other' pixels are one of"):
+        ade20k_records(root, other="fg")
+    (root / "masks" / "a.png").unlink()
+    with pytest.raises(DataError, match="a.jpg has no mask"):
+        ade20k_records(root)
+    with pytest.raises(DataError, match="no categories.json"):
+        ade20k_records(tmp_path)
+
+
+def test_the_shared_folder_and_the_coco_like_table():
+    root = SHARED_DATA / "ade20k"
+    if not (root / "categories.json").is_file():
+        pytest.skip(f"shared ADE20K folder not found at {root}")
+    categories = json.loads((root / "categories.json").read_text())
+    names = {c["value"]: c["name"] for c in categories["categories"]}
+    for value, description in COCO_LIKE.items():  # each entry names its ADE class as the file does
+        assert names[value].split(",")[0] == description.split(" -> ")[0], value
+    assert len(object_values(categories, "things")) == 100 and len(object_values(categories, "coco")) == len(COCO_LIKE)
+    records = ade20k_records(root)
+    assert len(records) == 2000
+    fractions = [float(r.fg_mask().mean()) for r in records[:50]]
+    assert 0.0 < np.mean(fractions) < 0.5  # COCO-like objects are a part of a scene
+
+
+def test_train_takes_ade20k_alone_or_mixed(tmp_path, synthetic_coco, capsys):
+    from bavit.cli import main
+    from bavit.core.model import checkpoint_extra
+
+    root = make_ade(tmp_path / "ade", {f"ADE_{i}": quadrants() for i in range(3)})
+    common = ["train", "--img-size", "64", "--depth", "1", "--epochs", "1", "--batch-size", "2", "--no-progress",
+              "--ade-root", str(root)]
+    assert main([*common, "--out", str(tmp_path / "alone")]) == 0
+    assert checkpoint_extra(tmp_path / "alone" / "last.safetensors")["train_image_ids"] == ["ADE_0", "ADE_1", "ADE_2"]
+    assert main([*common, "--ade-limit", "2", "--coco-root", str(synthetic_coco), "--limit", "3",
+                 "--out", str(tmp_path / "mixed")]) == 0
+    ids = checkpoint_extra(tmp_path / "mixed" / "last.safetensors")["train_image_ids"]
+    assert len(ids) == 5 and ids[3:] == ["ADE_0", "ADE_1"]
