@@ -214,6 +214,24 @@ def voc_records(voc_root: str | Path, image_set: str = "val", year: str = "VOC20
 SUBSETS = ("all", "fit", "holdout")
 
 
+def _ranked(records: Sequence[Record], seed: int) -> list[int]:
+    """Record indices ordered by ``blake2b(f"{seed}:{image_id}")``: an order that depends on the ids alone."""
+    return sorted(range(len(records)),
+                  key=lambda i: hashlib.blake2b(f"{seed}:{records[i].image_id}".encode(), digest_size=8).digest())
+
+
+def fold_split(records: Sequence[Record], folds: int, fold: int, seed: int = 0) -> tuple[list[Record], list[Record]]:
+    """``(train, held)``: fold ``fold`` of a deterministic ``folds``-way split held out, the rest to train on.
+
+    The image at rank ``r`` of :func:`holdout_split`'s hash order is in fold ``r % folds``, so the folds partition
+    the set, their sizes differ by at most one, and they depend only on the image ids and the seed.
+    """
+    if folds < 2 or not 0 <= fold < folds:
+        raise DataError(f"--fold must be in 0..{folds - 1} of --folds >= 2, got fold {fold} of {folds}")
+    held = {index for rank, index in enumerate(_ranked(records, seed)) if rank % folds == fold}
+    return ([r for i, r in enumerate(records) if i not in held], [r for i, r in enumerate(records) if i in held])
+
+
 def holdout_split(records: Sequence[Record], fraction: float = 0.15, seed: int = 0) -> tuple[list[Record], list[Record]]:
     """``(fit, holdout)``: a deterministic split of a set into images to train on and images held out (for
     calibration and for choosing hyperparameters).
@@ -224,15 +242,13 @@ def holdout_split(records: Sequence[Record], fraction: float = 0.15, seed: int =
     """
     if not 0.0 < fraction < 1.0:
         raise DataError(f"the held-out fraction must be in (0, 1), got {fraction}")
-    ranked = sorted(range(len(records)),
-                    key=lambda i: hashlib.blake2b(f"{seed}:{records[i].image_id}".encode(), digest_size=8).digest())
-    held = set(ranked[: round(fraction * len(records))])
+    held = set(_ranked(records, seed)[: round(fraction * len(records))])
     return ([r for i, r in enumerate(records) if i not in held], [r for i, r in enumerate(records) if i in held])
 
 
 def records_from_args(args) -> list[Record]:
     """Records from the CLI's ``--coco-root/--split``, ``--ann/--images`` or ``--voc-root/--image-set``, then the
-    ``--subset`` of :func:`holdout_split` when the command has that flag."""
+    ``--subset`` of :func:`holdout_split` (or of :func:`fold_split` with ``--folds``) when the command has it."""
     if getattr(args, "voc_root", None):
         records = voc_records(args.voc_root, args.image_set)
     elif getattr(args, "ann", None):
@@ -246,7 +262,10 @@ def records_from_args(args) -> list[Record]:
     subset = getattr(args, "subset", "all")
     if subset == "all":
         return records
-    fit, holdout = holdout_split(records, args.holdout_fraction, args.holdout_seed)
+    if getattr(args, "folds", 0):
+        fit, holdout = fold_split(records, args.folds, args.fold, args.holdout_seed)
+    else:
+        fit, holdout = holdout_split(records, args.holdout_fraction, args.holdout_seed)
     return fit if subset == "fit" else holdout
 
 
@@ -268,6 +287,9 @@ def add_dataset_arguments(parser, default_split: str, voc: bool = True, default_
                                 f"'holdout' (calibrate / choose hyperparameters on it); default {default_subset}")
         group.add_argument("--holdout-fraction", type=float, default=0.15, help="held-out share (default 0.15)")
         group.add_argument("--holdout-seed", type=int, default=0, help="seed of the held-out split (default 0)")
+        group.add_argument("--folds", type=int, default=0,
+                           help="K-fold instead (cross-fitting): fit = all but fold --fold, holdout = fold --fold")
+        group.add_argument("--fold", type=int, default=0, help="with --folds: which fold is held out (0..K-1)")
 
 
 class PatchDataset(torch.utils.data.Dataset):
