@@ -137,3 +137,12 @@ def test_a_frozen_trunk_keeps_its_weights_and_batchnorm_statistics(tmp_path, syn
     with pytest.raises(ConfigError, match=r"\(--stem lite0\) only"):
         train(records, BAViTConfig(img_size=64, depth=1), cfg.__class__(epochs=1, freeze_trunk=2), tmp_path / "x",
               progress=False)
+
+
+def test_a_grown_model_keeps_the_trunk_provenance(tmp_path):
+    model = init_bavit(LITE0, "lite0:package")
+    path = save_checkpoint(model, tmp_path / "small.safetensors", extra={"init_weights": model.init_provenance})
+    large = init_bavit(BAViTConfig(**{**json.loads(LITE0.to_json()), "depth": 4}), f"bavit:{path}")
+    assert large.init_provenance == model.init_provenance
+    assert torch.equal(large.vit.patch_embed.trunk.blocks[4][0].conv_pw.weight,
+                       model.vit.patch_embed.trunk.blocks[4][0].conv_pw.weight)

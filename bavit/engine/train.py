@@ -151,6 +151,8 @@ def init_bavit(config: BAViTConfig, init: str = "random") -> BAViT:
         model.init_provenance = provenance
     elif kind == "bavit":
         grow_from(model, load_checkpoint(source))
+        if checkpoint_extra(source).get("init_weights"):  # a pretrained trunk comes along with the source's weights
+            model.init_provenance = checkpoint_extra(source)["init_weights"]
     elif kind == "timm":
         copy_from_timm(model, source)
     else:
