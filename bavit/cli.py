@@ -10,8 +10,8 @@ from .files import check_output_dir, check_output_file
 from .imageio import allow_large_images
 
 # Each module exposes ``register(subparsers)`` that adds its sub-command and sets ``func(args) -> int``.
-COMMAND_MODULES = ("engine.train", "engine.evaluate", "engine.calibrate", "bench.latency", "engine.coco_map",
-                   "engine.finetune", "bench.app_bench", "bench.upload_memory", "deploy.export")
+COMMAND_MODULES = ("engine.train", "engine.evaluate", "engine.calibrate", "bench.latency", "bench.tradeoff",
+                   "engine.coco_map", "engine.finetune", "bench.app_bench", "bench.upload_memory", "deploy.export")
 
 # What each command writes, checked before it starts (bavit.files.check_output_*: the write's first step is tried),
 # so that a path that cannot be written fails at once in one line, not in a traceback after minutes of work.

@@ -16,7 +16,8 @@ def test_main_help():
         assert command in result.stdout
 
 
-@pytest.mark.parametrize("command", ["train", "evaluate", "bench", "map", "finetune", "app-bench", "export"])
+@pytest.mark.parametrize("command", ["train", "evaluate", "bench", "tradeoff", "map", "finetune", "app-bench",
+                                     "export"])
 def test_subcommand_help(command, capsys):
     parser = build_parser()
     with pytest.raises(SystemExit) as exit_info:

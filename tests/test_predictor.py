@@ -170,6 +170,8 @@ def test_build_predictor_by_preset_name(bavit_ckpt):
         build_predictor("large", checkpoint=bavit_ckpt, detector=None)
     with pytest.raises(ConfigError, match="unknown BAViT preset"):
         build_predictor("medium")
+    with pytest.raises(CheckpointError, match="no BAViT-large is shipped"):
+        build_predictor("large", detector=None)
 
 
 def test_no_process_wide_side_effects(bavit_ckpt):

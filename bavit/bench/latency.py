@@ -21,7 +21,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Callable, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
@@ -50,6 +50,60 @@ def _median_ms(samples: Sequence[float]) -> float:
 def _peak_rss_mb() -> float:
     """Peak resident set size of this process so far (MiB; Linux reports KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def interleaved_medians(runs: Mapping[str, Callable[[], object]], repeats: int, warmup: int = 2) -> dict[str, float]:
+    """Median ms of each call in ``runs``, run in turn round after round (``warmup`` untimed rounds first), so that
+    load on a shared machine falls on every call alike rather than on whichever ran during a busy spell."""
+    samples: dict[str, list[float]] = {name: [] for name in runs}
+    for step in range(warmup + repeats):
+        for name, call in runs.items():
+            start = time.perf_counter()
+            call()
+            elapsed = time.perf_counter() - start
+            if step >= warmup:
+                samples[name].append(elapsed)
+    return {name: _median_ms(values) for name, values in samples.items()}
+
+
+def detector_weights(predictor: Predictor, detector: str) -> str:
+    """Which detector weights a predictor times: pretrained, or the YOLOS-tiny architecture at random init."""
+    if predictor.detector_ready:
+        return f"{detector} (pretrained)"
+    return f"YOLOS-tiny architecture, random init (latency only; {detector} not available here)"
+
+
+def machine_info(load_before: tuple[float, float, float]) -> dict:
+    """Versions, CPUs, OpenMP wait policy and load averages (before: ``load_before``, after: now) for a report."""
+    return {
+        "torch": torch.__version__,
+        "onnxruntime": _onnxruntime_version(),
+        "cpu_count": os.cpu_count(),
+        "platform": platform.platform(),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "unset (libgomp default: spin, then sleep)"),
+        "load_average_before": load_before,
+        "load_average_after": os.getloadavg(),
+    }
+
+
+def note_omp_wait_policy(command: str) -> None:
+    """On stderr, when ``OMP_WAIT_POLICY`` is unset: spinning OpenMP threads distort timings on a busy CPU."""
+    if "OMP_WAIT_POLICY" not in os.environ:
+        print("note: OMP_WAIT_POLICY is unset; on a busy shared CPU spinning OpenMP threads can make every run several "
+              f"times slower; consider OMP_WAIT_POLICY=PASSIVE python -m bavit {command} ...", file=sys.stderr)
+
+
+def print_and_write(report: dict, table: str, json_path: Optional[str], plot_path: Optional[str],
+                    plot_report: Callable[[dict, str], object]) -> None:
+    """A bench command's ending: print its ``table``, then write ``report`` as JSON and ``plot_report(report,
+    plot_path)`` where asked (both written atomically)."""
+    print(table)
+    if json_path:
+        write_text(json_path, json.dumps(report, indent=2))
+        print(f"wrote {json_path}")
+    if plot_path:
+        plot_report(report, plot_path)
+        print(f"wrote {plot_path}")
 
 
 def find_images(count: int, sources: Sequence[Path] = DEFAULT_IMAGES) -> list:
@@ -184,11 +238,8 @@ def run_bench(
         predictors[name].warm_up()  # the onnxruntime export happens here, not in a timed run
     predictor = predictors[backends[0]]
     model = predictor.latency_model
-    if predictor.detector_ready:
-        detector_weights = f"{detector} (pretrained)"
-    else:
-        detector_weights = f"YOLOS-tiny architecture, random init (latency only; {detector} not available here)"
-    weights = f"BAViT: {bavit_weights}; detector: {detector_weights}"
+    detector_note = detector_weights(predictor, detector)
+    weights = f"BAViT: {bavit_weights}; detector: {detector_note}"
     log(f"weights: {weights}; backends: {', '.join(backends)}")
 
     pictures = find_images(max(batch, 1), images)
@@ -230,7 +281,7 @@ def run_bench(
     report = {
         "threads": threads,
         "weights": weights,
-        "weights_detail": {"bavit": bavit_weights, "detector": detector_weights,
+        "weights_detail": {"bavit": bavit_weights, "detector": detector_note,
                            "detector_pretrained": predictor.detector_ready},
         "input": f"{YOLOS_SIZE}x{YOLOS_SIZE} YOLOS, {cfg.img_size}x{cfg.img_size} BAViT",
         "backend": backends[0],
@@ -241,15 +292,7 @@ def run_bench(
                    "measured": at35[0]["speedup"] if at35 else None,
                    "flop_ratio": accounting_at_sparsity(0.35, model.config, cfg).flop_ratio,
                    "min_fraction_of_flop_ratio": TARGET_FRACTION_OF_FLOP_RATIO},
-        "machine": {
-            "torch": torch.__version__,
-            "onnxruntime": _onnxruntime_version(),
-            "cpu_count": os.cpu_count(),
-            "platform": platform.platform(),
-            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "unset (libgomp default: spin, then sleep)"),
-            "load_average_before": load_before,
-            "load_average_after": os.getloadavg(),
-        },
+        "machine": machine_info(load_before),
     }
     if batch > 1:
         report[f"batch{batch}"] = backend_reports[backends[0]][f"batch{batch}"]
@@ -385,17 +428,10 @@ def run(args: argparse.Namespace) -> int:
     if args.repeats < 1:
         raise ConfigError("--repeats must be >= 1")
     images = [Path(p) for p in args.images] if args.images else DEFAULT_IMAGES
-    if "OMP_WAIT_POLICY" not in os.environ:
-        print("note: OMP_WAIT_POLICY is unset; on a busy shared CPU spinning OpenMP threads can make every run several "
-              "times slower; consider OMP_WAIT_POLICY=PASSIVE python -m bavit bench ...", file=sys.stderr)
+    note_omp_wait_policy("bench")
     backends = args.backend or [DEFAULT_BACKEND, *(name for name in BACKENDS if name != DEFAULT_BACKEND)]
     report = run_bench(threads=args.threads, sparsities=args.sparsity, repeats=args.repeats, warmup=args.warmup,
                        batch=args.batch, bavit=args.bavit, detector=args.detector, images=images,
                        backends=list(dict.fromkeys(backends)))
-    print(format_table(report))
-    if args.json:
-        write_text(args.json, json.dumps(report, indent=2))
-        print(f"wrote {args.json}")
-    if args.plot:
-        print(f"wrote {plot(report, args.plot)}")
+    print_and_write(report, format_table(report), args.json, args.plot, plot)
     return 0

@@ -79,6 +79,7 @@ class BudgetMetrics:
     kept: dict = field(default_factory=lambda: {s: 0 for s in SIZES})
     objects: dict = field(default_factory=lambda: {s: 0 for s in SIZES})
     sparsity: list = field(default_factory=list)
+    kept_patches: list = field(default_factory=list)  # per image: detector patches kept (int)
 
     def update(self, keep_mask: np.ndarray, objects: ImageObjects) -> None:
         """Args:
@@ -93,6 +94,7 @@ class BudgetMetrics:
             if area[keep].sum() >= KEEP_FRACTION * area.sum() - 1e-9:
                 self.kept[size] += 1
         self.sparsity.append(1.0 - keep.mean())
+        self.kept_patches.append(int(keep.sum()))
 
     def summary(self) -> dict[str, float | None]:
         def ratio(num: float, den: float) -> float | None:
@@ -174,17 +176,26 @@ def evaluate_budget(fg_prob: np.ndarray, records: Sequence[Record], levels: Sequ
     for level in levels:
         if progress:
             progress(f"sparsity {level:.2f}")
-        masks = method_masks(fg_prob, objects, level, grid, calibration, prior, cca_steps, resample, seed)
-        row = {}
-        for method in METHODS:
-            if method not in masks:
-                continue
-            metrics = BudgetMetrics()
-            for mask, obj in zip(masks[method], objects):
-                metrics.update(mask, obj)
-            row[method] = metrics.summary()
-        budget[f"{level:.2f}"] = row
+        row = budget_metrics(fg_prob, objects, level, grid, calibration, prior, cca_steps, resample, seed)
+        budget[f"{level:.2f}"] = {method: metrics.summary() for method, metrics in row.items()}
     return budget
+
+
+def budget_metrics(fg_prob: np.ndarray, objects: Sequence[ImageObjects], level: float, grid: int,
+                   calibration: Calibration | None, prior: np.ndarray | None, cca_steps: int = DEFAULT_CCA_STEPS,
+                   resample: str = "nearest", seed: int = 0) -> dict[str, BudgetMetrics]:
+    """Every method's :class:`BudgetMetrics` at one sparsity level, in :data:`METHODS` order (arguments as
+    :func:`method_masks`); ``metrics.kept_patches`` holds each image's kept count."""
+    masks = method_masks(fg_prob, objects, level, grid, calibration, prior, cca_steps, resample, seed)
+    row = {}
+    for method in METHODS:
+        if method not in masks:
+            continue
+        metrics = BudgetMetrics()
+        for mask, obj in zip(masks[method], objects):
+            metrics.update(mask, obj)
+        row[method] = metrics
+    return row
 
 
 def format_budget(budget: dict[str, dict[str, dict]]) -> str:
@@ -236,5 +247,5 @@ def plot_budget(budget: dict[str, dict[str, dict]], path, title: str = "") -> No
         fig.savefig(tmp, format="png")
 
 
-__all__ = ["ImageObjects", "image_objects", "BudgetMetrics", "top_k_mask", "method_masks", "evaluate_budget",
-           "format_budget", "plot_budget", "METHODS", "DEFAULT_LEVELS", "PLOT_LEVELS"]
+__all__ = ["ImageObjects", "image_objects", "BudgetMetrics", "top_k_mask", "method_masks", "budget_metrics",
+           "evaluate_budget", "format_budget", "plot_budget", "METHODS", "DEFAULT_LEVELS", "PLOT_LEVELS"]

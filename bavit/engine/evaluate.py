@@ -25,17 +25,19 @@ METRIC_KEYS = ("token_accuracy", "balanced_accuracy", "fg_precision", "fg_recall
 @torch.no_grad()
 def predict_probs(model: BAViT, records: list[Record], batch_size: int = 16, label_source: str = "mask",
                   box_rule: str = "coverage", box_tau: float = 0.5,
-                  backend: str = "torch", int8: bool = True) -> tuple[np.ndarray, np.ndarray]:
+                  backend: str = "torch", int8: bool = True, runner=None) -> tuple[np.ndarray, np.ndarray]:
     """FG probabilities ``[N, G, G]`` and labels ``[N, G, G]`` for ``records`` (``backend``: ``"torch"`` runs
     ``model`` itself, ``"onnxruntime"`` its ONNX export, with int8 MatMuls unless ``int8=False``, as the Predictor
-    does)."""
+    does; a ``runner``, ``pixels [B, 3, S, S] -> fg_prob [B, G, G]`` such as a Predictor's ``bavit_runner``, is used
+    instead of either when given)."""
     from ..deploy.runtime import bavit_runner
 
     dataset = PatchDataset(records, model.config, label_source, box_rule, box_tau)
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False)
     probs, labels = [], []
     model.eval()
-    runner = model.fg_prob if backend == "torch" else bavit_runner(model.for_inference(), backend, int8=int8)
+    if runner is None:
+        runner = model.fg_prob if backend == "torch" else bavit_runner(model.for_inference(), backend, int8=int8)
     for pixels, batch_labels in loader:
         probs.append(runner(pixels))
         labels.append(batch_labels)
