@@ -9,7 +9,8 @@ import pytest
 from bavit.core.config import SMALL
 from bavit.core.model import build_bavit, save_checkpoint
 from bavit.data.records import coco_records, coco_split
-from bavit.engine.evaluate import METRIC_KEYS, evaluate
+from bavit.engine.evaluate import METRIC_KEYS, evaluate, predict_probs, score
+from bavit.core.cca import cca
 from bavit.engine.metrics import FN, FP, IGNORED, TN, TP, TokenMetrics, confusion_cells, confusion_counts, rates
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -86,3 +87,29 @@ def test_evaluate_cli_wrong_checkpoint(tmp_path, coco_root):
     result = subprocess.run([sys.executable, "-m", "bavit", "evaluate", "--checkpoint", str(tmp_path / "x.safetensors"),
                              "--coco-root", str(coco_root)], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 2 and "error:" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_evaluate_keeps_a_probability_equal_to_the_threshold_as_the_predictor_does(coco_root):
+    """The one rule (pruning.keep_mask: prob >= threshold) in evaluate too: at a threshold equal to a predicted
+    probability that token counts as FG, before and after CCA."""
+    import torch
+
+    from bavit.predictor import Predictor
+
+    records = coco_records(*coco_split(coco_root, "val2017"))[:3]
+    torch.manual_seed(0)
+    model = build_bavit(SMALL)
+    probs, labels = predict_probs(model, records)
+    threshold = float(np.sort(probs.ravel())[probs.size // 2])  # a probability some token has exactly
+    result = evaluate(model, records, threshold=threshold, cca_steps=3)
+    at_least, above = probs >= threshold, probs > threshold
+    assert at_least.sum() > above.sum()  # the cases differ on these images
+    grid = model.config.grid_size
+    expected = score(at_least, labels, records, grid)
+    assert {key: result[key] for key in expected} == expected
+    assert result["after_cca"] == score(cca(torch.from_numpy(at_least), steps=3).numpy(), labels, records, grid)
+    predictor = Predictor(bavit=model, detector=None, backend="torch")
+    analysis = predictor.predict(predictor.set_image(records[0].image_path), threshold=threshold, cca_steps=3)
+    first = predictor.set_image(records[0].image_path).fg_prob
+    assert np.array_equal(np.asarray(first), probs[0])  # the same probabilities (same preprocessing)
+    assert np.array_equal(np.asarray(analysis.grid_raw), at_least[0])

@@ -9,7 +9,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from ..core.cca import cca
+from ..pruning.keep_mask import keep_mask_from_probs
 from ..core.model import BAViT, checkpoint_extra, load_checkpoint
 from ..data.records import PatchDataset, Record, add_dataset_arguments, records_from_args
 from ..files import write_text
@@ -51,6 +51,15 @@ def score(grids: np.ndarray, labels: np.ndarray, records: list[Record], grid: in
     return metrics.summary()
 
 
+def select_grids(probs: np.ndarray, threshold: float, cca_steps: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(raw, after CCA)`` bool FG grids of ``probs`` ``[N, G, G]`` by the one keep-mask rule
+    (:func:`bavit.pruning.keep_mask.keep_mask_from_probs`: ``prob >= threshold``, validated), as the Predictor
+    selects them."""
+    selected = keep_mask_from_probs(torch.from_numpy(probs), threshold=threshold, cca_steps=cca_steps,
+                                    grid=probs.shape[-1])
+    return selected.grid_raw.numpy(), selected.grid_cca.numpy()
+
+
 def evaluate(model: BAViT, records: list[Record], threshold: float = 0.5, cca_steps: int = 3,
              prior: np.ndarray | None = None, batch_size: int = 16, label_source: str = "mask",
              sweep: tuple[float, ...] = (), levels: Sequence[float] = DEFAULT_LEVELS,
@@ -67,8 +76,7 @@ def evaluate(model: BAViT, records: list[Record], threshold: float = 0.5, cca_st
     """
     grid_size = model.config.grid_size
     probs, labels = predict_probs(model, records, batch_size, label_source, backend=backend, int8=int8)
-    raw = probs > threshold
-    grown = cca(torch.from_numpy(raw), steps=cca_steps).numpy()
+    raw, grown = select_grids(probs, threshold, cca_steps)
     prior_source = "training labels (checkpoint)"
     if prior is None:
         valid = labels != -100
@@ -90,8 +98,7 @@ def evaluate(model: BAViT, records: list[Record], threshold: float = 0.5, cca_st
     result["calibration"] = None if calibration is None else {"images": calibration.images, "source": calibration.source}
     result["sweep"] = []
     for value in sweep:
-        grid_raw = probs > value
-        grid_cca = cca(torch.from_numpy(grid_raw), steps=cca_steps).numpy()
+        grid_raw, grid_cca = select_grids(probs, value, cca_steps)
         result["sweep"].append({"threshold": value, "raw": score(grid_raw, labels, records, grid_size),
                                 "after_cca": score(grid_cca, labels, records, grid_size)})
     return result
