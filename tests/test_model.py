@@ -164,3 +164,30 @@ def test_module_exports_only_what_it_defines():
 
     for name in module.__all__:
         assert getattr(module, name).__module__ == module.__name__, name
+
+
+def test_presets_are_immutable_and_loaders_leave_them_alone(tmp_path):
+    import dataclasses
+
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        SMALL.depth = 3
+    before = (SMALL, LARGE, SMALL.mean, SMALL.std)
+    small = build_bavit(dataclasses.replace(SMALL, mean=(0.1, 0.2, 0.3), std=(0.4, 0.5, 0.6)))
+    path = save_checkpoint(small, tmp_path / "small.safetensors")
+    large = init_bavit(LARGE, init=f"bavit:{path}")  # grow_from takes the source's normalisation
+    assert large.config.mean == (0.1, 0.2, 0.3) and large.config.std == (0.4, 0.5, 0.6)
+    assert large.config.depth == 10 and (SMALL, LARGE, SMALL.mean, SMALL.std) == before
+    assert LARGE.mean == BAViTConfig().mean  # the preset itself was not changed
+    assert hash(SMALL) == hash(BAViTConfig(depth=2, name="bavit-small"))
+
+
+def test_random_yolos_tiny_leaves_the_global_generator_alone():
+    from bavit.pruning.yolos import random_yolos_tiny
+
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    first = random_yolos_tiny(seed=0, num_hidden_layers=1)
+    assert torch.equal(torch.rand(3), expected)  # as if it had not run
+    second = random_yolos_tiny(seed=0, num_hidden_layers=1)
+    assert all(torch.equal(a, b) for a, b in zip(first.state_dict().values(), second.state_dict().values()))

@@ -29,7 +29,7 @@ MAX_PARAMETERS = 100_000_000  # 400 MB of float32 weights
 LITE0_TRUNK_PARAMETERS = 700_000  # EfficientNet-Lite0 to stride 16 (bavit.core.lite0), to within 1%
 
 
-@dataclass
+@dataclass(frozen=True)
 class BAViTConfig:
     """Architecture and preprocessing of a BAViT token classifier.
 
@@ -60,8 +60,9 @@ class BAViTConfig:
 
     def __post_init__(self) -> None:
         self._check_bounds()
-        self.mean = tuple(float(v) for v in self.mean)
-        self.std = tuple(float(v) for v in self.std)
+        # frozen: the presets are shared, so nobody may change them; a changed config is dataclasses.replace(...)
+        object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
+        object.__setattr__(self, "std", tuple(float(v) for v in self.std))
         if self.img_size % self.patch_size:
             raise ConfigError(
                 f"input size {self.img_size} is not a multiple of the patch size {self.patch_size}"

@@ -5,6 +5,8 @@ path (nanoGPT-style).
 """
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import os
 from pathlib import Path
@@ -155,7 +157,7 @@ def grow_from(model: BAViT, source: BAViT) -> None:
             layer.bias.zero_()
     model.vit.norm.load_state_dict(source.vit.norm.state_dict())
     model.head.load_state_dict(source.head.state_dict())
-    model.config.mean, model.config.std = src.mean, src.std
+    model.config = dataclasses.replace(model.config, mean=src.mean, std=src.std)
 
 
 def save_checkpoint(model: BAViT, path: str | os.PathLike, extra: dict | None = None) -> Path:

@@ -1,6 +1,8 @@
 """Copy pretrained transformer weights into a BAViT: a timm ViT by name, or the first k layers of a loaded YOLOS."""
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 import torch.nn.functional as F
 
@@ -49,8 +51,7 @@ def copy_from_timm(model, name: str) -> None:
     vit.norm.load_state_dict(source.norm.state_dict())
     data_cfg = getattr(source, "pretrained_cfg", {}) or {}
     if "mean" in data_cfg and "std" in data_cfg:
-        model.config.mean = tuple(float(v) for v in data_cfg["mean"])
-        model.config.std = tuple(float(v) for v in data_cfg["std"])
+        model.config = dataclasses.replace(model.config, mean=tuple(data_cfg["mean"]), std=tuple(data_cfg["std"]))
 
 
 @torch.no_grad()

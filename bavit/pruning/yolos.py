@@ -335,9 +335,11 @@ def yolos_tiny_config(**overrides) -> YolosConfig:
 
 
 def random_yolos_tiny(seed: int = 0, **overrides) -> YolosForObjectDetection:
-    """YOLOS-tiny architecture at random init (latency measurements only; its detections mean nothing)."""
-    torch.manual_seed(seed)
-    return YolosForObjectDetection(yolos_tiny_config(**overrides)).eval()
+    """YOLOS-tiny architecture at random init (latency measurements only; its detections mean nothing). The init
+    draws from ``seed`` alone; torch's global generator is left as it was."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return YolosForObjectDetection(yolos_tiny_config(**overrides)).eval()
 
 
 _PATCHED_CLASSES: dict[type, type] = {}
