@@ -40,13 +40,21 @@ def test_all_ignored_gives_zero_with_grad():
     assert logits.grad is not None
 
 
-def test_class_weights_match_weighted_cross_entropy():
-    generator = torch.Generator().manual_seed(2)
-    logits = torch.randn(4, 16, 2, generator=generator)
-    labels = torch.randint(0, 2, (4, 16), generator=generator)
-    weights = (1.0, 2.5)
-    expected = F.cross_entropy(logits.reshape(-1, 2), labels.reshape(-1), weight=torch.tensor(weights))
-    assert torch.allclose(AccumulativeCrossEntropy(weights)(logits, labels), expected, atol=1e-7)
+def test_class_weights_by_hand():
+    """Weighted mean of the per-token losses, each weighted by its label's class weight; ignored tokens drop out."""
+    def nll(margin_fg_minus_bg, label):  # -log softmax of a [0, m] logit pair at the label
+        return math.log1p(math.exp(-margin_fg_minus_bg)) if label == 1 else math.log1p(math.exp(margin_fg_minus_bg))
+
+    margins, label_list = [-2.0, -3.0, 0.5, 3.0], [1, 0, 1, -100]
+    logits = torch.tensor([[[0.0, m] for m in margins]])
+    labels = torch.tensor([label_list])
+    w_bg, w_fg = 1.0, 2.5
+    terms = [(w_fg if y == 1 else w_bg, nll(m, y)) for m, y in zip(margins, label_list) if y != -100]
+    expected = sum(w * loss for w, loss in terms) / sum(w for w, _ in terms)
+    assert AccumulativeCrossEntropy((w_bg, w_fg))(logits, labels).item() == pytest.approx(expected, rel=1e-6)
+    unweighted = sum(loss for _, loss in terms) / len(terms)
+    assert AccumulativeCrossEntropy()(logits, labels).item() == pytest.approx(unweighted, rel=1e-6)
+    assert abs(expected - unweighted) > 0.05  # the weights matter on this example
     assert AccumulativeCrossEntropy().weight is None  # off by default
 
 
