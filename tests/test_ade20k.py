@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bavit.data.ade20k import COCO_LIKE, ade20k_records, object_values
+from bavit.data.ade20k import COCO_LIKE, ade20k_records, label_statistics, main, object_values
 from bavit.errors import DataError
 from conftest import SHARED_DATA
 
@@ -98,3 +98,23 @@ def test_train_takes_ade20k_alone_or_mixed(tmp_path, synthetic_coco, capsys):
                  "--out", str(tmp_path / "mixed")]) == 0
     ids = checkpoint_extra(tmp_path / "mixed" / "last.safetensors")["train_image_ids"]
     assert len(ids) == 5 and ids[3:] == ["ADE_0", "ADE_1"]
+
+
+@pytest.mark.parametrize("classes, other, expected", [
+    # quadrants: 1 FG of 4 tokens (person); the wall image: none. 8 tokens, 1 image of 2 without FG.
+    ("coco", "background", {"fg_tokens": 1 / 8, "ignored_tokens": 0.0, "images_without_fg": 0.5, "images": 2}),
+    ("things", "background", {"fg_tokens": 2 / 8, "ignored_tokens": 0.0, "images_without_fg": 0.5, "images": 2}),
+    ("coco", "ignore", {"fg_tokens": 1 / 8, "ignored_tokens": 1 / 8, "images_without_fg": 0.5, "images": 2}),
+])
+def test_label_statistics_by_hand(tmp_path, classes, other, expected):
+    root = make_ade(tmp_path, {"ADE_a": quadrants(), "ADE_b": np.full((32, 32), WALL, np.uint8)})
+    assert label_statistics(ade20k_records(root, classes, other), grid=(2, 2)) == expected
+
+
+def test_label_statistics_command_prints_every_choice(tmp_path, capsys):
+    root = make_ade(tmp_path, {"ADE_a": quadrants()})
+    assert main(["--ade-root", str(root)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2 + 4 and lines[2].startswith("| ADE20K, classes=coco, other=background | 1 |")
+    with pytest.raises(DataError, match="no images"):
+        label_statistics([])

@@ -18,10 +18,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 from PIL import Image
 
+from ..core.labels import IGNORE_INDEX
 from ..errors import DataError
 from .records import Instance, Record, _check_files, _read_index_png
 
@@ -104,4 +106,46 @@ def ade20k_records(root: str | Path, classes: str = "coco", other: str = "backgr
     return records
 
 
-__all__ = ["CLASS_SETS", "COCO_LIKE", "OTHER", "ade20k_records", "object_mask", "object_values"]
+def label_statistics(records: Sequence[Record], grid: tuple[int, int] = (24, 24)) -> dict[str, float]:
+    """What a labelling choice gives the paper's patch rule (:meth:`Record.labels`): the share of FG tokens, of
+    ignored tokens and of images without an FG token, over ``records`` on a ``grid``."""
+    if not records:
+        raise DataError("no images to count")
+    fg = ignored = tokens = empty = 0
+    for record in records:
+        labels = record.labels(grid)
+        fg += int((labels == 1).sum())
+        ignored += int((labels == IGNORE_INDEX).sum())
+        tokens += labels.numel()
+        empty += int(not (labels == 1).any())
+    return {"fg_tokens": fg / tokens, "ignored_tokens": ignored / tokens, "images_without_fg": empty / len(records),
+            "images": len(records)}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m bavit.data.ade20k --ade-root DIR [--coco-root DIR]``: :func:`label_statistics` for every
+    (classes, other) choice, next to COCO train2017's, as a markdown table."""
+    import argparse
+
+    from .records import coco_records, coco_split
+
+    parser = argparse.ArgumentParser(prog="python -m bavit.data.ade20k", description=main.__doc__)
+    parser.add_argument("--ade-root", required=True)
+    parser.add_argument("--coco-root", help="also COCO train2017, for comparison")
+    args = parser.parse_args(argv)
+    rows = [(f"ADE20K, classes={classes}, other={other}", ade20k_records(args.ade_root, classes, other))
+            for classes in CLASS_SETS for other in OTHER]
+    if args.coco_root:
+        rows.append(("COCO train2017", coco_records(*coco_split(args.coco_root, "train2017"))))
+    print("| labels | images | FG tokens | ignored tokens | images without an FG token |\n|---|---|---|---|---|")
+    for name, records in rows:
+        stats = label_statistics(records)
+        print(f"| {name} | {stats['images']} | {stats['fg_tokens']:.1%} | {stats['ignored_tokens']:.1%} "
+              f"| {stats['images_without_fg']:.1%} |")
+    return 0
+
+
+__all__ = ["CLASS_SETS", "COCO_LIKE", "OTHER", "ade20k_records", "label_statistics", "object_mask", "object_values"]
+
+if __name__ == "__main__":
+    raise SystemExit(main())
