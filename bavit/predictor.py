@@ -219,8 +219,12 @@ class Predictor:
     def run_bavit(self, image: Image.Image) -> np.ndarray:
         """One uncached BAViT forward on this backend: RGB image -> ``float32 [G, G]`` FG probabilities (the square
         resize and normalisation included). :meth:`set_image` is the cached way."""
+        return self._bavit_probs(square_resize(image, self.bavit.config.img_size))
+
+    def _bavit_probs(self, resized: Image.Image) -> np.ndarray:
+        """BAViT on an image already square-resized to its input size: ``float32 [G, G]`` FG probabilities."""
         config = self.bavit.config
-        pixels = to_tensor(square_resize(image, config.img_size), config.img_size, config.mean, config.std)[None]
+        pixels = to_tensor(resized, config.img_size, config.mean, config.std)[None]
         return self._runner("bavit")(pixels)[0].float().numpy()
 
     def run_detector(self, pixels: torch.Tensor, keep_mask: Optional[torch.Tensor] = None) -> DetectorOutput:
@@ -262,10 +266,9 @@ class Predictor:
             if cached is not None:
                 self._cache.move_to_end(key)
                 return PreparedImage(rgb, cached, 0.0, key)
-        runner = self._runner("bavit")  # built before timing (the onnxruntime export)
+        self._runner("bavit")  # built before timing (the onnxruntime export)
         start = time.perf_counter()
-        pixels = to_tensor(resized, config.img_size, config.mean, config.std)[None]
-        probs = runner(pixels)[0].float().numpy()
+        probs = self._bavit_probs(resized)
         elapsed = (time.perf_counter() - start) * 1000.0
         probs.setflags(write=False)
         with self._lock:
