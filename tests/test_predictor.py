@@ -142,6 +142,14 @@ def test_cache_is_lru(bavit_ckpt):
     assert pred.bavit_runs == 4  # evicted earlier
 
 
+def test_run_bavit_is_set_image_without_the_cache(bavit_ckpt):
+    pred = Predictor(bavit=bavit_ckpt, detector=None, backend="torch")
+    image = Image.fromarray(photo(300, 200, seed=5))
+    probs = pred.run_bavit(image)
+    assert pred.bavit_runs == 0 and probs.dtype == np.float32 and probs.shape == (24, 24)
+    assert np.array_equal(probs, pred.set_image(image).fg_prob) and pred.bavit_runs == 1
+
+
 def test_concurrent_predictions_equal_serial_ones(bavit_ckpt, yolos_dir):
     """Threads sharing one Predictor (as the app's workers do) get exactly what one thread gets alone."""
     pred = Predictor(bavit=bavit_ckpt, detector=str(yolos_dir), score_threshold=0.0, cache_size=2)
