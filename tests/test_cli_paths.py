@@ -24,11 +24,11 @@ WORK = {
     "export": ("bavit.predictor", "Predictor"),
     "bench": ("bavit.bench.latency", "run_bench"),
     "tradeoff": ("bavit.bench.tradeoff", "run_tradeoff"),
-    "evaluate": ("bavit.engine.evaluate", "load_checkpoint"),
-    "calibrate": ("bavit.engine.calibrate", "load_checkpoint"),
+    "evaluate": ("bavit.cli.evaluate", "load_checkpoint"),
+    "calibrate": ("bavit.cli.calibrate", "load_checkpoint"),
     "map": ("bavit.pruning.detector", "load_yolos_model"),
     "finetune": ("bavit.pruning.detector", "load_yolos_model"),
-    "train": ("bavit.engine.train", "records_from_args"),
+    "train": ("bavit.cli.train", "records_from_args"),
     "app-bench": ("bavit.bench.app_bench", "client_bench"),
 }
 

@@ -1,4 +1,5 @@
-"""Benchmarks that print figures and ratios (never timed tests): what the pruning buys on this machine.
+"""Benchmarks that print figures and ratios (never timed tests): what the pruning buys on this machine. The commands
+named below are in :mod:`bavit.cli`; ``batch_modes`` is a script of its own.
 
 - :mod:`.latency` — ``python -m bavit bench``: dense vs BAViT + CCA + pruned YOLOS per stage (§4.3).
 - :mod:`.tradeoff` — ``python -m bavit tradeoff``: object pixel recall vs end-to-end latency (BAViT included)

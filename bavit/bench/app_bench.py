@@ -1,4 +1,5 @@
-"""Slider round-trip benchmark of the app: ``python -m bavit app-bench`` (or ``python -m bavit.bench.app_bench``).
+"""Slider round-trip benchmark of the app; the command line is ``python -m bavit app-bench``
+(:mod:`bavit.cli.app_bench`).
 
 Starts ``python app.py`` on a free port (torch on ``--threads`` threads), loads one image through ``gradio_client``
 the way the page does, then times ``--changes`` threshold changes (the ``set_threshold`` event the slider fires),
@@ -19,8 +20,6 @@ app has stopped, same threads and backend), with their ratio and a verdict again
 """
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import shutil
 import socket
@@ -33,9 +32,8 @@ import time
 import urllib.request
 from pathlib import Path
 
-from ..deploy.runtime import BACKENDS, DEFAULT_BACKEND
+from ..deploy.runtime import DEFAULT_BACKEND
 from ..errors import ConfigError
-from ..files import write_text
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_IMAGE = ROOT / "assets" / "examples" / "chelsea.jpg"
@@ -129,17 +127,19 @@ def shown_speedup(client, image: Path, runs: int = 12, pause: float = 1.5, timeo
             "latency_ms": result["latency_ms"]}
 
 
-def bench_speedup(args: argparse.Namespace, kept: int) -> dict:
-    """``python -m bavit bench``'s batch-1 row at ``kept`` patches for ``args.image`` (in-process, same threads and
-    backend as the app): :func:`bavit.bench.latency.run_bench` on a folder holding only that image."""
+def bench_speedup(image: str | os.PathLike, kept: int, threads: int, repeats: int, bavit: str | None = None,
+                  detector: str | None = None, backend: str | None = None) -> dict:
+    """``python -m bavit bench``'s batch-1 row at ``kept`` patches for ``image`` (in-process, same threads and
+    backend as the app; ``repeats`` timed runs): :func:`bavit.bench.latency.run_bench` on a folder holding only
+    that image."""
     from ..pruning.detector import DEFAULT_DETECTOR
     from .latency import run_bench
 
     with tempfile.TemporaryDirectory(prefix="bavit-app-bench-") as folder:
-        shutil.copyfile(args.image, Path(folder) / Path(args.image).name)
-        report = run_bench(threads=args.threads, sparsities=[1.0 - kept / 1024], repeats=args.bench_repeats, warmup=2,
-                           batch=0, bavit=args.bavit, detector=args.detector or DEFAULT_DETECTOR,
-                           images=[Path(folder)], backends=(args.backend or DEFAULT_BACKEND,), log=lambda line: None)
+        shutil.copyfile(image, Path(folder) / Path(image).name)
+        report = run_bench(threads=threads, sparsities=[1.0 - kept / 1024], repeats=repeats, warmup=2,
+                           batch=0, bavit=bavit, detector=detector or DEFAULT_DETECTOR,
+                           images=[Path(folder)], backends=(backend or DEFAULT_BACKEND,), log=lambda line: None)
     return report["results"][0]
 
 
@@ -152,8 +152,9 @@ def compare(shown: dict, bench: dict) -> dict:
             "app_kept": shown["kept_patches"], "bench_kept": bench["kept_patches"]}
 
 
-def time_in_process(args: argparse.Namespace, changes: int) -> dict[str, list[float]]:
-    """``Explorer.render`` (all the server-side work of one slider change) without Gradio, per mode.
+def time_in_process(image: str | os.PathLike, changes: int, threads: int, bavit: str | None = None,
+                    detector: str | None = None, backend: str | None = None) -> dict[str, list[float]]:
+    """``Explorer.render`` (all the server-side work of one slider change) on ``image`` without Gradio, per mode.
 
     Like the app: the Predictor is built (and torch's thread count set) in the main thread, and the handler work runs
     in a worker thread, as Gradio's queue does.
@@ -164,15 +165,15 @@ def time_in_process(args: argparse.Namespace, changes: int) -> dict[str, list[fl
     from ..predictor import DEFAULT_BAVIT_CHECKPOINT, Predictor
     from ..pruning.detector import DEFAULT_DETECTOR
 
-    torch.set_num_threads(args.threads)
-    predictor = Predictor(bavit=args.bavit or DEFAULT_BAVIT_CHECKPOINT, detector=args.detector or DEFAULT_DETECTOR,
-                          backend=args.backend or DEFAULT_BACKEND)
+    torch.set_num_threads(threads)
+    predictor = Predictor(bavit=bavit or DEFAULT_BAVIT_CHECKPOINT, detector=detector or DEFAULT_DETECTOR,
+                          backend=backend or DEFAULT_BACKEND)
     predictor.warm_up()  # the onnxruntime export, before anything is timed
     explorer = Explorer(predictor)
     results: dict[str, list[float]] = {}
 
     def work() -> None:
-        session = explorer.open_image({"path": str(args.image), "orig_name": Path(args.image).name})
+        session = explorer.open_image({"path": str(image), "orig_name": Path(image).name})
         explorer.measure_dense(session, Controls())
         for key, detect in (("with_detector", True), ("grid_only", False)):
             timings = []
@@ -196,131 +197,59 @@ def summary(timings: list[float]) -> dict:
             "min_ms": ordered[0], "max_ms": ordered[-1], "changes": len(ordered), "all_ms": [round(t, 2) for t in timings]}
 
 
-def client_bench(args: argparse.Namespace) -> dict:
-    """Everything measured through ``gradio_client`` against a fresh ``python app.py``: the slider round trips and
-    the app's shown speed-up (:func:`shown_speedup`); the app is stopped before this returns."""
+def client_bench(image: str | os.PathLike, changes: int, threads: int, bavit: str | None = None,
+                 detector: str | None = None, backend: str | None = None, bench_repeats: int = 15) -> dict:
+    """Everything measured through ``gradio_client`` against a fresh ``python app.py``: the slider round trips and,
+    unless ``bench_repeats`` is 0, the app's shown speed-up (:func:`shown_speedup`); the app is stopped before this
+    returns."""
     from gradio_client import Client, handle_file
 
-    process, url, log = start_app(args.threads, args.bavit, args.detector, args.backend)
+    process, url, log = start_app(threads, bavit, detector, backend)
     try:
         client = Client(url, download_files=False, verbose=False)
-        floor = summary(time_floor(client, args.changes))
-        client.predict(handle_file(str(args.image)), MODE_THRESHOLD, 0.5, 35, 3, True, False, api_name="/load_image")
-        info = client.predict(handle_file(str(args.image)), 0.5, 3, 0, api_name="/analyze")
+        floor = summary(time_floor(client, changes))
+        client.predict(handle_file(str(image)), MODE_THRESHOLD, 0.5, 35, 3, True, False, api_name="/load_image")
+        info = client.predict(handle_file(str(image)), 0.5, 3, 0, api_name="/analyze")
         results = {
-            "threads": args.threads,
-            "image": str(args.image),
-            "backend": args.backend or DEFAULT_BACKEND,
+            "threads": threads,
+            "image": str(image),
+            "backend": backend or DEFAULT_BACKEND,
             "detector_status": info["detector_status"],
             "latency_note": info["latency_note"],
-            "with_detector": summary(time_changes(client, args.changes, detect=True)),
-            "grid_only": summary(time_changes(client, args.changes, detect=False)),
+            "with_detector": summary(time_changes(client, changes, detect=True)),
+            "grid_only": summary(time_changes(client, changes, detect=False)),
             "transport_floor": floor,
         }
-        if args.bench_repeats:
-            results["shown"] = shown_speedup(client, args.image)
+        if bench_repeats:
+            results["shown"] = shown_speedup(client, image)
     finally:
         process.terminate()
         process.wait(timeout=20)
     return results
 
 
-def run(args: argparse.Namespace) -> int:
-    if getattr(args, "browser", False):
-        from .browser_bench import print_browser, run_browser
+def run_app_bench(image: str | os.PathLike = DEFAULT_IMAGE, changes: int = 20, threads: int = 2,
+                  bavit: str | None = None, detector: str | None = None, backend: str | None = None,
+                  bench_repeats: int = 15) -> dict:
+    """The whole benchmark (see the module docstring): :func:`client_bench`, then the same work in-process
+    (:func:`time_in_process`) and, when the app's speed-up was read, ``python -m bavit bench``'s at the same kept count
+    (:func:`bench_speedup`, after the app has stopped, so the two never share the CPU) with their :func:`compare`.
 
-        results = run_browser(args)
-        print_browser(results)
-        if args.json:
-            write_text(args.json, json.dumps(results, indent=2))
-            print(f"wrote {args.json}")
-        return 0
-    if args.bench_repeats < 0:
+    Returns :func:`client_bench`'s results plus ``in_process`` (summaries per mode), ``bench`` and ``agreement``
+    (with a shown speed-up) and ``load_average``.
+
+    Raises:
+        ConfigError: ``bench_repeats`` below 0.
+    """
+    if bench_repeats < 0:
         raise ConfigError("--bench-repeats must be >= 0")
-    results = client_bench(args)
-    in_process = time_in_process(args, args.changes)
+    results = client_bench(image, changes, threads, bavit, detector, backend, bench_repeats)
+    in_process = time_in_process(image, changes, threads, bavit, detector, backend)
     results["in_process"] = {key: summary(value) for key, value in in_process.items()}
     shown = results.get("shown")
     if shown is not None:  # after the app has stopped, so the two never share the CPU
-        results["bench"] = bench_speedup(args, int(shown["kept_patches"]))
+        results["bench"] = bench_speedup(image, int(shown["kept_patches"]), threads, bench_repeats, bavit, detector,
+                                         backend)
         results["agreement"] = compare(shown, results["bench"])
     results["load_average"] = os.getloadavg()
-    print(f"slider round trip through gradio_client, {args.changes} changes, torch threads={args.threads}, image {Path(args.image).name}")
-    print(f"detector: {results['latency_note']}; load average {results['load_average'][0]:.1f} on {os.cpu_count()} CPUs")
-    rows = (("with_detector", "CCA + pruned YOLOS + drawing"), ("grid_only", "grid only (detector off)"),
-            ("transport_floor", "no image loaded (transport floor)"))
-    for key, label in rows:
-        row = results[key]
-        print(f"  {label:34s} median {row['median_ms']:7.1f} ms   p90 {row['p90_ms']:7.1f} ms   min {row['min_ms']:7.1f} ms")
-    print("same work in-process (Explorer.render in a worker thread, no Gradio):")
-    for key, label in rows[:2]:
-        row = results["in_process"][key]
-        print(f"  {label:34s} median {row['median_ms']:7.1f} ms   p90 {row['p90_ms']:7.1f} ms   min {row['min_ms']:7.1f} ms")
-    print("targets (deployable-speed issue, measured in a browser with --browser): <= 200 ms with the pruned "
-          "detector, <= 50 ms grid only")
-    if shown is not None:
-        print_agreement(results)
-    if args.json:
-        write_text(args.json, json.dumps(results, indent=2))
-        print(f"wrote {args.json}")
-    return 0
-
-
-def print_agreement(results: dict) -> None:
-    """The app's shown speed-up next to the bench's at the same kept count, their ratio and the verdict."""
-    shown, bench, agreement = results["shown"], results["bench"], results["agreement"]
-    medians = shown["latency_ms"]
-
-    def ms(key: str) -> str:
-        return "n/a" if medians.get(key) is None else f"{medians[key]:.1f}"
-
-    print(f"speed-up at {agreement['app_kept']} kept patches ({shown['sparsity']:.0%} sparsity; top "
-          f"{SHOWN_KEEP_RATIO:.0%} of BAViT's tokens, CCA 3), backend {bench['backend']}:")
-    app = "warming up (no number)" if agreement["app_speedup"] is None else f"{agreement['app_speedup']:.2f}x"
-    print(f"  app shows  {app:>8s}   dense {ms('dense')} ms ({medians.get('dense_runs')} warm runs), BAViT "
-          f"{ms('bavit')} ms ({medians.get('bavit_runs')}), CCA {ms('cca')} ms, pruned {ms('pruned')} ms "
-          f"({medians.get('pruned_runs')} warm runs; {medians.get('pruned_source') or 'none'})")
-    print(f"  bench      {agreement['bench_speedup']:7.2f}x   dense {bench['dense_ms']:.1f} ms, BAViT "
-          f"{bench['bavit_ms']:.1f} ms, CCA {bench['cca_ms']:.2f} ms, pruned {bench['pruned_yolos_ms']:.1f} ms ({bench['kept_patches']:.0f} kept, "
-          f"medians of {bench['repeats']} interleaved runs)")
-    if agreement["ratio"] is None:
-        print("  verdict: NO NUMBER (the app was still warming up)")
-    else:
-        verdict = "agree" if agreement["agree"] else "DISAGREE"
-        print(f"  ratio app / bench {agreement['ratio']:.3f}: {verdict} (within +-{AGREEMENT:.0%})")
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads in the app (default 2)")
-    parser.add_argument("--changes", type=int, default=20, help="threshold changes timed per mode (default 20)")
-    parser.add_argument("--image", type=Path, default=DEFAULT_IMAGE, help="image to load (default chelsea.jpg)")
-    parser.add_argument("--bavit", default=None, help="BAViT checkpoint (default: the app's)")
-    parser.add_argument("--detector", default=None, help="YOLOS id or dir (default: the app's; random-init latency without weights)")
-    parser.add_argument("--backend", default=None, choices=BACKENDS,
-                        help=f"backend of the app and the bench (default: the Predictor's, {DEFAULT_BACKEND})")
-    parser.add_argument("--bench-repeats", type=int, default=15,
-                        help="bench runs for the shown-vs-bench speed-up comparison (default 15; 0 skips it)")
-    parser.add_argument("--json", default=None, help="write the results here")
-    parser.add_argument("--browser", action="store_true",
-                        help="time the slider in a real browser instead (Playwright + Debian's chromium; "
-                             "bavit.bench.browser_bench), with the gradio_client figures as a second line")
-    from .browser_bench import add_browser_arguments  # here, not at the top: browser_bench imports this module
-
-    add_browser_arguments(parser)
-
-
-def register(subparsers) -> None:
-    """``python -m bavit app-bench``."""
-    parser = subparsers.add_parser("app-bench", help="slider round-trip latency of the Gradio app")
-    add_arguments(parser)
-    parser.set_defaults(func=run)
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bavit.bench.app_bench", description=__doc__.split("\n\n")[0])
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+    return results

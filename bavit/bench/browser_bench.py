@@ -1,5 +1,5 @@
-"""Slider latency in a real browser: ``python -m bavit app-bench --browser`` (or
-``python -m bavit.bench.browser_bench``).
+"""Slider latency in a real browser; the command line is ``python -m bavit app-bench --browser``
+(:mod:`bavit.cli.app_bench`).
 
 Starts ``python app.py`` on a free port (:func:`bavit.bench.app_bench.start_app`), waits for its background latency
 warm-up to finish, opens it in Debian's chromium through Playwright, uploads ``--image`` and times ``--changes``
@@ -18,14 +18,12 @@ Targets (issue 9, reported, not asserted): grid-only <= 50 ms, with the pruned d
 """
 from __future__ import annotations
 
-import argparse
 import os
 import time
 from pathlib import Path
 
 from ..app.session import MODE_TOPK
-from .app_bench import add_arguments, start_app, summary, time_changes
-from .app_bench import run as app_bench_run
+from .app_bench import start_app, summary, time_changes
 
 CHROMIUM = "/usr/bin/chromium"  # Debian's chromium (apt-get install chromium), as tests/test_app_browser.py
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
@@ -167,75 +165,29 @@ def client_timings(client, image: Path, changes: int) -> dict:
             "with_detector": summary(time_changes(client, changes, detect=True))}
 
 
-def run_browser(args: argparse.Namespace) -> dict:
-    """Start the app, time the slider in chromium, then through ``gradio_client``; the app is stopped on return.
-
-    Uses ``args.threads``, ``args.changes``, ``args.image``, ``args.bavit``, ``args.detector``, ``args.backend``
-    (optional) and ``args.chromium``.
-    """
-    if args.changes < 1:
+def run_browser(image: str | os.PathLike, changes: int, threads: int, bavit: str | None = None,
+                detector: str | None = None, backend: str | None = None, chromium: str = CHROMIUM) -> dict:
+    """Start the app (torch on ``threads`` threads, ``bavit``, ``detector`` and ``backend`` as ``app.py`` takes them,
+    None for its defaults), time ``changes`` slider changes on ``image`` in ``chromium``, then through
+    ``gradio_client``; the app is stopped on return."""
+    if changes < 1:
         raise SystemExit("error: --changes must be >= 1")
-    chromium = getattr(args, "chromium", CHROMIUM)
     if not Path(chromium).exists():
         raise SystemExit(f"error: no browser at {chromium} (install Debian's chromium: apt-get install chromium)")
     from gradio_client import Client
 
-    image = Path(args.image)
-    process, url, _log = start_app(args.threads, args.bavit, args.detector, getattr(args, "backend", None))
+    image = Path(image)
+    process, url, _log = start_app(threads, bavit, detector, backend)
     try:
         client = Client(url, download_files=False, verbose=False)
         info = wait_for_warm_up(client, image)
-        results = {"threads": args.threads, "image": str(image), "changes": args.changes,
+        results = {"threads": threads, "image": str(image), "changes": changes,
                    "latency_note": info["latency_note"], "detector_status": info["detector_status"],
-                   "browser": browser_timings(url, image, args.changes, chromium)}
-        results["gradio_client"] = client_timings(client, image, args.changes)
+                   "browser": browser_timings(url, image, changes, chromium)}
+        results["gradio_client"] = client_timings(client, image, changes)
     finally:
         process.terminate()
         process.wait(timeout=20)
     results["targets_ms"] = dict(TARGETS_MS)
     results["load_average"] = os.getloadavg()
     return results
-
-
-def _row(label: str, row: dict, target: float | None = None) -> str:
-    line = (f"  {label:30s} median {row['median_ms']:7.1f} ms   p90 {row['p90_ms']:7.1f} ms   "
-            f"min {row['min_ms']:7.1f} ms")
-    if target is not None:
-        line += f"   target <= {target:.0f} ms: {'met' if row['median_ms'] <= target else 'MISSED'}"
-    return line
-
-
-def print_browser(results: dict) -> None:
-    """The browser figures with their targets, then the ``gradio_client`` line."""
-    browser, client = results["browser"], results["gradio_client"]
-    print(f"slider in chromium (Playwright), {results['changes']} changes in the default mode ({browser['mode']}), "
-          f"torch threads={results['threads']}, image {Path(results['image']).name}")
-    print(f"detector: {results['latency_note']}; load average {results['load_average'][0]:.1f} on "
-          f"{os.cpu_count()} CPUs")
-    print("type a value in the slider's box and press Enter, until the sparsity text shows it (performance.now in "
-          "the page):")
-    print(_row("grid only (detector off)", browser["grid_only"], TARGETS_MS["grid_only"])
-          + f"   [{browser['grid_only_in_page']} answered in the page]")
-    print(_row("with the pruned detector", browser["with_detector"], TARGETS_MS["with_detector"]))
-    if "with_detector_topk" in browser:
-        print(_row("  same, top-k (held at 30-70%)", browser["with_detector_topk"], TARGETS_MS["with_detector"]))
-    print("gradio_client round trip, same app (set_threshold API, threshold mode, grid and curve images):")
-    print(_row("grid only (detector off)", client["grid_only"]))
-    print(_row("with the pruned detector", client["with_detector"]))
-
-
-def add_browser_arguments(parser: argparse.ArgumentParser) -> None:
-    """The browser bench's own options (the shared ones, ``--changes`` etc., are app-bench's ``add_arguments``)."""
-    parser.add_argument("--chromium", default=CHROMIUM, help=f"chromium executable for Playwright (default {CHROMIUM})")
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bavit.bench.browser_bench", description=__doc__.split("\n\n")[0])
-    add_arguments(parser)  # app-bench's options, --chromium included (add_browser_arguments)
-    args = parser.parse_args(argv)
-    args.browser = True
-    return app_bench_run(args)  # app-bench's run, which takes the --browser path
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

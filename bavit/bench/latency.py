@@ -1,4 +1,5 @@
-"""``python -m bavit bench``: CPU latency of dense YOLOS-tiny vs BAViT-small + CCA + pruned YOLOS-tiny at 512x512.
+"""CPU latency of dense YOLOS-tiny vs BAViT-small + CCA + pruned YOLOS-tiny at 512x512; the command line is
+``python -m bavit bench`` (:mod:`bavit.cli.bench`).
 
 For each sparsity level (fraction of the YOLOS patches pruned) every image gets the BAViT keep ratio whose keep
 mask -- the pipeline's own rule, :func:`bavit.pruning.keep_mask.keep_mask_from_probs`: top-k, CCA, resample to
@@ -12,13 +13,10 @@ random init is timed, and the report says which weights ran.
 """
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import platform
 import resource
 import statistics
-import sys
 import time
 from pathlib import Path
 from typing import Callable, Mapping, Optional, Sequence
@@ -27,9 +25,9 @@ import numpy as np
 import torch
 
 from ..core.config import SMALL
-from ..deploy.runtime import BACKENDS, DEFAULT_BACKEND, check_backend
+from ..deploy.runtime import DEFAULT_BACKEND, check_backend
 from ..errors import ConfigError
-from ..files import atomic_path, write_text
+from ..files import atomic_path
 from ..imageio import load_image, to_tensor
 from ..predictor import DEFAULT_BAVIT_CHECKPOINT, Predictor
 from ..pruning.accounting import accounting_at_sparsity, token_accounting
@@ -84,26 +82,6 @@ def machine_info(load_before: tuple[float, float, float]) -> dict:
         "load_average_before": load_before,
         "load_average_after": os.getloadavg(),
     }
-
-
-def note_omp_wait_policy(command: str) -> None:
-    """On stderr, when ``OMP_WAIT_POLICY`` is unset: spinning OpenMP threads distort timings on a busy CPU."""
-    if "OMP_WAIT_POLICY" not in os.environ:
-        print("note: OMP_WAIT_POLICY is unset; on a busy shared CPU spinning OpenMP threads can make every run several "
-              f"times slower; consider OMP_WAIT_POLICY=PASSIVE python -m bavit {command} ...", file=sys.stderr)
-
-
-def print_and_write(report: dict, table: str, json_path: Optional[str], plot_path: Optional[str],
-                    plot_report: Callable[[dict, str], object]) -> None:
-    """A bench command's ending: print its ``table``, then write ``report`` as JSON and ``plot_report(report,
-    plot_path)`` where asked (both written atomically)."""
-    print(table)
-    if json_path:
-        write_text(json_path, json.dumps(report, indent=2))
-        print(f"wrote {json_path}")
-    if plot_path:
-        plot_report(report, plot_path)
-        print(f"wrote {plot_path}")
 
 
 def find_images(count: int, sources: Sequence[Path] = DEFAULT_IMAGES) -> list:
@@ -400,38 +378,3 @@ def plot(report: dict, path: str | os.PathLike) -> Path:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
     return path
-
-
-def register(subparsers) -> None:
-    parser = subparsers.add_parser(
-        "bench", help="CPU latency: dense YOLOS-tiny vs BAViT + CCA + pruned YOLOS-tiny",
-        description="CPU latency of dense YOLOS-tiny vs BAViT-small + CCA + pruned YOLOS-tiny at 512x512, batch 1 and "
-                    "batch N, at the paper's Table 2 sparsity levels (interleaved runs, medians).")
-    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
-    parser.add_argument("--json", help="write the report here")
-    parser.add_argument("--plot", help="write the speed-up plot (PNG) here")
-    parser.add_argument("--bavit", help="BAViT checkpoint (default: the shipped BAViT-small, else random init)")
-    parser.add_argument("--detector", default=DEFAULT_DETECTOR, help="YOLOS hub id or save_pretrained directory")
-    parser.add_argument("--repeats", type=int, default=10, help="timed runs per level (median reported)")
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--batch", type=int, default=8, help="second measurement's batch size (0: skip)")
-    parser.add_argument("--sparsity", type=float, nargs="+", default=list(DEFAULT_SPARSITIES),
-                        help="fractions of YOLOS patches pruned (default: the paper's Table 2 levels)")
-    parser.add_argument("--images", nargs="+", help="folders with real images (default assets/examples)")
-    parser.add_argument("--backend", nargs="+", choices=BACKENDS, default=None,
-                        help=f"backends to time side by side (default: {DEFAULT_BACKEND} first, then the others; the "
-                             "first is the one the targets are checked on)")
-    parser.set_defaults(func=run)
-
-
-def run(args: argparse.Namespace) -> int:
-    if args.repeats < 1:
-        raise ConfigError("--repeats must be >= 1")
-    images = [Path(p) for p in args.images] if args.images else DEFAULT_IMAGES
-    note_omp_wait_policy("bench")
-    backends = args.backend or [DEFAULT_BACKEND, *(name for name in BACKENDS if name != DEFAULT_BACKEND)]
-    report = run_bench(threads=args.threads, sparsities=args.sparsity, repeats=args.repeats, warmup=args.warmup,
-                       batch=args.batch, bavit=args.bavit, detector=args.detector, images=images,
-                       backends=list(dict.fromkeys(backends)))
-    print_and_write(report, format_table(report), args.json, args.plot, plot)
-    return 0

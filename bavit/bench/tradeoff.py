@@ -1,4 +1,5 @@
-"""``python -m bavit tradeoff``: object pixel recall against end-to-end latency (BAViT included), per checkpoint.
+"""Object pixel recall against end-to-end latency (BAViT included), per checkpoint; the command line is
+``python -m bavit tradeoff`` (:mod:`bavit.cli.tradeoff`).
 
 A BAViT with a more expensive stem may prune better, but it also costs more before the detector starts; this
 command puts both on one axis. For each calibrated BAViT checkpoint and each target sparsity:
@@ -21,7 +22,6 @@ report says which weights ran.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 from pathlib import Path
@@ -32,8 +32,8 @@ import torch
 from PIL import Image
 
 from ..core.model import load_checkpoint
-from ..data.records import Record, add_dataset_arguments, records_from_args
-from ..deploy.runtime import BACKENDS, DEFAULT_BACKEND, check_backend
+from ..data.records import Record
+from ..deploy.runtime import DEFAULT_BACKEND, check_backend
 from ..engine.budget import budget_metrics, image_objects, top_k_mask
 from ..engine.evaluate import predict_probs
 from ..errors import ConfigError, DataError
@@ -42,7 +42,7 @@ from ..predictor import Predictor
 from ..pruning.calibration import Calibration, load_calibration
 from ..pruning.detector import DEFAULT_DETECTOR
 from ..pruning.settings import sparsity_value
-from .latency import detector_weights, interleaved_medians, machine_info, note_omp_wait_policy, print_and_write
+from .latency import detector_weights, interleaved_medians, machine_info
 
 DEFAULT_LEVELS = (0.10, 0.20, 0.29, 0.35, 0.40, 0.46, 0.55)
 BAVIT_METHODS = ("bavit_calibrated", "bavit_topk", "bavit_calibrated_cca")  # bavit.engine.budget's BAViT methods
@@ -298,56 +298,3 @@ def plot(report: dict, path: str | os.PathLike) -> Path:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
     return Path(path)
-
-
-def register(subparsers) -> None:
-    parser = subparsers.add_parser(
-        "tradeoff", help="object pixel recall vs end-to-end latency (BAViT included) per BAViT checkpoint",
-        description="Object pixel recall against mean end-to-end latency (BAViT + pruned YOLOS-tiny, batch 1) of one "
-                    "or more calibrated BAViT checkpoints at target sparsities, with dense YOLOS-tiny for reference.")
-    parser.add_argument("--checkpoint", nargs="+", required=True, metavar="CKPT",
-                        help="calibrated BAViT checkpoints (python -m bavit calibrate)")
-    parser.add_argument("--labels", nargs="+", help="their names in the table and plot (default: file names)")
-    add_dataset_arguments(parser, default_split="val2017", default_subset="all")
-    parser.add_argument("--limit", type=int, help="only the first N images")
-    parser.add_argument("--levels", type=float, nargs="+", default=list(DEFAULT_LEVELS), metavar="S",
-                        help="target sparsities (fractions of the YOLOS patches pruned; default %(default)s)")
-    parser.add_argument("--methods", nargs="+", choices=BAVIT_METHODS, default=list(DEFAULT_METHODS),
-                        help="keep-mask methods (default: %(default)s)")
-    parser.add_argument("--backend", choices=BACKENDS, default=DEFAULT_BACKEND,
-                        help="runs BAViT and the detector (default %(default)s)")
-    parser.add_argument("--detector", default=DEFAULT_DETECTOR,
-                        help="YOLOS hub id or save_pretrained directory (without weights: the YOLOS-tiny architecture "
-                             "at random init; latency does not depend on the weights)")
-    parser.add_argument("--counts", type=int, nargs="+", metavar="N",
-                        help="kept counts to time the pruned YOLOS at (default 128, 256, ..., 1024; the images' "
-                             "smallest and largest are added)")
-    parser.add_argument("--repeats", type=int, default=10, help="timed rounds (median reported)")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed rounds first")
-    parser.add_argument("--threads", type=int, default=2, help="torch and onnxruntime CPU threads (default 2)")
-    parser.add_argument("--batch-size", type=int, default=16, help="BAViT batch for the probabilities")
-    parser.add_argument("--json", help="write the report here")
-    parser.add_argument("--plot", help="write recall vs end-to-end latency (PNG) here")
-    parser.set_defaults(func=run)
-
-
-def _dataset_name(args: argparse.Namespace) -> str:
-    if args.voc_root:
-        name = f"VOC {args.image_set}"
-    elif args.ann:
-        name = Path(args.ann).name
-    else:
-        name = f"COCO {args.split}"
-    return name if args.subset == "all" else f"{name} ({args.subset})"
-
-
-def run(args: argparse.Namespace) -> int:
-    if args.limit is not None and args.limit < 1:
-        raise ConfigError("--limit must be >= 1")
-    note_omp_wait_policy("tradeoff")
-    records = records_from_args(args)[: args.limit]
-    report = run_tradeoff(args.checkpoint, records, labels=args.labels, levels=args.levels, methods=args.methods,
-                          backend=args.backend, detector=args.detector, counts=args.counts, repeats=args.repeats,
-                          warmup=args.warmup, batch_size=args.batch_size, dataset=_dataset_name(args))
-    print_and_write(report, format_table(report), args.json, args.plot, plot)
-    return 0

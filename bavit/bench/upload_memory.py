@@ -9,19 +9,17 @@ composite) and ``gray16`` (16-bit grayscale PNG), the decodes that allocate most
 """
 from __future__ import annotations
 
-import argparse
-import json
 import math
 import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 from PIL import Image
 
 from ..app.uploads import MAX_IMAGE_PIXELS
-from ..files import write_text
 from .app_bench import start_app
 
 KINDS = ("rgb", "rgba", "gray16")
@@ -86,51 +84,26 @@ def concurrent_peak(url: str, pid: int, image: Path, concurrent: int) -> dict:
             "rss_after_mib": _status(pid, "VmRSS"), "seconds": time.perf_counter() - began, "failures": failures}
 
 
-def fresh_app_peak(args: argparse.Namespace, image: Path) -> dict:
-    """:func:`concurrent_peak` on a newly started app, warmed up with one small image first."""
+def fresh_app_peak(image: Path, concurrent: int, threads: int, bavit: str | None = None,
+                   detector: str | None = None) -> dict:
+    """:func:`concurrent_peak` on a newly started app (``threads``, ``bavit``, ``detector`` as ``app.py`` takes
+    them, None for its defaults), warmed up with one small image first."""
     from gradio_client import Client, handle_file
 
-    process, url, _ = start_app(args.threads, args.bavit, args.detector)
+    process, url, _ = start_app(threads, bavit, detector)
     try:
         warm = Client(url, download_files=False, verbose=False)
         warm.predict(handle_file(str(WARM_UP_IMAGE)), 0.5, 3, 0, 0, api_name="/analyze")
-        return concurrent_peak(url, process.pid, image, args.concurrent)
+        return concurrent_peak(url, process.pid, image, concurrent)
     finally:
         process.terminate()
         process.wait(timeout=30)
 
 
-def run(args: argparse.Namespace) -> int:
+def memory_bench(kinds: Sequence[str] = KINDS, concurrent: int = 3, threads: int = 2, bavit: str | None = None,
+                 detector: str | None = None) -> list[dict]:
+    """:func:`fresh_app_peak` with a :func:`largest_image` of each of ``kinds`` (written to a new temporary folder),
+    a fresh app each; one row of memory figures per kind."""
     folder = Path(tempfile.mkdtemp(prefix="bavit-memory-bench-"))
-    images = {kind: largest_image(kind, folder) for kind in args.kinds}
-    rows = [fresh_app_peak(args, images[kind]) for kind in args.kinds]
-    print(f"largest allowed image: {MAX_IMAGE_PIXELS / 1e6:.0f} MP; {args.concurrent} concurrent analyze calls; "
-          f"server RSS in MiB")
-    print("| image | file MiB | RSS before | peak | peak increase | RSS after | s | failures |")
-    print("|---|---|---|---|---|---|---|---|")
-    for row in rows:
-        print(f"| {row['image']} | {row['file_mib']:.1f} | {row['rss_before_mib']:.0f} | {row['peak_mib']:.0f} | "
-              f"{row['peak_increase_mib']:.0f} | {row['rss_after_mib']:.0f} | {row['seconds']:.1f} | "
-              f"{len(row['failures'])} |")
-        for failure in row["failures"]:
-            print(f"  failure: {failure}")
-    if args.json:
-        write_text(args.json, json.dumps({"max_image_pixels": MAX_IMAGE_PIXELS, "rows": rows}, indent=2))
-        print(f"wrote {args.json}")
-    return 0
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--concurrent", type=int, default=3, help="uploads sent at once (default 3)")
-    parser.add_argument("--kinds", nargs="+", choices=KINDS, default=list(KINDS), help="images to send")
-    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads in the app (default 2)")
-    parser.add_argument("--bavit", default=None, help="BAViT checkpoint (default: the app's)")
-    parser.add_argument("--detector", default=None, help="YOLOS id or dir (default: the app's)")
-    parser.add_argument("--json", default=None, help="write the results here")
-
-
-def register(subparsers) -> None:
-    parser = subparsers.add_parser("memory-bench", help="peak server memory under the largest accepted images",
-                                   description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(parser)
-    parser.set_defaults(func=run)
+    images = {kind: largest_image(kind, folder) for kind in kinds}
+    return [fresh_app_peak(images[kind], concurrent, threads, bavit, detector) for kind in kinds]

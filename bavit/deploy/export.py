@@ -1,4 +1,5 @@
-"""ONNX export of the pipeline's two models, and ``python -m bavit export``.
+"""ONNX export of the pipeline's two models; the command line is ``python -m bavit export``
+(:mod:`bavit.cli.export`).
 
 Three graphs (:mod:`bavit.deploy.graphs`), each exported with ``torch.onnx.export`` (the dynamo exporter, torch's
 default) and checked with ``onnx.checker``:
@@ -16,7 +17,6 @@ nothing else (README.md there says how to run them with onnxruntime and numpy al
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import logging
@@ -210,40 +210,3 @@ def _readme(manifest: dict) -> str:
             f"- `yolos_dense.onnx`: the same detector, dense\n\n"
             "Inputs, normalisation, labels, the keep-mask rule and the calibration are in `export.json`. The project "
             "README's *Deployment* section runs these files with onnxruntime and numpy alone.\n")
-
-
-def register(subparsers) -> None:
-    parser = subparsers.add_parser("export", help="export BAViT and the pruned / dense YOLOS to ONNX",
-                                   description=__doc__.split("\n\n")[0])
-    from ..pruning.detector import DEFAULT_DETECTOR
-
-    parser.add_argument("--out", required=True,
-                        help="output folder: new, empty, or an earlier export (replaced atomically); a folder holding "
-                             "anything else is refused")
-    parser.add_argument("--bavit", default=None, help="BAViT checkpoint (default: the shipped BAViT-small)")
-    parser.add_argument("--detector", default=DEFAULT_DETECTOR,
-                        help="YOLOS hub id or save_pretrained directory (without weights: the YOLOS-tiny architecture "
-                             "at random init, said so in export.json)")
-    parser.set_defaults(func=run)
-
-
-def run(args: argparse.Namespace) -> int:
-    from ..predictor import DEFAULT_BAVIT_CHECKPOINT, Predictor
-
-    bavit_path = args.bavit or DEFAULT_BAVIT_CHECKPOINT
-    predictor = Predictor(bavit=bavit_path, detector=args.detector)
-    detector = predictor.latency_model
-    stats = None
-    if predictor.processor is not None:
-        stats = (tuple(predictor.processor.image_mean), tuple(predictor.processor.image_std))
-    calibration = json.loads(predictor.calibration.to_json()) if predictor.calibration is not None else None
-    manifest = export_all(args.out, predictor.bavit, detector, bavit_source=str(bavit_path),
-                          detector_source=str(args.detector), detector_pretrained=predictor.detector_ready,
-                          calibration=calibration, processor_stats=stats)
-    for name in FILES.values():
-        size = (Path(args.out) / name).stat().st_size / 2**20
-        print(f"wrote {Path(args.out) / name} ({size:.1f} MiB, onnx.checker OK)")
-    print(f"wrote {Path(args.out) / MANIFEST}")
-    if not manifest["detector"]["pretrained"]:
-        print(f"warning: {manifest['detector']['note']}")
-    return 0

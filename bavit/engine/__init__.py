@@ -1,4 +1,5 @@
-"""Training and evaluation loops (§3.4, §4): BAViT training, token metrics, sparse fine-tuning, COCO mAP.
+"""Training and evaluation loops (§3.4, §4): BAViT training, token metrics, sparse fine-tuning, COCO mAP. Library
+functions only: the commands named below are in :mod:`bavit.cli`.
 
 - :mod:`.train` — ``python -m bavit train`` (accumulative CE, Adam + StepLR, DDP under torchrun).
 - :mod:`.evaluate` — ``python -m bavit evaluate`` (token metrics before and after CCA, with baselines).

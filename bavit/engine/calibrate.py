@@ -1,4 +1,5 @@
-"""``python -m bavit calibrate``: store in a BAViT checkpoint the one threshold per target mean sparsity (Table 2).
+"""Store in a BAViT checkpoint the one threshold per target mean sparsity (Table 2); the command line is
+``python -m bavit calibrate`` (:mod:`bavit.cli.calibrate`).
 
 Runs the checkpoint on calibration images (by default the held-out part of train2017: ``--subset holdout``),
 finds for each mean sparsity from 0 to 95% in 1% steps and each CCA setting the threshold that gives it
@@ -10,40 +11,20 @@ trained on all images can be calibrated on all of them, with a much smaller stan
 """
 from __future__ import annotations
 
-import argparse
+import os
 import sys
+from typing import Sequence
 
 import numpy as np
 import torch
 
-from ..core.model import checkpoint_extra, load_checkpoint
-from ..data.records import Record, add_dataset_arguments, records_from_args
+from ..core.model import BAViT, checkpoint_extra, load_checkpoint
+from ..data.records import Record
 from ..errors import DataError
-from ..pruning.calibration import LEVELS, calibrate, save_calibration, sparsity_standard_error
+from ..pruning.calibration import LEVELS, Calibration, calibrate, save_calibration
 from ..pruning.detector import yolos_grid
 from ..pruning.yolos import yolos_tiny_config
 from .evaluate import predict_probs
-
-REPORT_LEVELS = (0.29, 0.35, 0.40, 0.46)
-
-
-def register(subparsers) -> None:
-    parser = subparsers.add_parser(
-        "calibrate", help="store the threshold for each mean sparsity in a BAViT checkpoint",
-        description="Find, on held-out images, the one FG-probability threshold that gives each target mean sparsity "
-                    "(0-95%%, with and without CCA) and store it in the checkpoint's metadata.")
-    parser.add_argument("--checkpoint", required=True, help="BAViT .safetensors checkpoint (rewritten in place)")
-    add_dataset_arguments(parser, default_split="train2017", default_subset="holdout")
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--threads", type=int, help="torch CPU threads")
-    parser.add_argument("--fold-models", nargs="+", metavar="CKPT",
-                        help="cross-fitted calibration: each image's probabilities come from the first of these models "
-                             "that did not train on it (e.g. K models trained with --folds K --fold i --subset fit), "
-                             "so all images of --subset all can calibrate a checkpoint trained on all of them")
-    parser.add_argument("--allow-trained-images", action="store_true",
-                        help="calibrate even on images the checkpoint was trained on (biased: less sparsity on new "
-                             "images than asked)")
-    parser.set_defaults(func=run)
 
 
 def check_unseen(checkpoint: str, records: list[Record], allow: bool = False) -> None:
@@ -94,37 +75,26 @@ def out_of_fold_probs(paths: list[str], records: list[Record], grid: int, batch_
     return probs
 
 
-def run(args: argparse.Namespace) -> int:
-    model = load_checkpoint(args.checkpoint)
-    records = records_from_args(args)
+def calibrate_checkpoint(model: BAViT, checkpoint: str | os.PathLike, records: list[Record], source: str,
+                         batch_size: int = 16, fold_models: Sequence[str] = (),
+                         allow_trained_images: bool = False) -> tuple[Calibration, torch.Tensor]:
+    """Calibrate ``model`` (loaded from ``checkpoint``) on ``records`` and store the result in ``checkpoint``.
+
+    The probabilities come from ``model`` itself (refused on images it trained on, :func:`check_unseen`, unless
+    ``allow_trained_images``) or, with ``fold_models``, out of fold (:func:`out_of_fold_probs`). ``source`` says
+    where the images come from (stored in the calibration). Returns the calibration and the probabilities
+    ``[N, G, G]`` it was computed from.
+
+    Raises:
+        DataError: no images, or images the model (or every fold model) trained on.
+    """
     if not records:
         raise DataError("no calibration images")
-    if args.fold_models:
-        probs = out_of_fold_probs(args.fold_models, records, model.config.grid_size, args.batch_size)
+    if fold_models:
+        probs = out_of_fold_probs(list(fold_models), records, model.config.grid_size, batch_size)
     else:
-        check_unseen(args.checkpoint, records, args.allow_trained_images)
-        probs, _ = predict_probs(model, records, args.batch_size)
-    source = (f"{args.split if not getattr(args, 'voc_root', None) else args.image_set} {args.subset}"
-              + (f" (fold {args.fold} of {args.folds}, seed {args.holdout_seed})" if args.subset != "all" and args.folds
-                 else f" ({args.holdout_fraction:.0%}, seed {args.holdout_seed})" if args.subset != "all" else "")
-              + (f", out of fold from {len(args.fold_models)} models" if args.fold_models else ""))
+        check_unseen(str(checkpoint), records, allow_trained_images)
+        probs, _ = predict_probs(model, records, batch_size)
     calibration = calibrate(probs, LEVELS, grid=yolos_grid(yolos_tiny_config().patch_size), source=source)
-    save_calibration(args.checkpoint, calibration)
-    print(f"calibrated {args.checkpoint} on {len(records)} images ({source})")
-    grid = calibration.grid
-    probs = torch.from_numpy(probs)
-
-    def error(steps: int, index: int) -> str:
-        value = sparsity_standard_error(probs, calibration.thresholds[steps][index], steps, grid, calibration.resample)
-        return "-" if value is None else f"±{100 * value:.1f}"
-
-    print("| target mean sparsity | threshold | achieved (standard error, points) | threshold (CCA 3) "
-          "| achieved (CCA 3) |\n|---|---|---|---|---|")
-    for level in REPORT_LEVELS:
-        index = LEVELS.index(level)
-        print(f"| {level:.0%} | {calibration.thresholds[0][index]:.4f} | {calibration.achieved[0][index]:.1%} "
-              f"({error(0, index)}) | {calibration.thresholds[3][index]:.4f} | {calibration.achieved[3][index]:.1%} "
-              f"({error(3, index)}) |")
-    print(f"\nThe standard error is that of the mean sparsity over these {len(records)} images: on new images the "
-          "same threshold's mean is expected to differ from the target by about that much.")
-    return 0
+    save_calibration(checkpoint, calibration)
+    return calibration, torch.from_numpy(probs)

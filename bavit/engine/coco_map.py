@@ -1,4 +1,5 @@
-"""``python -m bavit map``: COCO box mAP of dense and BAViT-pruned YOLOS, the project's Table 2 (paper §4.2).
+"""COCO box mAP of dense and BAViT-pruned YOLOS, the project's Table 2 (paper §4.2); the command line is
+``python -m bavit map`` (:mod:`bavit.cli.coco_map`).
 
 For the dense detector and for every BAViT setting (an FG-probability threshold or a keep ratio) it reports the
 mean sparsity (fraction of the 32x32 YOLOS patches pruned), the token accounting of Eq. 4 and COCO box
@@ -16,12 +17,11 @@ yolos-tiny, 28.7 AP reported by its authors), so expect the dense row to differ 
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import dataclasses
 import io
-import json
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
@@ -30,9 +30,7 @@ import numpy as np
 import torch
 
 from ..data.coco import CocoDetection, label_to_category, resolve_paths
-from ..data.records import add_dataset_arguments
 from ..errors import ConfigError
-from ..files import write_text
 from ..pruning.detector import YOLOS_SIZE, yolos_grid, yolos_pixels
 from ..pruning.keep_mask import keep_mask_from_probs
 
@@ -264,61 +262,38 @@ def markdown_table(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def register(subparsers) -> None:
-    parser = subparsers.add_parser(
-        "map", help="COCO mAP of dense vs BAViT-pruned YOLOS (Table 2)",
-        description="COCO box mAP / AP50 / AP_small, sparsity and token reduction (Eq. 4) of dense YOLOS and of "
-                    "BAViT + CCA + pruned YOLOS at each threshold / keep ratio.")
-    from ..deploy.runtime import BACKENDS, DEFAULT_BACKEND
-    from ..pruning.detector import DEFAULT_DETECTOR
+def map_report(detector: str, bavit: str | os.PathLike | None = None, *, coco_root: str | None = None,
+               split: str = "val2017", ann: str | None = None, images: str | None = None,
+               thresholds: Sequence[float] = DEFAULT_THRESHOLDS, keep_ratios: Sequence[float] = (),
+               cca_steps: int = 3, limit: int | None = None, batch_size: int = 4, image_size: int = YOLOS_SIZE,
+               backend: str = "torch", progress: bool = True) -> dict:
+    """:func:`run_map` of the YOLOS ``detector`` (hub id or directory) on a COCO split (``coco_root`` and ``split``,
+    or ``ann`` and ``images``; the first ``limit`` images by id), dense and pruned by the BAViT checkpoint ``bavit``
+    at each of ``thresholds`` and ``keep_ratios`` (``bavit`` is loaded only when there is a pruned row).
 
-    parser.add_argument("--detector", default=DEFAULT_DETECTOR, help="YOLOS hub id or local save_pretrained dir")
-    add_dataset_arguments(parser, default_split="val2017", voc=False)
-    parser.add_argument("--bavit", default=None, help="BAViT checkpoint (default: the shipped BAViT-small COCO)")
-    parser.add_argument("--thresholds", type=float, nargs="*", default=list(DEFAULT_THRESHOLDS),
-                        help="FG-probability thresholds, one row each (default %(default)s)")
-    parser.add_argument("--keep-ratios", type=float, nargs="*", default=[],
-                        help="target fractions of BAViT patches kept (top-k), one row each")
-    parser.add_argument("--cca-steps", type=int, default=3)
-    parser.add_argument("--limit", type=int, help="evaluate only the first N images (sorted by id)")
-    parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--image-size", type=int, default=YOLOS_SIZE, help="square YOLOS input side (pixels)")
-    parser.add_argument("--threads", type=int, help="torch (and onnxruntime) CPU threads")
-    parser.add_argument("--backend", choices=BACKENDS, default=DEFAULT_BACKEND,
-                        help="inference backend (default %(default)s)")
-    parser.add_argument("--json", help="write the report as JSON here")
-    parser.add_argument("--markdown", help="write the markdown table here")
-    parser.add_argument("--no-progress", action="store_true")
-    parser.set_defaults(func=run)
+    Returns :func:`run_map`'s report with ``detector``, ``bavit``, ``annotations``, ``images_dir`` and ``threads``
+    in front.
 
-
-def run(args: argparse.Namespace) -> int:
+    Raises:
+        ConfigError: a detector that is not YOLOS, or bad settings. DataError: a missing dataset.
+    """
     from ..core.model import load_checkpoint
     from ..pruning.detector import load_yolos_model
     from ..pruning.yolos import patch_yolos
 
-    settings = make_settings(args.thresholds or (), args.keep_ratios or ())
+    settings = make_settings(thresholds or (), keep_ratios or ())
     try:
-        detector = patch_yolos(load_yolos_model(args.detector))
+        model = patch_yolos(load_yolos_model(detector))
     except ValueError as exc:  # a checkpoint that is not YOLOS
         raise ConfigError(str(exc)) from None
-    ann_file, images_dir = resolve_paths(args.coco_root, args.split, args.ann, args.images)
-    dataset = CocoDetection(ann_file, images_dir, limit=args.limit)
-    bavit, bavit_path = None, None
+    ann_file, images_dir = resolve_paths(coco_root, split, ann, images)
+    dataset = CocoDetection(ann_file, images_dir, limit=limit)
+    bavit_model, bavit_path = None, None
     if any(not s.dense for s in settings):
-        from ..predictor import DEFAULT_BAVIT_CHECKPOINT
-
-        bavit_path = args.bavit or DEFAULT_BAVIT_CHECKPOINT
-        bavit = load_checkpoint(bavit_path)
-    report = run_map(detector, dataset, bavit, settings, cca_steps=args.cca_steps, batch_size=args.batch_size,
-                     image_size=args.image_size, progress=not args.no_progress, backend=args.backend)
-    report = {"detector": str(args.detector), "bavit": str(bavit_path) if bavit_path else None,
-              "annotations": str(ann_file), "images_dir": str(images_dir), "threads": torch.get_num_threads(),
-              **report}
-    table = markdown_table(report)
-    print(table, end="")
-    if args.markdown:
-        write_text(args.markdown, table)
-    if args.json:
-        write_text(args.json, json.dumps(report, indent=2) + "\n")
-    return 0
+        bavit_path = bavit
+        bavit_model = load_checkpoint(bavit_path) if bavit_path is not None else None
+    report = run_map(model, dataset, bavit_model, settings, cca_steps=cca_steps, batch_size=batch_size,
+                     image_size=image_size, progress=progress, backend=backend)
+    return {"detector": str(detector), "bavit": str(bavit_path) if bavit_path else None,
+            "annotations": str(ann_file), "images_dir": str(images_dir), "threads": torch.get_num_threads(),
+            **report}

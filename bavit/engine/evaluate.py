@@ -1,22 +1,21 @@
-"""``python -m bavit evaluate``: token metrics of a BAViT checkpoint before/after CCA, with baselines."""
+"""Token metrics of a BAViT checkpoint before/after CCA, with baselines, and their markdown tables; the command line
+is ``python -m bavit evaluate`` (:mod:`bavit.cli.evaluate`)."""
 from __future__ import annotations
 
-import argparse
 import json
-from pathlib import Path
+import os
 from typing import Sequence
 
 import numpy as np
 import torch
 
 from ..pruning.keep_mask import keep_mask_from_probs
-from ..core.model import BAViT, checkpoint_extra, load_checkpoint
-from ..data.records import PatchDataset, Record, add_dataset_arguments, records_from_args
-from ..files import write_text
+from ..core.model import BAViT, checkpoint_extra
+from ..data.records import PatchDataset, Record
 from ..pruning.calibration import Calibration, load_calibration
 from ..pruning.detector import yolos_grid
 from ..pruning.yolos import yolos_tiny_config
-from .budget import DEFAULT_LEVELS, PLOT_LEVELS, evaluate_budget, format_budget, plot_budget
+from .budget import DEFAULT_LEVELS, PLOT_LEVELS, evaluate_budget
 from .metrics import TokenMetrics
 
 METRIC_KEYS = ("token_accuracy", "balanced_accuracy", "fg_precision", "fg_recall", "fg_iou", "object_keep_rate")
@@ -140,58 +139,24 @@ def format_table(result: dict, title: str = "") -> str:
     return "\n".join(lines)
 
 
-def register(subparsers) -> None:
-    parser = subparsers.add_parser("evaluate", help="token metrics of a BAViT checkpoint",
-                                   description="Evaluate a BAViT checkpoint: token accuracy, balanced accuracy, FG "
-                                               "precision/recall/IoU and object keep rate, before and after CCA.")
-    parser.add_argument("--checkpoint", required=True, help="BAViT .safetensors checkpoint")
-    add_dataset_arguments(parser, default_split="val2017", default_subset="all")
-    parser.add_argument("--threshold", type=float, default=0.5, help="FG probability threshold")
-    parser.add_argument("--sweep", type=float, nargs="+", default=(), metavar="T",
-                        help="also report these thresholds (same predictions), before and after CCA")
-    parser.add_argument("--cca-steps", type=int, default=3)
-    parser.add_argument("--labels", choices=["mask", "boxes"], default="mask")
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--threads", type=int)
-    parser.add_argument("--sparsity", type=float, nargs="+", default=list(DEFAULT_LEVELS), metavar="S",
-                        help="pruning quality at these target sparsities (fractions of the YOLOS patches pruned; "
-                             "default: the paper's Table 2 levels %(default)s)")
-    parser.add_argument("--plot", help="write object pixel recall vs mean sparsity per method (PNG) here")
-    parser.add_argument("--backend", choices=("torch", "onnxruntime"), default="torch",
-                        help="run BAViT with torch or as its ONNX export in onnxruntime (default %(default)s)")
-    parser.add_argument("--float32", action="store_true",
-                        help="with --backend onnxruntime: the float32 graph instead of the int8-MatMul one")
-    parser.add_argument("--json", help="write the metrics here")
-    parser.set_defaults(func=run)
+def evaluate_checkpoint(model: BAViT, checkpoint: str | os.PathLike, records: list[Record], threshold: float = 0.5,
+                        cca_steps: int = 3, batch_size: int = 16, label_source: str = "mask",
+                        sweep: Sequence[float] = (), levels: Sequence[float] = DEFAULT_LEVELS, curve: bool = False,
+                        backend: str = "torch", float32: bool = False) -> tuple[dict, Calibration | None, int]:
+    """:func:`evaluate` of ``model``, loaded from ``checkpoint``, with that file's training prior and calibration,
+    on the YOLOS-tiny grid; ``curve`` adds the :data:`~bavit.engine.budget.PLOT_LEVELS` curve for a plot.
 
-
-def run(args: argparse.Namespace) -> int:
-    model = load_checkpoint(args.checkpoint)
-    extra = checkpoint_extra(args.checkpoint)
+    Returns ``(result, calibration, grid)``: :func:`evaluate`'s dict plus ``checkpoint``, ``backend``, ``config``
+    and ``train_images``; the checkpoint's calibration (None without one) and the detector grid side."""
+    extra = checkpoint_extra(checkpoint)
     prior = np.asarray(extra["fg_prior"]) if "fg_prior" in extra else None
-    records = records_from_args(args)
-    calibration = load_calibration(args.checkpoint)
+    calibration = load_calibration(checkpoint)
     grid = yolos_grid(yolos_tiny_config().patch_size)
-    result = evaluate(model, records, args.threshold, args.cca_steps, prior, args.batch_size, args.labels,
-                      tuple(args.sweep), tuple(args.sparsity), calibration, grid,
-                      curve_levels=PLOT_LEVELS if args.plot else (), backend=args.backend,
-                      int8=not args.float32)
-    result["checkpoint"] = str(args.checkpoint)
-    result["backend"] = args.backend if args.backend == "torch" else (
-        f"{args.backend} ({'float32' if args.float32 else 'int8 MatMuls'})")
+    result = evaluate(model, records, threshold, cca_steps, prior, batch_size, label_source, tuple(sweep),
+                      tuple(levels), calibration, grid, curve_levels=PLOT_LEVELS if curve else (), backend=backend,
+                      int8=not float32)
+    result["checkpoint"] = str(checkpoint)
+    result["backend"] = backend if backend == "torch" else f"{backend} ({'float32' if float32 else 'int8 MatMuls'})"
     result["config"] = json.loads(model.config.to_json())
     result["train_images"] = extra.get("train_images")
-    print(format_table(result, title=f"## {Path(args.checkpoint).name} ({model.config.depth} layers)"))
-    if result["sweep"]:
-        print("\n" + format_sweep(result))
-    note = ("no calibration in this checkpoint (python -m bavit calibrate adds one): calibrated methods left out"
-            if calibration is None else f"calibration: {calibration.images} images, {calibration.source}")
-    print(f"\n## Pruning quality at a budget ({grid}x{grid} YOLOS grid; {note})\n")
-    print(format_budget(result["budget"]))
-    if args.plot:
-        plot_budget(result["budget_curve"], args.plot, title=f"{Path(args.checkpoint).name}: {len(records)} images")
-        print(f"wrote {args.plot}")
-    if args.json:
-        write_text(args.json, json.dumps(result, indent=2))
-        print(f"wrote {args.json}")
-    return 0
+    return result, calibration, grid

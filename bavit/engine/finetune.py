@@ -1,4 +1,5 @@
-"""``python -m bavit finetune``: sparse fine-tuning of YOLOS on FG tokens only (paper §4.2, "BAViT+YOLOS-F").
+"""Sparse fine-tuning of YOLOS on FG tokens only (paper §4.2, "BAViT+YOLOS-F"); the command line is
+``python -m bavit finetune`` (:mod:`bavit.cli.finetune`).
 
 Every step runs the pruned YOLOS (:func:`bavit.pruning.yolos.patch_yolos`) on the kept patch tokens of each image
 and optimises the loss transformers computes for YOLOS when ``labels`` are passed (Hungarian matching, CE +
@@ -23,8 +24,8 @@ batches as an uninterrupted one.
 """
 from __future__ import annotations
 
-import argparse
 import json
+import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -34,7 +35,6 @@ import torch
 from ..core.cca import cca
 from ..core.labels import labels_from_boxes
 from ..data.coco import CocoDetection, label_to_category, resolve_paths, yolos_targets
-from ..data.records import add_dataset_arguments
 from ..errors import CheckpointError, ConfigError, DataError
 from ..files import atomic_dir, recover_dir, remove_stale_temps
 from ..imageio import to_tensor
@@ -280,54 +280,29 @@ def finetune(detector, images: CocoDetection, cfg: FinetuneConfig, output: str |
     return model.eval()
 
 
-def register(subparsers) -> None:
-    from ..pruning.detector import DEFAULT_DETECTOR
+def finetune_coco(detector: str, cfg: FinetuneConfig, output: str | Path, *, coco_root: str | None = None,
+                  split: str = "train2017", ann: str | None = None, images: str | None = None,
+                  limit: int | None = None, bavit: str | os.PathLike | None = None, resume: bool = False,
+                  progress: bool = True) -> Path:
+    """:func:`finetune` of the YOLOS ``detector`` (hub id or directory; not loaded with ``resume``) on a COCO split
+    (``coco_root`` and ``split``, or ``ann`` and ``images``; the first ``limit`` images by id), with keep masks from
+    the BAViT checkpoint ``bavit`` when ``cfg.mask_source`` is ``"bavit"``. Returns the checkpoint folder
+    (:func:`checkpoint_dir`), loadable with ``--detector``.
 
-    parser = subparsers.add_parser(
-        "finetune", help="sparse fine-tuning of YOLOS on FG tokens only",
-        description="Fine-tune YOLOS with only the kept (FG) patch tokens, using transformers' YOLOS loss. "
-                    "Keep masks come from BAViT + CCA (--bavit) or, without --bavit, from ground-truth boxes.")
-    parser.add_argument("--detector", default=DEFAULT_DETECTOR, help="YOLOS hub id or local save_pretrained dir")
-    add_dataset_arguments(parser, default_split="train2017", voc=False)
-    parser.add_argument("--bavit", help="BAViT checkpoint for the keep masks (default: ground-truth box masks)")
-    sparsity = parser.add_mutually_exclusive_group()
-    sparsity.add_argument("--threshold", type=float, default=0.5, help="BAViT FG-probability threshold")
-    sparsity.add_argument("--keep-ratio", type=float, help="keep this fraction of BAViT patches (top-k)")
-    parser.add_argument("--cca-steps", type=int, default=3)
-    parser.add_argument("--epochs", type=int, default=FinetuneConfig.epochs)
-    parser.add_argument("--batch-size", type=int, default=FinetuneConfig.batch_size)
-    parser.add_argument("--lr", type=float, default=FinetuneConfig.lr)
-    parser.add_argument("--weight-decay", type=float, default=FinetuneConfig.weight_decay)
-    parser.add_argument("--image-size", type=int, default=YOLOS_SIZE, help="square YOLOS input side (pixels)")
-    parser.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--output", default="runs/yolos-finetune", help="folder for checkpoint/ and metrics.jsonl")
-    parser.add_argument("--resume", action="store_true", help="continue from OUTPUT/checkpoint")
-    parser.add_argument("--limit", type=int, help="use only the first N images (sorted by id)")
-    parser.add_argument("--threads", type=int, help="torch CPU threads")
-    parser.add_argument("--no-progress", action="store_true")
-    parser.set_defaults(func=run)
-
-
-def run(args: argparse.Namespace) -> int:
+    Raises:
+        ConfigError: a detector that is not YOLOS. CheckpointError, DataError: see :func:`finetune`.
+    """
     from ..core.model import load_checkpoint
     from ..pruning.detector import load_yolos_model
 
-    cfg = FinetuneConfig(
-        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
-        image_size=args.image_size, mask_source="bavit" if args.bavit else "gt-boxes",
-        threshold=None if args.keep_ratio is not None else args.threshold, keep_ratio=args.keep_ratio,
-        cca_steps=args.cca_steps, seed=args.seed, workers=args.workers)
-    detector = None
-    if not args.resume:
+    model = None
+    if not resume:
         try:
-            detector = load_yolos_model(args.detector)
+            model = load_yolos_model(detector)
         except ValueError as exc:  # a checkpoint that is not YOLOS
             raise ConfigError(str(exc)) from None
-    ann_file, images_dir = resolve_paths(args.coco_root, args.split, args.ann, args.images)
-    images = CocoDetection(ann_file, images_dir, limit=args.limit)
-    bavit = load_checkpoint(args.bavit) if args.bavit else None
-    finetune(detector, images, cfg, args.output, bavit=bavit, resume=args.resume, progress=not args.no_progress,
-             base=str(args.detector))
-    print(f"fine-tuned detector: {checkpoint_dir(args.output)} (use --detector {checkpoint_dir(args.output)})")
-    return 0
+    ann_file, images_dir = resolve_paths(coco_root, split, ann, images)
+    samples = CocoDetection(ann_file, images_dir, limit=limit)
+    bavit_model = load_checkpoint(bavit) if bavit else None
+    finetune(model, samples, cfg, output, bavit=bavit_model, resume=resume, progress=progress, base=str(detector))
+    return checkpoint_dir(output)

@@ -1,17 +1,22 @@
-"""``python -m bavit <command>``: argument parsing only; every command calls into the library."""
+"""``python -m bavit <command>``: the parser, the output checks and the error handling that every command shares.
+
+Each command is one module of this package (:data:`COMMAND_MODULES`) holding its ``register(subparsers)`` (the
+argparse) and ``run(args)`` (maps the arguments to library calls and prints the result); the library (``bavit.engine``,
+``bavit.bench``, ``bavit.deploy`` ...) never imports from here. :mod:`.common` holds what several commands share.
+"""
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 
-from .errors import BAViTError
-from .files import check_output_dir, check_output_file
-from .imageio import allow_large_images
+from ..deploy.export import check_out_dir
+from ..errors import BAViTError
+from ..files import check_output_dir, check_output_file
+from ..imageio import allow_large_images
+from . import app_bench, bench, calibrate, coco_map, evaluate, export, finetune, tradeoff, train, upload_memory
 
-# Each module exposes ``register(subparsers)`` that adds its sub-command and sets ``func(args) -> int``.
-COMMAND_MODULES = ("engine.train", "engine.evaluate", "engine.calibrate", "bench.latency", "bench.tradeoff",
-                   "engine.coco_map", "engine.finetune", "bench.app_bench", "bench.upload_memory", "deploy.export")
+# Each module exposes ``register(subparsers)`` that adds its sub-command and sets ``func(args) -> int``; in this order.
+COMMAND_MODULES = (train, evaluate, calibrate, bench, tradeoff, coco_map, finetune, app_bench, upload_memory, export)
 
 # What each command writes, checked before it starts (bavit.files.check_output_*: the write's first step is tried),
 # so that a path that cannot be written fails at once in one line, not in a traceback after minutes of work.
@@ -29,8 +34,8 @@ OUTPUTS = {
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bavit", description="BAViT: background-aware token pruning for ViT detectors.")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name in COMMAND_MODULES:
-        importlib.import_module(f"bavit.{name}").register(subparsers)
+    for module in COMMAND_MODULES:
+        module.register(subparsers)
     return parser
 
 
@@ -46,8 +51,6 @@ def check_outputs(args: argparse.Namespace) -> None:
         elif kind == "folder":
             check_output_dir(path, option)
         else:
-            from .deploy.export import check_out_dir
-
             check_out_dir(path, option)
 
 
