@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .box_ops import box_clip_xyxy
 from .core.config import PRESETS
 from .core.model import BAViT, load_checkpoint
 from .deploy.runtime import DEFAULT_BACKEND, DetectorOutput, bavit_runner, check_backend, detector_runner
@@ -90,10 +91,10 @@ class Analysis:
 def _detections(processor, outputs, id2label: dict, image_size: tuple[int, int], score_threshold: float) -> list[dict]:
     width, height = image_size
     result = processor.post_process_object_detection(outputs, threshold=score_threshold, target_sizes=[(height, width)])[0]
+    boxes = box_clip_xyxy(result["boxes"], image_size).tolist()
     detections = []
-    for score, label, box in zip(result["scores"].tolist(), result["labels"].tolist(), result["boxes"].tolist()):
-        x0, y0, x1, y1 = (min(max(v, 0.0), limit) for v, limit in zip(box, (width, height, width, height)))
-        detections.append({"box": (x0, y0, x1, y1), "label": str(id2label.get(label, label)), "score": float(score)})
+    for score, label, box in zip(result["scores"].tolist(), result["labels"].tolist(), boxes):
+        detections.append({"box": tuple(box), "label": str(id2label.get(label, label)), "score": float(score)})
     detections.sort(key=lambda item: -item["score"])
     return detections
 

@@ -5,8 +5,19 @@ import pytest
 import torch
 from PIL import Image
 
-from bavit.core.labels import IGNORE_INDEX, labels_from_boxes, labels_from_mask, voc_masks
-from bavit.data.records import coco_records
+from bavit.core.config import BAViTConfig
+from bavit.core.labels import (
+    FG_FRAC,
+    IGNORE_INDEX,
+    area_fractions,
+    fg_from_box_scores,
+    fg_from_fractions,
+    labels_from_boxes,
+    labels_from_mask,
+    voc_masks,
+)
+from bavit.data.augment import AugmentConfig, CachedSamples, augmented_sample
+from bavit.data.records import Instance, Record, coco_records
 from bavit.errors import DataError
 
 
@@ -167,3 +178,92 @@ def test_corrupt_image_is_a_clear_error(tmp_path):
     (record,) = coco_records(ann, images)
     with pytest.raises(DataError, match="a.png"):
         record.load_image()
+
+
+def test_the_fg_threshold_is_defined_once():
+    assert FG_FRAC == 0.10 and BAViTConfig().fg_frac is FG_FRAC
+
+
+def test_the_rule_allows_float64_error_at_exactly_ten_percent():
+    # 30x40 image on a 4x4 grid: token (0, 0) is 7.5 rows x 10 columns = 75 pixels. Seven whole pixels plus the
+    # half of pixel (7, 0) that lies in it are 7.5 pixels, exactly 10%, which float64 sums to 0.10000000000000002.
+    mask = np.zeros((30, 40), dtype=bool)
+    mask[0, 0:7] = True
+    mask[7, 0] = True
+    fractions = area_fractions(mask, (4, 4))
+    assert fractions[0, 0] > 0.1  # the float error the tolerance is there for
+    assert not fg_from_fractions(fractions, FG_FRAC)[0, 0]
+    assert labels_from_mask(mask, (4, 4))[0, 0] == 0
+    assert fg_from_fractions(np.array([0.1 + 2e-9]), FG_FRAC).tolist() == [True]
+
+
+def test_the_tolerance_is_below_float32_resolution():
+    # augment.py compares float32 fractions: it used the plain ``>`` before it called fg_from_fractions, and the
+    # 1e-9 changes nothing there (0.1 + 1e-9 rounds to float32 0.1); likewise ``>=`` for the box rule at 0.5 / 0.3.
+    tenth = torch.tensor(0.1, dtype=torch.float32)
+    around = torch.stack([torch.nextafter(tenth, torch.tensor(0.0)), tenth, torch.nextafter(tenth, torch.tensor(1.0))])
+    assert fg_from_fractions(around, 0.1).tolist() == (around > 0.1).tolist() == [False, False, True]
+    for tau in (0.5, 0.3):
+        value = torch.tensor(tau, dtype=torch.float32)
+        around = torch.stack([torch.nextafter(value, torch.tensor(0.0)), value, torch.nextafter(value, torch.tensor(1.0))])
+        assert fg_from_box_scores(around, tau).tolist() == (around >= tau).tolist() == [False, True, True]
+
+
+def _full_view_label(mask: np.ndarray, void: np.ndarray | None, tmp_path) -> torch.Tensor:
+    """augment.py's crop path on a crop that is the whole image, with the cache at the model input (20x20, 10x10
+    patches): the labels it recomputes from the coverage map, not the cached exact ones."""
+    config = BAViTConfig(img_size=20, patch_size=10, depth=1)
+    Image.new("RGB", (20, 20)).save(tmp_path / "a.png")
+    record = Record(tmp_path / "a.png", 20, 20, [Instance((0.0, 0.0, 20.0, 20.0), float(mask.sum()), False, lambda: mask)],
+                    void_mask=None if void is None else (lambda: void))
+    cache = CachedSamples([record], config, cache_size=20)
+    whole = AugmentConfig(scale=(1.0, 1.0), ratio=(1.0, 1.0), no_crop_prob=0.0, hflip_prob=0.0, color=0.0)
+    _, labels, _ = augmented_sample(cache, 0, whole, np.random.default_rng(0))
+    return labels
+
+
+def test_labels_augment_and_records_apply_one_rule(tmp_path):
+    # 20x20 image, 2x2 grid of 10x10 = 100-pixel patches.
+    mask = np.zeros((20, 20), dtype=bool)
+    mask[0, 0:10] = True  # patch (0, 0): 10 pixels, exactly 10% -> BG
+    mask[10, 0:10] = True
+    mask[11, 0] = True  # patch (1, 0): 11 pixels -> FG
+    mask[10:15, 10:20] = True  # patch (1, 1): 50 pixels -> FG; patch (0, 1): nothing -> BG
+    expected = [[0, 0], [1, 1]]
+    assert labels_from_mask(mask, (2, 2)).tolist() == expected
+    assert _full_view_label(mask, None, tmp_path).tolist() == expected
+    instance = Instance((0.0, 0.0, 20.0, 20.0), float(mask.sum()), False, lambda: mask)
+    record = Record(tmp_path / "unused.png", 20, 20, [instance])
+    ((_, patches),) = record.instance_patches((2, 2))
+    assert patches.astype(int).tolist() == expected
+    assert record.labels((2, 2)).tolist() == expected
+
+
+def test_labels_and_augment_agree_with_void(tmp_path):
+    # Void pixels count as neither; a patch more than half void is ignored.
+    mask = np.zeros((20, 20), dtype=bool)
+    void = np.zeros((20, 20), dtype=bool)
+    void[0:5, 0:10] = True
+    mask[5, 0:5] = True  # patch (0, 0): 5 object pixels of 50 non-void, exactly 10% -> BG
+    void[0:5, 10:20] = True
+    mask[5, 10:16] = True  # patch (0, 1): 6 of 50 -> 12% -> FG
+    void[10:16, 0:10] = True
+    mask[16, 0:9] = True  # patch (1, 0): 60% void -> ignored (though 9 of 40 would be FG)
+    mask[10:12, 10:20] = True  # patch (1, 1): 20 of 100 -> FG
+    expected = [[0, 1], [IGNORE_INDEX, 1]]
+    assert labels_from_mask(mask, (2, 2), void_mask=void).tolist() == expected
+    assert _full_view_label(mask, void, tmp_path).tolist() == expected
+
+
+def test_instance_patches_follow_the_rule_at_the_float64_boundary(tmp_path):
+    # The exactly-10% token of test_the_rule_allows_float64_error_at_exactly_ten_percent, plus a token at 10.7%
+    # (8 of 75 pixels) so that the instance has a FG patch and the "largest patch" fallback stays out of it.
+    mask = np.zeros((30, 40), dtype=bool)
+    mask[0, 0:7] = True
+    mask[7, 0] = True
+    mask[25, 30:38] = True
+    record = Record(tmp_path / "unused.png", 40, 30, [Instance((0.0, 0.0, 40.0, 30.0), float(mask.sum()), False,
+                                                               lambda: mask)])
+    ((_, patches),) = record.instance_patches((4, 4))
+    assert patches.nonzero() == (np.array([3]), np.array([3]))
+    assert labels_from_mask(mask, (4, 4)).nonzero().tolist() == [[3, 3]]

@@ -1,6 +1,7 @@
 """The paper's core: what BAViT is and how it learns (Sah et al., BAViT, §3.1-3.4 and the appendix).
 
-- :mod:`.labels` — patch labels from masks or boxes (§3.1, Eq. 1-2) and ``IGNORE_INDEX``.
+- :mod:`.labels` — patch labels from masks or boxes (§3.1, Eq. 1-2): the one home of the FG rules
+  (``fg_from_fractions`` with ``FG_FRAC``, ``fg_from_box_scores``) and of ``IGNORE_INDEX``.
 - :mod:`.config` — :class:`BAViTConfig`, stored in every checkpoint, and the ``small`` / ``large`` presets (§3.2).
 - :mod:`.model` — the BAViT token classifier (timm ViT, no class token, a 2-way head per token) and its
   safetensors checkpoints (§3.2).

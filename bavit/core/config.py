@@ -6,6 +6,7 @@ import json
 from dataclasses import dataclass, field
 
 from ..errors import ConfigError
+from .labels import FG_FRAC
 
 STEMS = ("patch", "conv", "conv-deep", "lite0")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -55,7 +56,7 @@ class BAViTConfig:
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     # Label rule the model was trained with (recorded for the reader; evaluation re-derives labels).
-    fg_frac: float = 0.10
+    fg_frac: float = FG_FRAC
     name: str = field(default="bavit")
 
     def __post_init__(self) -> None:

@@ -6,7 +6,7 @@ are mostly VOC "void". The grid is laid over the image *after* the square resize
 """
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from typing import Iterable, Sequence, TypeVar
 
 import numpy as np
 import torch
@@ -15,6 +15,38 @@ IGNORE_INDEX = -100  # label of a token that counts as neither FG nor BG (mostly
 FG_FRAC = 0.10  # paper: a patch with more than 10% object pixels is FG
 VOID_VALUE = 255  # VOC's border / "difficult" pixels
 FRACTION_TOL = 1e-9  # float64 sums of exact fractions: "exactly 10%" must not read as 10.0000000001%
+VOID_IGNORE_FRAC = 0.5  # a token with more void than this is IGNORE_INDEX
+
+Fractions = TypeVar("Fractions", np.ndarray, torch.Tensor)
+
+
+def fg_from_fractions(fraction: Fractions, fg_frac: float = FG_FRAC) -> Fractions:
+    """The paper's mask rule: a token is FG when *more than* ``fg_frac`` of its (non-void) pixels are object pixels.
+
+    The one place where object fractions become FG. The comparison allows ``FRACTION_TOL``: a float64 sum of exact
+    fractions (:func:`area_fractions`) reads exactly 10% as 10.0000000001% now and then, and that must stay BG. (On
+    float32 torch fractions the threshold is rounded to float32, whose spacing near 0.1 is 7e-9: there 0.1 + 1e-9 is
+    0.1 again and the rule is the plain ``>``.)
+
+    Args:
+        fraction: ``[gh, gw]`` (any shape) object fractions in [0, 1], numpy or torch.
+        fg_frac: threshold (strictly greater than).
+    Returns:
+        bool array or tensor of ``fraction``'s shape and kind, True = FG.
+    """
+    return fraction > fg_frac + FRACTION_TOL
+
+
+def fg_from_box_scores(score: Fractions, tau: float) -> Fractions:
+    """The paper's box rule (Eq. 1): a token is FG when ``score(P, B) >= tau`` (coverage or IoU, see
+    :func:`labels_from_boxes`), with the same float tolerance as :func:`fg_from_fractions`.
+
+    Args:
+        score: ``[gh, gw]`` (any shape) scores in [0, 1], numpy or torch.
+    Returns:
+        bool array or tensor of ``score``'s shape and kind, True = FG.
+    """
+    return score >= tau - FRACTION_TOL
 
 
 def _overlap_weights(n_out: int, n_in: int) -> np.ndarray:
@@ -56,7 +88,7 @@ def labels_from_mask(
     grid: tuple[int, int] = (24, 24),
     fg_frac: float = FG_FRAC,
     void_mask: np.ndarray | None = None,
-    void_ignore_frac: float = 0.5,
+    void_ignore_frac: float = VOID_IGNORE_FRAC,
 ) -> torch.Tensor:
     """Token labels from a pixel mask.
 
@@ -83,7 +115,7 @@ def labels_from_mask(
         void = area_fractions(void_mask & ~fg_mask, grid)
         valid = 1.0 - void
         fraction = np.divide(fg, valid, out=np.zeros_like(fg), where=valid > 1e-12)
-    labels = (fraction > fg_frac + FRACTION_TOL).astype(np.int64)
+    labels = fg_from_fractions(fraction, fg_frac).astype(np.int64)
     labels[void > void_ignore_frac] = IGNORE_INDEX
     return torch.from_numpy(labels)
 
@@ -142,5 +174,5 @@ def labels_from_boxes(
             score = inter  # patch area is 1
         else:
             score = inter / (1.0 + (bx1 - bx0) * (by1 - by0) - inter)
-        labels |= score >= tau - 1e-9
+        labels |= fg_from_box_scores(score, tau)
     return torch.from_numpy(labels.astype(np.int64))

@@ -18,8 +18,12 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ..core.config import BAViTConfig
-from ..core.labels import IGNORE_INDEX, area_fractions
+from ..core.labels import IGNORE_INDEX, VOID_IGNORE_FRAC, area_fractions, fg_from_box_scores, fg_from_fractions
 from .records import Record
+
+# Boxes are rasterised at the cache resolution R: a cache pixel is inside a box when at least half of it is
+# (labels_from_boxes' coverage rule on an R x R grid). Not the token rule's tau, which applies to the crop's tokens.
+BOX_RASTER_COVERAGE = 0.5
 
 
 @dataclass
@@ -47,7 +51,8 @@ class CachedSamples:
             if label_source == "mask":
                 cover = area_fractions(record.fg_mask(), (cache_size, cache_size))
             else:  # boxes: coverage of box interiors, rasterised at the cache resolution
-                cover = record.labels((cache_size, cache_size), "boxes", box_rule="coverage", box_tau=0.5).numpy()
+                cover = record.labels((cache_size, cache_size), "boxes", box_rule="coverage",
+                                      box_tau=BOX_RASTER_COVERAGE).numpy()
             coverage.append(torch.from_numpy(cover.astype(np.float16)))
             if record.void_mask is not None:
                 void.append(torch.from_numpy(area_fractions(record.void_mask(), (cache_size, cache_size)).astype(np.float16)))
@@ -133,10 +138,10 @@ def augmented_sample(cache: CachedSamples, index: int, aug: AugmentConfig,
         else:
             void, fraction = torch.zeros_like(fg), fg
         if cache.label_source == "mask":
-            labels = (fraction > config.fg_frac).long()
+            labels = fg_from_fractions(fraction, config.fg_frac).long()
         else:
-            labels = (fraction >= cache.box_tau).long()
-        labels[void > 0.5] = IGNORE_INDEX
+            labels = fg_from_box_scores(fraction, cache.box_tau).long()
+        labels[void > VOID_IGNORE_FRAC] = IGNORE_INDEX
         fractions = torch.where(labels == IGNORE_INDEX, torch.full_like(fraction, -1.0), fraction.clamp(0.0, 1.0))
     if rng.random() < aug.hflip_prob:
         pixels, labels, fractions = pixels.flip(-1), labels.flip(-1), fractions.flip(-1)

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from ..box_ops import box_clip_xyxy, box_normalize, box_xywh_to_xyxy, box_xyxy_to_cxcywh
 from ..errors import ConfigError, DataError
 from ..imageio import load_image
 from .records import load_coco  # noqa: F401 (part of this module's API)
@@ -81,20 +82,13 @@ def yolos_targets(anns: list[dict], width: int, height: int, category_to_label: 
     Returns:
         ``{"class_labels": int64 [n], "boxes": float32 [n, 4]}``, boxes as normalised ``(cx, cy, w, h)`` in [0, 1].
     """
-    labels, boxes = [], []
-    for ann in anns:
-        if ann.get("iscrowd", 0) or ann["category_id"] not in category_to_label:
-            continue
-        x, y, w, h = (float(v) for v in ann["bbox"])
-        x0, y0 = max(0.0, x), max(0.0, y)
-        x1, y1 = min(float(width), x + w), min(float(height), y + h)
-        if x1 <= x0 or y1 <= y0:
-            continue
-        labels.append(category_to_label[ann["category_id"]])
-        boxes.append(((x0 + x1) / 2 / width, (y0 + y1) / 2 / height, (x1 - x0) / width, (y1 - y0) / height))
+    known = [ann for ann in anns if not ann.get("iscrowd", 0) and ann["category_id"] in category_to_label]
+    corners = box_clip_xyxy(box_xywh_to_xyxy([ann["bbox"] for ann in known]), (width, height))  # float64 pixels
+    has_area = (corners[:, 2] > corners[:, 0]) & (corners[:, 3] > corners[:, 1])
+    labels = [category_to_label[ann["category_id"]] for ann, keep in zip(known, has_area.tolist()) if keep]
     return {
         "class_labels": torch.tensor(labels, dtype=torch.int64),
-        "boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
+        "boxes": box_normalize(box_xyxy_to_cxcywh(corners[has_area]), (width, height)).float(),
     }
 
 

@@ -16,8 +16,9 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..box_ops import box_xywh_to_xyxy
 from ..core.config import BAViTConfig
-from ..core.labels import FG_FRAC, FRACTION_TOL, area_fractions, labels_from_boxes, labels_from_mask
+from ..core.labels import FG_FRAC, area_fractions, fg_from_fractions, labels_from_boxes, labels_from_mask
 from ..errors import DataError
 from ..imageio import load_image, to_tensor
 
@@ -85,7 +86,7 @@ class Record:
             if instance.iscrowd or instance.mask is None:
                 continue
             fractions = area_fractions(instance.mask(), grid)
-            patches = fractions > fg_frac + FRACTION_TOL
+            patches = fg_from_fractions(fractions, fg_frac)
             if not patches.any():
                 if fractions.max() <= 0:
                     continue
@@ -132,13 +133,13 @@ def coco_records(ann_file: str | Path, images_dir: str | Path) -> list[Record]:
     for image_id in sorted(coco.imgs):
         info = coco.imgs[image_id]
         instances = []
-        for ann in coco.loadAnns(coco.getAnnIds(imgIds=[image_id], iscrowd=None)):
-            x, y, w, h = ann["bbox"]
+        anns = coco.loadAnns(coco.getAnnIds(imgIds=[image_id], iscrowd=None))
+        for ann, box in zip(anns, box_xywh_to_xyxy([ann["bbox"] for ann in anns]).tolist()):
             has_mask = bool(ann.get("segmentation"))
             instances.append(
                 Instance(
-                    box=(x, y, x + w, y + h),
-                    area=float(ann.get("area", w * h)),
+                    box=tuple(box),
+                    area=float(ann.get("area", ann["bbox"][2] * ann["bbox"][3])),
                     iscrowd=bool(ann.get("iscrowd", 0)),
                     mask=(lambda a=ann: coco.annToMask(a).astype(bool)) if has_mask else None,
                 )

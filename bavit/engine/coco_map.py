@@ -29,6 +29,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 
+from ..box_ops import box_xyxy_to_xywh
 from ..data.coco import CocoDetection, label_to_category, resolve_paths
 from ..errors import ConfigError
 from ..pruning.detector import YOLOS_SIZE, yolos_grid, yolos_pixels
@@ -112,11 +113,12 @@ def to_coco_results(image_id: int, scores: torch.Tensor, labels: torch.Tensor, b
         label_map: detector label id -> COCO category id; unmapped labels ("N/A") are dropped.
     """
     out = []
-    for score, label, (x0, y0, x1, y1) in zip(scores.tolist(), labels.tolist(), boxes_xyxy.tolist()):
+    boxes_xywh = box_xyxy_to_xywh(boxes_xyxy.double())  # float64, as Python's own subtraction of the floats
+    for score, label, box in zip(scores.tolist(), labels.tolist(), boxes_xywh.tolist()):
         if label not in label_map:
             continue
-        out.append({"image_id": int(image_id), "category_id": int(label_map[label]),
-                    "bbox": [x0, y0, x1 - x0, y1 - y0], "score": float(score)})
+        out.append({"image_id": int(image_id), "category_id": int(label_map[label]), "bbox": box,
+                    "score": float(score)})
     return out
 
 

@@ -32,6 +32,7 @@ from pathlib import Path
 
 import torch
 
+from ..box_ops import box_xywh_to_xyxy
 from ..core.cca import cca
 from ..core.labels import labels_from_boxes
 from ..data.coco import CocoDetection, label_to_category, resolve_paths, yolos_targets
@@ -104,7 +105,7 @@ class FinetuneSamples(torch.utils.data.Dataset):
             c = self.bavit_config
             sample["bavit_pixels"] = to_tensor(item.image, c.img_size, c.mean, c.std)
         else:
-            boxes = [(x, y, x + w, y + h) for x, y, w, h in (a["bbox"] for a in item.anns)]
+            boxes = box_xywh_to_xyxy([a["bbox"] for a in item.anns]).tolist()
             grid = labels_from_boxes(boxes, (item.width, item.height), (self.grid, self.grid), "coverage",
                                      self.cfg.box_tau)
             sample["gt_keep"] = cca(grid.bool(), self.cfg.cca_steps)
