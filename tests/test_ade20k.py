@@ -93,11 +93,15 @@ def test_train_takes_ade20k_alone_or_mixed(tmp_path, synthetic_coco, capsys):
     common = ["train", "--img-size", "64", "--depth", "1", "--epochs", "1", "--batch-size", "2", "--no-progress",
               "--ade-root", str(root)]
     assert main([*common, "--out", str(tmp_path / "alone")]) == 0
-    assert checkpoint_extra(tmp_path / "alone" / "last.safetensors")["train_image_ids"] == ["ADE_0", "ADE_1", "ADE_2"]
+    alone = checkpoint_extra(tmp_path / "alone" / "last.safetensors")
+    assert alone["train_image_ids"] == ["ADE_0", "ADE_1", "ADE_2"]
+    assert alone["train"]["data"] == "ade20k: 3 scenes, --ade-classes coco, --ade-other background"
     assert main([*common, "--ade-limit", "2", "--coco-root", str(synthetic_coco), "--limit", "3",
                  "--out", str(tmp_path / "mixed")]) == 0
-    ids = checkpoint_extra(tmp_path / "mixed" / "last.safetensors")["train_image_ids"]
-    assert len(ids) == 5 and ids[3:] == ["ADE_0", "ADE_1"]
+    mixed = checkpoint_extra(tmp_path / "mixed" / "last.safetensors")
+    assert len(mixed["train_image_ids"]) == 5 and mixed["train_image_ids"][3:] == ["ADE_0", "ADE_1"]
+    assert mixed["train"]["data"] == ("coco train2017 all: 3 images (--limit 3); "
+                                      "ade20k: 2 scenes, --ade-classes coco, --ade-other background")
 
 
 @pytest.mark.parametrize("classes, other, expected", [

@@ -54,7 +54,9 @@ def test_calibrate_with_fold_models_uses_out_of_fold_probabilities(tmp_path, syn
     expected = np.zeros((len(records), 4, 4), np.float32)
     for fold, path in enumerate(folds):  # by hand: each image from the model that held it out
         held = {str(r.image_id) for r in fold_split(records, 2, fold)[1]}
-        assert held.isdisjoint(map(str, checkpoint_extra(path)["train_image_ids"]))
+        extra = checkpoint_extra(path)
+        assert held.isdisjoint(map(str, extra["train_image_ids"]))
+        assert extra["train"]["data"] == f"coco train2017 fit (fold {fold} of 2, seed 0): 3 images"
         mine = [k for k, r in enumerate(records) if str(r.image_id) in held]
         expected[mine] = predict_probs(load_checkpoint(path), [records[k] for k in mine])[0]
     stored = load_calibration(target)

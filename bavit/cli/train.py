@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from ..core.config import PRESETS, STEMS
 from ..data.ade20k import CLASS_SETS, OTHER, ade20k_records
@@ -65,14 +66,33 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
+def data_source(args: argparse.Namespace, images: int) -> str:
+    """The primary dataset in words, as the checkpoint records it: ``"coco train2017 fit (fold 2 of 5, seed 0): 273
+    images"``."""
+    if getattr(args, "voc_root", None):
+        name = f"voc {args.image_set}"
+    elif getattr(args, "ann", None):
+        name = f"coco-format {Path(args.ann).name}"
+    else:
+        name = f"coco {args.split}"
+    subset = args.subset
+    if subset != "all":
+        subset += (f" (fold {args.fold} of {args.folds}, seed {args.holdout_seed})" if args.folds
+                   else f" ({args.holdout_fraction:.0%} held out, seed {args.holdout_seed})")
+    return f"{name} {subset}: {images} images" + (f" (--limit {args.limit})" if args.limit else "")
+
+
 def run(args: argparse.Namespace) -> int:
     model_config = model_config_for(args.model, args.depth, args.stem, args.img_size, args.drop_path)
     primary = any(getattr(args, name, None) for name in ("coco_root", "ann", "voc_root"))
     records = records_from_args(args) if primary or not args.ade_root else []
     if args.limit:
         records = records[: args.limit]
+    data = [data_source(args, len(records))] if records else []
     if args.ade_root:  # alone: ADE20K only (e.g. pre-training for --init bavit:); with a dataset: mixed in
-        records += ade20k_records(args.ade_root, args.ade_classes, args.ade_other)[: args.ade_limit]
+        scenes = ade20k_records(args.ade_root, args.ade_classes, args.ade_other)[: args.ade_limit]
+        records += scenes
+        data.append(f"ade20k: {len(scenes)} scenes, --ade-classes {args.ade_classes}, --ade-other {args.ade_other}")
     cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
                       step_size=args.step_size, gamma=args.gamma,
                       class_weights=tuple(args.class_weights) if args.class_weights else None,
@@ -80,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
                       distill_weight=args.distill_weight, objective=args.objective, mask_ratio=args.mask_ratio,
                       augment=not args.no_augment, label_source=args.labels, box_rule=args.box_rule,
                       box_tau=args.box_tau, seed=args.seed, workers=args.workers, init=args.init,
-                      freeze_trunk=args.freeze_trunk, trunk_lr_scale=args.trunk_lr_scale)
+                      freeze_trunk=args.freeze_trunk, trunk_lr_scale=args.trunk_lr_scale, data="; ".join(data))
     written = train_and_copy(records, model_config, cfg, args.out, output=args.output, resume=args.resume,
                              progress=not args.no_progress)
     if written is not None:

@@ -68,6 +68,7 @@ class TrainConfig:
     init: str = "random"
     freeze_trunk: int | None = None  # stem="lite0": freeze its stem and first N of 5 stages (None: train all)
     trunk_lr_scale: float = 1.0  # stem="lite0": the trunk's learning rate is lr times this
+    data: str = ""  # which images, for the reader (the ids are in train_image_ids), e.g. "ade20k: 291 scenes, ..."
 
 
 def _distributed() -> tuple[int, int]:
