@@ -5,12 +5,13 @@
 Environment: BAVIT_CHECKPOINT, BAVIT_DETECTOR, BAVIT_DATA, BAVIT_BACKEND (same as the flags), BAVIT_CONCURRENCY (queue workers,
 default 2), GRADIO_SERVER_NAME / GRADIO_SERVER_PORT (honoured by ``launch``).
 """
+import argparse
 import os
 
-os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-os.environ.setdefault("HF_HUB_DOWNLOAD_TIMEOUT", "5")  # fail fast without network
-
-import argparse  # noqa: E402
+if __name__ == "__main__":  # only as the entry point (a Space runs `python app.py`), and before the imports below:
+    # huggingface_hub reads its timeouts when it is imported
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    os.environ.setdefault("HF_HUB_DOWNLOAD_TIMEOUT", "5")  # fail fast without network
 
 from bavit.app.ui import allowed_paths, create_demo  # noqa: E402
 from bavit.app.uploads import MAX_UPLOAD  # noqa: E402

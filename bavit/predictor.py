@@ -113,8 +113,9 @@ class Predictor:
         backend: ``"onnxruntime"`` (the default, :data:`bavit.deploy.runtime.DEFAULT_BACKEND`) runs BAViT and the
             detector as their ONNX export (made in memory from the loaded weights on first use), ``"torch"`` runs
             the models themselves; pre- and post-processing are the same code for both.
-        bavit_int8: with onnxruntime, run BAViT with int8 MatMuls (``bavit_int8.onnx``; faster, README "Speed";
-            val2017 token accuracy 72.87% vs 72.89%); False runs the float32 graph, equal to torch within 1e-5.
+        bavit_int8: with onnxruntime, run BAViT with int8 MatMuls (``bavit_int8.onnx``; faster at nearly the same
+            token accuracy, measured in README "Token accounting (paper Table 2, Eq. 4) and measured speed-up");
+            False runs the float32 graph, equal to torch within 1e-5.
     Raises:
         CheckpointError: the BAViT checkpoint is missing or not one.
         ConfigError: the detector is not a YOLOS model.

@@ -16,6 +16,15 @@ COCO_ROOT = SHARED_DATA / "coco"
 VOC_ROOT = SHARED_DATA / "voc" / "VOCdevkit"
 
 
+def coco91_id2label(coco) -> dict[int, str]:
+    """The 91-slot ``id2label`` that DETR / YOLOS COCO checkpoints (hustvl/yolos-tiny) use: slot = category_id,
+    gaps ``"N/A"``; for building tiny detectors with that label layout."""
+    id2label = {i: "N/A" for i in range(max(91, max(coco.cats) + 1))}
+    for cat_id, cat in coco.cats.items():
+        id2label[int(cat_id)] = cat["name"]
+    return id2label
+
+
 @pytest.fixture(scope="session")
 def coco_root() -> Path:
     if not (COCO_ROOT / "annotations" / "instances_val2017.json").is_file():

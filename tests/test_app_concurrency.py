@@ -25,8 +25,8 @@ from bavit.app.explorer import (
     Controls,
     Explorer,
     ImageSession,
-    SessionGate,
 )
+from bavit.app.session import SessionGate
 from bavit.app.ui import VIEW_KEYS, build_handlers
 from bavit.predictor import Predictor
 

@@ -12,10 +12,11 @@ from transformers import YolosConfig, YolosForObjectDetection
 from bavit.cli import main
 from bavit.core.config import SMALL
 from bavit.core.model import build_bavit, save_checkpoint
-from bavit.data.coco import CocoDetection, coco91_id2label, label_to_category, load_coco, yolos_targets
+from bavit.data.coco import CocoDetection, label_to_category, load_coco, yolos_targets
 from bavit.engine.coco_map import STAT_NAMES, evaluate_bbox, make_settings, to_coco_results
 from bavit.errors import ConfigError, DataError, WeightsUnavailableError
 from bavit.pruning.detector import HOW_TO_GET_WEIGHTS, load_yolos_model
+from conftest import coco91_id2label
 
 
 def write_tiny_coco(tmp_path, with_images: bool = False):

@@ -7,7 +7,7 @@ import torch
 from transformers import YolosConfig, YolosForObjectDetection
 
 from bavit.cli import main
-from bavit.data.coco import CocoDetection, coco91_id2label, label_to_category
+from bavit.data.coco import CocoDetection, label_to_category
 from bavit.engine.finetune import (
     TRAIN_STATE_FILE,
     FinetuneConfig,
@@ -20,6 +20,7 @@ from bavit.engine.finetune import (
 )
 from bavit.errors import CheckpointError
 from bavit.pruning.detector import load_yolos_model
+from conftest import coco91_id2label
 from bavit.pruning.yolos import patch_yolos
 
 IMAGE_SIZE = 128  # 8x8 patch grid: GT-box masks prune a real share of it

@@ -9,12 +9,12 @@ from bavit.core.config import BAViTConfig
 from bavit.core.labels import (
     FG_FRAC,
     IGNORE_INDEX,
+    VOID_VALUE,
     area_fractions,
     fg_from_box_scores,
     fg_from_fractions,
     labels_from_boxes,
     labels_from_mask,
-    voc_masks,
 )
 from bavit.data.augment import AugmentConfig, CachedSamples, augmented_sample
 from bavit.data.records import Instance, Record, coco_records
@@ -75,7 +75,8 @@ def test_void_counts_as_neither_and_mostly_void_tokens_are_ignored():
     # token (0,2): 30 void + 7 object: 7/70 = 10% exactly -> BG
     seg[0:3, 20:30] = 255
     seg[3, 20:27] = 2
-    fg, void = voc_masks(seg)
+    void = seg == VOID_VALUE  # a VOC index image: 0 background, 255 void, else an object
+    fg = (seg > 0) & ~void
     labels = labels_from_mask(fg, (24, 24), void_mask=void)
     assert labels[0, 0] == IGNORE_INDEX
     assert labels[0, 1] == 1

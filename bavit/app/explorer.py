@@ -34,7 +34,7 @@ from PIL import Image
 
 from ..errors import BAViTError, ConfigError, DataError
 from ..imageio import load_image
-from ..pruning.settings import PruningSettings, flag_value
+from ..pruning.settings import PruningSettings, flag_value, percent_value
 from ..pruning.accounting import token_accounting
 from ..pruning.keep_mask import keep_mask_from_probs, keep_ratio_for_count
 from . import uploads, viz
@@ -46,10 +46,8 @@ from .session import (  # noqa: F401 (re-exported for ui and tests)
     MODE_THRESHOLD,
     MODE_TOPK,
     MODES,
-    TARGET_MODES,
     Controls,
     ImageSession,
-    SessionGate,
     ViewRecord,
 )
 
@@ -191,9 +189,7 @@ class Explorer:
         if controls.mode not in MODES:
             raise ConfigError(f"unknown sparsity control {controls.mode!r}; use one of "
                               + ", ".join(f'"{mode}"' for mode in self.modes()))
-        target = float(controls.target_sparsity)
-        if not 0.0 <= target <= 100.0:
-            raise ConfigError(f"target sparsity is a percentage in [0, 100], got {target:g}")
+        target = percent_value("target sparsity", controls.target_sparsity)
         if controls.mode == MODE_SPARSITY:
             if not self.calibrated:
                 raise ConfigError(f'"{MODE_SPARSITY}" needs a calibrated BAViT checkpoint and this one has no '

@@ -38,12 +38,12 @@ from .explorer import (
     CSS,
     EXAMPLES_DIR,
     MODE_THRESHOLD,
-    TARGET_MODES,
     Controls,
     Explorer,
     ImageSession,
     ViewRecord,
 )
+from .session import TARGET_MODES
 
 log = logging.getLogger(__name__)
 

@@ -120,13 +120,6 @@ def labels_from_mask(
     return torch.from_numpy(labels)
 
 
-def voc_masks(seg: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Split a VOC SegmentationClass/SegmentationObject index image into (FG mask, void mask)."""
-    seg = np.asarray(seg)
-    void = seg == VOID_VALUE
-    return (seg > 0) & ~void, void
-
-
 def _interval_overlap(a0: np.ndarray, a1: np.ndarray, b0: float, b1: float) -> np.ndarray:
     return np.clip(np.minimum(a1, b1) - np.maximum(a0, b0), 0.0, None)
 

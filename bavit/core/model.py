@@ -48,8 +48,8 @@ class ConvStemPatchEmbed(PatchEmbed):
 
     @torch.no_grad()
     def fuse_batchnorm(self) -> None:
-        """Fold each eval-mode BatchNorm into the convolution before it (inference only; ~2.5 ms of 14.5 ms saved
-        for BAViT-small at batch 1, 2 threads). Idempotent."""
+        """Fold each eval-mode BatchNorm into the convolution before it (inference only: fewer ops per forward;
+        BAViT's time is the "BAViT ms" of ``python -m bavit bench``). Idempotent."""
         from torch.nn.utils.fusion import fuse_conv_bn_eval
 
         layers, fused = list(self.proj), []
@@ -61,8 +61,8 @@ class ConvStemPatchEmbed(PatchEmbed):
         self.proj = nn.Sequential(*fused)
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        # oneDNN runs these small-channel convolutions ~4x faster in channels-last layout on CPU (measured: 10.6 ms
-        # -> 2.8 ms for the stem at 384x384, batch 1, 2 threads).
+        # oneDNN runs these small-channel convolutions several times faster in channels-last layout on CPU (BAViT's
+        # time: "BAViT ms" of `python -m bavit bench`).
         return super().forward(pixels.contiguous(memory_format=torch.channels_last))
 
 

@@ -22,8 +22,6 @@ from ..errors import ConfigError, DataError
 from ..imageio import load_image
 from .records import load_coco  # noqa: F401 (part of this module's API)
 
-COCO91_SIZE = 91  # label slots of a DETR/YOLOS COCO head, not counting "no object"
-
 
 def resolve_paths(coco_root: str | Path | None = None, split: str | None = None,
                   ann: str | Path | None = None, images: str | Path | None = None) -> tuple[Path, Path]:
@@ -64,15 +62,6 @@ def label_to_category(id2label: dict[int, str], coco) -> dict[int, int]:
             "the detector was not trained on these classes"
         )
     return mapping
-
-
-def coco91_id2label(coco) -> dict[int, str]:
-    """The 91-slot ``id2label`` that DETR / YOLOS COCO checkpoints use: slot = category_id, gaps ``"N/A"``."""
-    size = max(COCO91_SIZE, max(coco.cats) + 1)
-    id2label = {i: "N/A" for i in range(size)}
-    for cat_id, cat in coco.cats.items():
-        id2label[int(cat_id)] = cat["name"]
-    return id2label
 
 
 def yolos_targets(anns: list[dict], width: int, height: int, category_to_label: dict[int, int]) -> dict[str, torch.Tensor]:

@@ -18,7 +18,7 @@ from PIL import Image
 
 from ..box_ops import box_xywh_to_xyxy
 from ..core.config import BAViTConfig
-from ..core.labels import FG_FRAC, area_fractions, fg_from_fractions, labels_from_boxes, labels_from_mask
+from ..core.labels import FG_FRAC, VOID_VALUE, area_fractions, fg_from_fractions, labels_from_boxes, labels_from_mask
 from ..errors import DataError
 from ..imageio import load_image, to_tensor
 
@@ -191,10 +191,10 @@ def voc_records(voc_root: str | Path, image_set: str = "val", year: str = "VOC20
         seg = maps[0]  # instances: SegmentationObject when present
         void = np.zeros(seg.shape, dtype=bool)
         for index_map in maps:  # void (255) may be marked in either file
-            void |= index_map == 255
+            void |= index_map == VOID_VALUE
         height, width = seg.shape
         instances = []
-        for index in sorted(set(np.unique(seg).tolist()) - {0, 255}):
+        for index in sorted(set(np.unique(seg).tolist()) - {0, VOID_VALUE}):
             ys, xs = np.nonzero(seg == index)
             instances.append(
                 Instance(

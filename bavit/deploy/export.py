@@ -100,8 +100,9 @@ def quantize_bavit(model: BAViT) -> bytes:
     """``bavit_int8.onnx``: :func:`export_bavit` with its MatMuls (the transformer blocks and the head) quantized to
     int8 by onnxruntime's dynamic quantization; the convolutional stem stays float32 (quantizing it was slower).
 
-    On the shipped BAViT-small, 2 threads: BAViT 14.4 ms (384 resize included) against 20.5 ms in torch
-    (``python -m bavit bench``, 35% row), and val2017 token accuracy 72.87% instead of 72.89% (``python -m bavit evaluate --backend onnxruntime`` against ``--backend torch``)."""
+    Faster than torch at nearly the same token accuracy; both are measured in README "Token accounting (paper
+    Table 2, Eq. 4) and measured speed-up" (``python -m bavit bench``, column "BAViT ms"; ``python -m bavit evaluate
+    --backend onnxruntime`` against ``--backend torch``)."""
     import tempfile
 
     from onnxruntime.quantization import QuantType, quantize_dynamic

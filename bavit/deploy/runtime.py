@@ -5,8 +5,9 @@ Each backend gives two runners with one interface, so the Predictor, the benchma
 without knowing which:
 
 - a BAViT runner: ``pixels float32 [B, 3, 384, 384] (torch) -> fg_prob float32 [B, 24, 24] (torch)``; onnxruntime
-  runs BAViT with int8 MatMuls by default (``bavit_int8.onnx``: 14.4 vs 20.5 ms for torch in ``python -m bavit
-  bench`` at 35%; val2017 token accuracy 72.87% vs 72.89%), the detector in float32 (its accuracy cannot be checked here without its weights);
+  runs BAViT with int8 MatMuls by default (``bavit_int8.onnx``: faster than torch at nearly the same token
+  accuracy, :func:`bavit.deploy.export.quantize_bavit` says where that is measured), the detector in float32 (its
+  accuracy cannot be checked here without its weights);
 - a detector runner: ``(pixel_values [B, 3, 512, 512], keep_mask bool [B, 32, 32] | None) ->``
   :class:`DetectorOutput` (``logits``, ``pred_boxes`` as torch tensors, what ``YolosImageProcessor`` post-processes).
 

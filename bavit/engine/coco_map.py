@@ -34,6 +34,7 @@ from ..data.coco import CocoDetection, label_to_category, resolve_paths
 from ..errors import ConfigError
 from ..pruning.detector import YOLOS_SIZE, yolos_grid, yolos_pixels
 from ..pruning.keep_mask import keep_mask_from_probs
+from ..pruning.settings import cca_steps_value, keep_ratio_value, threshold_value
 
 # COCOeval.stats order (bbox): AP, AP50, AP75, AP_small, AP_medium, AP_large, AR1, AR10, AR100, ...
 STAT_NAMES = ("mAP", "AP50", "AP75", "AP_small", "AP_medium", "AP_large")
@@ -63,14 +64,8 @@ class Setting:
 def make_settings(thresholds: Iterable[float] = (), keep_ratios: Iterable[float] = ()) -> list[Setting]:
     """Dense first, then one setting per threshold (in [0, 1]) and per keep ratio (in (0, 1])."""
     settings = [Setting()]
-    for threshold in thresholds:
-        if not 0.0 <= threshold <= 1.0:
-            raise ConfigError(f"BAViT thresholds are FG probabilities in [0, 1], got {threshold}")
-        settings.append(Setting(threshold=float(threshold)))
-    for ratio in keep_ratios:
-        if not 0.0 < ratio <= 1.0:
-            raise ConfigError(f"keep ratios are fractions in (0, 1], got {ratio}")
-        settings.append(Setting(keep_ratio=float(ratio)))
+    settings += [Setting(threshold=threshold_value(threshold)) for threshold in thresholds]
+    settings += [Setting(keep_ratio=keep_ratio_value(ratio)) for ratio in keep_ratios]
     return settings
 
 
@@ -177,8 +172,9 @@ def run_map(detector, dataset: CocoDetection, bavit=None, settings: Sequence[Set
     from ..imageio import to_tensor
     from ..pruning.accounting import mean_accounting, token_accounting
 
-    if cca_steps < 0 or batch_size < 1:
-        raise ConfigError(f"--cca-steps must be >= 0 and --batch-size >= 1, got {cca_steps} and {batch_size}")
+    cca_steps = cca_steps_value(cca_steps)
+    if batch_size < 1:
+        raise ConfigError(f"--batch-size must be >= 1, got {batch_size}")
     if any(not s.dense for s in settings) and bavit is None:
         raise ConfigError("pruned settings need a BAViT checkpoint (--bavit)")
     from ..deploy.runtime import bavit_runner, detector_runner

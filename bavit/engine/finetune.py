@@ -41,6 +41,7 @@ from ..files import atomic_dir, recover_dir, remove_stale_temps
 from ..imageio import to_tensor
 from ..pruning.detector import YOLOS_SIZE, yolos_grid, yolos_pixels
 from ..pruning.keep_mask import keep_mask_from_probs
+from ..pruning.settings import cca_steps_value, keep_ratio_value, threshold_value
 from .state import load_training_state, save_training_state
 
 CHECKPOINT_DIR = "checkpoint"
@@ -74,12 +75,11 @@ class FinetuneConfig:
             raise ConfigError("epochs and batch size must be >= 1")
         if self.lr <= 0:
             raise ConfigError(f"learning rate must be > 0, got {self.lr}")
-        if self.cca_steps < 0:
-            raise ConfigError(f"CCA steps must be >= 0, got {self.cca_steps}")
-        if self.keep_ratio is not None and not 0.0 < self.keep_ratio <= 1.0:
-            raise ConfigError(f"keep ratio must be in (0, 1], got {self.keep_ratio}")
-        if self.threshold is not None and not 0.0 <= self.threshold <= 1.0:
-            raise ConfigError(f"threshold must be an FG probability in [0, 1], got {self.threshold}")
+        self.cca_steps = cca_steps_value(self.cca_steps)
+        if self.keep_ratio is not None:
+            self.keep_ratio = keep_ratio_value(self.keep_ratio)
+        if self.threshold is not None:
+            self.threshold = threshold_value(self.threshold)
 
 
 class FinetuneSamples(torch.utils.data.Dataset):

@@ -385,17 +385,4 @@ def patch_yolos(model: YolosForObjectDetection, batch_mode: str = DEFAULT_BATCH_
     return model
 
 
-def unpatch_yolos(model: YolosForObjectDetection) -> YolosForObjectDetection:
-    """Undo :func:`patch_yolos` (in place): the model and its self-attention modules get their classes back."""
-    for module in model.modules():
-        if isinstance(module, PrunedSelfAttentionMixin):
-            module.__class__ = module.__class__.__bases__[1]
-            module.__dict__.pop("_bavit_info", None)
-    if isinstance(model, PrunedYolosMixin):
-        model.__class__ = model.__class__.__bases__[1]
-        model.__dict__.pop("_bavit_info", None)
-        model.__dict__.pop("pruned_batch_mode", None)
-    return model
-
-
-__all__ = ["patch_yolos", "unpatch_yolos", "yolos_tiny_config", "random_yolos_tiny", "PrunedYolosOutput", "PruningState", "check_keep_mask", "sequence_index", "BATCH_MODES"]
+__all__ = ["patch_yolos", "yolos_tiny_config", "random_yolos_tiny", "PrunedYolosOutput", "PruningState", "check_keep_mask", "sequence_index", "BATCH_MODES"]
