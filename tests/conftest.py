@@ -111,3 +111,13 @@ def client(server):
     from gradio_client import Client
 
     return Client(server.url, download_files=False, verbose=False)
+
+
+APP_FIXTURES = {"server", "client", "browser"}  # a real `python app.py` process (and chromium): seconds each
+
+
+def pytest_collection_modifyitems(items):
+    """Every test that talks to a real app server is ``slow``; the other slow tests carry the mark themselves."""
+    for item in items:
+        if APP_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)

@@ -45,6 +45,7 @@ def bavit_ckpt(tmp_path):
     return save_checkpoint(build_bavit(SMALL), tmp_path / "bavit.safetensors")
 
 
+@pytest.mark.slow
 def test_bench_cli_writes_json_and_plot_and_runs_yolos_on_the_rules_mask(bavit_ckpt, tmp_path, capsys):
     config = YolosConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
                          image_size=[64, 64], patch_size=16, num_detection_tokens=10, num_labels=3)

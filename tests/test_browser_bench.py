@@ -23,6 +23,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+@pytest.mark.slow
 def test_browser_bench_end_to_end(capsys):
     args = parse(["--changes", "3", "--threads", "1", "--bavit", str(apphelpers.calibrated_bavit_checkpoint()),
                   "--detector", str(apphelpers.tiny_yolos_dir())])

@@ -160,6 +160,7 @@ def test_holdout_split_is_deterministic_and_disjoint(synthetic_coco):
         holdout_split(records, fraction=1.0)
 
 
+@pytest.mark.slow
 def test_calibrate_and_evaluate_budget_cli(synthetic_coco, tmp_path, capsys):
     records = coco_records(*coco_split(synthetic_coco, "train2017"))
     fit, held = holdout_split(records, fraction=0.5, seed=0)

@@ -9,6 +9,7 @@ from bavit.cli import COMMAND_MODULES, build_parser, main
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_main_help():
     result = subprocess.run([sys.executable, "-m", "bavit", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0

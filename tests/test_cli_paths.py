@@ -226,6 +226,7 @@ def test_checks_create_nothing(tmp_path):
     (["export", "--out", ".", "--bavit", "missing.safetensors"], "current folder"),
     (["evaluate", "--checkpoint", "missing.safetensors", "--json", "/proc/x/eval.json"], "/proc"),
 ])
+@pytest.mark.slow
 def test_the_real_cli_prints_one_line_and_exits_2(argv, fragment, tmp_path):
     """``python -m bavit``: the path is refused first (the missing checkpoint would be the error otherwise)."""
     if "/proc/x/eval.json" in argv and not HAS_PROC:

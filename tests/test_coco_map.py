@@ -160,6 +160,7 @@ def tiny_yolos_dir(coco, path, image_size=512):
     return path
 
 
+@pytest.mark.slow
 def test_harness_runs_end_to_end_on_a_saved_random_yolos(coco_root, tmp_path, capsys):
     """Structure only: a random detector's mAP is meaningless and is not asserted or reported."""
     coco = load_coco(coco_root / "annotations" / "instances_val2017.json")

@@ -32,6 +32,7 @@ def export_dir(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_export_writes_checked_graphs_and_a_manifest(export_dir):
     import onnx
 
@@ -44,6 +45,7 @@ def test_export_writes_checked_graphs_and_a_manifest(export_dir):
     assert manifest["bavit"]["calibration"]["thresholds"]["3"]  # the checkpoint's calibration travels along
 
 
+@pytest.mark.slow
 def test_export_without_detector_weights_says_so(tmp_path, capsys):
     out = tmp_path / "no-weights"
     assert main(["export", "--out", str(out), "--bavit", str(calibrated_bavit_checkpoint()),

@@ -68,6 +68,7 @@ def test_evaluate_structure_and_baselines(coco_root):
     assert result["after_cca"]["predicted_fg_fraction"] >= result["predicted_fg_fraction"]
 
 
+@pytest.mark.slow
 def test_evaluate_cli_prints_table_and_writes_json(coco_root, tmp_path):
     checkpoint = save_checkpoint(build_bavit(SMALL), tmp_path / "m.safetensors")
     out = tmp_path / "eval.json"
@@ -82,6 +83,7 @@ def test_evaluate_cli_prints_table_and_writes_json(coco_root, tmp_path):
     assert set(data["object_keep_rate_by_size"]) == {"small", "medium", "large"}
 
 
+@pytest.mark.slow
 def test_evaluate_cli_wrong_checkpoint(tmp_path, coco_root):
     (tmp_path / "x.safetensors").write_bytes(b"junk")
     result = subprocess.run([sys.executable, "-m", "bavit", "evaluate", "--checkpoint", str(tmp_path / "x.safetensors"),

@@ -52,6 +52,7 @@ def max_diff(a, b) -> float:
     return float((a.logits - b.logits).abs().max().item()), float((a.pred_boxes - b.pred_boxes).abs().max().item())
 
 
+@pytest.mark.slow
 def test_pruned_graph_with_every_patch_kept_equals_torch_dense(detectors):
     model, ort_detector = detectors
     x = pixels()
@@ -94,6 +95,7 @@ def test_detector_refuses_other_input_sizes_and_bad_masks(detectors):
 
 
 @pytest.mark.parametrize("stem", ["patch", "conv", "lite0"])
+@pytest.mark.slow
 def test_bavit_onnxruntime_probabilities_equal_torch(stem):
     config = BAViTConfig(**{**json.loads(SMALL.to_json()), "stem": stem})
     torch.manual_seed(0)

@@ -182,6 +182,7 @@ def test_build_predictor_by_preset_name(bavit_ckpt):
         build_predictor("large", detector=None)
 
 
+@pytest.mark.slow
 def test_no_process_wide_side_effects(bavit_ckpt):
     """Importing the package and building a Predictor leave torch's threads, PIL's bound and matplotlib alone."""
     code = (
@@ -220,6 +221,7 @@ def test_any_image_mode_and_size(predictor):
         assert all(det["box"][2] <= size[0] and det["box"][3] <= size[1] for det in result.detections), name
 
 
+@pytest.mark.slow
 def test_missing_detector_dir_measures_latency_only(bavit_ckpt, tmp_path):
     pred = Predictor(bavit=bavit_ckpt, detector=str(tmp_path / "no-such-yolos"))
     assert not pred.detector_ready

@@ -104,6 +104,7 @@ def test_run_tradeoff_quality_is_evaluate_budget_and_latency_is_composed_per_ima
         assert all(abs(row["sparsity_mean"] - row["level"]) < 0.05 for row in topk)
 
 
+@pytest.mark.slow
 def test_tradeoff_cli_writes_json_and_plot(synthetic_coco, checkpoints, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")
     out_json, out_png = tmp_path / "tradeoff.json", tmp_path / "tradeoff.png"

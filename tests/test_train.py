@@ -118,6 +118,7 @@ def _cli(*args, timeout=300, env_extra=None):
     return subprocess.run([sys.executable, "-m", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env)
 
 
+@pytest.mark.slow
 def test_torchrun_ddp_two_processes(synthetic_coco, tmp_path):
     output = tmp_path / "exported" / "bavit.safetensors"
     result = _cli("torch.distributed.run", "--nproc_per_node=2", "--master_port=29531", "-m", "bavit", "train",
@@ -135,6 +136,7 @@ def test_torchrun_ddp_two_processes(synthetic_coco, tmp_path):
     assert [p.name for p in output.parent.iterdir()] == ["bavit.safetensors"]
 
 
+@pytest.mark.slow
 def test_train_cli_bad_dataset_is_a_clear_error(tmp_path):
     result = _cli("bavit", "train", "--coco-root", str(tmp_path), "--out", str(tmp_path / "o"))
     assert result.returncode == 2

@@ -106,6 +106,7 @@ def test_draw_detections_scales_boxes_to_display_size():
     assert np.asarray(image).sum() == 0  # input not modified
 
 
+@pytest.mark.slow
 def test_label_color_is_stable_across_processes_and_distinct():
     """The colour of a class name must not depend on Python's per-process string hash."""
     code = "from bavit.app.viz import label_color; print(*label_color('dog'))"
