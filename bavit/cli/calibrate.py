@@ -7,7 +7,7 @@ import argparse
 from ..core.model import load_checkpoint
 from ..engine.calibrate import calibrate_checkpoint
 from ..pruning.calibration import LEVELS, sparsity_standard_error
-from .common import add_dataset_arguments, records_from_args
+from .common import add_dataset_arguments, records_from_args, subset_description
 
 REPORT_LEVELS = (0.29, 0.35, 0.40, 0.46)
 
@@ -33,9 +33,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def calibration_source(args: argparse.Namespace) -> str:
     """Where the calibration images come from, as stored in the calibration: split, subset and how it was drawn."""
-    return (f"{args.split if not getattr(args, 'voc_root', None) else args.image_set} {args.subset}"
-            + (f" (fold {args.fold} of {args.folds}, seed {args.holdout_seed})" if args.subset != "all" and args.folds
-               else f" ({args.holdout_fraction:.0%}, seed {args.holdout_seed})" if args.subset != "all" else "")
+    return (f"{args.split if not getattr(args, 'voc_root', None) else args.image_set} {subset_description(args)}"
             + (f", out of fold from {len(args.fold_models)} models" if args.fold_models else ""))
 
 

@@ -13,6 +13,16 @@ from ..errors import DataError
 from ..files import write_text
 
 
+def subset_description(args: argparse.Namespace) -> str:
+    """The ``--subset`` part of :func:`records_from_args` in words: ``"all"``, ``"fit (fold 2 of 5, seed 0)"`` or
+    ``"holdout (15%, seed 0)"`` (as calibrations and training checkpoints record it)."""
+    if args.subset == "all":
+        return "all"
+    if args.folds:
+        return f"{args.subset} (fold {args.fold} of {args.folds}, seed {args.holdout_seed})"
+    return f"{args.subset} ({args.holdout_fraction:.0%}, seed {args.holdout_seed})"
+
+
 def records_from_args(args: argparse.Namespace) -> list[Record]:
     """Records from the CLI's ``--coco-root/--split``, ``--ann/--images`` or ``--voc-root/--image-set``, then the
     ``--subset`` of :func:`~bavit.data.records.holdout_split` (or of :func:`~bavit.data.records.fold_split` with

@@ -7,7 +7,7 @@ from pathlib import Path
 from ..core.config import PRESETS, STEMS
 from ..data.ade20k import CLASS_SETS, OTHER, ade20k_records
 from ..engine.train import TrainConfig, model_config_for, train_and_copy
-from .common import add_dataset_arguments, records_from_args
+from .common import add_dataset_arguments, records_from_args, subset_description
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -75,11 +75,7 @@ def data_source(args: argparse.Namespace, images: int) -> str:
         name = f"coco-format {Path(args.ann).name}"
     else:
         name = f"coco {args.split}"
-    subset = args.subset
-    if subset != "all":
-        subset += (f" (fold {args.fold} of {args.folds}, seed {args.holdout_seed})" if args.folds
-                   else f" ({args.holdout_fraction:.0%} held out, seed {args.holdout_seed})")
-    return f"{name} {subset}: {images} images" + (f" (--limit {args.limit})" if args.limit else "")
+    return f"{name} {subset_description(args)}: {images} images" + (f" (--limit {args.limit})" if args.limit else "")
 
 
 def run(args: argparse.Namespace) -> int:
