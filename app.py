@@ -13,8 +13,8 @@ if __name__ == "__main__":  # only as the entry point (a Space runs `python app.
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     os.environ.setdefault("HF_HUB_DOWNLOAD_TIMEOUT", "5")  # fail fast without network
 
-from bavit.app.ui import allowed_paths, create_demo  # noqa: E402
-from bavit.app.uploads import MAX_UPLOAD  # noqa: E402
+from bavit.app.demo import create_demo  # noqa: E402
+from bavit.app.uploads import MAX_UPLOAD, allowed_paths  # noqa: E402
 from bavit.errors import BAViTError  # noqa: E402
 from bavit.imageio import allow_large_images  # noqa: E402
 
@@ -49,7 +49,7 @@ def main(argv=None) -> None:
     concurrency = int(os.environ.get("BAVIT_CONCURRENCY", "2"))
     demo.queue(default_concurrency_limit=concurrency).launch(
         server_name=args.host, server_port=args.port, allowed_paths=allowed_paths(args.data),
-        max_file_size=MAX_UPLOAD)  # larger uploads are refused as they arrive (README, "Limits")
+        max_file_size=MAX_UPLOAD)  # larger uploads are refused as they arrive (docs/deployment.md)
 
 
 if __name__ == "__main__":

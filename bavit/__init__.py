@@ -1,9 +1,10 @@
 """BAViT Explorer: background-aware token pruning for vision transformers (Sah et al., BAViT)."""
 from .core.cca import cca, resample_grid
+from .core.checkpoint import Checkpoint, load_checkpoint, read_checkpoint, save_checkpoint
 from .core.config import BAViTConfig
 from .core.labels import labels_from_boxes, labels_from_mask
 from .core.loss import AccumulativeCrossEntropy
-from .core.model import BAViT, build_bavit, load_checkpoint, save_checkpoint
+from .core.model import BAViT, build_bavit
 from .errors import BAViTError, CheckpointError, ConfigError, DataError, WeightsUnavailableError
 
 __all__ = [
@@ -11,6 +12,7 @@ __all__ = [
     "BAViTConfig",
     "AccumulativeCrossEntropy",
     "BAViTError",
+    "Checkpoint",
     "CheckpointError",
     "ConfigError",
     "DataError",
@@ -20,6 +22,7 @@ __all__ = [
     "labels_from_boxes",
     "labels_from_mask",
     "load_checkpoint",
+    "read_checkpoint",
     "resample_grid",
     "save_checkpoint",
 ]

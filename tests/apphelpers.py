@@ -29,7 +29,8 @@ def random_bavit_checkpoint(seed: int = 0) -> Path:
         import torch
 
         from bavit.core.config import SMALL
-        from bavit.core.model import build_bavit, save_checkpoint
+        from bavit.core.checkpoint import save_checkpoint
+        from bavit.core.model import build_bavit
 
         torch.manual_seed(seed)
         save_checkpoint(build_bavit(SMALL), path)
@@ -47,16 +48,15 @@ def calibrated_checkpoint(base: Path, name: str) -> Path:
     path = _TMP / f"{name}.safetensors"
     if not path.exists():
         from bavit.predictor import Predictor
-        from bavit.pruning.calibration import CCA_STEPS, calibrate, save_calibration
+        from bavit.core.checkpoint import read_checkpoint, save_checkpoint
+        from bavit.pruning.calibration import CCA_STEPS, calibrate
 
         predictor = Predictor(bavit=base, detector=None)
         probs = [predictor.set_image(image).fg_prob for image in CALIBRATION_IMAGES]
         calibration = calibrate(probs, levels=CALIBRATION_LEVELS, cca_steps=CCA_STEPS, grid=predictor.yolos_grid,
                                 resample=predictor.resample_mode, source=CALIBRATION_SOURCE)
-        tmp = path.with_suffix(".tmp.safetensors")
-        shutil.copyfile(base, tmp)
-        save_calibration(tmp, calibration)
-        tmp.replace(path)
+        saved = read_checkpoint(base)
+        save_checkpoint(saved.model, path, saved.extra, calibration.to_dict())  # atomic: a copy with a calibration
     return path
 
 

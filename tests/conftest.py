@@ -90,6 +90,20 @@ def synthetic_coco(tmp_path_factory) -> Path:
     return make_synthetic_coco(tmp_path_factory.mktemp("synthetic-coco"), {"train2017": 6, "val2017": 3})
 
 
+def blob_probs(count: int, seed: int = 0) -> torch.Tensor:
+    """``[count, 24, 24]`` probabilities shaped like a detector's: a few soft blobs per image plus noise."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:24, 0:24]
+    probs = []
+    for _ in range(count):
+        field = np.zeros((24, 24))
+        for _ in range(rng.integers(1, 4)):
+            cy, cx, r = rng.uniform(0, 24), rng.uniform(0, 24), rng.uniform(2, 8)
+            field += np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * r * r))
+        probs.append(0.7 * field / field.max() + 0.25 * rng.random((24, 24)))  # distinct values in (0, 0.95)
+    return torch.tensor(np.array(probs), dtype=torch.float32)
+
+
 @pytest.fixture(scope="session")
 def voc_root() -> Path:
     if not (VOC_ROOT / "VOC2012" / "JPEGImages").is_dir():

@@ -6,6 +6,7 @@ from bavit.core.config import LARGE, SMALL, BAViTConfig
 from bavit.pruning.accounting import (
     accounting_at_sparsity,
     bavit_macs,
+    embed_macs,
     mean_accounting,
     token_accounting,
     yolos_macs,
@@ -87,6 +88,29 @@ def test_bavit_macs_by_hand():
     n, d, i = 4, 6, 12
     expected = n * 3 * 16 * 16 * d + 3 * (4 * n * d * d + 2 * n * d * i + 2 * n * n * d) + n * d * 2
     assert bavit_macs(config) == expected
+
+
+@pytest.mark.parametrize("stem", ["patch", "conv", "conv-deep", "lite0"])
+def test_bavit_macs_is_what_flopcountermode_counts_on_the_whole_model(stem):
+    import torch
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from bavit.core.model import build_bavit
+
+    config = BAViTConfig(img_size=64, depth=2, stem=stem)  # 4x4 tokens
+    model = build_bavit(config).eval()
+    counter = FlopCounterMode(display=False)
+    # the math backend runs attention as two batched matmuls, which FlopCounterMode counts (the fused CPU kernel it
+    # does not count at all)
+    with sdpa_kernel(SDPBackend.MATH), counter, torch.no_grad():
+        model(torch.zeros(1, 3, 64, 64))
+    assert bavit_macs(config) == counter.get_total_flops() // 2
+    tokens, width = 16, 192
+    assert bavit_macs(config) - embed_macs(config) == (
+        2 * (4 * tokens * width**2 + 2 * tokens * width * 4 * width + 2 * tokens**2 * width) + tokens * width * 2)
+    if stem == "patch":
+        assert embed_macs(config) == tokens * 3 * 16 * 16 * width
 
 
 def test_flop_ratio_at_35_percent_is_the_arithmetic_limit():

@@ -87,18 +87,18 @@ def test_the_shared_folder_and_the_coco_like_table():
 
 def test_train_takes_ade20k_alone_or_mixed(tmp_path, synthetic_coco, capsys):
     from bavit.cli import main
-    from bavit.core.model import checkpoint_extra
+    from bavit.core.checkpoint import read_checkpoint
 
     root = make_ade(tmp_path / "ade", {f"ADE_{i}": quadrants() for i in range(3)})
     common = ["train", "--img-size", "64", "--depth", "1", "--epochs", "1", "--batch-size", "2", "--no-progress",
               "--ade-root", str(root)]
     assert main([*common, "--out", str(tmp_path / "alone")]) == 0
-    alone = checkpoint_extra(tmp_path / "alone" / "last.safetensors")
+    alone = read_checkpoint(tmp_path / "alone" / "last.safetensors").extra
     assert alone["train_image_ids"] == ["ADE_0", "ADE_1", "ADE_2"]
     assert alone["train"]["data"] == "ade20k: 3 scenes, --ade-classes coco, --ade-other background"
     assert main([*common, "--ade-limit", "2", "--coco-root", str(synthetic_coco), "--limit", "3",
                  "--out", str(tmp_path / "mixed")]) == 0
-    mixed = checkpoint_extra(tmp_path / "mixed" / "last.safetensors")
+    mixed = read_checkpoint(tmp_path / "mixed" / "last.safetensors").extra
     assert len(mixed["train_image_ids"]) == 5 and mixed["train_image_ids"][3:] == ["ADE_0", "ADE_1"]
     assert mixed["train"]["data"] == ("coco train2017 all: 3 images (--limit 3); "
                                       "ade20k: 2 scenes, --ade-classes coco, --ade-other background")

@@ -13,7 +13,7 @@ import apphelpers  # noqa: E402
 from gradio_client import handle_file  # noqa: E402
 from gradio_client.exceptions import AppError  # noqa: E402
 
-from bavit.app.explorer import MODE_THRESHOLD  # noqa: E402
+from bavit.app.session import MODE_THRESHOLD  # noqa: E402
 
 GRID_ONLY = [MODE_THRESHOLD, 0.5, 35, 3, False, False]  # detector off: keeps these tests fast
 

@@ -3,12 +3,13 @@ between the calibrated mean sparsity (the default with a calibrated checkpoint),
 threshold, drag the sliders, check the page updates consistently; a second browser context checks that sessions are
 isolated.
 
-Grid-only slider moves are answered in the page by bavit/app/static/grid.js: its keep-mask rule, texts and number
-formatting are checked here against the Python ones (Predictor / Explorer) on the probabilities the page received,
-bit for bit and string for string, and the page is checked to send no request for them; with the detector on, a
-slider move goes back to the server.
+Grid-only slider moves are answered in the page by bavit/app/static/ (rule.js, texts.js): its keep-mask rule, texts
+and number formatting are checked here against the Python ones (the Predictor, bavit.app.session, bavit.app.panels)
+on the probabilities the page received, bit for bit and string for string, and the page is checked to send no
+request for them; with the detector on, a slider move goes back to the server.
 
-Saves a screenshot to a temp dir; with BAVIT_UPDATE_SCREENSHOT=1 it also becomes assets/screenshot.png (the README's).
+Saves a screenshot to a temp dir; with BAVIT_UPDATE_SCREENSHOT=1 it also becomes assets/screenshot.png (the one in
+README.md).
 """
 from __future__ import annotations
 
@@ -164,7 +165,7 @@ def check_consistent(page, sparsity_text: str) -> None:
 
 
 def test_upload_drag_threshold_and_screenshot(server, browser, predictor, tmp_path):
-    from bavit.app.explorer import MODE_SPARSITY, MODE_THRESHOLD
+    from bavit.app.session import MODE_SPARSITY, MODE_THRESHOLD
 
     page = open_page(browser, server.url)
     # No detector weights here: the banner and the detection panel say so instead of drawing boxes.
@@ -243,7 +244,7 @@ def test_upload_drag_threshold_and_screenshot(server, browser, predictor, tmp_pa
 
 
 def test_two_sessions_do_not_share_images(server, browser, predictor):
-    from bavit.app.explorer import MODE_THRESHOLD
+    from bavit.app.session import MODE_THRESHOLD
 
     first, second = open_page(browser, server.url), open_page(browser, server.url)
     for page in (first, second):  # grid-only updates keep this test quick
@@ -270,7 +271,7 @@ def test_target_slider_in_both_sparsity_modes(server, browser, predictor):
     mode holds this image at the target; the same slider drives both."""
     import torch
 
-    from bavit.app.explorer import MODE_SPARSITY, MODE_THRESHOLD, MODE_TOPK
+    from bavit.app.session import MODE_SPARSITY, MODE_THRESHOLD, MODE_TOPK
     from bavit.pruning.keep_mask import keep_ratio_for_count
 
     path = apphelpers.EXAMPLES / "astronaut.jpg"
@@ -319,7 +320,7 @@ def reference_session(page, path: Path, probs: np.ndarray | None = None):
     the server's backend computed them with), or ``probs``."""
     from PIL import Image
 
-    from bavit.app.explorer import ImageSession
+    from bavit.app.session import ImageSession
     from bavit.predictor import PreparedImage
 
     payload = page.evaluate("() => ({key: window.bavitGrid.state.payload.key,"
@@ -338,14 +339,15 @@ def bits(grid) -> str:
 
 def python_view(explorer, session, mode: str, value: float, cca_steps: int) -> dict:
     """What the server renders for these controls (grid-only): grid bits, kept count and the two texts."""
-    from bavit.app.explorer import MODE_THRESHOLD, Controls
+    from bavit.app.panels import sparsity_text, tokens_table
+    from bavit.app.session import MODE_THRESHOLD, Controls, effective_threshold
 
     controls = Controls(mode=mode, cca_steps=cca_steps, detect=False,
                         **({"threshold": value} if mode == MODE_THRESHOLD else {"target_sparsity": value}))
     analysis = explorer.analyze(session, controls)
     return {"raw": bits(analysis.grid_raw), "cca": bits(analysis.grid_cca), "kept": int(analysis.keep_mask.sum()),
-            "sparsity": explorer.sparsity_text(analysis, controls), "tokens": explorer.tokens_table(analysis),
-            "x": explorer.effective_threshold(session, controls, analysis)}
+            "sparsity": sparsity_text(analysis, controls, explorer.predictor.calibration),
+            "tokens": tokens_table(analysis), "x": effective_threshold(explorer.predictor, session, controls, analysis)}
 
 
 def assert_same_view(page_view: dict, expected: dict, setting) -> None:
@@ -371,7 +373,7 @@ def test_page_rule_equals_python(server, browser, explorer):
     thresholds and texts equal the Predictor's and Explorer's for every mode over thresholds, targets and CCA steps."""
     import torch
 
-    from bavit.app.explorer import MODE_SPARSITY, MODE_THRESHOLD, MODE_TOPK
+    from bavit.app.session import MODE_SPARSITY, MODE_THRESHOLD, MODE_TOPK
     from bavit.pruning.keep_mask import keep_mask_from_probs
 
     path = apphelpers.EXAMPLES / "rocket.jpg"
@@ -431,7 +433,7 @@ def set_target(page, value: int) -> None:
 def test_grid_only_slider_is_answered_in_the_page(server, browser, explorer):
     """Detector off: target and CCA moves redraw both grids, the sparsity text and the token table in the page, the
     same as the server would, with no request for them; the CCA slider's new curve comes from the server."""
-    from bavit.app.explorer import MODE_SPARSITY
+    from bavit.app.session import MODE_SPARSITY
 
     path = apphelpers.EXAMPLES / "astronaut.jpg"
     page = open_page(browser, server.url)
@@ -473,7 +475,7 @@ def test_grid_only_slider_is_answered_in_the_page(server, browser, explorer):
 def test_detector_on_goes_back_to_the_server(server, browser, explorer):
     """With the detector ticked a slider move is a server round trip (the pruned YOLOS runs there); unticked, the
     page answers again."""
-    from bavit.app.explorer import MODE_SPARSITY
+    from bavit.app.session import MODE_SPARSITY
 
     path = apphelpers.EXAMPLES / "coffee.jpg"
     page = open_page(browser, server.url)

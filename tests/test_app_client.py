@@ -9,7 +9,9 @@ pytest.importorskip("gradio_client")
 import apphelpers  # noqa: E402
 from gradio_client import Client, handle_file  # noqa: E402
 
-from bavit.app.explorer import MODE_THRESHOLD, MODE_TOPK, Controls, Explorer  # noqa: E402
+from bavit.app.explorer import Explorer  # noqa: E402
+from bavit.app.panels import banner_text  # noqa: E402
+from bavit.app.session import MODE_THRESHOLD, MODE_TOPK, Controls  # noqa: E402
 from bavit.app.ui import build_demo  # noqa: E402
 from bavit.predictor import Predictor  # noqa: E402
 
@@ -102,7 +104,7 @@ def test_detector_present_path_draws_boxes(tmp_path):
                           score_threshold=0.0)
     assert predictor.detector_ready
     explorer = Explorer(predictor)
-    assert explorer.banner_text() == ""
+    assert banner_text(explorer.predictor) == ""
     assert explorer.monitor.start().join(60)  # the latency warm-up (tiny models: about a second)
     session = explorer.open_image({"path": str(CHELSEA), "orig_name": "chelsea.jpg"})
     controls = Controls(threshold=0.5, cca_steps=3, detect=True, show_dense=True)

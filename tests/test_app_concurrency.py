@@ -18,16 +18,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bavit.app.explorer import (
-    MODE_SPARSITY,
-    MODE_THRESHOLD,
-    MODE_TOPK,
-    Controls,
-    Explorer,
-    ImageSession,
-)
-from bavit.app.session import SessionGate
-from bavit.app.ui import VIEW_KEYS, build_handlers
+from bavit.app.explorer import Explorer
+from bavit.app.gate import SessionGate
+from bavit.app.handlers import PAGE_KEYS, SLIDER_KEYS, VIEW_KEYS, build_handlers
+from bavit.app.session import MODE_SPARSITY, MODE_THRESHOLD, MODE_TOPK, Controls, ImageSession
 from bavit.predictor import Predictor
 
 CHELSEA = apphelpers.EXAMPLES / "chelsea.jpg"
@@ -54,15 +48,18 @@ def open_chelsea(explorer: Explorer) -> ImageSession:
 
 
 def slow_predict(monkeypatch, predictor, delay):
-    """Make ``predictor.predict`` sleep ``delay(settings)`` seconds first; returns the list of calls' settings."""
+    """Make the Explorer's analyses (``predictor.predict`` calls with ``dense=``) sleep ``delay(settings)`` seconds
+    first; returns the list of their settings. The curve's points (``predict`` calls without ``dense=``) run as
+    they are."""
     original = predictor.predict
     calls = []
     lock = threading.Lock()
 
     def predict(prepared, **settings):
-        with lock:
-            calls.append(settings)
-        time.sleep(delay(settings))
+        if "dense" in settings:
+            with lock:
+                calls.append(settings)
+            time.sleep(delay(settings))
         return original(prepared, **settings)
 
     monkeypatch.setattr(predictor, "predict", predict)
@@ -165,18 +162,18 @@ def test_mode_events_keep_slider_visibility_in_order(grid_predictor, monkeypatch
     slow_predict(monkeypatch, grid_predictor,
                  lambda s: 0.4 if s.get("keep_ratio") is not None else 0.2 if s.get("sparsity") is not None else 0.02)
     events = [
-        (handlers.on_mode, (session, MODE_TOPK, 0.5, 60, 3, False, False)),  # to top-k (slowest)
-        (handlers.on_controls, (session, MODE_TOPK, 0.5, 70, 3, False, False)),  # target slider
-        (handlers.on_mode, (session, MODE_SPARSITY, 0.5, 70, 3, False, False)),  # to the calibrated mean (slow)
-        (handlers.on_controls, (session, MODE_SPARSITY, 0.5, 40, 3, False, False)),  # target slider
-        (handlers.on_mode, (session, MODE_THRESHOLD, 0.4, 40, 3, False, False)),  # back to threshold
-        (handlers.on_controls, (session, MODE_THRESHOLD, 0.45, 40, 3, False, False)),  # threshold slider
+        (handlers.page_mode, (session, MODE_TOPK, 0.5, 60, 3, False, False)),  # to top-k (slowest)
+        (handlers.page_slider, (session, MODE_TOPK, 0.5, 70, 3, False, False)),  # target slider
+        (handlers.page_mode, (session, MODE_SPARSITY, 0.5, 70, 3, False, False)),  # to the calibrated mean (slow)
+        (handlers.page_slider, (session, MODE_SPARSITY, 0.5, 40, 3, False, False)),  # target slider
+        (handlers.page_mode, (session, MODE_THRESHOLD, 0.4, 40, 3, False, False)),  # back to threshold
+        (handlers.page_slider, (session, MODE_THRESHOLD, 0.45, 40, 3, False, False)),  # threshold slider
     ]
     results, finished = fire(session, events)
     modes = (0, 2, 4)
     page = {}
     for index in finished:
-        keys = ("threshold", "target", *VIEW_KEYS) if index in modes else VIEW_KEYS
+        keys = ("threshold", "target", "page_state", *PAGE_KEYS) if index in modes else ("page_state", *SLIDER_KEYS)
         for key, value in zip(keys, results[index]):
             if value != SKIP:
                 page[key] = value
@@ -190,9 +187,10 @@ def test_mode_events_keep_slider_visibility_in_order(grid_predictor, monkeypatch
     # rendered views carry their own mode's text
     for index, phrase in ((0, "held at the target 60%"), (1, "held at the target 70%"),
                           (2, "Mean sparsity 70% over images"), (3, "Mean sparsity 40% over images")):
-        view = results[index][2:] if index in modes else results[index]
-        if view[VIEW_KEYS.index("sparsity")] != SKIP:
-            assert phrase in view[VIEW_KEYS.index("sparsity")]
+        text = results[index][3 + PAGE_KEYS.index("sparsity")] if index in modes else \
+            results[index][1 + SLIDER_KEYS.index("sparsity")]
+        if text != SKIP:
+            assert phrase in text
 
 
 def test_dense_detector_is_measured_once(detector_predictor, monkeypatch):
@@ -249,7 +247,7 @@ def test_render_leaves_the_session_unchanged(detector_predictor):
         assert (view["record"].point is None) == (not controls.detect)
     # what a render measured is kept only by record (update = render + record, under the gate)
     view = explorer.render(session, Controls(threshold=0.4))
-    explorer.record(session, view["record"])
+    session.record(view["record"])
     assert session.measured[3] == (view["record"].point,) and session.plots[3] is view["record"].curve
     view = explorer.update(session, Controls(threshold=0.5))
     assert len(session.measured[3]) == 2 and explorer.render(session, Controls())["record"].curve is session.plots[3]
@@ -301,7 +299,7 @@ def test_gate_runs_holders_in_arrival_order_and_retire_skips_waiting_events(grid
             view=handlers.on_controls(session, MODE_THRESHOLD, 0.3, 35, 3, False, False)))
         waiting.start()
         assert wait_until(lambda: session.gate.issued > issued)
-        retiring = threading.Thread(target=explorer.retire, args=(session,))
+        retiring = threading.Thread(target=session.retire)
         retiring.start()
         assert wait_until(lambda: session.gate.issued > issued + 1)
     waiting.join()

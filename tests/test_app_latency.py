@@ -9,9 +9,12 @@ import threading
 import apphelpers
 import pytest
 
-from bavit.app.explorer import MODE_THRESHOLD, Controls, Explorer
-from bavit.app.latency import KEPT_TOLERANCE, MIN_DENSE_RUNS, WINDOW, LatencyMonitor, interpolate
-from bavit.app.ui import VIEW_KEYS, build_handlers, create_demo, create_explorer
+from bavit.app.demo import create_demo, create_explorer
+from bavit.app.explorer import Explorer
+from bavit.app.handlers import VIEW_KEYS, build_handlers
+from bavit.app.latency import KEPT_TOLERANCE, MIN_DENSE_RUNS, WINDOW, LatencyWindows, interpolate
+from bavit.app.session import MODE_THRESHOLD, Controls
+from bavit.app.timing import CURVE_COUNTS
 from bavit.errors import BAViTError
 from bavit.predictor import Predictor
 
@@ -26,45 +29,52 @@ def detector_predictor():
                      backend="torch")
 
 
-def test_first_runs_are_dropped_and_medians_are_exact(detector_predictor):
-    monitor = LatencyMonitor(detector_predictor)
-    monitor.add_dense(500.0)  # the cold first run: dropped
+def test_first_runs_are_dropped_and_medians_are_exact():
+    windows = LatencyWindows()
+    windows.add("dense", 500.0)  # the cold first run: dropped
     for ms in (10.0, 12.0, 11.0, 13.0):
-        monitor.add_dense(ms)
-    assert monitor.dense_ms() is None  # 4 warm runs < MIN_DENSE_RUNS
-    monitor.add_dense(14.0)
-    assert MIN_DENSE_RUNS == 5 and monitor.dense_ms() == 12.0
-    monitor.add_dense(1000.0, overlapped=True)  # shared the CPU with another run: dropped
-    assert monitor.dense_ms() == 12.0 and monitor.samples()["dense"] == [10.0, 12.0, 11.0, 13.0, 14.0]
+        windows.add("dense", ms)
+    assert windows.estimate(500).dense_ms is None  # 4 warm runs < MIN_DENSE_RUNS
+    assert windows.estimate(500).dense_runs == 4  # the runs so far, for the "warming up" line
+    windows.add("dense", 14.0)
+    assert MIN_DENSE_RUNS == 5 and windows.estimate(500).dense_ms == 12.0
+    windows.add("dense", 1000.0, overlapped=True)  # shared the CPU with another run: dropped
+    assert windows.estimate(500).dense_ms == 12.0 and windows.samples()["dense"] == [10.0, 12.0, 11.0, 13.0, 14.0]
 
-    monitor.add_bavit(300.0)  # cold
-    monitor.add_bavit(2.0)
-    monitor.add_bavit(4.0)
-    assert monitor.bavit_ms() is None
-    monitor.add_bavit(3.0)
-    assert monitor.bavit_ms() == 3.0
+    windows.add("bavit", 300.0)  # cold
+    windows.add("bavit", 2.0)
+    windows.add("bavit", 4.0)
+    assert windows.estimate(500).bavit_ms is None
+    windows.add("bavit", 3.0)
+    assert windows.estimate(500).bavit_ms == 3.0
 
-    monitor.add_pruned(500, 900.0)  # cold
-    monitor.add_pruned(500, 5.0)
-    monitor.add_pruned(500 + KEPT_TOLERANCE, 7.0)
-    monitor.add_pruned(500 + KEPT_TOLERANCE + 1, 99.0)  # another kept count
-    assert monitor.pruned(500) == (None, "", 0)  # 2 warm runs near 500 and no start-up curve yet
-    monitor.add_pruned(500 - KEPT_TOLERANCE, 6.0)
-    assert monitor.pruned(500) == (6.0, "warm runs", 3)
-    assert monitor.speedup(500) == 12.0 / (3.0 + 0.0 + 6.0)  # no CCA run yet: 0 ms
+    windows.add("pruned", 900.0, kept=500)  # cold
+    windows.add("pruned", 5.0, kept=500)
+    windows.add("pruned", 7.0, kept=500 + KEPT_TOLERANCE)
+    windows.add("pruned", 99.0, kept=500 + KEPT_TOLERANCE + 1)  # another kept count
+    estimate = windows.estimate(500)  # 2 warm runs near 500 and no start-up curve yet
+    assert (estimate.pruned_ms, estimate.pruned_source, estimate.pruned_runs, estimate.speedup) == (None, "", 0, None)
+    windows.add("pruned", 6.0, kept=500 - KEPT_TOLERANCE)
+    estimate = windows.estimate(500)
+    assert (estimate.pruned_ms, estimate.pruned_source, estimate.pruned_runs) == (6.0, "warm runs", 3)
+    assert estimate.speedup == 12.0 / (3.0 + 0.0 + 6.0)  # no CCA run yet: 0 ms
 
     for ms in (1.0, 3.0, 2.0):  # the keep-mask rule has no cold run
-        monitor.add_cca(ms)
-    estimate = monitor.estimate(500)
+        windows.add_cca(ms)
+    estimate = windows.estimate(500)
     assert (estimate.dense_ms, estimate.bavit_ms, estimate.cca_ms, estimate.pruned_ms) == (12.0, 3.0, 2.0, 6.0)
     assert (estimate.dense_runs, estimate.bavit_runs, estimate.cca_runs, estimate.pruned_runs) == (5, 3, 3, 3)
     assert estimate.pipeline_ms == 11.0 and estimate.speedup == 12.0 / 11.0
-    assert monitor.speedup(500, cca_ms=1.0) == 12.0 / 10.0  # the caller's CCA time replaces the median
     assert estimate.as_dict()["dense"] == 12.0 and estimate.as_dict()["pipeline"] == 11.0
 
+    # a request's timings: CCA, and the pruned run at its kept count (an overlapped one counts for CCA only)
+    windows.add_timings({"cca_ms": 2.0, "pruned_ms": 50.0}, kept=700, overlapped=True)
+    windows.add_timings({"cca_ms": 2.0, "pruned_ms": 50.0}, kept=700)
+    assert windows.samples()["cca"][-2:] == [2.0, 2.0] and windows.samples()["pruned"][-1] == (700, 50.0)
+
     for ms in range(100, 120):  # rolling window: the most recent WINDOW warm runs
-        monitor.add_dense(float(ms))
-    assert monitor.dense_ms() == statistics.median(range(120 - WINDOW, 120)) == 112.0
+        windows.add("dense", float(ms))
+    assert windows.estimate(500).dense_ms == statistics.median(range(120 - WINDOW, 120)) == 112.0
 
 
 def test_start_up_curve_interpolation():
@@ -91,7 +101,7 @@ def test_warm_up_in_background_then_page_shows_the_medians(detector_predictor, m
     handlers = build_handlers(explorer)
     release = threading.Event()
     monkeypatch.setattr(detector_predictor, "run_detector", release_when(release, detector_predictor.run_detector))
-    monkeypatch.setattr("bavit.app.latency.REFRESH_S", float("inf"))  # no background refresh between the checks
+    monkeypatch.setattr("bavit.app.timing.REFRESH_S", float("inf"))  # no background refresh between the checks
     controls = (MODE_THRESHOLD, 0.5, 35, 3, True, False)
     try:
         assert monitor.start() is monitor and monitor.warming_up
@@ -107,7 +117,7 @@ def test_warm_up_in_background_then_page_shows_the_medians(detector_predictor, m
     assert monitor.join(120) and not monitor.warming_up and monitor.error is None
     samples = monitor.samples()
     assert len(samples["dense"]) == 6 and len(samples["bavit"]) == 5
-    assert sorted(samples["curve"]) == list(monitor.curve_counts) and all(len(v) == 3 for v in samples["curve"].values())
+    assert sorted(samples["curve"]) == list(CURVE_COUNTS) and all(len(v) == 3 for v in samples["curve"].values())
     assert monitor.curve() == [(k, statistics.median(v)) for k, v in sorted(samples["curve"].items())]
 
     # slider changes with the detector feed pruned runs at this image's kept count
@@ -209,7 +219,7 @@ def test_medians_prefer_the_last_half_minute():
 def test_app_use_re_times_dense_and_bavit_in_the_background(detector_predictor, monkeypatch):
     """While the app is used, dense and BAViT get fresh runs (the speed-up's medians share the pruned runs' load);
     a monitor whose warm-up never started runs nothing in the background."""
-    import bavit.app.latency as latency
+    import bavit.app.timing as timing
 
     idle = Explorer(detector_predictor)
     session = idle.open_image({"path": str(CHELSEA), "orig_name": "chelsea.jpg"})
@@ -221,8 +231,8 @@ def test_app_use_re_times_dense_and_bavit_in_the_background(detector_predictor, 
     before = explorer.monitor.samples()
     explorer.update(session, Controls(threshold=0.5))
     assert explorer.monitor._refresher is None  # the warm-up's runs are fresh: no refresh yet
-    monkeypatch.setattr(latency, "REFRESH_S", 0.0)  # as if they were old
-    monkeypatch.setattr(latency, "SETTLE_S", 0.0)
+    monkeypatch.setattr(timing, "REFRESH_S", 0.0)  # as if they were old
+    monkeypatch.setattr(timing, "SETTLE_S", 0.0)
     explorer.update(session, Controls(threshold=0.5))
     refresher = explorer.monitor._refresher
     assert refresher is not None and refresher.daemon

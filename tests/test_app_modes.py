@@ -14,8 +14,17 @@ import apphelpers  # noqa: E402
 from gradio_client import handle_file  # noqa: E402
 from gradio_client.exceptions import AppError  # noqa: E402
 
-from bavit.app.explorer import MODE_SPARSITY, MODE_THRESHOLD, MODE_TOPK, Controls, Explorer  # noqa: E402
-from bavit.app.ui import VIEW_KEYS, build_demo, build_handlers  # noqa: E402
+from bavit.app.explorer import Explorer  # noqa: E402
+from bavit.app.handlers import PAGE_KEYS, VIEW_KEYS, build_handlers  # noqa: E402
+from bavit.app.session import (  # noqa: E402
+    MODE_SPARSITY,
+    MODE_THRESHOLD,
+    MODE_TOPK,
+    Controls,
+    effective_threshold,
+    selection,
+)
+from bavit.app.ui import build_demo  # noqa: E402
 from bavit.errors import BAViTError  # noqa: E402
 from bavit.predictor import Predictor  # noqa: E402
 from bavit.pruning.keep_mask import keep_mask_from_probs, keep_ratio_for_count  # noqa: E402
@@ -23,6 +32,7 @@ from bavit.pruning.keep_mask import keep_mask_from_probs, keep_ratio_for_count  
 CHELSEA = apphelpers.EXAMPLES / "chelsea.jpg"
 ROCKET = apphelpers.EXAMPLES / "rocket.jpg"
 SPARSITY = VIEW_KEYS.index("sparsity")
+MODE_EVENT_SPARSITY = 3 + PAGE_KEYS.index("sparsity")  # page_mode: two slider visibilities, the page state, PAGE_KEYS
 
 
 @pytest.fixture(scope="module")
@@ -70,8 +80,8 @@ def test_calibrated_mode_uses_the_calibrated_threshold(calibrated, cca_steps):
     assert f"this image: {own:.1f}%" in text
     assert f"{int(analysis.accounting.kept_patches)} kept" in text
     # the curve's marker sits at the threshold used
-    assert calibrated.effective_threshold(session, controls, analysis) == threshold
-    assert calibrated.effective_threshold(session, controls) == threshold
+    assert effective_threshold(calibrated.predictor, session, controls, analysis) == threshold
+    assert effective_threshold(calibrated.predictor, session, controls) == threshold
 
 
 def test_calibrated_mean_over_the_calibration_images(calibrated):
@@ -118,18 +128,18 @@ def test_topk_mode_holds_this_image_at_the_target(calibrated, path, target, cca_
     assert f"top {k} BAViT tokens" in text and f"{kept} kept" in text
     # the curve's marker: the k-th highest FG probability
     kth = float(np.sort(session.prepared.fg_prob.ravel())[::-1][k - 1])
-    assert calibrated.effective_threshold(session, controls, analysis) == kth
+    assert effective_threshold(calibrated.predictor, session, controls, analysis) == kth
 
 
 def test_selection_gives_one_setting_per_mode(calibrated):
     session = open_image(calibrated, ROCKET)
-    assert calibrated.selection(session, Controls(mode=MODE_THRESHOLD, threshold=0.3)) == {"threshold": 0.3}
-    assert calibrated.selection(session, Controls(mode=MODE_SPARSITY, target_sparsity=40)) == {"sparsity": 0.4}
-    assert set(calibrated.selection(session, Controls(mode=MODE_TOPK, target_sparsity=40))) == {"keep_ratio"}
+    assert selection(calibrated.predictor, session, Controls(mode=MODE_THRESHOLD, threshold=0.3)) == {"threshold": 0.3}
+    assert selection(calibrated.predictor, session, Controls(mode=MODE_SPARSITY, target_sparsity=40)) == {"sparsity": 0.4}
+    assert set(selection(calibrated.predictor, session, Controls(mode=MODE_TOPK, target_sparsity=40))) == {"keep_ratio"}
     with pytest.raises(BAViTError, match="unknown sparsity control"):
-        calibrated.selection(session, Controls(mode="Target sparsity"))
+        selection(calibrated.predictor, session, Controls(mode="Target sparsity"))
     with pytest.raises(BAViTError, match="percentage"):
-        calibrated.selection(session, Controls(mode=MODE_TOPK, target_sparsity=120))
+        selection(calibrated.predictor, session, Controls(mode=MODE_TOPK, target_sparsity=120))
 
 
 def radio_and_sliders(demo: gr.Blocks):
@@ -158,15 +168,15 @@ def test_calibrated_mode_without_a_calibration_is_a_clear_error(uncalibrated):
     with pytest.raises(gr.Error, match="needs a calibrated BAViT checkpoint"):
         handlers.on_controls(session, *controls)
     with pytest.raises(gr.Error, match="needs a calibrated BAViT checkpoint"):
-        handlers.on_mode(session, *controls)
+        handlers.page_mode(session, *controls)
     with pytest.raises(gr.Error, match="needs a calibrated BAViT checkpoint"):
         handlers.on_image({"path": str(ROCKET), "orig_name": "rocket.jpg"}, None, *controls)
     with pytest.raises(BAViTError, match="calibrat"):
         uncalibrated.api_result({"path": str(ROCKET)}, sparsity=0.35, detect=False)
     # the other modes still answer for this session
-    shown = handlers.on_mode(session, MODE_TOPK, 0.5, 35, 3, False, False)
+    shown = handlers.page_mode(session, MODE_TOPK, 0.5, 35, 3, False, False)
     assert shown[0]["visible"] is False and shown[1]["visible"] is True
-    assert "held at the target 35%" in shown[2 + SPARSITY]
+    assert "held at the target 35%" in shown[MODE_EVENT_SPARSITY]
     assert "threshold 0.40" in handlers.on_controls(session, MODE_THRESHOLD, 0.4, 35, 3, False, False)[SPARSITY]
 
 
@@ -176,9 +186,9 @@ def test_mode_event_sets_the_sliders(calibrated):
     for mode, target_visible, phrase in ((MODE_SPARSITY, True, "Mean sparsity 45% over images"),
                                          (MODE_TOPK, True, "held at the target 45%"),
                                          (MODE_THRESHOLD, False, "threshold 0.50")):
-        outputs = handlers.on_mode(session, mode, 0.5, 45, 3, False, False)
+        outputs = handlers.page_mode(session, mode, 0.5, 45, 3, False, False)
         assert outputs[0]["visible"] is (not target_visible) and outputs[1]["visible"] is target_visible
-        assert phrase in outputs[2 + SPARSITY]
+        assert phrase in outputs[MODE_EVENT_SPARSITY]
 
 
 # ---------------------------------------------------------------------------------------- through the server

@@ -12,8 +12,9 @@ import pytest
 import torch
 
 from bavit.app import client
-from bavit.app.explorer import MODE_SPARSITY, MODE_THRESHOLD, MODE_TOPK, Controls, Explorer
-from bavit.app.ui import PAGE_KEYS, SLIDER_KEYS, build_handlers
+from bavit.app.explorer import Explorer
+from bavit.app.handlers import PAGE_KEYS, SLIDER_KEYS, build_handlers
+from bavit.app.session import MODE_SPARSITY, MODE_THRESHOLD, MODE_TOPK, Controls, effective_threshold
 from bavit.predictor import Predictor
 from bavit.pruning.accounting import token_accounting
 from bavit.pruning.keep_mask import keep_mask_from_probs
@@ -87,7 +88,7 @@ def test_slider_event_sends_only_what_changes(explorer, handlers):
     # top-k: the page's messages carry the curve's x (the k-th highest probability)
     view = json.loads(handlers.page_slider(session, MODE_TOPK, 0.5, 60, 3, False, False)[0])
     controls = Controls(mode=MODE_TOPK, target_sparsity=60, detect=False)
-    assert view["curve"]["point"]["threshold"] == pytest.approx(explorer.effective_threshold(session, controls))
+    assert view["curve"]["point"]["threshold"] == pytest.approx(effective_threshold(explorer.predictor, session, controls))
     # no image yet: nothing to send
     assert handlers.page_slider(None, MODE_THRESHOLD, 0.4, 35, 2, True, False) == [SKIP] * (1 + len(SLIDER_KEYS))
 

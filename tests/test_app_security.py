@@ -25,7 +25,9 @@ from gradio_client import handle_file  # noqa: E402
 from gradio_client.exceptions import AppError  # noqa: E402
 
 from bavit.app import uploads  # noqa: E402
-from bavit.app.explorer import MODE_THRESHOLD, Explorer  # noqa: E402
+from bavit.app.explorer import Explorer  # noqa: E402
+from bavit.app.panels import tiny_warning  # noqa: E402
+from bavit.app.session import MODE_THRESHOLD  # noqa: E402
 from bavit.errors import DataError  # noqa: E402
 from bavit.imageio import load_image  # noqa: E402
 from bavit.predictor import Predictor  # noqa: E402
@@ -239,20 +241,18 @@ def test_tiny_warning_gives_the_size_as_uploaded(tmp_path):
     Image.new("RGB", (20000, 30), (10, 200, 30)).save(path)
     explorer = Explorer(Predictor(bavit=apphelpers.random_bavit_checkpoint(), detector=None), image_roots=(tmp_path,))
     session = explorer.open_image({"path": str(path)})
-    warning = explorer.tiny_warning(session)
+    warning = tiny_warning(session)
     assert warning.startswith("This image is tiny (20000x30 px, 1024x2 px once fitted into 1024 px)")
     explorer.image_roots = (apphelpers.EXAMPLES,)
-    assert explorer.tiny_warning(explorer.open_image({"path": str(apphelpers.EXAMPLES / "chelsea.jpg")})) is None
+    assert tiny_warning(explorer.open_image({"path": str(apphelpers.EXAMPLES / "chelsea.jpg")})) is None
 
 
 def test_at_most_two_images_decode_at_once(monkeypatch, tmp_path):
     import threading
     import time
 
-    import bavit.app.explorer as explorer_module
-
     active, most, lock = [0], [0], threading.Lock()
-    real = explorer_module.load_image
+    real = uploads.load_image
 
     def counting_load(*args, **kwargs):
         with lock:
@@ -263,10 +263,9 @@ def test_at_most_two_images_decode_at_once(monkeypatch, tmp_path):
             active[0] -= 1
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(explorer_module, "load_image", counting_load)
-    explorer = Explorer(Predictor(bavit=apphelpers.random_bavit_checkpoint(), detector=None))
-    threads = [threading.Thread(target=explorer.read_image, args=({"path": str(apphelpers.EXAMPLES / "rocket.jpg")},))
-               for _ in range(5)]
+    monkeypatch.setattr(uploads, "load_image", counting_load)
+    payload, roots = {"path": str(apphelpers.EXAMPLES / "rocket.jpg")}, (apphelpers.EXAMPLES,)
+    threads = [threading.Thread(target=uploads.read_image, args=(payload, roots)) for _ in range(5)]
     for thread in threads:
         thread.start()
     for thread in threads:

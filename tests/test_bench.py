@@ -1,4 +1,4 @@
-"""Latency bench: the keep ratio search, the count spread, the CLI report and plot, and what the pipeline time is."""
+"""Latency bench: the count spread, the CLI report and plot, and what the pipeline time is."""
 import json
 
 import numpy as np
@@ -10,7 +10,8 @@ from transformers import YolosConfig, YolosForObjectDetection
 from bavit.bench.latency import run_bench, spread_counts
 from bavit.cli import main
 from bavit.core.config import SMALL
-from bavit.core.model import build_bavit, save_checkpoint
+from bavit.core.checkpoint import save_checkpoint
+from bavit.core.model import build_bavit
 from bavit.imageio import load_image
 from bavit.predictor import Predictor
 from bavit.pruning.keep_mask import keep_mask_from_probs, keep_ratio_for_count
@@ -18,16 +19,6 @@ from bavit.pruning.keep_mask import keep_mask_from_probs, keep_ratio_for_count
 
 def _kept(probs, ratio, grid=32):
     return int(keep_mask_from_probs(probs, keep_ratio=ratio, cca_steps=3, grid=grid).keep_mask.sum())
-
-
-def test_keep_ratio_for_count_is_the_closest_the_rule_can_reach():
-    probs = torch.rand(24, 24, generator=torch.Generator().manual_seed(0))
-    reachable = sorted({_kept(probs, k / 576) for k in range(1, 577)})
-    for target in (1, 300, 666, 1000, 1024):
-        ratio = keep_ratio_for_count(probs, target, grid=32)
-        best = min(abs(count - target) for count in reachable)
-        assert abs(_kept(probs, ratio) - target) == best
-    assert _kept(probs, keep_ratio_for_count(probs, 1024, grid=32)) == 1024
 
 
 def test_spread_counts():
@@ -108,7 +99,7 @@ def test_pipeline_time_is_exactly_the_sum_of_its_stages(bavit_ckpt, tmp_path, mo
     monkeypatch.setattr(latency, "time", clock)
     predictor = Predictor(bavit_ckpt, detector=str(tmp_path / "missing"), backend="torch")
     bavit, detector = predictor.bavit_runner, predictor.detector_runner
-    rule = latency.keep_mask_from_probs
+    rule = predictor.select  # the keep-mask rule, as the bench calls it
 
     def timed_bavit(pixels):
         clock.advance(7.0)
@@ -123,7 +114,7 @@ def test_pipeline_time_is_exactly_the_sum_of_its_stages(bavit_ckpt, tmp_path, mo
         return rule(*args, **kwargs)
 
     predictor._bavit_runner, predictor._detector_runner = timed_bavit, timed_detector  # Predictor._runner's cache
-    monkeypatch.setattr(latency, "keep_mask_from_probs", timed_rule)
+    monkeypatch.setattr(predictor, "select", timed_rule)
     images = [load_image(np.random.default_rng(seed).integers(0, 256, (300, 400, 3), dtype=np.uint8)) for seed in (1, 2)]
     probs = torch.from_numpy(np.stack([predictor.set_image(image).fg_prob for image in images]))
     pixels = torch.cat([predictor.yolos_pixels(image) for image in images])

@@ -1,16 +1,119 @@
-"""Cross-fitted calibration: K-fold splits (bavit.data.records.fold_split) and calibrate --fold-models, where each
-image is scored by a model that never trained on it."""
+"""Calibrated sparsity (bavit.pruning.calibration): one threshold per target mean sparsity, hit on hand-made
+probabilities; its standard error by hand; stored with the checkpoint and used by the Predictor; the held-out and
+K-fold splits it is computed on (bavit.data.records), and calibrate --fold-models, where each image is scored by a
+model that never trained on it."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from bavit.cli import main
-from bavit.core.model import checkpoint_extra, load_checkpoint
-from bavit.data.records import Record, coco_records, coco_split, fold_split, holdout_split
+from bavit.core.checkpoint import read_checkpoint, save_checkpoint
+from bavit.core.config import SMALL
+from bavit.core.model import build_bavit
+from bavit.data.records import Record, coco_records, coco_split
+from bavit.data.splits import fold_split, holdout_split
 from bavit.engine.evaluate import predict_probs
-from bavit.errors import DataError
-from bavit.pruning.calibration import LEVELS, calibrate, load_calibration
+from bavit.errors import CheckpointError, ConfigError, DataError
+from bavit.predictor import Predictor
+from bavit.pruning.calibration import LEVELS, Calibration, calibrate, sparsity_at, sparsity_standard_error
+from conftest import blob_probs
+
+
+def test_calibration_hits_each_mean_sparsity_and_thresholds_rise():
+    probs = blob_probs(24)
+    calibration = calibrate(probs, cca_steps=(0, 3), grid=32)
+    for steps in (0, 3):
+        thresholds = np.array(calibration.thresholds[steps])
+        assert (np.diff(thresholds) >= 0).all() and thresholds[0] == 0.0
+        assert thresholds[-1] > thresholds[len(thresholds) // 2] > thresholds[5]
+        for level, threshold, achieved in zip(calibration.levels, thresholds, calibration.achieved[steps]):
+            mean = float(sparsity_at(probs, threshold, steps, 32).mean())
+            assert mean == pytest.approx(achieved)
+            assert abs(mean - level) <= 0.01, (steps, level, mean)
+    # per image the sparsity follows the content: one threshold, different sparsities
+    per_image = sparsity_at(probs, calibration.threshold(0.35, 3), 3, 32)
+    assert float(per_image.max() - per_image.min()) > 0.2
+    assert calibration.threshold(0.355, 0) == pytest.approx(np.mean(calibration.thresholds[0][35:37]))
+    with pytest.raises(ConfigError, match="CCA steps"):
+        calibration.threshold(0.35, 2)
+    with pytest.raises(ConfigError, match="sparsity"):
+        calibration.threshold(0.99, 0)
+
+
+def test_sparsity_standard_error_by_hand():
+    # 4 images on a 2x2 grid kept as is (detector grid 2): two all-FG (sparsity 0), two all-BG (sparsity 1).
+    probs = torch.tensor([1.0, 0.0, 1.0, 0.0])[:, None, None].expand(4, 2, 2).clone()
+    # per-image sparsities 0, 1, 0, 1: sample sd sqrt(1/3), over sqrt(4)
+    assert sparsity_standard_error(probs, 0.5, 0, 2) == pytest.approx((1 / 3) ** 0.5 / 2)
+    assert sparsity_standard_error(probs[:1], 0.5, 0, 2) is None  # one image: no spread to measure
+    assert sparsity_standard_error(probs[[0, 2]], 0.5, 0, 2) == 0.0  # identical images
+
+
+def metadata(path) -> dict[str, str]:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as handle:
+        return handle.metadata()
+
+
+def test_calibration_survives_a_checkpoint_round_trip(tmp_path):
+    torch.manual_seed(0)
+    model = build_bavit(SMALL)
+    path = save_checkpoint(model, tmp_path / "m.safetensors", extra={"epoch": 3})
+    before = metadata(path)
+    saved = read_checkpoint(path)
+    assert saved.calibration is None and Calibration.from_checkpoint(saved) is None
+    calibration = calibrate(blob_probs(6), levels=(0.0, 0.35, 0.5), cca_steps=(0, 3), source="test")
+    save_checkpoint(saved.model, path, saved.extra, calibration.to_dict())  # what python -m bavit calibrate does
+    reloaded = read_checkpoint(path)
+    assert Calibration.from_checkpoint(reloaded) == calibration
+    after = metadata(path)
+    assert {k: v for k, v in after.items() if k != "calibration"} == before  # config and extra untouched
+    assert all(torch.equal(a, b) for a, b in zip(reloaded.model.state_dict().values(), model.state_dict().values()))
+    assert list(tmp_path.iterdir()) == [path]  # no temp file left
+
+
+def test_an_invalid_stored_calibration_is_a_checkpoint_error(tmp_path):
+    path = save_checkpoint(build_bavit(SMALL), tmp_path / "m.safetensors", calibration={"levels": [0.0, 0.5]})
+    with pytest.raises(CheckpointError, match="stored calibration is invalid"):
+        Calibration.from_checkpoint(read_checkpoint(path))
+
+
+def test_predictor_calibrated_mode(tmp_path):
+    torch.manual_seed(0)
+    path = save_checkpoint(build_bavit(SMALL), tmp_path / "m.safetensors")
+    image = np.random.default_rng(0).integers(0, 256, (120, 160, 3), dtype=np.uint8)
+    uncalibrated = Predictor(path, detector=None)
+    with pytest.raises(ConfigError, match="no calibration"):
+        uncalibrated.analyze(image, sparsity=0.35)
+    prepared = uncalibrated.set_image(image)
+    calibration = calibrate(prepared.fg_prob[None], levels=(0.0, 0.35, 0.5), cca_steps=(0, 3))
+    saved = read_checkpoint(path)
+    save_checkpoint(saved.model, path, saved.extra, calibration.to_dict())
+    predictor = Predictor(path, detector=None)
+    assert predictor.calibration == calibration
+    result = predictor.predict(prepared, sparsity=0.35, cca_steps=3, detect=False)
+    threshold = calibration.threshold(0.35, 3)
+    assert result.settings["threshold"] == threshold
+    np.testing.assert_array_equal(result.keep_mask,
+                                  predictor.predict(prepared, threshold=threshold, cca_steps=3, detect=False).keep_mask)
+    # calibrated on this one image: its own sparsity is the target's
+    assert result.accounting.sparsity == pytest.approx(calibration.achieved[3][1])
+    with pytest.raises(ConfigError, match="one of"):
+        predictor.predict(prepared, sparsity=0.35, threshold=0.5)
+
+
+def test_holdout_split_is_deterministic_and_disjoint(synthetic_coco):
+    records = coco_records(*coco_split(synthetic_coco, "train2017"))
+    fit, held = holdout_split(records, fraction=0.5, seed=0)
+    assert len(held) == 3 and len(fit) == 3
+    assert {r.image_id for r in fit}.isdisjoint(r.image_id for r in held)
+    fit2, held2 = holdout_split(list(reversed(records)), fraction=0.5, seed=0)  # the order does not matter
+    assert {r.image_id for r in held2} == {r.image_id for r in held}
+    with pytest.raises(Exception, match="fraction"):
+        holdout_split(records, fraction=1.0)
 
 
 def fake(ids) -> list[Record]:
@@ -54,12 +157,13 @@ def test_calibrate_with_fold_models_uses_out_of_fold_probabilities(tmp_path, syn
     expected = np.zeros((len(records), 4, 4), np.float32)
     for fold, path in enumerate(folds):  # by hand: each image from the model that held it out
         held = {str(r.image_id) for r in fold_split(records, 2, fold)[1]}
-        extra = checkpoint_extra(path)
+        fold_model = read_checkpoint(path)
+        extra = fold_model.extra
         assert held.isdisjoint(map(str, extra["train_image_ids"]))
         assert extra["train"]["data"] == f"coco train2017 fit (fold {fold} of 2, seed 0): 3 images"
         mine = [k for k, r in enumerate(records) if str(r.image_id) in held]
-        expected[mine] = predict_probs(load_checkpoint(path), [records[k] for k in mine])[0]
-    stored = load_calibration(target)
+        expected[mine] = predict_probs(fold_model.model, [records[k] for k in mine])[0]
+    stored = Calibration.from_checkpoint(read_checkpoint(target))
     manual = calibrate(expected, LEVELS, grid=stored.grid, source=stored.source)
     assert stored.thresholds == manual.thresholds and stored.images == len(records) == 6
     assert stored.source == "train2017 all, out of fold from 2 models"

@@ -24,8 +24,8 @@ WORK = {
     "export": ("bavit.predictor", "Predictor"),
     "bench": ("bavit.bench.latency", "run_bench"),
     "tradeoff": ("bavit.bench.tradeoff", "run_tradeoff"),
-    "evaluate": ("bavit.cli.evaluate", "load_checkpoint"),
-    "calibrate": ("bavit.cli.calibrate", "load_checkpoint"),
+    "evaluate": ("bavit.cli.evaluate", "read_checkpoint"),
+    "calibrate": ("bavit.cli.calibrate", "read_checkpoint"),
     "map": ("bavit.pruning.detector", "load_yolos_model"),
     "finetune": ("bavit.pruning.detector", "load_yolos_model"),
     "train": ("bavit.cli.train", "records_from_args"),
@@ -153,21 +153,21 @@ def test_a_checkpoint_config_asking_for_a_huge_model_is_refused_without_building
     import torch
     from safetensors.torch import save_file
 
-    import bavit.core.model as model
+    import bavit.core.checkpoint as checkpoint
     from bavit.core.config import SMALL
     from bavit.errors import CheckpointError
 
     config = {**json.loads(SMALL.to_json()), "embed_dim": 192000}  # 3 heads divide it: passed the old checks
     path = tmp_path / "huge.safetensors"
     save_file({"head.weight": torch.zeros(2, 1)}, str(path),
-              metadata={model.FORMAT_KEY: model.FORMAT, model.CONFIG_KEY: json.dumps(config)})
+              metadata={checkpoint.FORMAT_KEY: checkpoint.FORMAT, checkpoint.CONFIG_KEY: json.dumps(config)})
 
     def build(*args, **kwargs):
         raise AssertionError("a model was built from an out-of-bounds config")
 
-    monkeypatch.setattr(model, "BAViT", build)
+    monkeypatch.setattr(checkpoint, "BAViT", build)
     with pytest.raises(CheckpointError, match="embed_dim must be in .* got 192000"):
-        model.load_checkpoint(path)
+        checkpoint.read_checkpoint(path)
     line = assert_user_error(capsys, main(["evaluate", "--checkpoint", str(path), "--coco-root", str(tmp_path)]),
                              "embed_dim", "192000")
     assert "parameters" in line

@@ -11,11 +11,14 @@ from transformers import YolosConfig, YolosForObjectDetection
 
 from bavit.cli import main
 from bavit.core.config import SMALL
-from bavit.core.model import build_bavit, save_checkpoint
+from bavit.core.checkpoint import save_checkpoint
+from bavit.core.model import build_bavit
 from bavit.data.coco import CocoDetection, label_to_category, load_coco, yolos_targets
-from bavit.engine.coco_map import STAT_NAMES, evaluate_bbox, make_settings, to_coco_results
+from bavit.engine.coco_map import make_settings, setting_name
+from bavit.engine.cocoeval import STAT_NAMES, evaluate_bbox, result_rows, to_coco_results
 from bavit.errors import ConfigError, DataError, WeightsUnavailableError
 from bavit.pruning.detector import HOW_TO_GET_WEIGHTS, load_yolos_model
+from bavit.pruning.settings import PruningSettings
 from conftest import coco91_id2label
 
 
@@ -47,10 +50,23 @@ def gt_as_detections(coco, image_ids):
             for a in coco.loadAnns(coco.getAnnIds(imgIds=list(image_ids), iscrowd=False))]
 
 
-def test_ground_truth_boxes_give_ap_1_on_shared_coco(coco_root):
+def test_ground_truth_through_the_harness_conversions_gives_ap_1_on_shared_coco(coco_root):
+    """The harness' own path from detector outputs to COCO results (xyxy boxes, detector label ids ->
+    ``to_coco_results`` -> the ``[N, 7]`` rows) loses nothing: the ground truth put through it scores AP 1."""
+    from bavit.box_ops import box_xywh_to_xyxy
+
     coco = load_coco(coco_root / "annotations" / "instances_val2017.json")
     image_ids = sorted(coco.getImgIds())
-    stats = evaluate_bbox(coco, gt_as_detections(coco, image_ids), image_ids)
+    label_map = label_to_category(coco91_id2label(coco), coco)
+    rows = []
+    for image_id in image_ids:
+        found = gt_as_detections(coco, [image_id])
+        if not found:
+            continue
+        boxes = box_xywh_to_xyxy(torch.tensor([d["bbox"] for d in found], dtype=torch.float64))
+        rows.append(result_rows(image_id, torch.ones(len(found)), torch.tensor([d["category_id"] for d in found]),
+                                 boxes, label_map))
+    stats = evaluate_bbox(coco, np.concatenate(rows), image_ids)
     assert set(stats) == set(STAT_NAMES)
     assert stats["mAP"] == 1.0 and stats["AP50"] == 1.0 and stats["AP75"] == 1.0 and stats["AP_small"] == 1.0
 
@@ -106,36 +122,40 @@ def test_training_targets_are_normalised_cxcywh_without_crowds(tmp_path):
 
 
 def test_settings_and_bad_values():
-    settings = make_settings([0.5], [0.65])
-    assert [s.dense for s in settings] == [True, False, False]
-    assert settings[1].threshold == 0.5 and settings[2].keep_ratio == 0.65
+    settings = make_settings([0.5], [0.65], cca_steps=2)
+    assert settings[0] is None  # dense
+    assert settings[1] == PruningSettings(threshold=0.5, cca_steps=2)
+    assert settings[2] == PruningSettings(keep_ratio=0.65, cca_steps=2)
+    assert [setting_name(s) for s in settings] == ["YOLOS (dense)", "BAViT+YOLOS thr 0.5", "BAViT+YOLOS keep 0.65"]
     with pytest.raises(ConfigError):
         make_settings([1.5])
     with pytest.raises(ConfigError):
         make_settings([], [0.0])
 
 
-def test_harness_keep_masks_are_the_predictors(coco_root):
-    """The mAP rows prune exactly what the app / Predictor prunes for the same image and setting."""
-    from bavit.imageio import to_tensor
+@pytest.mark.slow
+def test_harness_rows_are_the_predictors_single_image_results(coco_root, tmp_path):
+    """run_map's rows prune and detect exactly what the app's Predictor.predict gives image by image."""
+    from bavit.engine.coco_map import run_map
     from bavit.predictor import Predictor
-    from bavit.pruning.keep_mask import keep_mask_from_probs
 
+    coco = load_coco(coco_root / "annotations" / "instances_val2017.json")
+    detector = load_yolos_model(tiny_yolos_dir(coco, tmp_path / "tiny-yolos"))
     torch.manual_seed(0)
-    bavit = build_bavit(SMALL).eval()
-    predictor = Predictor(bavit=bavit, detector=None, backend="torch")  # run_map's default backend
-    image = CocoDetection(coco_root / "annotations" / "instances_val2017.json", coco_root / "val2017", limit=1)[0].image
-    probs = bavit.fg_prob(to_tensor(image, 384, SMALL.mean, SMALL.std)[None])  # the harness' path, [1, 24, 24]
-    prepared = predictor.set_image(np.asarray(image))
-    np.testing.assert_allclose(prepared.fg_prob, probs[0].numpy(), atol=1e-6)
-    threshold = float(probs.median())  # a random BAViT: put the threshold where it splits the grid
-    for setting in make_settings([threshold], [0.3])[1:]:
-        analysis = predictor.predict(prepared, threshold=setting.threshold, keep_ratio=setting.keep_ratio,
-                                     cca_steps=3, detect=False)
-        mask = keep_mask_from_probs(probs, threshold=setting.threshold, keep_ratio=setting.keep_ratio, cca_steps=3,
-                                    grid=32).keep_mask[0].numpy()  # what run_map computes for the batch
-        assert 0 < mask.sum() < mask.size
-        np.testing.assert_array_equal(mask, analysis.keep_mask)
+    predictor = Predictor(bavit=build_bavit(SMALL).eval(), detector=detector, backend="torch", score_threshold=0.0)
+    dataset = CocoDetection(coco_root / "annotations" / "instances_val2017.json", coco_root / "val2017", limit=3)
+    images = [dataset[i].image for i in range(3)]
+    probs = np.stack([predictor.set_image(image).fg_prob for image in images])
+    threshold = float(np.median(probs))  # a random BAViT: put the threshold where it splits the grids
+    settings = make_settings([threshold], [0.3])
+    report = run_map(predictor, dataset, settings, batch_size=2, progress=False)
+    for setting, row in zip(settings[1:], report["rows"][1:]):
+        single = [predictor.predict(predictor.set_image(image), **setting.selection, cca_steps=3) for image in images]
+        kept = [int(analysis.keep_mask.sum()) for analysis in single]
+        assert all(0 < k < 1024 for k in kept) and len(set(kept)) > 1  # the images differ, so a mix-up would show
+        assert row["kept_patches"] == pytest.approx(np.mean(kept), abs=1e-9)
+        assert row["detections"] == sum(len(analysis.detections) for analysis in single) == 3 * 10
+    assert report["rows"][0]["kept_patches"] == 1024 and report["cca_steps"] == 3
 
 
 def test_dataset_errors_name_the_problem(tmp_path):
@@ -214,15 +234,16 @@ def test_missing_detector_dir_and_offline_hub_are_clear_errors(coco_root, tmp_pa
 def test_onnxruntime_backend_gives_the_torch_rows(coco_root, tmp_path):
     """The harness on both backends: the same kept patches, detections and COCOeval numbers (random tiny YOLOS)."""
     from bavit.engine.coco_map import run_map
-    from bavit.pruning.yolos import patch_yolos
+    from bavit.predictor import Predictor
 
     coco = load_coco(coco_root / "annotations" / "instances_val2017.json")
-    detector = patch_yolos(load_yolos_model(tiny_yolos_dir(coco, tmp_path / "tiny-yolos")))
+    detector = load_yolos_model(tiny_yolos_dir(coco, tmp_path / "tiny-yolos"))
     dataset = CocoDetection(coco_root / "annotations" / "instances_val2017.json", coco_root / "val2017", limit=2)
     torch.manual_seed(0)
     bavit = build_bavit(SMALL).eval()
     settings = make_settings([0.5], [0.6])
-    reports = {backend: run_map(detector, dataset, bavit, settings, progress=False, backend=backend, bavit_int8=False)
+    reports = {backend: run_map(Predictor(bavit=bavit, detector=detector, backend=backend, bavit_int8=False),
+                                dataset, settings, progress=False)
                for backend in ("torch", "onnxruntime")}
     assert reports["onnxruntime"]["backend"] == "onnxruntime"
     for torch_row, ort_row in zip(reports["torch"]["rows"], reports["onnxruntime"]["rows"]):

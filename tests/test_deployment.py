@@ -1,5 +1,5 @@
-"""README's deployment example: the exported pair run with onnxruntime, numpy and Pillow alone (no torch), agreeing
-with the Predictor on the same image (tiny models saved like real ones; no download)."""
+"""The deployment example in docs/deployment.md: the exported pair run with onnxruntime, numpy and Pillow alone (no
+torch), agreeing with the Predictor on the same image (tiny models saved like real ones; no download)."""
 import json
 import os
 import re
@@ -17,10 +17,10 @@ from bavit.deploy.export import FILES, MANIFEST
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def readme_example() -> str:
-    text = (ROOT / "README.md").read_text()
+def docs_example() -> str:
+    text = (ROOT / "docs" / "deployment.md").read_text()
     match = re.search(r"<!-- deployment-example -->\n```python\n(.*?)```", text, flags=re.S)
-    assert match, "README lost its deployment example"
+    assert match, "docs/deployment.md lost its deployment example"
     return match.group(1)
 
 
@@ -58,11 +58,11 @@ def test_export_without_detector_weights_says_so(tmp_path, capsys):
     assert len(manifest["detector"]["id2label"]) == 91  # the YOLOS-tiny architecture: 91 labels
 
 
-def test_readme_example_runs_without_torch_and_matches_the_predictor(export_dir, tmp_path):
+def test_docs_example_runs_without_torch_and_matches_the_predictor(export_dir, tmp_path):
     from bavit.predictor import Predictor
 
     image = EXAMPLES / "chelsea.jpg"
-    code = readme_example().replace('"assets/examples/chelsea.jpg"', repr(str(image)))
+    code = docs_example().replace('"assets/examples/chelsea.jpg"', repr(str(image)))
     code = code.replace("\nmeta = ", "\nSCORE = 0.0\nmeta = ")  # print every detection, to compare them all
     assert "SCORE = 0.0" in code
     code += "\nimport sys\nassert 'torch' not in sys.modules, 'the deployment example imported torch'\n"

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from bavit.core.config import SMALL
-from bavit.core.model import build_bavit, save_checkpoint
+from bavit.core.checkpoint import save_checkpoint
+from bavit.core.model import build_bavit
 from bavit.data.records import coco_records, coco_split
 from bavit.engine.evaluate import METRIC_KEYS, evaluate, predict_probs, score
 from bavit.core.cca import cca

@@ -126,15 +126,25 @@ def test_cli_missing_detector_exits_2_without_traceback(synthetic_coco, tmp_path
 def test_bavit_masks_and_cli_end_to_end(train_images, tmp_path, capsys):
     """Keep masks from a (random) BAViT through the CLI; structure only, the weights are untrained."""
     from bavit.core.config import SMALL
-    from bavit.core.model import build_bavit, save_checkpoint
+    from bavit.core.checkpoint import save_checkpoint
+    from bavit.core.model import build_bavit
     from bavit.engine.finetune import bavit_keep_mask
+    from bavit.predictor import Predictor
+    from bavit.pruning.settings import PruningSettings
 
     torch.manual_seed(0)
     bavit = build_bavit(SMALL).eval()
     pixels = torch.randn(2, 3, 384, 384)
-    everything = bavit_keep_mask(bavit, pixels, FinetuneConfig(threshold=0.0, cca_steps=0), 8)
+    predictor = Predictor(bavit=bavit, detector=None, backend="torch", image_size=IMAGE_SIZE)
+    everything = bavit_keep_mask(predictor, pixels, FinetuneConfig(threshold=0.0, cca_steps=0))
     assert everything.shape == (2, 8, 8) and bool(everything.all())
-    assert bool(bavit_keep_mask(bavit, pixels, FinetuneConfig(keep_ratio=1.0), 8).all())
+    assert bool(bavit_keep_mask(predictor, pixels, FinetuneConfig(keep_ratio=1.0)).all())
+    # A real selection is the app's: the Predictor's single-image path on the same probabilities.
+    half = bavit_keep_mask(predictor, pixels, FinetuneConfig(keep_ratio=0.5, cca_steps=1))
+    for image_pixels, mask in zip(pixels, half):
+        prob = predictor.bavit_runner(image_pixels[None])[0]
+        expected = predictor.select(prob, PruningSettings(keep_ratio=0.5, cca_steps=1))[0].keep_mask
+        assert 0 < int(mask.sum()) < 64 and torch.equal(mask, expected)
 
     detector_dir = tmp_path / "tiny-yolos"
     tiny_yolos(train_images.coco).save_pretrained(detector_dir)

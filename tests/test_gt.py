@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bavit.app.explorer import Controls, Explorer
+from bavit.app.explorer import Explorer
 from bavit.app.gt import CocoGroundTruth, grid_stats, painted_mask
+from bavit.app.session import Controls
 from bavit.core.labels import labels_from_mask
 
 
@@ -83,7 +84,7 @@ def test_explorer_compares_coco_gt_and_painted_gt(explorer, coco):
     width, height = upload.display.size
     layer = np.zeros((height, width, 4), dtype=np.uint8)
     layer[: height // 2, : width // 2, 3] = 255  # the top-left quarter
-    assert explorer.set_painted_gt(upload, {"background": None, "layers": [layer], "composite": None})
+    assert upload.set_painted_gt({"background": None, "layers": [layer], "composite": None})
     assert upload.gt_source == "painted in the editor"
     assert upload.gt[:12, :12].all() and upload.gt[12:, :].sum() == 0 and upload.gt[:, 12:].sum() == 0
     view = explorer.render(upload, Controls(threshold=0.5, detect=False))

@@ -7,6 +7,7 @@ from PIL import Image
 
 from bavit.core.config import BAViTConfig
 from bavit.core.labels import (
+    BOX_TAU,
     FG_FRAC,
     IGNORE_INDEX,
     VOID_VALUE,
@@ -16,7 +17,6 @@ from bavit.core.labels import (
     labels_from_boxes,
     labels_from_mask,
 )
-from bavit.data.augment import AugmentConfig, CachedSamples, augmented_sample
 from bavit.data.records import Instance, Record, coco_records
 from bavit.errors import DataError
 
@@ -185,6 +185,24 @@ def test_the_fg_threshold_is_defined_once():
     assert FG_FRAC == 0.10 and BAViTConfig().fg_frac is FG_FRAC
 
 
+def test_the_box_threshold_is_defined_once():
+    import inspect
+
+    from bavit.cli import build_parser
+    from bavit.data.augment import CachedSamples
+    from bavit.data.records import PatchDataset
+    from bavit.engine.evaluate import predict_probs
+    from bavit.engine.finetune import FinetuneConfig
+    from bavit.engine.train import TrainConfig
+
+    assert BOX_TAU == 0.5
+    assert inspect.signature(labels_from_boxes).parameters["tau"].default is BOX_TAU
+    for function in (Record.labels, PatchDataset, CachedSamples, predict_probs):
+        assert inspect.signature(function).parameters["box_tau"].default is BOX_TAU, function
+    assert TrainConfig().box_tau is BOX_TAU and FinetuneConfig().box_tau is BOX_TAU
+    assert build_parser().parse_args(["train"]).box_tau is BOX_TAU
+
+
 def test_the_rule_allows_float64_error_at_exactly_ten_percent():
     # 30x40 image on a 4x4 grid: token (0, 0) is 7.5 rows x 10 columns = 75 pixels. Seven whole pixels plus the
     # half of pixel (7, 0) that lies in it are 7.5 pixels, exactly 10%, which float64 sums to 0.10000000000000002.
@@ -208,52 +226,6 @@ def test_the_tolerance_is_below_float32_resolution():
         value = torch.tensor(tau, dtype=torch.float32)
         around = torch.stack([torch.nextafter(value, torch.tensor(0.0)), value, torch.nextafter(value, torch.tensor(1.0))])
         assert fg_from_box_scores(around, tau).tolist() == (around >= tau).tolist() == [False, True, True]
-
-
-def _full_view_label(mask: np.ndarray, void: np.ndarray | None, tmp_path) -> torch.Tensor:
-    """augment.py's crop path on a crop that is the whole image, with the cache at the model input (20x20, 10x10
-    patches): the labels it recomputes from the coverage map, not the cached exact ones."""
-    config = BAViTConfig(img_size=20, patch_size=10, depth=1)
-    Image.new("RGB", (20, 20)).save(tmp_path / "a.png")
-    record = Record(tmp_path / "a.png", 20, 20, [Instance((0.0, 0.0, 20.0, 20.0), float(mask.sum()), False, lambda: mask)],
-                    void_mask=None if void is None else (lambda: void))
-    cache = CachedSamples([record], config, cache_size=20)
-    whole = AugmentConfig(scale=(1.0, 1.0), ratio=(1.0, 1.0), no_crop_prob=0.0, hflip_prob=0.0, color=0.0)
-    _, labels, _ = augmented_sample(cache, 0, whole, np.random.default_rng(0))
-    return labels
-
-
-def test_labels_augment_and_records_apply_one_rule(tmp_path):
-    # 20x20 image, 2x2 grid of 10x10 = 100-pixel patches.
-    mask = np.zeros((20, 20), dtype=bool)
-    mask[0, 0:10] = True  # patch (0, 0): 10 pixels, exactly 10% -> BG
-    mask[10, 0:10] = True
-    mask[11, 0] = True  # patch (1, 0): 11 pixels -> FG
-    mask[10:15, 10:20] = True  # patch (1, 1): 50 pixels -> FG; patch (0, 1): nothing -> BG
-    expected = [[0, 0], [1, 1]]
-    assert labels_from_mask(mask, (2, 2)).tolist() == expected
-    assert _full_view_label(mask, None, tmp_path).tolist() == expected
-    instance = Instance((0.0, 0.0, 20.0, 20.0), float(mask.sum()), False, lambda: mask)
-    record = Record(tmp_path / "unused.png", 20, 20, [instance])
-    ((_, patches),) = record.instance_patches((2, 2))
-    assert patches.astype(int).tolist() == expected
-    assert record.labels((2, 2)).tolist() == expected
-
-
-def test_labels_and_augment_agree_with_void(tmp_path):
-    # Void pixels count as neither; a patch more than half void is ignored.
-    mask = np.zeros((20, 20), dtype=bool)
-    void = np.zeros((20, 20), dtype=bool)
-    void[0:5, 0:10] = True
-    mask[5, 0:5] = True  # patch (0, 0): 5 object pixels of 50 non-void, exactly 10% -> BG
-    void[0:5, 10:20] = True
-    mask[5, 10:16] = True  # patch (0, 1): 6 of 50 -> 12% -> FG
-    void[10:16, 0:10] = True
-    mask[16, 0:9] = True  # patch (1, 0): 60% void -> ignored (though 9 of 40 would be FG)
-    mask[10:12, 10:20] = True  # patch (1, 1): 20 of 100 -> FG
-    expected = [[0, 1], [IGNORE_INDEX, 1]]
-    assert labels_from_mask(mask, (2, 2), void_mask=void).tolist() == expected
-    assert _full_view_label(mask, void, tmp_path).tolist() == expected
 
 
 def test_instance_patches_follow_the_rule_at_the_float64_boundary(tmp_path):

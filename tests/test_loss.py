@@ -8,16 +8,20 @@ from bavit.core.labels import IGNORE_INDEX
 from bavit.core.loss import AccumulativeCrossEntropy, PatchRankingLoss
 
 
-def test_equals_eq3_and_f_cross_entropy():
+def eq3(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Paper Eq. 3 written out: ``-(1 / (N*M)) sum_i sum_j sum_c y log(y_hat)`` over ``[N, M, 2]`` logits."""
+    return -(F.one_hot(labels, 2) * logits.log_softmax(-1)).sum() / labels.numel()
+
+
+def test_equals_eq3():
     generator = torch.Generator().manual_seed(0)
     logits = torch.randn(3, 576, 2, generator=generator)
     labels = torch.randint(0, 2, (3, 576), generator=generator)
-    loss = AccumulativeCrossEntropy()(logits, labels)
-    # Eq. 3: -(1 / (N*M)) sum_i sum_j sum_c y log(y_hat)
-    log_probs = logits.log_softmax(-1)
-    eq3 = -(F.one_hot(labels, 2) * log_probs).sum() / (3 * 576)
-    assert torch.allclose(loss, eq3, atol=1e-6)
-    assert torch.allclose(loss, F.cross_entropy(logits.reshape(-1, 2), labels.reshape(-1)), atol=1e-7)
+    assert torch.allclose(AccumulativeCrossEntropy()(logits, labels), eq3(logits, labels), atol=1e-6)
+    # By hand: a BG token at logits (0, 0) costs ln 2, a FG token at (0, ln 3) costs -ln(3/4): (ln 2 + ln 4/3) / 2
+    tiny = torch.tensor([[[0.0, 0.0], [0.0, math.log(3.0)]]])
+    loss = AccumulativeCrossEntropy()(tiny, torch.tensor([[0, 1]])).item()
+    assert loss == pytest.approx(math.log(8 / 3) / 2, rel=1e-6)
 
 
 def test_ignored_tokens_are_excluded_from_sum_and_count():
@@ -26,7 +30,7 @@ def test_ignored_tokens_are_excluded_from_sum_and_count():
     labels = torch.randint(0, 2, (2, 10), generator=generator)
     labels[0, :4] = IGNORE_INDEX
     valid = labels != IGNORE_INDEX
-    expected = F.cross_entropy(logits[valid], labels[valid])
+    expected = eq3(logits[valid][None], labels[valid][None])  # Eq. 3 over the 16 labelled tokens alone
     assert torch.allclose(AccumulativeCrossEntropy()(logits, labels), expected, atol=1e-7)
     # Grid-shaped labels work the same.
     assert torch.allclose(AccumulativeCrossEntropy()(logits, labels.reshape(2, 2, 5)), expected, atol=1e-7)
@@ -41,20 +45,23 @@ def test_all_ignored_gives_zero_with_grad():
 
 
 def test_class_weights_by_hand():
-    """Weighted mean of the per-token losses, each weighted by its label's class weight; ignored tokens drop out."""
-    def nll(margin_fg_minus_bg, label):  # -log softmax of a [0, m] logit pair at the label
-        return math.log1p(math.exp(-margin_fg_minus_bg)) if label == 1 else math.log1p(math.exp(margin_fg_minus_bg))
+    """Weighted mean of the per-token losses, each weighted by its label's class weight; ignored tokens drop out.
 
-    margins, label_list = [-2.0, -3.0, 0.5, 3.0], [1, 0, 1, -100]
-    logits = torch.tensor([[[0.0, m] for m in margins]])
-    labels = torch.tensor([label_list])
-    w_bg, w_fg = 1.0, 2.5
-    terms = [(w_fg if y == 1 else w_bg, nll(m, y)) for m, y in zip(margins, label_list) if y != -100]
-    expected = sum(w * loss for w, loss in terms) / sum(w for w, _ in terms)
-    assert AccumulativeCrossEntropy((w_bg, w_fg))(logits, labels).item() == pytest.approx(expected, rel=1e-6)
-    unweighted = sum(loss for _, loss in terms) / len(terms)
-    assert AccumulativeCrossEntropy()(logits, labels).item() == pytest.approx(unweighted, rel=1e-6)
-    assert abs(expected - unweighted) > 0.05  # the weights matter on this example
+    Tokens (logits, label): ((0, 0), BG) costs -ln(1/2) = ln 2; ((0, ln 3), FG) costs -ln(3/4) = ln(4/3);
+    ((0, ln 3), BG) costs -ln(1/4) = ln 4; ((0, 5), ignored) costs nothing. With (w_bg, w_fg) = (1, 3):
+    (1 ln 2 + 3 ln(4/3) + 1 ln 4) / (1 + 3 + 1) = 3 ln(8/3) / 5; unweighted: (ln 2 + ln(4/3) + ln 4) / 3 = ln(32/3) / 3.
+    """
+    logits = torch.tensor([[[0.0, 0.0], [0.0, math.log(3.0)], [0.0, math.log(3.0)], [0.0, 5.0]]])
+    labels = torch.tensor([[0, 1, 0, IGNORE_INDEX]])
+    weighted = AccumulativeCrossEntropy((1.0, 3.0))(logits, labels).item()
+    assert weighted == pytest.approx(3 * math.log(8 / 3) / 5, rel=1e-6)
+    unweighted = AccumulativeCrossEntropy()(logits, labels).item()
+    assert unweighted == pytest.approx(math.log(32 / 3) / 3, rel=1e-6)
+    assert abs(weighted - unweighted) > 0.05  # the weights matter on this example
+    # equal weights are no weights; swapping them weighs the two BG tokens instead: (3 ln 2 + ln 4/3 + 3 ln 4) / 7
+    assert AccumulativeCrossEntropy((2.0, 2.0))(logits, labels).item() == pytest.approx(unweighted, rel=1e-6)
+    assert AccumulativeCrossEntropy((3.0, 1.0))(logits, labels).item() == pytest.approx(
+        (3 * math.log(2) + math.log(4 / 3) + 3 * math.log(4)) / 7, rel=1e-6)
     assert AccumulativeCrossEntropy().weight is None  # off by default
 
 

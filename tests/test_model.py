@@ -5,9 +5,10 @@ import torch
 from safetensors.torch import save_file
 
 from bavit.core.config import LARGE, SMALL, BAViTConfig
-from bavit.core.model import build_bavit, checkpoint_extra, grow_from, load_checkpoint, save_checkpoint
+from bavit.core.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
+from bavit.core.model import build_bavit, grow_from
 from bavit.core.pretrained import copy_from_yolos
-from bavit.engine.train import init_bavit
+from bavit.engine.train_parts import init_bavit
 from bavit.errors import CheckpointError, ConfigError
 
 
@@ -46,7 +47,32 @@ def test_checkpoint_round_trip(tmp_path):
     assert loaded.config == model.config
     pixels = torch.randn(1, 3, 384, 384)
     assert torch.equal(loaded(pixels), model(pixels))
-    assert checkpoint_extra(path) == {"epoch": 7}
+    assert read_checkpoint(path).extra == {"epoch": 7}
+
+
+def test_read_checkpoint_gets_weights_config_extra_and_calibration_from_one_open(tmp_path, monkeypatch):
+    import safetensors
+    import safetensors.torch
+
+    model = build_bavit(BAViTConfig(img_size=64, depth=1)).eval()
+    calibration = {"levels": [0.0, 0.5], "grid": 4}  # stored as it is: bavit.pruning.calibration interprets it
+    path = save_checkpoint(model, tmp_path / "m.safetensors", extra={"epoch": 2}, calibration=calibration)
+    opened, real = [], safetensors.safe_open
+
+    def counting(filename, *args, **kwargs):
+        opened.append(filename)
+        return real(filename, *args, **kwargs)
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("a second read of the file")
+
+    monkeypatch.setattr(safetensors, "safe_open", counting)
+    monkeypatch.setattr(safetensors.torch, "load_file", forbidden)
+    saved = read_checkpoint(path)
+    assert opened == [str(path)]
+    assert (saved.path, saved.config, saved.extra, saved.calibration) == (path, model.config, {"epoch": 2}, calibration)
+    assert not saved.model.training
+    assert all(torch.equal(a, b) for a, b in zip(saved.model.state_dict().values(), model.state_dict().values()))
 
 
 def test_checkpoint_of_another_architecture(tmp_path):
@@ -70,7 +96,7 @@ def test_checkpoint_of_another_architecture(tmp_path):
     (tmp_path / "corrupt.safetensors").write_bytes(b"\x00" * 20)
     with pytest.raises(CheckpointError, match="not a readable safetensors file"):
         load_checkpoint(tmp_path / "corrupt.safetensors")
-    with pytest.raises(CheckpointError, match="not found"):
+    with pytest.raises(CheckpointError, match="no BAViT checkpoint at"):
         load_checkpoint(tmp_path / "missing.safetensors")
 
 
@@ -156,7 +182,7 @@ def test_failing_save_leaves_no_temp_file_and_the_old_checkpoint(tmp_path, monke
     with pytest.raises(type(error)):
         save_checkpoint(build_bavit(BAViTConfig(img_size=64, depth=1)), path, extra={"epoch": 2})
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.safetensors"]
-    assert path.read_bytes() == before and checkpoint_extra(path) == {"epoch": 1}
+    assert path.read_bytes() == before and read_checkpoint(path).extra == {"epoch": 1}
 
 
 def test_module_exports_only_what_it_defines():
@@ -182,7 +208,7 @@ def test_presets_are_immutable_and_loaders_leave_them_alone(tmp_path):
 
 
 def test_random_yolos_tiny_leaves_the_global_generator_alone():
-    from bavit.pruning.yolos import random_yolos_tiny
+    from bavit.pruning.detector import random_yolos_tiny
 
     torch.manual_seed(123)
     expected = torch.rand(3)

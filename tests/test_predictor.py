@@ -12,10 +12,13 @@ from transformers import ViTConfig, ViTModel, YolosConfig, YolosForObjectDetecti
 from transformers.image_transforms import center_to_corners_format
 
 from bavit.core.config import SMALL
-from bavit.core.model import build_bavit, save_checkpoint
+from bavit.core.checkpoint import save_checkpoint
+from bavit.core.model import build_bavit
 from bavit.errors import CheckpointError, ConfigError
-from bavit.predictor import RANDOM_INIT_NOTE, Predictor, build_predictor
-from bavit.pruning.keep_mask import select_patches
+from bavit.build import build_predictor
+from bavit.predictor import Predictor
+from bavit.pruning.detector import RANDOM_INIT_NOTE
+from bavit.pruning.settings import PruningSettings
 
 LABELS = {0: "cat", 1: "dog", 2: "kite"}
 
@@ -102,10 +105,36 @@ def test_keep_ratio_gives_the_requested_count(predictor):
         predictor.analyze(photo(), keep_ratio=0.0)
 
 
-def test_select_patches_batched_and_ties():
-    probs = torch.tensor([[[0.1, 0.9], [0.5, 0.5]], [[0.3, 0.3], [0.3, 0.3]]])
-    assert select_patches(probs, keep_ratio=0.5).tolist() == [[[False, True], [True, False]], [[True, True], [False, False]]]
-    assert select_patches(probs, threshold=0.5).tolist() == [[[False, True], [True, True]], [[False, False], [False, False]]]
+@pytest.mark.parametrize("backend", ["torch", "onnxruntime"])
+def test_batch_steps_give_the_single_image_steps_results(bavit_ckpt, yolos_dir, backend):
+    """set_images + predict_batch (what the evaluations and benchmarks call) prune and detect exactly what
+    set_image + predict (what the app calls) give image by image, for every kind of setting."""
+    from bavit.prediction import detection_dicts
+
+    pred = Predictor(bavit=bavit_ckpt, detector=str(yolos_dir), backend=backend, score_threshold=0.0)
+    images = [Image.fromarray(photo(300, 200, seed=3)), Image.fromarray(photo(160, 240, seed=4))]
+    batch = pred.set_images(images)
+    assert batch.fg_prob.shape == (2, 24, 24) and batch.pixels.shape == (2, 3, 512, 512)
+    assert batch.sizes == [(200, 300), (240, 160)]
+    single = [pred.set_image(image) for image in images]
+    np.testing.assert_allclose(batch.fg_prob.numpy(), np.stack([p.fg_prob for p in single]), atol=1e-5)
+    threshold = float(np.median(batch.fg_prob.numpy()))
+    for settings in (PruningSettings(threshold=threshold), PruningSettings(keep_ratio=0.4, cca_steps=1)):
+        result = pred.predict_batch(batch, settings)
+        found = pred.post_process(result.outputs, batch.sizes)
+        for i, prepared in enumerate(single):
+            analysis = pred.predict(prepared, **settings.selection, cca_steps=settings.cca_steps)
+            assert np.array_equal(result.selection.keep_mask[i].numpy(), analysis.keep_mask)
+            assert result.kept_patches[i] == analysis.accounting.kept_patches
+            mine = detection_dicts(found[i], pred.yolos_config.id2label, images[i].size)
+            assert len(mine) == len(analysis.detections) == 10
+            for a, b in zip(sorted(mine, key=lambda d: d["box"]), sorted(analysis.detections, key=lambda d: d["box"])):
+                assert a["label"] == b["label"] and a["score"] == pytest.approx(b["score"], abs=1e-4)
+                assert a["box"] == pytest.approx(b["box"], abs=1e-2)
+    dense = pred.predict_batch(batch, None)
+    assert dense.selection is None and dense.kept_patches == [1024, 1024] and dense.outputs.logits.shape[0] == 2
+    with pytest.raises(ConfigError, match="needs BAViT"):
+        pred.predict_batch(pred.set_images(images, bavit=False), PruningSettings(threshold=0.5))
 
 
 def test_set_image_once_then_cheap_predictions(bavit_ckpt, yolos_dir):

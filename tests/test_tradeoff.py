@@ -7,16 +7,17 @@ import numpy as np
 import pytest
 from apphelpers import random_bavit_checkpoint, tiny_yolos_dir
 
-from bavit.bench import tradeoff
-from bavit.bench.tradeoff import BAVIT_METHODS, count_grid, mean_pruned_ms, run_tradeoff
+from bavit.bench import tradeoff_latency
+from bavit.bench.tradeoff import BAVIT_METHODS, run_tradeoff
+from bavit.bench.tradeoff_latency import count_grid, mean_pruned_ms
 from bavit.cli import main
-from bavit.core.model import load_checkpoint
+from bavit.core.checkpoint import read_checkpoint, save_checkpoint
 from bavit.data.records import coco_records, coco_split
 from bavit.engine.budget import evaluate_budget
 from bavit.engine.evaluate import predict_probs
 from bavit.errors import ConfigError
 from bavit.predictor import Predictor
-from bavit.pruning.calibration import calibrate, load_calibration, save_calibration
+from bavit.pruning.calibration import Calibration, calibrate
 
 SUMMARY_KEYS = ("pixel_recall", "keep_rate", "keep_rate_small", "keep_rate_medium", "keep_rate_large",
                 "sparsity_mean", "sparsity_p10", "sparsity_p90", "images", "instances")
@@ -49,9 +50,10 @@ def checkpoints(synthetic_coco, tmp_path_factory):
     paths = []
     for seed in (0, 1):
         path = shutil.copyfile(random_bavit_checkpoint(seed), folder / f"bavit-{seed}.safetensors")
-        probs, _ = predict_probs(load_checkpoint(path), records)
-        save_calibration(path, calibrate(probs, levels=(0.0, 0.25, 0.5, 0.75, 0.9), cca_steps=(0, 3),
-                                         source="synthetic val2017"))
+        saved = read_checkpoint(path)
+        probs, _ = predict_probs(saved.model, records)
+        calibration = calibrate(probs, levels=(0.0, 0.25, 0.5, 0.75, 0.9), cca_steps=(0, 3), source="synthetic val2017")
+        save_checkpoint(saved.model, path, saved.extra, calibration.to_dict())
         paths.append(path)
     return paths
 
@@ -72,7 +74,7 @@ def test_run_tradeoff_quality_is_evaluate_budget_and_latency_is_composed_per_ima
                                                                                     monkeypatch):
     records = coco_records(*coco_split(synthetic_coco, "val2017"))
     calls = []
-    monkeypatch.setattr(tradeoff, "interleaved_medians", _timing_table(calls))
+    monkeypatch.setattr(tradeoff_latency, "interleaved_medians", _timing_table(calls))
     levels = (0.2, 0.35, 0.5)
     report = run_tradeoff(checkpoints, records, labels=["a", "b"], levels=levels, methods=BAVIT_METHODS,
                           backend="torch", detector=str(tiny_yolos_dir()), log=lambda _: None)
@@ -83,10 +85,10 @@ def test_run_tradeoff_quality_is_evaluate_budget_and_latency_is_composed_per_ima
     assert report["weights"]["detector_pretrained"] and report["threads"] >= 1 and report["images"] == 3
     assert len(report["rows"]) == 2 * len(levels) * len(BAVIT_METHODS)
     for label, path in zip(["a", "b"], checkpoints):
-        model = load_checkpoint(path)
-        runner = Predictor(model, detector=None, backend="torch").bavit_runner  # the runner run_tradeoff scores with
-        probs, _ = predict_probs(model, records, runner=runner)
-        budget = evaluate_budget(probs, records, levels, load_calibration(path), None, grid=32)
+        saved = read_checkpoint(path)
+        predictor = Predictor(saved.model, detector=None, backend="torch")
+        probs, _ = predict_probs(predictor, records)  # as run_tradeoff scores
+        budget = evaluate_budget(probs, records, levels, Calibration.from_checkpoint(saved), None, grid=32)
         rows = [row for row in report["rows"] if row["checkpoint"] == label]
         for row in rows:
             expected = budget[f"{row['level']:.2f}"][row["method"]]

@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from bavit.core.checkpoint import load_checkpoint, read_checkpoint
 from bavit.core.config import BAViTConfig
-from bavit.core.model import build_bavit, checkpoint_extra, load_checkpoint
+from bavit.core.model import build_bavit
 from bavit.data.records import coco_records, coco_split
 from bavit.engine.state import load_training_state, save_training_state
 from bavit.engine.train import TrainConfig, train
@@ -60,7 +61,7 @@ def test_train_writes_checkpoints_metrics_and_resumes_exactly(records, tmp_path)
 
     first = TrainConfig(**{**cfg.__dict__, "epochs": 1})
     train(records, CONFIG, first, tmp_path / "resumed", progress=False)
-    extra = checkpoint_extra(tmp_path / "resumed" / "last.safetensors")
+    extra = read_checkpoint(tmp_path / "resumed" / "last.safetensors").extra
     assert extra["epoch"] == 1 and extra["train_images"] == 5 and len(extra["fg_prior"]) == 16
     assert load_checkpoint(tmp_path / "resumed" / "last.safetensors").config == CONFIG
     resumed = train(records, CONFIG, cfg, tmp_path / "resumed", resume=True, progress=False)
@@ -71,7 +72,7 @@ def test_train_writes_checkpoints_metrics_and_resumes_exactly(records, tmp_path)
     assert [line["lr"] for line in lines] == [cfg.lr * 0.5, cfg.lr * 0.25]  # the scheduler continued
     assert lines == [{**a, "images_per_s": b["images_per_s"], "seconds": b["seconds"]}
                      for a, b in zip(_metrics(tmp_path / "straight"), lines)]
-    assert checkpoint_extra(tmp_path / "resumed" / "last.safetensors")["epoch"] == 2
+    assert read_checkpoint(tmp_path / "resumed" / "last.safetensors").extra["epoch"] == 2
 
     expected, got = straight.state_dict(), resumed.state_dict()
     assert expected.keys() == got.keys()
@@ -97,11 +98,11 @@ def test_resume_rewrites_a_lagging_checkpoint_from_the_state_and_refuses_what_it
         train(records[:2], CONFIG, cfg, tmp_path, resume=True, progress=False)
     trained = train(records[:2], CONFIG, cfg, tmp_path, progress=False).state_dict()
     last, state = tmp_path / "last.safetensors", tmp_path / "last.train-state.safetensors"
-    extra = checkpoint_extra(last)
+    extra = read_checkpoint(last).extra
     # A kill after the state was written but before the model: the state alone resumes and rewrites the model.
     last.unlink()
     train(records[:2], CONFIG, cfg, tmp_path, resume=True, progress=False)  # epoch 1 of 1: nothing left to train
-    assert checkpoint_extra(last) == extra and load_checkpoint(last).config == CONFIG
+    assert read_checkpoint(last).extra == extra and load_checkpoint(last).config == CONFIG
     assert all(torch.equal(tensor, trained[name]) for name, tensor in load_checkpoint(last).state_dict().items())
     # A training state without the weights (as written before they moved into it) cannot resume.
     optimizer = torch.optim.Adam(build_bavit(CONFIG).parameters())
@@ -147,7 +148,7 @@ def test_train_cli_bad_dataset_is_a_clear_error(tmp_path):
 def test_block_mask_hides_whole_blocks_and_hide_patches_zeroes_exactly_them():
     import numpy as np
 
-    from bavit.engine.train import block_mask, hide_patches
+    from bavit.engine.train_parts import block_mask, hide_patches
 
     mask = block_mask(3, 4, 0.5, np.random.default_rng(0))  # 4x4 tokens = 2x2 blocks of 2x2; 2 blocks hidden
     assert mask.shape == (3, 4, 4) and mask.dtype == torch.bool
@@ -163,7 +164,7 @@ def test_block_mask_hides_whole_blocks_and_hide_patches_zeroes_exactly_them():
 
 
 def test_mim_pretraining_uses_no_labels_learns_and_resumes_exactly(records, tmp_path):
-    from bavit.engine.train import init_bavit
+    from bavit.engine.train_parts import init_bavit
 
     records = records[:4]
     cfg = TrainConfig(epochs=3, batch_size=2, lr=2e-3, step_size=10, cache_size=80, seed=2, objective="mim",
@@ -189,7 +190,7 @@ def test_mim_pretraining_uses_no_labels_learns_and_resumes_exactly(records, tmp_
 
 
 def test_distillation_pulls_the_student_to_its_teacher_and_passes_on_its_images(records, tmp_path):
-    from bavit.engine.train import teacher_prob
+    from bavit.engine.train_parts import teacher_prob
     from bavit.errors import ConfigError
 
     teacher_cfg = TrainConfig(epochs=3, batch_size=2, lr=3e-3, step_size=10, cache_size=64, augment=False, seed=4)
@@ -214,7 +215,7 @@ def test_distillation_pulls_the_student_to_its_teacher_and_passes_on_its_images(
     with torch.no_grad():
         gap_labels_only = (labels_only.fg_prob(pixels) - target).abs().mean()
     assert gap_after < 0.5 * gap_before and gap_after < gap_labels_only, (gap_before, gap_after, gap_labels_only)
-    extra = checkpoint_extra(tmp_path / "student" / "last.safetensors")
+    extra = read_checkpoint(tmp_path / "student" / "last.safetensors").extra
     assert extra["train"]["teachers"] == [str(teacher_path)] and extra["train"]["distill_weight"] == 1.0
     ids = [r.image_id for r in records]
     assert extra["train_image_ids"] == ids[3:6] + ids[:3]  # calibrate must refuse the teacher's images too

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bavit.app import viz
+from bavit.app import curve, viz
 from bavit.engine.metrics import FN, FP, IGNORED, TN, TP, confusion_cells
 
 
@@ -119,7 +119,7 @@ def test_label_color_is_stable_across_processes_and_distinct():
 
 def test_curve_plot_marks_current_point_at_data_position():
     thresholds = np.linspace(0, 1, 11)
-    plot = viz.curve_plot(thresholds, 100 * thresholds, 1 + thresholds)
+    plot = curve.curve_plot(thresholds, 100 * thresholds, 1 + thresholds)
     assert plot.base.dtype == np.uint8 and plot.base.ndim == 3
     image = plot.with_points((0.5, 30.0, 1.5), measured=[(0.2, 1.2)])
     assert image.size == (plot.base.shape[1], plot.base.shape[0])

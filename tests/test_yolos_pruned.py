@@ -6,7 +6,9 @@ import torch
 from transformers import ViTConfig, ViTModel, YolosConfig, YolosForObjectDetection
 from transformers.models.yolos.modeling_yolos import YolosSelfAttention
 
-from bavit.pruning.yolos import PrunedSelfAttentionMixin, patch_yolos, sequence_index
+from bavit.pruning.tokens import sequence_index
+from bavit.pruning.attention import PrunedSelfAttentionMixin
+from bavit.pruning.yolos import patch_yolos
 
 GRID = (4, 6)  # 64x96 input, 16 px patches
 NUM_DET = 5
@@ -92,6 +94,22 @@ def test_pruned_equals_dense_encoder_on_gathered_sequence(mid):
     assert (out.pred_boxes - boxes).abs().max() <= 1e-5
     assert (out.last_hidden_state - hidden).abs().max() <= 1e-5
     assert out.kept_patches.tolist() == [int(keep.sum())]
+
+
+@pytest.mark.parametrize("mid", [False, True])
+def test_forward_kept_the_onnx_path_equals_forward_with_a_keep_mask(mid):
+    """The index form the ONNX export traces is the same pruned forward as the keep-mask form, per image."""
+    model = patch_yolos(tiny_yolos(mid=mid))
+    x, mask = pixels(2), random_mask(2)
+    with torch.no_grad():
+        batched = model(pixel_values=x, keep_mask=mask)
+        for b in range(2):
+            logits, boxes = model.forward_kept(x[b : b + 1], torch.nonzero(mask[b].reshape(-1))[:, 0])
+            expected_logits, expected_boxes, _ = dense_by_hand(model, x[b : b + 1], mask[b])
+            torch.testing.assert_close(logits, batched.logits[b : b + 1], rtol=0, atol=1e-5)
+            torch.testing.assert_close(boxes, batched.pred_boxes[b : b + 1], rtol=0, atol=1e-5)
+            torch.testing.assert_close(logits, expected_logits, rtol=0, atol=1e-5)
+            torch.testing.assert_close(boxes, expected_boxes, rtol=0, atol=1e-5)
 
 
 def test_all_background_still_returns_every_detection():

@@ -1,7 +1,8 @@
-"""What the browser needs to redraw the patch grids itself: the messages :mod:`bavit.app.ui` sends to
-``bavit/app/static/grid.js`` through the page's hidden ``#page-state`` textbox (no Gradio here).
+"""What the browser needs to redraw the patch grids itself: the page's script (:func:`head_html`: the files of
+``bavit/app/static/``) and the messages :mod:`bavit.app.handlers` send it through the page's hidden ``#page-state``
+textbox (no Gradio here).
 
-While the detector is off, a slider move is answered in the page: ``grid.js`` applies the keep-mask rule to the
+While the detector is off, a slider move is answered in the page: ``rule.js`` applies the keep-mask rule to the
 image's FG probabilities (sent once per image), draws both grid overlays, the sparsity text, the token table and the
 curve's marker, and asks the server nothing. The server stays the source of truth: every server event sends its
 own grids (``"view"``), which the page draws as they are. Messages (JSON objects, ``kind`` first):
@@ -29,19 +30,31 @@ from PIL import Image
 
 from ..pruning.accounting import token_accounting
 from . import viz
-from .session import MODE_SPARSITY, MODE_THRESHOLD, MODE_TOPK, Controls, ImageSession
+from .curve import CurvePlot
+from .session import (
+    MODE_SPARSITY,
+    MODE_THRESHOLD,
+    MODE_TOPK,
+    Controls,
+    ImageSession,
+    effective_threshold,
+)
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
+# The page's script, in load order: the ports of the Python rules and texts (tested against Python by
+# tests/test_app_browser.py), the drawing, then the state and the events that use them.
+SCRIPTS = ("rule.js", "texts.js", "draw.js", "grid.js")
 DISPLAY_QUALITY = 90  # JPEG quality of the display image the page draws its overlays on (sent once per image)
 _NONCES = itertools.count(1)
 _PIPELINE_MACS: weakref.WeakKeyDictionary[Any, list[int]] = weakref.WeakKeyDictionary()
 
 
 def head_html() -> str:
-    """``<style>`` and ``<script>`` for ``gr.Blocks(head=...)``: ``static/grid.css`` and ``static/grid.js``."""
+    """``<style>`` and ``<script>`` for ``gr.Blocks(head=...)``: ``static/grid.css``, and the :data:`SCRIPTS` in
+    order as one script, in one function scope (they share their functions, and only ``window.bavitGrid`` leaves it)."""
     css = (STATIC_DIR / "grid.css").read_text(encoding="utf-8")
-    js = (STATIC_DIR / "grid.js").read_text(encoding="utf-8")
-    return f"<style>\n{css}</style>\n<script>\n{js}</script>\n"
+    js = "\n".join((STATIC_DIR / name).read_text(encoding="utf-8") for name in SCRIPTS)
+    return f'<style>\n{css}</style>\n<script>\n(() => {{\n"use strict";\n{js}}})();\n</script>\n'
 
 
 def grid_bits(grid: np.ndarray) -> str:
@@ -71,7 +84,7 @@ def pipeline_macs(predictor) -> list[int]:
 
 
 def image_payload(predictor, session: ImageSession) -> dict[str, Any]:
-    """Everything ``grid.js`` needs to run the keep-mask rule and draw the overlays for this image.
+    """Everything the page's script needs to run the keep-mask rule and draw the overlays for this image.
 
     Keys: ``key`` (the image's content hash), ``probs`` (base64 of the ``[G, G]`` float32 FG probabilities,
     little-endian, row-major), ``side`` (G), ``yolos_grid``, ``resample``, ``image`` (the display image, a JPEG data
@@ -122,7 +135,7 @@ def view_message(explorer, session: ImageSession, view: dict[str, Any], controls
     cca_steps = record.cca_steps
     point = {
         "cca": cca_steps,
-        "threshold": float(explorer.effective_threshold(session, controls, analysis)),
+        "threshold": float(effective_threshold(explorer.predictor, session, controls, analysis)),
         "sparsity": 100.0 * float(analysis.accounting.sparsity),
         "speedup": None if record.point is None else float(record.point[1]),
     }
@@ -132,7 +145,7 @@ def view_message(explorer, session: ImageSession, view: dict[str, Any], controls
             "curve": {"cca": cca_steps, "point": point, "measured": _measured(session, cca_steps)}}
 
 
-def curve_message(session: ImageSession, plot: viz.CurvePlot, cca_steps: int) -> dict[str, Any]:
+def curve_message(session: ImageSession, plot: CurvePlot, cca_steps: int) -> dict[str, Any]:
     """The base plot of one CCA setting (PNG data URL) and its data -> pixel maps, for the page's markers."""
     height, width = plot.base.shape[:2]
     return {"kind": "curve", "nonce": next(_NONCES), "key": session.prepared.key, "cca": int(cca_steps),

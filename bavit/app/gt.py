@@ -5,54 +5,40 @@ over the image the way BAViT sees it (square resize to 384 -> 24x24).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
 from ..core.labels import labels_from_mask
-from ..data.records import load_coco
+from ..data.coco import CocoImage, load_coco, resolve_paths
 from ..engine.metrics import confusion_counts, rates
 from ..errors import DataError
-
-
-@dataclass(frozen=True)
-class CocoImage:
-    """One image of a COCO-format dataset."""
-
-    split: str
-    image_id: int
-    file_name: str
-    width: int
-    height: int
-    path: Path
 
 
 class CocoGroundTruth:
     """A COCO-format dataset root (``annotations/instances_SPLIT.json`` + ``SPLIT/``), indexed by file name.
 
-    Only reads from the dataset; nothing is copied.
+    Only reads from the dataset; nothing is copied. Raises :class:`DataError` when no split is found.
     """
 
     def __init__(self, root: str | Path, splits: tuple[str, ...] = ("val2017", "train2017")):
         self.root = Path(root).expanduser()
         self._coco: dict[str, Any] = {}
+        self._dirs: dict[str, Path] = {}
         self._by_name: dict[str, CocoImage] = {}
         for split in splits:
-            ann_file = self.root / "annotations" / f"instances_{split}.json"
-            images_dir = self.root / split
+            ann_file, images_dir = resolve_paths(self.root, split)
             if not ann_file.is_file() or not images_dir.is_dir():
                 continue
             coco = self._coco[split] = load_coco(ann_file)
-            for image_id, info in coco.imgs.items():
-                path = images_dir / info["file_name"]
-                if path.is_file():
-                    self._by_name.setdefault(
-                        info["file_name"],
-                        CocoImage(split, int(image_id), info["file_name"], int(info["width"]), int(info["height"]), path),
-                    )
+            self._dirs[split] = images_dir
+            for image_id in coco.imgs:
+                entry = CocoImage.listed(coco, image_id, images_dir, split)
+                if entry.path.is_file():
+                    self._by_name.setdefault(entry.file_name, entry)
         if not self._coco:
             raise DataError(f"no COCO annotations found under {self.root} (expected annotations/instances_SPLIT.json and SPLIT/)")
 
@@ -61,7 +47,7 @@ class CocoGroundTruth:
 
     def image_dirs(self) -> tuple[Path, ...]:
         """The image folders of the loaded splits (``ROOT/SPLIT``): the app may read its images from them."""
-        return tuple(self.root / split for split in self._coco)
+        return tuple(self._dirs.values())
 
     def lookup(self, file_name: str) -> CocoImage | None:
         """The dataset image with this file name (any directory part is ignored), or ``None``."""

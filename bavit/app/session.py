@@ -1,27 +1,35 @@
-"""One browser session's state and the order its events run in (no Gradio here).
+"""One browser session's state and controls (no Gradio here).
 
-- :class:`ImageSession` — everything a session knows about its current image, held in ``gr.State``.
-- :class:`SessionGate` — a FIFO, re-entrant lock with numbered tickets: one session's events run one at a time in
-  arrival order, and a control event superseded by a newer one skips its work (the last event wins).
-- :class:`Controls` — the control panel's values; :class:`ViewRecord` — what one render measured.
+- :class:`ImageSession` — everything a session knows about its current image, held in ``gr.State``, and the
+  changes events make to it (:meth:`~ImageSession.record`, :meth:`~ImageSession.retire`, a painted GT).
+- :class:`Controls` — the control panel's values; :func:`selection` turns them into Predictor settings,
+  :func:`effective_threshold` into the curve's x.
+- :class:`ViewRecord` — what one render measured.
 """
 from __future__ import annotations
 
-import threading
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import torch
 from PIL import Image
 
+from ..core.labels import labels_from_mask
+from ..data.coco import CocoImage
 from ..errors import ConfigError
-from ..pruning.settings import cca_steps_value, flag_value, percent_value, threshold_value
-from ..predictor import PreparedImage
-from .gt import CocoImage
+from ..predictor import Analysis, Predictor, PreparedImage
+from ..pruning.keep_mask import keep_ratio_for_count
+from ..pruning.settings import (
+    cca_steps_value,
+    flag_value,
+    percent_value,
+    threshold_value,
+)
+from .gate import SessionGate
+from .gt import painted_mask
 
-# The three ways to set the sparsity (the mode Radio's choices; Explorer.selection turns each into Predictor settings).
+# The three ways to set the sparsity (the mode Radio's choices; selection() turns each into Predictor settings).
 MODE_THRESHOLD = "FG-probability threshold"  # one threshold for every image (the slider's)
 MODE_SPARSITY = "Mean sparsity (calibrated)"  # paper Table 2: the threshold giving this mean over images
 MODE_TOPK = "This image's sparsity (top-k)"  # top-k BAViT tokens, k chosen so this image hits the target
@@ -30,96 +38,12 @@ TARGET_MODES = (MODE_SPARSITY, MODE_TOPK)  # modes set by the target-sparsity sl
 MEASURED_POINTS = 200  # speed-up points kept per CCA setting for the curve
 
 
-class SessionGate:
-    """The order in which one session's events run: a FIFO, re-entrant lock with numbered tickets.
-
-    :meth:`hold` takes the next ticket and waits until every earlier ticket's holder is done, so events run one at a
-    time in the order they arrived (a plain ``threading.Lock`` wakes waiters in any order). A ticket can supersede
-    *topics*, the outputs its event will set (``"view"``: the page's panels, ``"mode"``: the sliders' visibility);
-    :meth:`superseded` tells a holder that a newer event will set a topic too, so its own value would be stale and
-    need not be sent. Re-entrant: a nested ``hold`` in the holding thread runs at once under the outer ticket.
-
-    Deep copies and pickles get a fresh gate (a lock cannot be copied, and a copy shares no state to guard), so an
-    :class:`ImageSession` can live in ``gr.State``.
-    """
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition(threading.Lock())
-        self._issued = 0  # tickets handed out
-        self._serving = 0  # the ticket whose turn it is
-        self._newest: dict[str, int] = {}  # topic -> newest ticket that supersedes it
-        self._abandoned: set[int] = set()  # tickets whose wait was interrupted (skipped when their turn comes)
-        self._owner: int | None = None  # thread id of the holder
-        self._owner_ticket = -1
-
-    def __deepcopy__(self, memo: dict) -> SessionGate:
-        return SessionGate()
-
-    def __reduce__(self):
-        return SessionGate, ()
-
-    def __repr__(self) -> str:
-        with self._cond:
-            return f"SessionGate(issued={self._issued}, serving={self._serving}, newest={self._newest})"
-
-    @property
-    def issued(self) -> int:
-        """Tickets handed out so far."""
-        with self._cond:
-            return self._issued
-
-    def superseded(self, ticket: int, topic: str = "view") -> bool:
-        """True when a ticket taken after ``ticket`` supersedes ``topic``."""
-        with self._cond:
-            return self._newest.get(topic, -1) > ticket
-
-    def _advance(self) -> None:  # with self._cond held
-        self._serving += 1
-        while self._serving in self._abandoned:
-            self._abandoned.discard(self._serving)
-            self._serving += 1
-        self._cond.notify_all()
-
-    @contextmanager
-    def hold(self, supersede: Iterable[str] = ()) -> Iterator[int]:
-        """Take a ticket, wait for its turn and hold the session until the block ends; yields the ticket.
-
-        Args:
-            supersede: topics this event sets (control events: ``("view",)``); older holders then see them
-                :meth:`superseded`. Events that only change the session (measuring, painting GT) supersede nothing.
-        """
-        topics = (supersede,) if isinstance(supersede, str) else tuple(supersede)  # before a ticket is issued
-        if self._owner == threading.get_ident():  # only this thread can have set it to its own id
-            yield self._owner_ticket
-            return
-        with self._cond:
-            ticket = self._issued
-            self._issued += 1
-            for topic in topics:
-                self._newest[topic] = ticket
-            try:
-                self._cond.wait_for(lambda: self._serving == ticket)
-            except BaseException:  # interrupted while waiting: never block the tickets behind this one
-                if self._serving == ticket:
-                    self._advance()
-                else:
-                    self._abandoned.add(ticket)
-                raise
-            self._owner, self._owner_ticket = threading.get_ident(), ticket
-        try:
-            yield ticket
-        finally:
-            with self._cond:
-                self._owner, self._owner_ticket = None, -1
-                self._advance()
-
-
 @dataclass(frozen=True)
 class ViewRecord:
-    """What one :meth:`Explorer.render` measured, for :meth:`Explorer.record` to keep in the session."""
+    """What one ``Explorer.render`` measured, for :meth:`ImageSession.record` to keep."""
 
     cca_steps: int
-    curve: Any  # viz.CurvePlot drawn for this CCA setting (cached in ``session.plots`` if it was new)
+    curve: Any  # curve.CurvePlot drawn for this CCA setting (cached in ``session.plots`` if it was new)
     point: tuple[float, float] | None  # (threshold, measured speed-up), or None without a measurement
 
 
@@ -127,8 +51,8 @@ class ViewRecord:
 class ImageSession:
     """Everything one browser session knows about its current image.
 
-    Read and change it only while holding ``gate`` (the :class:`Explorer` methods do); :meth:`Explorer.render`
-    only reads it.
+    Read and change it only while holding ``gate`` (the :class:`~bavit.app.explorer.Explorer` methods do);
+    ``Explorer.render`` only reads it.
     """
 
     name: str
@@ -141,15 +65,40 @@ class ImageSession:
     gt: np.ndarray | None = None  # [24, 24] int GT grid
     gt_source: str = ""
     coco: CocoImage | None = None
-    plots: dict = field(default_factory=dict)  # cca_steps -> viz.CurvePlot
+    plots: dict = field(default_factory=dict)  # cca_steps -> curve.CurvePlot
     measured: dict = field(default_factory=dict)  # cca_steps -> tuple[(threshold, speed-up), ...] (replaced, never changed)
     gate: SessionGate = field(default_factory=SessionGate, repr=False, compare=False)
+
+    def record(self, record: ViewRecord) -> None:
+        """Keep what a render measured: the curve for its CCA setting and its speed-up point (the last
+        :data:`MEASURED_POINTS` per setting)."""
+        with self.gate.hold():
+            self.plots.setdefault(record.cca_steps, record.curve)
+            if record.point is not None:
+                points = self.measured.get(record.cca_steps, ())
+                self.measured[record.cca_steps] = (*points, record.point)[-MEASURED_POINTS:]
+
+    def retire(self) -> None:
+        """This session is being replaced (new image, or cleared): events on it still waiting skip their work, and
+        one running now finishes before this returns (so its outputs reach the page before the new image's)."""
+        with self.gate.hold(supersede=("view",)):  # not "mode": the sliders do not belong to the image
+            pass
+
+    def set_painted_gt(self, editor_value: Any) -> bool:
+        """Use the user's painting (a ``gr.ImageEditor`` value) as this image's GT; False when nothing is painted."""
+        mask = painted_mask(editor_value)
+        if mask is None:
+            return False
+        gt = labels_from_mask(mask, grid=self.prepared.fg_prob.shape).numpy()
+        with self.gate.hold():
+            self.gt, self.gt_source = gt, "painted in the editor"
+        return True
 
 
 @dataclass
 class Controls:
     """The control panel's values. ``target_sparsity`` (percent of the YOLOS patches pruned) drives both
-    :data:`TARGET_MODES`; ``threshold`` drives :data:`MODE_THRESHOLD` (see :meth:`Explorer.selection`)."""
+    :data:`TARGET_MODES`; ``threshold`` drives :data:`MODE_THRESHOLD` (see :func:`selection`)."""
 
     mode: str = MODE_THRESHOLD
     threshold: float = 0.5
@@ -166,3 +115,56 @@ class Controls:
         self.show_dense = flag_value("show_dense", self.show_dense)
         if not isinstance(self.mode, str):
             raise ConfigError(f"the sparsity control must be one of {', '.join(MODES)}, got {self.mode!r}")
+
+
+def modes(predictor: Predictor) -> list[str]:
+    """The sparsity controls ``predictor``'s checkpoint offers: :data:`MODE_SPARSITY` only with a calibration."""
+    return [mode for mode in MODES if mode != MODE_SPARSITY or predictor.calibration is not None]
+
+
+def default_mode(predictor: Predictor) -> str:
+    """The paper's setting (calibrated mean sparsity) when the checkpoint has a calibration, else the threshold."""
+    return MODE_THRESHOLD if predictor.calibration is None else MODE_SPARSITY
+
+
+def selection(predictor: Predictor, session: ImageSession, controls: Controls) -> dict[str, float]:
+    """The Predictor setting for ``controls``: exactly one of ``{"threshold": t}``, ``{"sparsity": s}``
+    (calibrated mean sparsity, a fraction) or ``{"keep_ratio": r}``.
+
+    In :data:`MODE_TOPK`, ``r`` is the BAViT keep ratio whose keep mask (top-k, CCA, resample) keeps the count of
+    YOLOS patches closest to the target for this image, so this image's sparsity is the target as nearly as its
+    grid allows.
+
+    Raises:
+        ConfigError: an unknown mode, a target outside [0, 100], or the calibrated mode without a calibration.
+    """
+    if controls.mode == MODE_THRESHOLD:
+        return {"threshold": float(controls.threshold)}
+    if controls.mode not in MODES:
+        raise ConfigError(f"unknown sparsity control {controls.mode!r}; use one of "
+                          + ", ".join(f'"{mode}"' for mode in modes(predictor)))
+    target = percent_value("target sparsity", controls.target_sparsity)
+    if controls.mode == MODE_SPARSITY:
+        if predictor.calibration is None:
+            raise ConfigError(f'"{MODE_SPARSITY}" needs a calibrated BAViT checkpoint and this one has no '
+                              "calibration (python -m bavit calibrate --checkpoint CKPT); use "
+                              f'"{MODE_TOPK}" or "{MODE_THRESHOLD}"')
+        return {"sparsity": target / 100.0}
+    grid = predictor.yolos_grid
+    kept = round(grid * grid * (1.0 - target / 100.0))
+    ratio = keep_ratio_for_count(torch.from_numpy(np.array(session.prepared.fg_prob)), kept, grid,
+                                 int(controls.cca_steps), predictor.resample_mode)
+    return {"keep_ratio": ratio}
+
+
+def effective_threshold(predictor: Predictor, session: ImageSession, controls: Controls,
+                        analysis: Analysis | None = None) -> float:
+    """The threshold on the curve's x axis: the one the analysis used (the slider's or the calibrated one), or in
+    top-k mode the k-th highest FG probability. Without ``analysis``, from :func:`selection`."""
+    settings = analysis.settings if analysis is not None else selection(predictor, session, controls)
+    if settings.get("keep_ratio") is not None:
+        probs = np.sort(session.prepared.fg_prob.ravel())[::-1]
+        return float(probs[max(0, round(settings["keep_ratio"] * probs.size) - 1)])
+    if settings.get("threshold") is not None:
+        return float(settings["threshold"])
+    return predictor.calibration.threshold(float(settings["sparsity"]), int(controls.cca_steps))

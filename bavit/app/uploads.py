@@ -1,4 +1,5 @@
-"""What the app accepts from a request: which files it reads, and how large they may be.
+"""What the app accepts from a request: which files it reads, how large they may be, and reading them
+(:func:`read_image`, the one preprocessing of the page and the API).
 
 A request names an image by a file payload (``{"path": ...}``), and a client can write any path there. So every
 path the app reads on behalf of a request must resolve -- symbolic links followed -- to a regular file inside one
@@ -6,7 +7,7 @@ of its image folders (Gradio's upload folder, ``assets/examples``, the ``--data`
 one :class:`RefusedImage` error whose text says nothing about the path (a missing file, a folder, a non-image and
 an image outside the folders read the same), so the API cannot be used to read or probe the server's files.
 
-The limits (README, "Limits"), sized for a CPU Space (2 vCPU, 16 GB):
+The limits (docs/deployment.md, "Limits and safe deployment"), sized for a CPU Space (2 vCPU, 16 GB):
 
 * :data:`MAX_UPLOAD` -- Gradio's ``max_file_size``: larger uploads are refused while they arrive.
 * :data:`MAX_IMAGE_PIXELS` -- an image that would decode to more pixels is refused from its header, before
@@ -26,8 +27,13 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from ..errors import DataError
+from PIL import Image
 
+from ..errors import DataError
+from ..imageio import load_image
+
+EXAMPLES_DIR = Path(__file__).resolve().parents[2] / "assets" / "examples"  # the gallery: an image folder
+ANALYSIS_SIDE = 1024  # px: images are read at most this large (BAViT sees 384, YOLOS 512)
 MAX_UPLOAD = "25mb"
 MAX_IMAGE_PIXELS = 50_000_000  # 50 MP: an 8000x6000 (48 MP) camera photo passes
 DECODE_SLOTS = 2
@@ -94,5 +100,36 @@ def decode_slot() -> Iterator[None]:
     _release_freed_memory()
 
 
-__all__ = ["CACHE_LIFETIME", "DECODE_SLOTS", "MAX_IMAGE_PIXELS", "MAX_UPLOAD", "RefusedImage", "confine",
-           "decode_slot", "payload_path"]
+def read_image(payload: Any, roots: Iterable[str | os.PathLike], exif: bool = True) -> tuple[Image.Image, str]:
+    """The payload's image, fitted into :data:`ANALYSIS_SIDE`, and the file name to show.
+
+    The file must lie in one of ``roots`` (:func:`confine`), have at most :data:`MAX_IMAGE_PIXELS` pixels (checked
+    before decoding) and is decoded in one of the :data:`DECODE_SLOTS`. ``image.info["source_size"]`` is its size as
+    stored; ``exif=False`` keeps the stored pixel layout (COCO annotations refer to it).
+
+    Raises:
+        DataError: refused, not an image, corrupt or too large; the message names the upload's file name, never a
+            server path.
+    """
+    path, name = payload_path(payload)
+    resolved = confine(path, roots)
+    try:
+        with decode_slot():
+            image = load_image(resolved, max_side=ANALYSIS_SIDE, exif=exif, max_pixels=MAX_IMAGE_PIXELS)
+    except DataError as exc:
+        message = str(exc).replace(str(resolved), repr(name))
+        raise DataError(message if repr(name) in message else f"{name!r}: {message}") from None
+    return image, name
+
+
+def allowed_paths(data: str | Path | None) -> list[str]:
+    """Folders ``launch(allowed_paths=...)`` must serve: the COCO image folders the examples come from (read in
+    place, never copied into the repo)."""
+    if not data:
+        return []
+    root = Path(data).expanduser()
+    return [str(p) for p in sorted(root.iterdir()) if p.is_dir() and p.name != "annotations"] if root.is_dir() else []
+
+
+__all__ = ["ANALYSIS_SIDE", "CACHE_LIFETIME", "DECODE_SLOTS", "EXAMPLES_DIR", "MAX_IMAGE_PIXELS", "MAX_UPLOAD",
+           "RefusedImage", "allowed_paths", "confine", "decode_slot", "payload_path", "read_image"]

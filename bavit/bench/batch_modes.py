@@ -16,7 +16,8 @@ import time
 import torch
 
 from ..pruning.detector import YOLOS_SIZE, yolos_grid
-from ..pruning.yolos import patch_yolos, random_yolos_tiny
+from ..pruning.detector import random_yolos_tiny
+from ..pruning.yolos import patch_yolos
 from .latency import spread_counts
 
 

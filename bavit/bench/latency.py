@@ -1,5 +1,6 @@
-"""CPU latency of dense YOLOS-tiny vs BAViT-small + CCA + pruned YOLOS-tiny at 512x512; the command line is
-``python -m bavit bench`` (:mod:`bavit.cli.bench`).
+"""CPU latency of dense YOLOS-tiny vs BAViT-small + CCA + pruned YOLOS-tiny at 512x512, measured (:func:`run_bench`);
+the command line is ``python -m bavit bench`` (:mod:`bavit.cli.bench`). The tables, verdicts and plot are in
+:mod:`.latency_report`, the measured figures in ``docs/results.md``.
 
 For each sparsity level (fraction of the YOLOS patches pruned) every image gets the BAViT keep ratio whose keep
 mask -- the pipeline's own rule, :func:`bavit.pruning.keep_mask.keep_mask_from_probs`: top-k, CCA, resample to
@@ -14,94 +15,27 @@ random init is timed, and the report says which weights ran.
 from __future__ import annotations
 
 import os
-import platform
-import resource
-import statistics
 import time
 from pathlib import Path
-from typing import Callable, Mapping, Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
 
 from ..core.config import SMALL
+from ..core.registry import DEFAULT_BAVIT_CHECKPOINT
 from ..deploy.runtime import DEFAULT_BACKEND, check_backend
 from ..errors import ConfigError
-from ..files import atomic_path
-from ..imageio import load_image, to_tensor
-from ..predictor import DEFAULT_BAVIT_CHECKPOINT, Predictor
+from ..predictor import Predictor
 from ..pruning.accounting import accounting_at_sparsity, token_accounting
 from ..pruning.detector import DEFAULT_DETECTOR, YOLOS_SIZE
-from ..pruning.keep_mask import DEFAULT_CCA_STEPS, keep_mask_from_probs, keep_ratio_for_count
+from ..pruning.keep_mask import DEFAULT_CCA_STEPS, keep_ratio_for_count
+from ..pruning.settings import PruningSettings
+from .timing import DEFAULT_IMAGES, detector_weights, find_images, machine_info, median_ms, peak_rss_mb, spread_counts
 
-ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_SPARSITIES = (0.0, 0.29, 0.35, 0.40, 0.46)  # paper Table 2 levels
 TARGET_SPEEDUP_AT_35 = 1.50  # deployable-speed issue: default backend, batch 1, 2 threads
 TARGET_FRACTION_OF_FLOP_RATIO = 0.95  # ... and at every level >= 29%, this fraction of the FLOP ratio
-DEFAULT_IMAGES = (ROOT / "assets" / "examples",)
-
-
-def _median_ms(samples: Sequence[float]) -> float:
-    return float(statistics.median(samples)) * 1000.0
-
-
-def _peak_rss_mb() -> float:
-    """Peak resident set size of this process so far (MiB; Linux reports KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-
-def interleaved_medians(runs: Mapping[str, Callable[[], object]], repeats: int, warmup: int = 2) -> dict[str, float]:
-    """Median ms of each call in ``runs``, run in turn round after round (``warmup`` untimed rounds first), so that
-    load on a shared machine falls on every call alike rather than on whichever ran during a busy spell."""
-    samples: dict[str, list[float]] = {name: [] for name in runs}
-    for step in range(warmup + repeats):
-        for name, call in runs.items():
-            start = time.perf_counter()
-            call()
-            elapsed = time.perf_counter() - start
-            if step >= warmup:
-                samples[name].append(elapsed)
-    return {name: _median_ms(values) for name, values in samples.items()}
-
-
-def detector_weights(predictor: Predictor, detector: str) -> str:
-    """Which detector weights a predictor times: pretrained, or the YOLOS-tiny architecture at random init."""
-    if predictor.detector_ready:
-        return f"{detector} (pretrained)"
-    return f"YOLOS-tiny architecture, random init (latency only; {detector} not available here)"
-
-
-def machine_info(load_before: tuple[float, float, float]) -> dict:
-    """Versions, CPUs, OpenMP wait policy and load averages (before: ``load_before``, after: now) for a report."""
-    return {
-        "torch": torch.__version__,
-        "onnxruntime": _onnxruntime_version(),
-        "cpu_count": os.cpu_count(),
-        "platform": platform.platform(),
-        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "unset (libgomp default: spin, then sleep)"),
-        "load_average_before": load_before,
-        "load_average_after": os.getloadavg(),
-    }
-
-
-def find_images(count: int, sources: Sequence[Path] = DEFAULT_IMAGES) -> list:
-    """``count`` RGB images from the first folder that has any (cycled), else synthetic noise images."""
-    for source in sources:
-        files = sorted(p for p in Path(source).glob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
-        if files:
-            return [load_image(files[i % len(files)]) for i in range(count)]
-    rng = np.random.default_rng(0)
-    return [load_image(rng.integers(0, 256, (480, 640, 3), dtype=np.uint8)) for _ in range(count)]
-
-
-def spread_counts(mean_kept: int, batch: int, cells: int, spread: float = 0.10) -> list[int]:
-    """Per-image kept counts spread evenly over +-``spread`` of the grid around ``mean_kept``.
-
-    The spread narrows near 0 and ``cells`` so the mean stays ``mean_kept`` (0% sparsity: every image keeps all).
-    """
-    half_width = min(spread * cells, cells - mean_kept, mean_kept)
-    offsets = np.linspace(-half_width, half_width, batch) if batch > 1 else np.zeros(1)
-    return [int(round(mean_kept + offset)) for offset in offsets]
 
 
 def _bench_level(predictor: Predictor, images, yolos_pixels, probs, targets, repeats, warmup):
@@ -110,11 +44,11 @@ def _bench_level(predictor: Predictor, images, yolos_pixels, probs, targets, rep
     Args:
         targets: detector patches each image should keep (the keep ratio is chosen per image to get closest).
     """
-    cfg = predictor.bavit.config
-    bavit, detector = predictor.bavit_runner, predictor.detector_runner
+    detector = predictor.detector_runner
     grid = predictor.yolos_grid
-    ratios = [keep_ratio_for_count(p, count, grid, DEFAULT_CCA_STEPS, predictor.resample_mode)
-              for p, count in zip(probs, targets)]
+    settings = [PruningSettings(keep_ratio=keep_ratio_for_count(p, count, grid, DEFAULT_CCA_STEPS,
+                                                                predictor.resample_mode))
+                for p, count in zip(probs, targets)]
     times = {name: [] for name in ("dense", "bavit", "cca", "pruned_yolos", "pruned_total")}
     with torch.inference_mode():
         for step in range(warmup + repeats):
@@ -123,13 +57,10 @@ def _bench_level(predictor: Predictor, images, yolos_pixels, probs, targets, rep
             dense = time.perf_counter() - start
 
             start = time.perf_counter()
-            pixels = torch.stack([to_tensor(image, cfg.img_size, cfg.mean, cfg.std) for image in images])
-            fg_prob = bavit(pixels)
+            fg_prob = predictor.set_images(images, detect=False).fg_prob  # BAViT's preprocessing and forward
             t_bavit = time.perf_counter()
-            keep_mask = torch.stack([
-                keep_mask_from_probs(p, keep_ratio=ratio, cca_steps=DEFAULT_CCA_STEPS, grid=grid,
-                                     resample=predictor.resample_mode).keep_mask
-                for p, ratio in zip(fg_prob, ratios)])
+            keep_mask = torch.stack([predictor.select(p, setting)[0].keep_mask
+                                     for p, setting in zip(fg_prob, settings)])
             t_cca = time.perf_counter()
             detector(yolos_pixels, keep_mask)
             end = time.perf_counter()
@@ -140,15 +71,15 @@ def _bench_level(predictor: Predictor, images, yolos_pixels, probs, targets, rep
                 times["pruned_yolos"].append(end - t_cca)
                 times["pruned_total"].append(end - start)
     counts = keep_mask.flatten(1).sum(1).tolist()
-    medians = {name: _median_ms(samples) for name, samples in times.items()}
-    accounting = token_accounting(float(np.mean(counts)), predictor.yolos_config, cfg)
+    medians = {name: median_ms(samples) for name, samples in times.items()}
+    accounting = token_accounting(float(np.mean(counts)), predictor.yolos_config, predictor.bavit.config)
     return {
         "backend": predictor.backend,
         "sparsity": round(accounting.sparsity, 6),
         "kept_patches": float(np.mean(counts)),
         "kept_per_image": counts,
         "target_per_image": list(targets),
-        "keep_ratio_per_image": ratios,
+        "keep_ratio_per_image": [setting.keep_ratio for setting in settings],
         "dense_ms": medians["dense"],
         "pruned_total_ms": medians["pruned_total"],
         "bavit_ms": medians["bavit"],
@@ -159,7 +90,7 @@ def _bench_level(predictor: Predictor, images, yolos_pixels, probs, targets, rep
         "token_reduction_pct": accounting.reduction_pct,
         "dense_img_per_s": len(images) * 1000.0 / medians["dense"],
         "pruned_img_per_s": len(images) * 1000.0 / medians["pruned_total"],
-        "peak_rss_mb": _peak_rss_mb(),
+        "peak_rss_mb": peak_rss_mb(),
         "repeats": repeats,
     }
 
@@ -176,7 +107,7 @@ def run_bench(
     backends: Sequence[str] = (DEFAULT_BACKEND,),
     log: Callable[[str], None] = print,
 ) -> dict:
-    """Run the benchmark and return the report (see :func:`format_table` for its columns).
+    """Run the benchmark and return the report (see :func:`.latency_report.format_table` for its columns).
 
     Args:
         threads: torch CPU threads (recorded; the caller sets them, as ``python -m bavit`` does; onnxruntime
@@ -204,7 +135,7 @@ def run_bench(
         torch.manual_seed(0)
         bavit_model, bavit_weights = build_bavit(SMALL), "BAViT-small architecture, random init"
     else:
-        from ..core.model import load_checkpoint
+        from ..core.checkpoint import load_checkpoint
 
         bavit_model, bavit_weights = load_checkpoint(bavit), str(bavit)
     predictors = {}
@@ -275,106 +206,3 @@ def run_bench(
     if batch > 1:
         report[f"batch{batch}"] = backend_reports[backends[0]][f"batch{batch}"]
     return report
-
-
-def _onnxruntime_version() -> Optional[str]:
-    try:
-        import onnxruntime
-
-        return onnxruntime.__version__
-    except ImportError:
-        return None
-
-
-def format_table(report: dict) -> str:
-    """Markdown tables of a :func:`run_bench` report, one column block per backend (ms are medians; speed-up =
-    dense / pipeline, each backend against its own dense run), and the targets' verdicts."""
-    backends = list(report.get("backends") or {report.get("backend", "torch"): {"results": report["results"]}})
-    lines = [f"threads: {report['threads']}; weights: {report['weights']}", ""]
-    columns = ("| sparsity | backend | kept | dense ms | BAViT ms | CCA ms | pruned YOLOS ms | pipeline ms | speed-up "
-               "| FLOP ratio | speed-up / FLOP ratio | dense img/s | pipeline img/s | peak RSS MiB |\n"
-               "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
-
-    def table(key: str, title: str) -> None:
-        tables = [report["backends"][name].get(key) if "backends" in report else report.get(key) for name in backends]
-        if key != "results":
-            tables = [t["results"] if t else None for t in tables]
-        if not any(tables):
-            return
-        lines.extend([title, "", columns])
-        for level in range(len(tables[0])):
-            for name, rows in zip(backends, tables):
-                row = rows[level]
-                lines.append(
-                    f"| {row['sparsity'] * 100:.0f}% | {name} | {row['kept_patches']:.0f} | {row['dense_ms']:.1f} "
-                    f"| {row['bavit_ms']:.1f} | {row['cca_ms']:.2f} | {row['pruned_yolos_ms']:.1f} "
-                    f"| {row['pruned_total_ms']:.1f} | {row['speedup']:.2f}x | {row['flop_ratio']:.2f}x "
-                    f"| {row['speedup'] / row['flop_ratio']:.2f} | {row['dense_img_per_s']:.2f} "
-                    f"| {row['pruned_img_per_s']:.2f} | {row['peak_rss_mb']:.0f} |")
-        lines.append("")
-
-    table("results", "batch 1")
-    for key, value in report.items():
-        if key.startswith("batch") and isinstance(value, dict) and value.get("results"):
-            table(key, f"batch {value['batch']} (kept counts spread up to +-10% of the grid around the level; "
-                       "ms per batch; onnxruntime runs the pruned graph image by image)")
-    lines.extend(verdicts(report))
-    load = report["machine"]["load_average_before"][0], report["machine"]["load_average_after"][0]
-    lines += ["", f"load average before/after: {load[0]:.1f}/{load[1]:.1f} on {report['machine']['cpu_count']} CPUs "
-                  f"(a shared machine: expect noise); OMP_WAIT_POLICY {report['machine']['omp_wait_policy']}"]
-    return "\n".join(lines)
-
-
-def verdicts(report: dict) -> list[str]:
-    """The deployable-speed targets against the primary backend's batch-1 rows: >= 1.50x at 35%, and at every level
-    >= 29% at least 95% of the FLOP ratio."""
-    target, name = report["target"], report.get("backend", "torch")
-    lines = []
-    if target["measured"] is not None:
-        met = target["measured"] >= target["speedup"]
-        lines.append(f"target: >= {target['speedup']:.2f}x at 35% sparsity, batch 1, {name}: measured "
-                     f"{target['measured']:.2f}x ({'met' if met else 'NOT met'})")
-    fraction = target.get("min_fraction_of_flop_ratio", TARGET_FRACTION_OF_FLOP_RATIO)
-    for row in report["results"]:
-        if row["sparsity"] >= 0.285:
-            ratio = row["speedup"] / row["flop_ratio"]
-            lines.append(f"target: speed-up >= {fraction:.0%} of the FLOP ratio at {row['sparsity'] * 100:.0f}%, "
-                         f"{name}: {row['speedup']:.2f}x / {row['flop_ratio']:.2f}x = {ratio:.0%} "
-                         f"({'met' if ratio >= fraction else 'NOT met'})")
-    return lines
-
-
-def plot(report: dict, path: str | os.PathLike) -> Path:
-    """Measured speed-up vs sparsity per backend beside the FLOP-ratio curve (matplotlib's Agg canvas; no global
-    backend)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig = Figure(figsize=(6.4, 4.2), dpi=120)
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot(1, 1, 1)
-    flop = np.array(report["flop_curve"])
-    ax.plot(flop[:, 0] * 100, flop[:, 1], color="0.4", linestyle="--", label="FLOP ratio (dense / BAViT + pruned)")
-    backends = report.get("backends") or {report.get("backend", "torch"): {"results": report["results"]}}
-    for (name, value), marker in zip(backends.items(), ("o", "^", "v", "D")):
-        res = value["results"]
-        ax.plot([r["sparsity"] * 100 for r in res], [r["speedup"] for r in res], f"{marker}-", label=f"{name}, batch 1")
-        for key, sub in value.items():
-            if key.startswith("batch") and sub and sub.get("results"):
-                res = sub["results"]
-                ax.plot([r["sparsity"] * 100 for r in res], [r["speedup"] for r in res], f"{marker}:",
-                        label=f"{name}, batch {sub['batch']}")
-    ax.axhline(1.0, color="0.7", linewidth=0.8)
-    ax.plot([35], [TARGET_SPEEDUP_AT_35], "r*", markersize=10, label=f"target {TARGET_SPEEDUP_AT_35}x at 35%")
-    ax.set_xlabel("sparsity (% of YOLOS patches pruned)")
-    ax.set_ylabel("end-to-end speed-up vs dense YOLOS")
-    ax.set_title(f"BAViT-small + CCA + pruned YOLOS-tiny, CPU {report['threads']} threads", fontsize=9)
-    ax.legend(fontsize=7, loc="upper left")
-    ax.grid(alpha=0.3)
-    fig.text(0.01, 0.01, report["weights"][:150], fontsize=5, color="0.3")
-    fig.tight_layout(rect=(0, 0.03, 1, 1))
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    return path

@@ -9,7 +9,8 @@ import os
 from pathlib import Path
 
 from ..bench import app_bench
-from ..bench.app_bench import AGREEMENT, DEFAULT_IMAGE, SHOWN_KEEP_RATIO
+from ..bench.app_agreement import AGREEMENT, SHOWN_KEEP_RATIO
+from ..bench.app_bench import DEFAULT_IMAGE
 from ..bench.browser_bench import CHROMIUM, TARGETS_MS, run_browser
 from ..deploy.runtime import BACKENDS, DEFAULT_BACKEND
 from ..files import write_text

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..core.model import load_checkpoint
+from ..core.checkpoint import read_checkpoint
 from ..engine.calibrate import calibrate_checkpoint
 from ..pruning.calibration import LEVELS, sparsity_standard_error
 from .common import add_dataset_arguments, records_from_args, subset_description
@@ -38,11 +38,11 @@ def calibration_source(args: argparse.Namespace) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    model = load_checkpoint(args.checkpoint)
+    checkpoint = read_checkpoint(args.checkpoint)
     records = records_from_args(args)
     source = calibration_source(args)
-    calibration, probs = calibrate_checkpoint(model, args.checkpoint, records, source, args.batch_size,
-                                              args.fold_models or (), args.allow_trained_images)
+    calibration, probs = calibrate_checkpoint(checkpoint, records, source, args.batch_size, args.fold_models or (),
+                                              args.allow_trained_images)
     print(f"calibrated {args.checkpoint} on {len(records)} images ({source})")
     grid = calibration.grid
 

@@ -8,7 +8,7 @@ import json
 from ..deploy.runtime import BACKENDS, DEFAULT_BACKEND
 from ..engine.coco_map import DEFAULT_THRESHOLDS, map_report, markdown_table
 from ..files import write_text
-from ..predictor import DEFAULT_BAVIT_CHECKPOINT
+from ..core.registry import DEFAULT_BAVIT_CHECKPOINT
 from ..pruning.detector import DEFAULT_DETECTOR, YOLOS_SIZE
 from .common import add_dataset_arguments
 

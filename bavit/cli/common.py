@@ -8,7 +8,8 @@ import os
 import sys
 from typing import Callable, Optional
 
-from ..data.records import SUBSETS, Record, coco_records, coco_split, fold_split, holdout_split, voc_records
+from ..data.records import SUBSETS, Record, coco_records, coco_split, voc_records
+from ..data.splits import fold_split, holdout_split
 from ..errors import DataError
 from ..files import write_text
 
@@ -25,7 +26,7 @@ def subset_description(args: argparse.Namespace) -> str:
 
 def records_from_args(args: argparse.Namespace) -> list[Record]:
     """Records from the CLI's ``--coco-root/--split``, ``--ann/--images`` or ``--voc-root/--image-set``, then the
-    ``--subset`` of :func:`~bavit.data.records.holdout_split` (or of :func:`~bavit.data.records.fold_split` with
+    ``--subset`` of :func:`~bavit.data.splits.holdout_split` (or of :func:`~bavit.data.splits.fold_split` with
     ``--folds``) when the command has it."""
     if getattr(args, "voc_root", None):
         records = voc_records(args.voc_root, args.image_set)

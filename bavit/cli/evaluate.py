@@ -6,8 +6,9 @@ import argparse
 import json
 from pathlib import Path
 
-from ..core.model import load_checkpoint
-from ..engine.budget import DEFAULT_LEVELS, format_budget, plot_budget
+from ..core.checkpoint import read_checkpoint
+from ..engine.budget import DEFAULT_LEVELS
+from ..engine.budget_report import format_budget, plot_budget
 from ..engine.evaluate import evaluate_checkpoint, format_sweep, format_table
 from ..files import write_text
 from .common import add_dataset_arguments, records_from_args
@@ -39,12 +40,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    model = load_checkpoint(args.checkpoint)
+    checkpoint = read_checkpoint(args.checkpoint)
     records = records_from_args(args)
     result, calibration, grid = evaluate_checkpoint(
-        model, args.checkpoint, records, args.threshold, args.cca_steps, args.batch_size, args.labels,
+        checkpoint, records, args.threshold, args.cca_steps, args.batch_size, args.labels,
         sweep=args.sweep, levels=args.sparsity, curve=bool(args.plot), backend=args.backend, float32=args.float32)
-    print(format_table(result, title=f"## {Path(args.checkpoint).name} ({model.config.depth} layers)"))
+    print(format_table(result, title=f"## {Path(args.checkpoint).name} ({checkpoint.config.depth} layers)"))
     if result["sweep"]:
         print("\n" + format_sweep(result))
     note = ("no calibration in this checkpoint (python -m bavit calibrate adds one): calibrated methods left out"

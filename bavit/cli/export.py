@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from ..deploy.export import FILES, MANIFEST, export_all
@@ -26,7 +25,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..predictor import DEFAULT_BAVIT_CHECKPOINT, Predictor  # here: tests replace Predictor on its module
+    from ..core.registry import DEFAULT_BAVIT_CHECKPOINT
+    from ..predictor import Predictor  # here: tests replace Predictor on its module
 
     bavit_path = args.bavit or DEFAULT_BAVIT_CHECKPOINT
     predictor = Predictor(bavit=bavit_path, detector=args.detector)
@@ -34,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
     stats = None
     if predictor.processor is not None:
         stats = (tuple(predictor.processor.image_mean), tuple(predictor.processor.image_std))
-    calibration = json.loads(predictor.calibration.to_json()) if predictor.calibration is not None else None
+    calibration = predictor.calibration.to_dict() if predictor.calibration is not None else None
     manifest = export_all(args.out, predictor.bavit, detector, bavit_source=str(bavit_path),
                           detector_source=str(args.detector), detector_pretrained=predictor.detector_ready,
                           calibration=calibration, processor_stats=stats)

@@ -6,7 +6,8 @@ from pathlib import Path
 
 from ..core.config import PRESETS, STEMS
 from ..data.ade20k import CLASS_SETS, OTHER, ade20k_records
-from ..engine.train import TrainConfig, model_config_for, train_and_copy
+from ..engine.train import TrainConfig, train_and_copy
+from ..engine.train_parts import model_config_for
 from .common import add_dataset_arguments, records_from_args, subset_description
 
 
@@ -21,7 +22,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--init", default="random", help="random | timm:NAME | yolos:ID_OR_DIR | bavit:PATH | lite0:package | lite0:hub (with --stem lite0)")
     parser.add_argument("--labels", choices=["mask", "boxes"], default="mask", help="label source")
     parser.add_argument("--box-rule", choices=["coverage", "iou"], default="coverage")
-    parser.add_argument("--box-tau", type=float, default=0.5)
+    parser.add_argument("--box-tau", type=float, default=TrainConfig.box_tau,
+                        help="--labels boxes: a patch is FG when its box score is >= this (paper Eq. 1)")
     parser.add_argument("--epochs", type=int, default=TrainConfig.epochs)
     parser.add_argument("--batch-size", type=int, default=TrainConfig.batch_size, help="per process")
     parser.add_argument("--lr", type=float, default=TrainConfig.lr)

@@ -3,8 +3,9 @@
 - :mod:`.labels` — patch labels from masks or boxes (§3.1, Eq. 1-2): the one home of the FG rules
   (``fg_from_fractions`` with ``FG_FRAC``, ``fg_from_box_scores``) and of ``IGNORE_INDEX``.
 - :mod:`.config` — :class:`BAViTConfig`, stored in every checkpoint, and the ``small`` / ``large`` presets (§3.2).
-- :mod:`.model` — the BAViT token classifier (timm ViT, no class token, a 2-way head per token) and its
-  safetensors checkpoints (§3.2).
+- :mod:`.model` — the BAViT token classifier (timm ViT, no class token, a 2-way head per token) (§3.2).
+- :mod:`.checkpoint` — its safetensors checkpoints: weights, config, training record and calibration in one file,
+  read in one pass (:func:`~.checkpoint.read_checkpoint`).
 - :mod:`.pretrained` — initialisation from a timm ViT or from an already loaded YOLOS (§3.3).
 - :mod:`.loss` — the accumulative cross-entropy (§3.4, Eq. 3).
 - :mod:`.cca` — the CCA post-process and grid resampling (appendix, Fig. 5-6).

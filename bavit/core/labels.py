@@ -13,6 +13,7 @@ import torch
 
 IGNORE_INDEX = -100  # label of a token that counts as neither FG nor BG (mostly VOC void); F.cross_entropy's default
 FG_FRAC = 0.10  # paper: a patch with more than 10% object pixels is FG
+BOX_TAU = 0.5  # paper Eq. 1: with box-only labels a patch is FG when score(P, B) >= tau for some box B
 VOID_VALUE = 255  # VOC's border / "difficult" pixels
 FRACTION_TOL = 1e-9  # float64 sums of exact fractions: "exactly 10%" must not read as 10.0000000001%
 VOID_IGNORE_FRAC = 0.5  # a token with more void than this is IGNORE_INDEX
@@ -129,7 +130,7 @@ def labels_from_boxes(
     image_size: tuple[int, int],
     grid: tuple[int, int] = (24, 24),
     rule: str = "coverage",
-    tau: float = 0.5,
+    tau: float = BOX_TAU,
 ) -> torch.Tensor:
     """Token labels from boxes (paper Eq. 1-2), with the patch grid over the image.
 
@@ -144,7 +145,7 @@ def labels_from_boxes(
         image_size: ``(width, height)`` of the original image.
         grid: ``(gh, gw)``.
         rule: ``"coverage"`` or ``"iou"``.
-        tau: threshold (``>=``).
+        tau: threshold (``>=``), :data:`BOX_TAU` by default.
     Returns:
         ``[gh, gw]`` int64 tensor in {0, 1}.
     """

@@ -1,29 +1,19 @@
 """BAViT (paper §3.2): a timm ViT-tiny with no class token and a 2-way linear head on every token.
 
-Checkpoints are safetensors files whose metadata holds the :class:`BAViTConfig` as JSON, so loading needs only the
-path (nanoGPT-style).
+Its checkpoints (weights + config, loadable by path alone) are :mod:`bavit.core.checkpoint`'s.
 """
 from __future__ import annotations
 
 import dataclasses
-
-import json
-import os
-from pathlib import Path
 
 import torch
 import torch.nn as nn
 from timm.layers import PatchEmbed
 from timm.models.vision_transformer import VisionTransformer
 
-from ..errors import CheckpointError, ConfigError
-from ..files import atomic_path
+from ..errors import ConfigError
 from .config import BAViTConfig
 from .lite0 import Lite0PatchEmbed
-
-CONFIG_KEY = "bavit_config"
-FORMAT_KEY = "format"
-FORMAT = "bavit-v1"
 
 
 class ConvStemPatchEmbed(PatchEmbed):
@@ -160,104 +150,4 @@ def grow_from(model: BAViT, source: BAViT) -> None:
     model.config = dataclasses.replace(model.config, mean=src.mean, std=src.std)
 
 
-def save_checkpoint(model: BAViT, path: str | os.PathLike, extra: dict | None = None) -> Path:
-    """Write weights + config to ``path`` atomically (:func:`bavit.files.atomic_path`: a temp file in the same
-    folder, renamed onto ``path``; on failure the temp file is removed and an existing ``path`` is untouched).
-
-    Args:
-        model: the model (a DDP wrapper's ``.module``).
-        path: target ``.safetensors`` file.
-        extra: optional JSON-serialisable metadata (epoch, metrics) stored next to the config.
-    """
-    from safetensors.torch import save_file
-
-    if getattr(model, "inference_only", False):
-        raise CheckpointError("this BAViT was prepared with for_inference() (fused layers); save the original model")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    metadata = {FORMAT_KEY: FORMAT, CONFIG_KEY: model.config.to_json()}
-    if extra:
-        metadata["extra"] = json.dumps(extra, sort_keys=True)
-    state = {name: tensor.detach().contiguous().cpu() for name, tensor in model.state_dict().items()}
-    with atomic_path(path) as tmp:  # mode 0644: a checkpoint is meant to be shared
-        save_file(state, str(tmp), metadata=metadata)
-    return path
-
-
-def read_checkpoint_metadata(path: str | os.PathLike) -> dict[str, str]:
-    """Metadata of a BAViT safetensors checkpoint; raises :class:`CheckpointError` when it is not one."""
-    from safetensors import safe_open
-
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            metadata = handle.metadata() or {}
-    except Exception as exc:  # safetensors raises its own error types for corrupt headers
-        raise CheckpointError(f"{path} is not a readable safetensors file ({exc})") from None
-    if CONFIG_KEY not in metadata:
-        raise CheckpointError(f"{path} is a safetensors file but not a BAViT checkpoint (no '{CONFIG_KEY}' metadata)")
-    return metadata
-
-
-def update_checkpoint_metadata(path: str | os.PathLike, entries: dict[str, str]) -> None:
-    """Add or replace metadata entries of a BAViT checkpoint (e.g. its calibration); the weights are rewritten
-    unchanged, atomically. The config and format entries cannot be replaced this way."""
-    from safetensors.torch import load_file, save_file
-
-    protected = {CONFIG_KEY, FORMAT_KEY} & set(entries)
-    if protected:
-        raise CheckpointError(f"metadata {sorted(protected)} is written with the weights (save_checkpoint)")
-    metadata = {**read_checkpoint_metadata(path), **entries}
-    state = load_file(str(path))
-    with atomic_path(path) as tmp:
-        save_file(state, str(tmp), metadata=metadata)
-
-
-def load_checkpoint(path: str | os.PathLike, map_location: str = "cpu") -> BAViT:
-    """Load a BAViT from a checkpoint path alone; the architecture comes from the stored config."""
-    from safetensors.torch import load_file
-
-    metadata = read_checkpoint_metadata(path)
-    try:
-        config = BAViTConfig.from_json(metadata[CONFIG_KEY])
-    except (ValueError, TypeError) as exc:
-        raise CheckpointError(f"{path}: stored config is invalid ({exc})") from None
-    model = BAViT(config)
-    state = load_file(str(path), device=map_location)
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    wrong = sorted(k for k in set(state) & set(expected) if state[k].shape != expected[k].shape)
-    if missing or unexpected or wrong:
-        detail = "; ".join(
-            part
-            for part in (
-                f"missing {missing[:3]}" if missing else "",
-                f"unexpected {unexpected[:3]}" if unexpected else "",
-                f"shape mismatch {wrong[:3]}" if wrong else "",
-            )
-            if part
-        )
-        raise CheckpointError(f"{path} does not match its stored config ({config.name}, depth {config.depth}): {detail}")
-    model.load_state_dict(state)
-    return model.eval()
-
-
-def checkpoint_extra(path: str | os.PathLike) -> dict:
-    """The ``extra`` metadata (epoch, metrics, optimizer state path) stored with a checkpoint, or ``{}``."""
-    metadata = read_checkpoint_metadata(path)
-    return json.loads(metadata.get("extra", "{}"))
-
-
-__all__ = [
-    "BAViT",
-    "build_bavit",
-    "save_checkpoint",
-    "load_checkpoint",
-    "read_checkpoint_metadata",
-    "update_checkpoint_metadata",
-    "grow_from",
-    "checkpoint_extra",
-]
+__all__ = ["BAViT", "build_bavit", "grow_from"]

@@ -18,7 +18,14 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ..core.config import BAViTConfig
-from ..core.labels import IGNORE_INDEX, VOID_IGNORE_FRAC, area_fractions, fg_from_box_scores, fg_from_fractions
+from ..core.labels import (
+    BOX_TAU,
+    IGNORE_INDEX,
+    VOID_IGNORE_FRAC,
+    area_fractions,
+    fg_from_box_scores,
+    fg_from_fractions,
+)
 from .records import Record
 
 # Boxes are rasterised at the cache resolution R: a cache pixel is inside a box when at least half of it is
@@ -39,7 +46,7 @@ class CachedSamples:
     """Decoded training images + coverage maps + exact un-augmented labels, held in memory."""
 
     def __init__(self, records: list[Record], config: BAViTConfig, cache_size: int = 512, label_source: str = "mask",
-                 box_rule: str = "coverage", box_tau: float = 0.5, progress: bool = False):
+                 box_rule: str = "coverage", box_tau: float = BOX_TAU, progress: bool = False):
         from tqdm import tqdm
 
         self.config = config

@@ -11,7 +11,7 @@ otherwise. Labels whose name is not a dataset category (``"N/A"``) map to nothin
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -20,7 +20,7 @@ from PIL import Image
 from ..box_ops import box_clip_xyxy, box_normalize, box_xywh_to_xyxy, box_xyxy_to_cxcywh
 from ..errors import ConfigError, DataError
 from ..imageio import load_image
-from .records import load_coco  # noqa: F401 (part of this module's API)
+from .records import coco_split, load_coco
 
 
 def resolve_paths(coco_root: str | Path | None = None, split: str | None = None,
@@ -35,8 +35,7 @@ def resolve_paths(coco_root: str | Path | None = None, split: str | None = None,
         root = Path(coco_root)
         if not root.is_dir():
             raise DataError(f"COCO root not found: {root}")
-        split = split or "val2017"
-        return root / "annotations" / f"instances_{split}.json", root / split
+        return coco_split(root, split or "val2017")
     if ann is None or images is None:
         raise ConfigError("give --coco-root DIR (with --split) or both --ann FILE and --images DIR")
     return Path(ann), Path(images)
@@ -81,15 +80,26 @@ def yolos_targets(anns: list[dict], width: int, height: int, category_to_label: 
     }
 
 
-@dataclass
+@dataclass(frozen=True)
 class CocoImage:
-    """One dataset image, decoded, with its annotations."""
+    """One image of a COCO-format dataset as its annotation file lists it; the items of :class:`CocoDetection`
+    also carry its decoded pixels and annotations (the app's GT index, :mod:`bavit.app.gt`, needs neither)."""
 
     image_id: int
-    image: Image.Image  # RGB, stored pixel layout (no EXIF rotation: annotations refer to it)
-    width: int  # from the annotation file; boxes are in these pixels
+    file_name: str
+    width: int  # from the annotation file: boxes and masks are in these pixels
     height: int
-    anns: list[dict]
+    path: Path  # images folder / file_name
+    split: str = ""  # the split folder, e.g. "val2017" ("" when the folder was given directly)
+    image: Image.Image | None = None  # RGB, stored pixel layout (no EXIF rotation: annotations refer to it)
+    anns: list[dict] = field(default_factory=list)
+
+    @classmethod
+    def listed(cls, coco, image_id: int, images_dir: Path, split: str = "") -> CocoImage:
+        """The entry of ``image_id`` in a loaded annotation file (``coco``, a pycocotools ``COCO``)."""
+        info = coco.imgs[image_id]
+        return cls(int(image_id), info["file_name"], int(info["width"]), int(info["height"]),
+                   images_dir / info["file_name"], split)
 
 
 class CocoDetection(torch.utils.data.Dataset):
@@ -120,8 +130,6 @@ class CocoDetection(torch.utils.data.Dataset):
         return len(self.image_ids)
 
     def __getitem__(self, index: int) -> CocoImage:
-        image_id = self.image_ids[index]
-        info = self.coco.imgs[image_id]
-        image = load_image(self.images_dir / info["file_name"], max_side=None, exif=False)
-        anns = self.coco.loadAnns(self.coco.getAnnIds(imgIds=[image_id]))
-        return CocoImage(image_id, image, int(info["width"]), int(info["height"]), anns)
+        entry = CocoImage.listed(self.coco, self.image_ids[index], self.images_dir)
+        return replace(entry, image=load_image(entry.path, max_side=None, exif=False),
+                       anns=self.coco.loadAnns(self.coco.getAnnIds(imgIds=[entry.image_id])))

@@ -6,7 +6,6 @@ A *record* is one image plus what is needed to rasterise its labels; :class:`Pat
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +17,15 @@ from PIL import Image
 
 from ..box_ops import box_xywh_to_xyxy
 from ..core.config import BAViTConfig
-from ..core.labels import FG_FRAC, VOID_VALUE, area_fractions, fg_from_fractions, labels_from_boxes, labels_from_mask
+from ..core.labels import (
+    BOX_TAU,
+    FG_FRAC,
+    VOID_VALUE,
+    area_fractions,
+    fg_from_fractions,
+    labels_from_boxes,
+    labels_from_mask,
+)
 from ..errors import DataError
 from ..imageio import load_image, to_tensor
 
@@ -67,7 +74,7 @@ class Record:
         return image
 
     def labels(self, grid: tuple[int, int], source: str = "mask", fg_frac: float = FG_FRAC,
-               box_rule: str = "coverage", box_tau: float = 0.5) -> torch.Tensor:
+               box_rule: str = "coverage", box_tau: float = BOX_TAU) -> torch.Tensor:
         """``[gh, gw]`` int64 token labels (1 FG, 0 BG, -100 ignore)."""
         if source == "mask":
             void = self.void_mask() if self.void_mask is not None else None
@@ -215,43 +222,11 @@ def voc_records(voc_root: str | Path, image_set: str = "val", year: str = "VOC20
 SUBSETS = ("all", "fit", "holdout")
 
 
-def _ranked(records: Sequence[Record], seed: int) -> list[int]:
-    """Record indices ordered by ``blake2b(f"{seed}:{image_id}")``: an order that depends on the ids alone."""
-    return sorted(range(len(records)),
-                  key=lambda i: hashlib.blake2b(f"{seed}:{records[i].image_id}".encode(), digest_size=8).digest())
-
-
-def fold_split(records: Sequence[Record], folds: int, fold: int, seed: int = 0) -> tuple[list[Record], list[Record]]:
-    """``(train, held)``: fold ``fold`` of a deterministic ``folds``-way split held out, the rest to train on.
-
-    The image at rank ``r`` of :func:`holdout_split`'s hash order is in fold ``r % folds``, so the folds partition
-    the set, their sizes differ by at most one, and they depend only on the image ids and the seed.
-    """
-    if folds < 2 or not 0 <= fold < folds:
-        raise DataError(f"--fold must be in 0..{folds - 1} of --folds >= 2, got fold {fold} of {folds}")
-    held = {index for rank, index in enumerate(_ranked(records, seed)) if rank % folds == fold}
-    return ([r for i, r in enumerate(records) if i not in held], [r for i, r in enumerate(records) if i in held])
-
-
-def holdout_split(records: Sequence[Record], fraction: float = 0.15, seed: int = 0) -> tuple[list[Record], list[Record]]:
-    """``(fit, holdout)``: a deterministic split of a set into images to train on and images held out (for
-    calibration and for choosing hyperparameters).
-
-    An image is held out when its rank by ``blake2b(f"{seed}:{image_id}")`` is among the first
-    ``round(fraction * N)``: the split depends only on the image ids, the fraction and the seed, not on the order
-    the records come in. Both parts keep the records' order.
-    """
-    if not 0.0 < fraction < 1.0:
-        raise DataError(f"the held-out fraction must be in (0, 1), got {fraction}")
-    held = set(_ranked(records, seed)[: round(fraction * len(records))])
-    return ([r for i, r in enumerate(records) if i not in held], [r for i, r in enumerate(records) if i in held])
-
-
 class PatchDataset(torch.utils.data.Dataset):
     """``(pixels [3, S, S], labels [G, G])`` for each record, without augmentation (evaluation)."""
 
     def __init__(self, records: Sequence[Record], config: BAViTConfig, label_source: str = "mask",
-                 box_rule: str = "coverage", box_tau: float = 0.5):
+                 box_rule: str = "coverage", box_tau: float = BOX_TAU):
         self.records = list(records)
         self.config = config
         self.label_kwargs = dict(source=label_source, fg_frac=config.fg_frac, box_rule=box_rule, box_tau=box_tau)

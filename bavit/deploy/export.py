@@ -100,8 +100,8 @@ def quantize_bavit(model: BAViT) -> bytes:
     """``bavit_int8.onnx``: :func:`export_bavit` with its MatMuls (the transformer blocks and the head) quantized to
     int8 by onnxruntime's dynamic quantization; the convolutional stem stays float32 (quantizing it was slower).
 
-    Faster than torch at nearly the same token accuracy; both are measured in README "Token accounting (paper
-    Table 2, Eq. 4) and measured speed-up" (``python -m bavit bench``, column "BAViT ms"; ``python -m bavit evaluate
+    Faster than torch at nearly the same token accuracy; both are measured in docs/results.md, "Token accounting
+    (paper Table 2, Eq. 4) and measured speed-up" (``python -m bavit bench``, column "BAViT ms"; ``python -m bavit evaluate
     --backend onnxruntime`` against ``--backend torch``)."""
     import tempfile
 
@@ -132,7 +132,7 @@ def export_pruned_yolos(detector, image_size: int = YOLOS_SIZE) -> bytes:
     example = (torch.zeros(1, 3, image_size, image_size), torch.arange(0, cells, 2, dtype=torch.int64))
     key = ("yolos_pruned", weights_digest(detector), detector.config.to_json_string(), image_size)
     return _cached(key, lambda: _export(
-        PrunedYolosGraph(detector, (image_size, image_size)), example, ["pixel_values", "keep_index"],
+        PrunedYolosGraph(detector), example, ["pixel_values", "keep_index"],
         ["logits", "pred_boxes"], {"pixels": None, "keep_index": {0: torch.export.Dim("kept", min=1, max=cells)}}))
 
 
@@ -209,5 +209,5 @@ def _readme(manifest: dict) -> str:
             f"- `yolos_pruned.onnx`: YOLOS ({det['source']}), pixel_values [1, 3, 512, 512] + keep_index int64 [K] -> "
             "logits, pred_boxes\n"
             f"- `yolos_dense.onnx`: the same detector, dense\n\n"
-            "Inputs, normalisation, labels, the keep-mask rule and the calibration are in `export.json`. The project "
-            "README's *Deployment* section runs these files with onnxruntime and numpy alone.\n")
+            "Inputs, normalisation, labels, the keep-mask rule and the calibration are in `export.json`. The project's "
+            "docs/deployment.md (*Deployment: ONNX and onnxruntime*) runs these files with onnxruntime and numpy alone.\n")

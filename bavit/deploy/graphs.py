@@ -2,11 +2,10 @@
 
 - :class:`BAViTGraph`: pixels ``[B, 3, 384, 384]`` -> FG probability ``[B, 24, 24]`` (BAViT's own ``fg_prob``).
 - :class:`PrunedYolosGraph`: pixels ``[1, 3, 512, 512]`` and the kept patch indices ``int64 [K]`` (row-major on the
-  32x32 grid, any order; K from 1 to 1024) -> ``logits [1, 100, C + 1]`` and ``pred_boxes [1, 100, 4]``, the outputs
-  of transformers' ``YolosForObjectDetection``. It is the pruned forward of :mod:`bavit.pruning.yolos` for one image:
-  tokens are gathered *before* the encoder, so every layer runs on ``1 + K + 100`` tokens. At batch 1 every row
-  keeps the same count, so no key mask is needed. The position embeddings of the fixed input size are computed
-  once here (transformers interpolates them from the pre-training size on every call) and gathered like the tokens.
+  32x32 grid, ascending; K from 1 to 1024) -> ``logits [1, 100, C + 1]`` and ``pred_boxes [1, 100, 4]``, the outputs
+  of transformers' ``YolosForObjectDetection``. It is the patch's own pruned forward for one image
+  (:meth:`bavit.pruning.yolos.PrunedYolosMixin.forward_kept`): tokens are gathered *before* the encoder, so every
+  layer runs on ``1 + K + 100`` tokens; at batch 1 no key mask is needed.
 - :class:`DenseYolosGraph`: the unmodified model, pixels -> logits, boxes.
 """
 from __future__ import annotations
@@ -15,6 +14,7 @@ import torch
 from torch import nn
 
 from ..core.model import BAViT
+from ..pruning.yolos import patch_yolos
 
 
 class BAViTGraph(nn.Module):
@@ -42,49 +42,16 @@ class DenseYolosGraph(nn.Module):
 
 
 class PrunedYolosGraph(nn.Module):
-    """``(pixels [1, 3, H, W], keep_index int64 [K]) -> (logits, pred_boxes)``: YOLOS on the kept patches only.
+    """``(pixels [1, 3, H, W], keep_index int64 [K]) -> (logits, pred_boxes)``: YOLOS on the kept patches only, by
+    the patch's own :meth:`~bavit.pruning.yolos.PrunedYolosMixin.forward_kept` (no second implementation).
 
     Args:
-        model: a ``YolosForObjectDetection`` (patched or not; only its submodules are used).
-        image_size: ``(H, W)`` of the input the graph is made for (512x512 here): its position embeddings are fixed.
+        model: a ``YolosForObjectDetection`` (patched here with :func:`bavit.pruning.yolos.patch_yolos` if it is not).
     """
 
-    def __init__(self, model, image_size: tuple[int, int]):
+    def __init__(self, model):
         super().__init__()
-        vit = model.vit
-        self.config = model.config
-        self.patch_embeddings = vit.embeddings.patch_embeddings
-        self.layers = vit.encoder.layer
-        self.layernorm = vit.layernorm
-        self.class_labels_classifier = model.class_labels_classifier
-        self.bbox_predictor = model.bbox_predictor
-        num_det = self.config.num_detection_tokens
-        with torch.no_grad():
-            position = vit.embeddings.interpolation(vit.embeddings.position_embeddings, image_size)[0]  # [S, D]
-            self.register_buffer("cls_token", (vit.embeddings.cls_token[0] + position[:1]).clone(), persistent=False)
-            self.register_buffer("det_tokens", (vit.embeddings.detection_tokens[0] + position[-num_det:]).clone(),
-                                 persistent=False)
-            self.register_buffer("patch_position", position[1:-num_det].clone(), persistent=False)  # [N, D]
-            mid = None
-            if self.config.use_mid_position_embeddings:
-                encoder = vit.encoder
-                mid = encoder.interpolation(encoder.mid_position_embeddings, image_size)[:, 0].clone()  # [L-1, S, D]
-        self.register_buffer("mid_position", mid, persistent=False)
+        self.model = patch_yolos(model)
 
     def forward(self, pixels: torch.Tensor, keep_index: torch.Tensor):
-        num_det = self.config.num_detection_tokens
-        patches = self.patch_embeddings(pixels)[0]  # [N, D]
-        kept = patches.index_select(0, keep_index) + self.patch_position.index_select(0, keep_index)
-        hidden = torch.cat([self.cls_token, kept, self.det_tokens], dim=0)[None]  # [1, 1 + K + det, D]
-        mid_index = None
-        if self.mid_position is not None:
-            total = self.mid_position.shape[1]
-            mid_index = torch.cat([keep_index.new_zeros(1), keep_index + 1,
-                                   torch.arange(total - num_det, total, device=keep_index.device)])
-        for depth, layer in enumerate(self.layers):
-            hidden = layer(hidden)
-            if self.mid_position is not None and depth < len(self.layers) - 1:
-                hidden = hidden + self.mid_position[depth].index_select(0, mid_index)[None]
-        hidden = self.layernorm(hidden)
-        detection = hidden[:, -num_det:]
-        return self.class_labels_classifier(detection), self.bbox_predictor(detection).sigmoid()
+        return self.model.forward_kept(pixels, keep_index)

@@ -29,8 +29,9 @@ import torch
 from ..errors import ConfigError
 
 BACKENDS = ("torch", "onnxruntime")
-# The default backend, from `python -m bavit bench` on the 2-core CPU machine (README, "Speed"): onnxruntime ran the
-# dense and the pruned YOLOS and BAViT faster than torch eager at every batch-8 level measured.
+# The default backend, from `python -m bavit bench` on the 2-core CPU machine (docs/results.md, "Token accounting
+# (paper Table 2, Eq. 4) and measured speed-up"): the pipeline ran faster on onnxruntime than in torch eager at
+# every level, batch 1 and 8.
 DEFAULT_BACKEND = "onnxruntime"
 
 
@@ -147,7 +148,7 @@ class OrtDetector:
         if keep_mask is None:
             logits, boxes = self.dense.run(None, {"pixel_values": pixels})
             return DetectorOutput(torch.from_numpy(logits), torch.from_numpy(boxes))
-        from ..pruning.yolos import check_keep_mask
+        from ..pruning.tokens import check_keep_mask
 
         keep = check_keep_mask(keep_mask, pixels.shape[0], (self.grid, self.grid), torch.device("cpu"))
         logits, boxes = [], []

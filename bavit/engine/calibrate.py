@@ -11,26 +11,25 @@ trained on all images can be calibrated on all of them, with a much smaller stan
 """
 from __future__ import annotations
 
-import os
 import sys
 from typing import Sequence
 
 import numpy as np
 import torch
 
-from ..core.model import BAViT, checkpoint_extra, load_checkpoint
+from ..core.checkpoint import Checkpoint, read_checkpoint, save_checkpoint
 from ..data.records import Record
 from ..errors import DataError
-from ..pruning.calibration import LEVELS, Calibration, calibrate, save_calibration
+from ..pruning.calibration import LEVELS, Calibration, calibrate
 from ..pruning.detector import yolos_grid
-from ..pruning.yolos import yolos_tiny_config
+from ..pruning.detector import yolos_tiny_config
 from .evaluate import predict_probs
 
 
-def check_unseen(checkpoint: str, records: list[Record], allow: bool = False) -> None:
+def check_unseen(checkpoint: Checkpoint, records: list[Record], allow: bool = False) -> None:
     """Refuse (:class:`DataError`) calibration images the checkpoint records as trained on, unless ``allow``;
     warn when it records nothing."""
-    trained = checkpoint_extra(checkpoint).get("train_image_ids")
+    trained = checkpoint.extra.get("train_image_ids")
     if trained is None:
         print("warning: the checkpoint does not record its training images; cannot check that the calibration "
               "images are new to it", file=sys.stderr)
@@ -50,11 +49,12 @@ def out_of_fold_probs(paths: list[str], records: list[Record], grid: int, batch_
         DataError: a model that does not record its training images or predicts another grid, or an image that
             every model trained on.
     """
+    folds = [read_checkpoint(path) for path in paths]
     trained = []
-    for path in paths:
-        ids = checkpoint_extra(path).get("train_image_ids")
+    for fold in folds:
+        ids = fold.extra.get("train_image_ids")
         if not ids:
-            raise DataError(f"fold model {path} does not record its training images")
+            raise DataError(f"fold model {fold.path} does not record its training images")
         trained.append({str(i) for i in ids})
     owner = []
     for record in records:
@@ -63,24 +63,24 @@ def out_of_fold_probs(paths: list[str], records: list[Record], grid: int, batch_
             raise DataError(f"every fold model trained on image {record.image_id}: no out-of-fold probability")
         owner.append(free[0])
     probs = np.zeros((len(records), grid, grid), dtype=np.float32)
-    for index, path in enumerate(paths):
+    for index, fold in enumerate(folds):
         mine = [k for k, o in enumerate(owner) if o == index]
         if not mine:
             continue
-        model = load_checkpoint(path)
-        if model.config.grid_size != grid:
-            raise DataError(f"fold model {path} predicts a {model.config.grid_size}x{model.config.grid_size} grid, "
-                            f"not {grid}x{grid}")
-        probs[mine] = predict_probs(model, [records[k] for k in mine], batch_size)[0]
+        side = fold.config.grid_size
+        if side != grid:
+            raise DataError(f"fold model {fold.path} predicts a {side}x{side} grid, not {grid}x{grid}")
+        probs[mine] = predict_probs(fold.model, [records[k] for k in mine], batch_size)[0]
     return probs
 
 
-def calibrate_checkpoint(model: BAViT, checkpoint: str | os.PathLike, records: list[Record], source: str,
-                         batch_size: int = 16, fold_models: Sequence[str] = (),
+def calibrate_checkpoint(checkpoint: Checkpoint, records: list[Record], source: str, batch_size: int = 16,
+                         fold_models: Sequence[str] = (),
                          allow_trained_images: bool = False) -> tuple[Calibration, torch.Tensor]:
-    """Calibrate ``model`` (loaded from ``checkpoint``) on ``records`` and store the result in ``checkpoint``.
+    """Calibrate the model of ``checkpoint`` (:func:`bavit.core.checkpoint.read_checkpoint`) on ``records`` and
+    store the result in its file (rewritten with the same weights, config and ``extra``).
 
-    The probabilities come from ``model`` itself (refused on images it trained on, :func:`check_unseen`, unless
+    The probabilities come from the model itself (refused on images it trained on, :func:`check_unseen`, unless
     ``allow_trained_images``) or, with ``fold_models``, out of fold (:func:`out_of_fold_probs`). ``source`` says
     where the images come from (stored in the calibration). Returns the calibration and the probabilities
     ``[N, G, G]`` it was computed from.
@@ -91,10 +91,10 @@ def calibrate_checkpoint(model: BAViT, checkpoint: str | os.PathLike, records: l
     if not records:
         raise DataError("no calibration images")
     if fold_models:
-        probs = out_of_fold_probs(list(fold_models), records, model.config.grid_size, batch_size)
+        probs = out_of_fold_probs(list(fold_models), records, checkpoint.config.grid_size, batch_size)
     else:
-        check_unseen(str(checkpoint), records, allow_trained_images)
-        probs, _ = predict_probs(model, records, batch_size)
+        check_unseen(checkpoint, records, allow_trained_images)
+        probs, _ = predict_probs(checkpoint.model, records, batch_size)
     calibration = calibrate(probs, LEVELS, grid=yolos_grid(yolos_tiny_config().patch_size), source=source)
-    save_calibration(checkpoint, calibration)
+    save_checkpoint(checkpoint.model, checkpoint.path, checkpoint.extra, calibration.to_dict())
     return calibration, torch.from_numpy(probs)

@@ -3,18 +3,20 @@ is ``python -m bavit evaluate`` (:mod:`bavit.cli.evaluate`)."""
 from __future__ import annotations
 
 import json
-import os
 from typing import Sequence
 
 import numpy as np
 import torch
 
 from ..pruning.keep_mask import keep_mask_from_probs
-from ..core.model import BAViT, checkpoint_extra
-from ..data.records import PatchDataset, Record
-from ..pruning.calibration import Calibration, load_calibration
+from ..core.checkpoint import Checkpoint
+from ..core.labels import BOX_TAU
+from ..core.model import BAViT
+from ..data.records import Record
+from ..predictor import Predictor
+from ..pruning.calibration import Calibration
 from ..pruning.detector import yolos_grid
-from ..pruning.yolos import yolos_tiny_config
+from ..pruning.detector import yolos_tiny_config
 from .budget import DEFAULT_LEVELS, PLOT_LEVELS, evaluate_budget
 from .metrics import TokenMetrics
 
@@ -22,25 +24,30 @@ METRIC_KEYS = ("token_accuracy", "balanced_accuracy", "fg_precision", "fg_recall
 
 
 @torch.no_grad()
-def predict_probs(model: BAViT, records: list[Record], batch_size: int = 16, label_source: str = "mask",
-                  box_rule: str = "coverage", box_tau: float = 0.5,
-                  backend: str = "torch", int8: bool = True, runner=None) -> tuple[np.ndarray, np.ndarray]:
-    """FG probabilities ``[N, G, G]`` and labels ``[N, G, G]`` for ``records`` (``backend``: ``"torch"`` runs
-    ``model`` itself, ``"onnxruntime"`` its ONNX export, with int8 MatMuls unless ``int8=False``, as the Predictor
-    does; a ``runner``, ``pixels [B, 3, S, S] -> fg_prob [B, G, G]`` such as a Predictor's ``bavit_runner``, is used
-    instead of either when given)."""
-    from ..deploy.runtime import bavit_runner
+def predict_probs(model: BAViT | Predictor, records: list[Record], batch_size: int = 16, label_source: str = "mask",
+                  box_rule: str = "coverage", box_tau: float = BOX_TAU, backend: str = "torch",
+                  int8: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """FG probabilities ``[N, G, G]`` (the Predictor's batched BAViT step, :meth:`Predictor.set_images`) and
+    labels ``[N, G, G]`` for ``records``.
 
-    dataset = PatchDataset(records, model.config, label_source, box_rule, box_tau)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False)
+    Args:
+        model: a BAViT, run by a Predictor on ``backend`` (``"torch"``, or ``"onnxruntime"`` with int8 MatMuls
+            unless ``int8=False``, as the app runs it), or a :class:`~bavit.predictor.Predictor` to use as it is.
+        records: the images; labels by ``label_source`` (``"mask"`` or ``"boxes"`` with ``box_rule``/``box_tau``).
+    """
+    predictor = model if isinstance(model, Predictor) else Predictor(bavit=model, detector=None, backend=backend,
+                                                                       bavit_int8=int8)
+    config = predictor.bavit.config
+    grid = (config.grid_size, config.grid_size)
+    label_kwargs = dict(source=label_source, fg_frac=config.fg_frac, box_rule=box_rule, box_tau=box_tau)
     probs, labels = [], []
-    model.eval()
-    if runner is None:
-        runner = model.fg_prob if backend == "torch" else bavit_runner(model.for_inference(), backend, int8=int8)
-    for pixels, batch_labels in loader:
-        probs.append(runner(pixels))
-        labels.append(batch_labels)
-    return torch.cat(probs).numpy(), torch.cat(labels).numpy()
+    for start in range(0, len(records), batch_size):
+        chunk = records[start:start + batch_size]
+        probs.append(predictor.set_images([record.load_image() for record in chunk], detect=False).fg_prob)
+        labels += [record.labels(grid, **label_kwargs) for record in chunk]
+    if not records:
+        return np.zeros((0, *grid), np.float32), np.zeros((0, *grid), np.int64)
+    return torch.cat(probs).numpy(), torch.stack(labels).numpy()
 
 
 def score(grids: np.ndarray, labels: np.ndarray, records: list[Record], grid: int) -> dict:
@@ -139,23 +146,22 @@ def format_table(result: dict, title: str = "") -> str:
     return "\n".join(lines)
 
 
-def evaluate_checkpoint(model: BAViT, checkpoint: str | os.PathLike, records: list[Record], threshold: float = 0.5,
+def evaluate_checkpoint(checkpoint: Checkpoint, records: list[Record], threshold: float = 0.5,
                         cca_steps: int = 3, batch_size: int = 16, label_source: str = "mask",
                         sweep: Sequence[float] = (), levels: Sequence[float] = DEFAULT_LEVELS, curve: bool = False,
                         backend: str = "torch", float32: bool = False) -> tuple[dict, Calibration | None, int]:
-    """:func:`evaluate` of ``model``, loaded from ``checkpoint``, with that file's training prior and calibration,
-    on the YOLOS-tiny grid; ``curve`` adds the :data:`~bavit.engine.budget.PLOT_LEVELS` curve for a plot.
+    """:func:`evaluate` of the model of ``checkpoint`` (:func:`~bavit.core.checkpoint.read_checkpoint`), with that
+    file's training prior and calibration, on the YOLOS-tiny grid; ``curve`` adds the :data:`~bavit.engine.budget.PLOT_LEVELS` curve for a plot.
 
     Returns ``(result, calibration, grid)``: :func:`evaluate`'s dict plus ``checkpoint``, ``backend``, ``config``
     and ``train_images``; the checkpoint's calibration (None without one) and the detector grid side."""
-    extra = checkpoint_extra(checkpoint)
+    model, extra, calibration = checkpoint.model, checkpoint.extra, Calibration.from_checkpoint(checkpoint)
     prior = np.asarray(extra["fg_prior"]) if "fg_prior" in extra else None
-    calibration = load_calibration(checkpoint)
     grid = yolos_grid(yolos_tiny_config().patch_size)
     result = evaluate(model, records, threshold, cca_steps, prior, batch_size, label_source, tuple(sweep),
                       tuple(levels), calibration, grid, curve_levels=PLOT_LEVELS if curve else (), backend=backend,
                       int8=not float32)
-    result["checkpoint"] = str(checkpoint)
+    result["checkpoint"] = str(checkpoint.path)
     result["backend"] = backend if backend == "torch" else f"{backend} ({'float32' if float32 else 'int8 MatMuls'})"
     result["config"] = json.loads(model.config.to_json())
     result["train_images"] = extra.get("train_images")

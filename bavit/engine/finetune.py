@@ -16,10 +16,8 @@ Conventions shared with ``python -m bavit train``: a tqdm bar with the running l
 per epoch in ``OUT/metrics.jsonl``, and an atomic checkpoint after every epoch in ``OUT/checkpoint/``:
 ``save_pretrained`` files (loadable with ``--detector OUT/checkpoint``) + ``train_state.safetensors`` (AdamW state
 and progress, :mod:`bavit.engine.state`; no pickles) + ``train_state.json`` (epoch, step, settings, to read).
-The folder is written under a temporary name and swapped in with renames (:func:`bavit.files.atomic_dir`), so
-an interrupt leaves the previous epoch's checkpoint whole (and the next run deletes the temporary folder a
-killed one left). ``--resume``
-continues after the saved epoch; the shuffle order depends only on (seed, epoch), so a resumed run sees the same
+The folder is swapped in with renames (:func:`bavit.files.atomic_dir`), so an interrupt leaves the previous
+epoch's checkpoint whole. ``--resume`` continues after the saved epoch; the shuffle order depends only on (seed, epoch), so a resumed run sees the same
 batches as an uninterrupted one.
 """
 from __future__ import annotations
@@ -27,105 +25,22 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
-from ..box_ops import box_xywh_to_xyxy
-from ..core.cca import cca
-from ..core.labels import labels_from_boxes
-from ..data.coco import CocoDetection, label_to_category, resolve_paths, yolos_targets
+from ..data.coco import CocoDetection, label_to_category, resolve_paths
 from ..errors import CheckpointError, ConfigError, DataError
 from ..files import atomic_dir, recover_dir, remove_stale_temps
-from ..imageio import to_tensor
-from ..pruning.detector import YOLOS_SIZE, yolos_grid, yolos_pixels
-from ..pruning.keep_mask import keep_mask_from_probs
-from ..pruning.settings import cca_steps_value, keep_ratio_value, threshold_value
+from ..predictor import Predictor
+from ..pruning.detector import yolos_grid
+from .finetune_data import FinetuneConfig, FinetuneSamples, bavit_keep_mask, collate
 from .state import load_training_state, save_training_state
 
 CHECKPOINT_DIR = "checkpoint"
 STATE_FILE = "train_state.json"  # readable copy of the progress
 TRAIN_STATE_FILE = "train_state.safetensors"  # optimizer + progress (bavit.engine.state)
-MASK_SOURCES = ("bavit", "gt-boxes")
-
-
-@dataclass
-class FinetuneConfig:
-    """Optimisation and masking settings (stored in ``train_state.json``)."""
-
-    epochs: int = 30  # paper: 30 epochs of sparse fine-tuning
-    batch_size: int = 8
-    lr: float = 2.5e-5  # AdamW, constant
-    weight_decay: float = 1e-4
-    clip_grad: float = 0.1  # max gradient norm (DETR / YOLOS default); 0 disables
-    image_size: int = YOLOS_SIZE
-    mask_source: str = "gt-boxes"
-    threshold: float | None = 0.5  # BAViT FG-probability threshold (mask_source="bavit")
-    keep_ratio: float | None = None  # top-k fraction instead of the threshold
-    cca_steps: int = 3
-    box_tau: float = 0.5  # gt-boxes: a patch is FG when at least this fraction of it lies in a box
-    seed: int = 0
-    workers: int = 0
-
-    def __post_init__(self) -> None:
-        if self.mask_source not in MASK_SOURCES:
-            raise ConfigError(f"mask_source must be one of {MASK_SOURCES}, got {self.mask_source!r}")
-        if self.epochs < 1 or self.batch_size < 1:
-            raise ConfigError("epochs and batch size must be >= 1")
-        if self.lr <= 0:
-            raise ConfigError(f"learning rate must be > 0, got {self.lr}")
-        self.cca_steps = cca_steps_value(self.cca_steps)
-        if self.keep_ratio is not None:
-            self.keep_ratio = keep_ratio_value(self.keep_ratio)
-        if self.threshold is not None:
-            self.threshold = threshold_value(self.threshold)
-
-
-class FinetuneSamples(torch.utils.data.Dataset):
-    """``dataset[i] -> dict``: ``pixels [3, S, S]`` (YOLOS input), ``target`` (YOLOS labels dict), and either
-    ``bavit_pixels [3, 384, 384]`` (mask_source="bavit") or ``gt_keep bool [S/p, S/p]`` (mask_source="gt-boxes")."""
-
-    def __init__(self, images: CocoDetection, category_to_label: dict[int, int], cfg: FinetuneConfig,
-                 patch_size: int, bavit_config=None):
-        self.images, self.category_to_label, self.cfg = images, category_to_label, cfg
-        self.grid = yolos_grid(patch_size, cfg.image_size)
-        self.bavit_config = bavit_config
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, index: int) -> dict:
-        item = self.images[index]
-        sample = {
-            "pixels": yolos_pixels(item.image, self.cfg.image_size),
-            "target": yolos_targets(item.anns, item.width, item.height, self.category_to_label),
-        }
-        if self.bavit_config is not None:
-            c = self.bavit_config
-            sample["bavit_pixels"] = to_tensor(item.image, c.img_size, c.mean, c.std)
-        else:
-            boxes = box_xywh_to_xyxy([a["bbox"] for a in item.anns]).tolist()
-            grid = labels_from_boxes(boxes, (item.width, item.height), (self.grid, self.grid), "coverage",
-                                     self.cfg.box_tau)
-            sample["gt_keep"] = cca(grid.bool(), self.cfg.cca_steps)
-        return sample
-
-
-def collate(samples: list[dict]) -> dict:
-    batch = {"pixels": torch.stack([s["pixels"] for s in samples]), "targets": [s["target"] for s in samples]}
-    for key in ("bavit_pixels", "gt_keep"):
-        if key in samples[0]:
-            batch[key] = torch.stack([s[key] for s in samples])
-    return batch
-
-
-@torch.no_grad()
-def bavit_keep_mask(bavit, bavit_pixels: torch.Tensor, cfg: FinetuneConfig, grid: int) -> torch.Tensor:
-    """``[B, 3, 384, 384]`` -> ``bool [B, grid, grid]``: the inference-time masks (the pipeline's keep-mask rule,
-    :func:`bavit.pruning.keep_mask.keep_mask_from_probs`)."""
-    return keep_mask_from_probs(bavit.fg_prob(bavit_pixels), threshold=None if cfg.keep_ratio is not None else cfg.threshold,
-                                keep_ratio=cfg.keep_ratio, cca_steps=cfg.cca_steps, grid=grid).keep_mask
 
 
 def train_step(model, optimizer: torch.optim.Optimizer, pixels: torch.Tensor, keep_mask: torch.Tensor | None,
@@ -231,8 +146,9 @@ def finetune(detector, images: CocoDetection, cfg: FinetuneConfig, output: str |
         state = load_train_state(checkpoint, optimizer)
         start_epoch, step = int(state["epoch"]), int(state.get("step", 0))
         base = base or state.get("base")
-    if bavit is not None:
-        bavit.eval()
+    predictor = None
+    if cfg.mask_source == "bavit":  # BAViT's side of the app's pipeline, on torch (the Predictor copies the model)
+        predictor = Predictor(bavit=bavit, detector=None, backend="torch", image_size=cfg.image_size)
     metrics_file = output / "metrics.jsonl"
     output.mkdir(parents=True, exist_ok=True)
     steps_run = 0
@@ -248,7 +164,7 @@ def finetune(detector, images: CocoDetection, cfg: FinetuneConfig, output: str |
         bar = tqdm(loader, desc=f"epoch {epoch}/{cfg.epochs}", disable=not progress, leave=False)
         for batch in bar:
             if cfg.mask_source == "bavit":
-                keep_mask = bavit_keep_mask(bavit, batch["bavit_pixels"], cfg, samples.grid)
+                keep_mask = bavit_keep_mask(predictor, batch["bavit_pixels"], cfg)
             else:
                 keep_mask = batch["gt_keep"]
             logged = train_step(model, optimizer, batch["pixels"], keep_mask, batch["targets"], cfg.clip_grad)
@@ -293,7 +209,7 @@ def finetune_coco(detector: str, cfg: FinetuneConfig, output: str | Path, *, coc
     Raises:
         ConfigError: a detector that is not YOLOS. CheckpointError, DataError: see :func:`finetune`.
     """
-    from ..core.model import load_checkpoint
+    from ..core.checkpoint import load_checkpoint
     from ..pruning.detector import load_yolos_model
 
     model = None

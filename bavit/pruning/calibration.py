@@ -4,8 +4,8 @@ Table 2 of the paper sets sparsity with one confidence threshold for the whole s
 content asks for, and the table's sparsity is the mean over images. :func:`calibrate` finds, for each target mean
 sparsity (0-95% in 1% steps) and each number of CCA steps, the threshold that gives that mean on a set of
 calibration images, through the pipeline's own keep-mask rule (:func:`bavit.pruning.keep_mask.keep_mask_from_probs`
-on the YOLOS grid). The result is stored in the BAViT checkpoint's safetensors metadata (key ``calibration``), so
-loading a checkpoint brings its calibration along.
+on the YOLOS grid). The result is stored in the BAViT checkpoint (:mod:`bavit.core.checkpoint`, key
+``calibration``), so reading a checkpoint brings its calibration along (:meth:`Calibration.from_checkpoint`).
 
 Calibrate on images the model did not train on: a model is more confident on its training images, so thresholds
 taken from them give less sparsity on new images than asked (``python -m bavit calibrate`` refuses images the
@@ -13,20 +13,17 @@ checkpoint records as trained on).
 """
 from __future__ import annotations
 
-import json
-import os
 from dataclasses import asdict, dataclass
 from typing import Sequence
 
 import numpy as np
 import torch
 
-from ..core.model import read_checkpoint_metadata, update_checkpoint_metadata
+from ..core.checkpoint import Checkpoint
 from ..errors import CheckpointError, ConfigError
 from .keep_mask import closest_index, keep_mask_from_probs
 from .settings import cca_steps_value, sparsity_value
 
-METADATA_KEY = "calibration"
 LEVELS = tuple(round(0.01 * i, 2) for i in range(96))  # target mean sparsity: 0%, 1%, ..., 95%
 CCA_STEPS = (0, 1, 2, 3, 4, 5)  # every setting of the app's CCA slider
 
@@ -70,20 +67,34 @@ class Calibration:
                               f"0.35 for 35%), got {sparsity:g}")
         return float(np.interp(sparsity, self.levels, self.thresholds[cca_steps]))
 
-    def to_json(self) -> str:
+    def to_dict(self) -> dict:
+        """JSON data: what a checkpoint stores (``save_checkpoint(..., calibration=c.to_dict())``)."""
         data = asdict(self)
         data["thresholds"] = {str(k): list(v) for k, v in self.thresholds.items()}
         data["achieved"] = {str(k): list(v) for k, v in self.achieved.items()}
-        return json.dumps(data, sort_keys=True)
+        return data
 
     @classmethod
-    def from_json(cls, text: str) -> "Calibration":
-        data = json.loads(text)
+    def from_dict(cls, data: dict) -> "Calibration":
         return cls(levels=tuple(data["levels"]),
                    thresholds={int(k): tuple(v) for k, v in data["thresholds"].items()},
                    achieved={int(k): tuple(v) for k, v in data["achieved"].items()},
                    grid=int(data["grid"]), resample=data["resample"], images=int(data["images"]),
                    source=data.get("source", ""))
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint: Checkpoint) -> "Calibration | None":
+        """The calibration stored with a checkpoint (:func:`bavit.core.checkpoint.read_checkpoint`), or None.
+
+        Raises:
+            CheckpointError: a stored calibration that is not one.
+        """
+        if checkpoint.calibration is None:
+            return None
+        try:
+            return cls.from_dict(checkpoint.calibration)
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise CheckpointError(f"{checkpoint.path}: stored calibration is invalid ({exc})") from None
 
 
 def sparsity_at(fg_prob: torch.Tensor, threshold: float, cca_steps: int, grid: int,
@@ -158,21 +169,4 @@ def calibrate(fg_prob: np.ndarray | torch.Tensor, levels: Sequence[float] = LEVE
     return Calibration(levels, thresholds, achieved, grid, resample, len(probs), source)
 
 
-def save_calibration(checkpoint: str | os.PathLike, calibration: Calibration) -> None:
-    """Store ``calibration`` in the checkpoint's safetensors metadata (the weights are rewritten unchanged)."""
-    update_checkpoint_metadata(checkpoint, {METADATA_KEY: calibration.to_json()})
-
-
-def load_calibration(checkpoint: str | os.PathLike) -> Calibration | None:
-    """The calibration stored with a checkpoint, or ``None`` when it has none."""
-    text = read_checkpoint_metadata(checkpoint).get(METADATA_KEY)
-    if text is None:
-        return None
-    try:
-        return Calibration.from_json(text)
-    except (ValueError, KeyError, TypeError) as exc:
-        raise CheckpointError(f"{checkpoint}: stored calibration is invalid ({exc})") from None
-
-
-__all__ = ["Calibration", "calibrate", "sparsity_at", "sparsity_standard_error", "save_calibration", "load_calibration",
-           "LEVELS", "CCA_STEPS"]
+__all__ = ["Calibration", "calibrate", "sparsity_at", "sparsity_standard_error", "LEVELS", "CCA_STEPS"]

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional, Union
 
 import torch
 from PIL import Image
+from transformers import YolosConfig, YolosForObjectDetection
 
 from ..core.config import IMAGENET_MEAN, IMAGENET_STD
 from ..errors import ConfigError, WeightsUnavailableError
@@ -104,3 +107,87 @@ def _load_weights(source: str, config, local_files_only: bool = False):
         if local_files_only:
             raise
         raise WeightsUnavailableError(f"could not load detector weights from {source!r} ({exc}). {HOW_TO_GET_WEIGHTS}") from None
+
+
+def yolos_tiny_config(**overrides) -> YolosConfig:
+    """The architecture of ``hustvl/yolos-tiny`` (192 wide, 12 layers, 3 heads, 100 detection tokens, 91 labels)."""
+    values = dict(
+        hidden_size=192,
+        num_hidden_layers=12,
+        num_attention_heads=3,
+        intermediate_size=768,
+        image_size=[800, 1333],
+        patch_size=16,
+        num_detection_tokens=100,
+        use_mid_position_embeddings=False,
+        num_labels=91,
+        layer_norm_eps=1e-12,
+        attn_implementation="sdpa",
+    )
+    values.update(overrides)
+    return YolosConfig(**values)
+
+
+def random_yolos_tiny(seed: int = 0, **overrides) -> YolosForObjectDetection:
+    """YOLOS-tiny architecture at random init (latency measurements only; its detections mean nothing). The init
+    draws from ``seed`` alone; torch's global generator is left as it was."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return YolosForObjectDetection(yolos_tiny_config(**overrides)).eval()
+
+
+RANDOM_INIT_NOTE = "YOLOS-tiny architecture, random init (latency only; no detections shown)"
+
+
+@dataclass(frozen=True)
+class OpenedDetector:
+    """A detector as the Predictor holds it: the patched model and its processor, or none where weights are missing.
+
+    ``status`` says which in words (shown by the app); ``latency_note`` says what the detector latency is measured
+    on (the weights, or the YOLOS-tiny architecture at random init).
+    """
+
+    model: Optional[YolosForObjectDetection]  # patched (bavit.pruning.yolos.patch_yolos); None without weights
+    processor: Optional[object]  # transformers' YolosImageProcessor of those weights
+    status: str
+    latency_note: str
+
+
+def _processor(source: Optional[str]):
+    from transformers import YolosImageProcessor
+
+    if source is None:
+        return YolosImageProcessor()
+    try:
+        return YolosImageProcessor.from_pretrained(str(source))
+    except Exception:  # no preprocessor_config.json next to the weights: the YOLOS defaults (ImageNet stats)
+        return YolosImageProcessor()
+
+
+def open_detector(source: Union[str, os.PathLike, YolosForObjectDetection, None]) -> OpenedDetector:
+    """Load and patch the detector at ``source`` (hub id, local directory, or a loaded model, patched in place).
+
+    Missing weights are not an error here (the app still shows BAViT's grids): the result then has no model and its
+    ``status`` says how to get them.
+
+    Raises:
+        ConfigError: ``source`` is not a YOLOS model.
+    """
+    from .yolos import patch_yolos
+
+    if source is None:
+        return OpenedDetector(None, None, "No detector: BAViT grids only.", "no detector")
+    if isinstance(source, torch.nn.Module):
+        saved = getattr(source, "name_or_path", "")  # its own preprocessor config when saved with one
+        return OpenedDetector(patch_yolos(source), _processor(saved if saved and os.path.isdir(saved) else None),
+                              "Detector: a loaded YOLOS model (its weights as given).", "the loaded detector")
+    try:
+        model = patch_yolos(load_yolos_model(source))
+    except WeightsUnavailableError as exc:
+        status = f"Detector weights unavailable, detections are off. {exc}"
+        if HOW_TO_GET_WEIGHTS not in str(exc):
+            status += " " + HOW_TO_GET_WEIGHTS
+        return OpenedDetector(None, None, status, RANDOM_INIT_NOTE)
+    except ValueError as exc:
+        raise ConfigError(f"detector {source}: {exc}") from None
+    return OpenedDetector(model, _processor(source), f"Detector: {source} (pretrained weights).", f"{source} weights")

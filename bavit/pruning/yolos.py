@@ -3,13 +3,9 @@
 ``patch_yolos(model)`` swaps the model's class for a subclass whose ``forward`` also takes a ``keep_mask``
 (``bool [B, H/16, W/16]``, True = FG patch to compute). Nothing is copied: the embeddings, encoder layers, final
 layer norm, heads and loss are transformers' own modules, called on a shorter sequence. As in ToMe, the patch also
-swaps the class of every ``YolosSelfAttention`` module for a subclass that reads the padding key mask from a small
-state object owned by the patch (``model._bavit_info``, shared by the model and all its self-attention modules),
-so no mask has to travel through transformers' layer signatures and nothing reads transformers' private
-attributes. The state is a ``threading.local``: the key mask is set just before the encoder layers run and reset
-to None right after (also when they raise), and a thread only ever sees the mask it set itself, so two threads
-(the Predictor's) can run pruned forwards on one model at the same time. With no mask set in its own thread, the
-patched self-attention is transformers' unmodified forward (dense runs, unpadded pruned runs).
+swaps the class of every self-attention module (:mod:`bavit.pruning.attention`): they read a padded batch's key
+mask from a per-thread state the patch owns (``model._bavit_info``), so two threads (the Predictor's) can run
+pruned forwards on one model at the same time; with no mask set, they are transformers' unmodified forward.
 
 Pruned sequence, per image: ``[CLS, kept patch tokens (row-major), detection tokens]``. Kept patch tokens are
 gathered *after* the (interpolated) position embeddings are added, the 100 detection tokens stay last (the heads
@@ -24,159 +20,23 @@ Batches whose images keep different numbers of patches run in one of two ways (`
   whatever attention implementation the model was loaded with (so padded batches also work under "eager").
 * ``"per_image"``: one run per image, no padding and no mask.
 
-Measured with ``python -m bavit.bench.batch_modes`` (YOLOS-tiny architecture, 512x512, batch 8, kept counts spread
-+-10% of the grid around the level, torch 2.14 CPU, median ms of 5 (1 thread: 3) interleaved runs, on the shared
-2-core dev machine under a load average of ~6, so expect +-20% noise)::
-
-    threads, OpenMP wait policy     sparsity  padded  per_image
-    2, OMP_WAIT_POLICY=PASSIVE      29%       2826    2179
-                                    35%       2767    2131
-                                    46%       1835    1539
-    1                               29%       2575    2115
-                                    35%       2872    2907
-                                    46%       1521    1450
-    2, libgomp default (spinning)   29%       3360    9074
-                                    35%       5720   20793
-                                    46%       3288   11400
-
-Per-image runs do fewer FLOPs (no pads) and are 0-23% faster whenever threads are not fighting for cores, so
-``"per_image"`` is the default for mixed counts. On an oversubscribed CPU with spinning OpenMP threads (the
-last rows) every parallel region waits for a descheduled thread, and padding's 8x fewer, larger kernels win by
-~3x: there, pass ``batch_mode="padded"`` or (better) set ``OMP_WAIT_POLICY=PASSIVE``. Batches whose images all
-keep the same count always run batched without padding, through the model's own attention implementation.
+``"per_image"`` is the default (fewer FLOPs, faster on this project's CPU: docs/results.md,
+``python -m bavit.bench.batch_modes``). Batches whose images all keep the same count always run batched without
+padding, through the model's own attention implementation.
 """
 from __future__ import annotations
 
-import threading
-from dataclasses import dataclass
 from typing import Optional
 
-import numpy as np
 import torch
-from transformers import YolosConfig, YolosForObjectDetection
-from transformers.models.yolos.modeling_yolos import YolosObjectDetectionOutput, YolosSelfAttention
+from transformers import YolosForObjectDetection
 
 from ..errors import ConfigError
+from .attention import PruningState, patch_attention
+from .tokens import PrunedYolosOutput, check_keep_mask, gather_tokens, sequence_index
 
 BATCH_MODES = ("per_image", "padded")
 DEFAULT_BATCH_MODE = "per_image"
-
-
-@dataclass
-class PrunedYolosOutput(YolosObjectDetectionOutput):
-    """YOLOS output plus ``kept_patches`` (``LongTensor [B]``, patch tokens each image kept).
-
-    ``last_hidden_state`` (after the final layer norm) is ``[B, 1 + N + 100, D]`` with zeros at pruned patch
-    positions when ``output_full_hidden_state=True`` (paper §3.5), else the compact ``[B, 1 + K_max + 100, D]``
-    sequence ``[CLS, kept patches, zero pads, detection tokens]``.
-    """
-
-    kept_patches: Optional[torch.LongTensor] = None
-
-
-def check_keep_mask(keep_mask, batch_size: int, grid: tuple[int, int], device: torch.device) -> torch.Tensor:
-    """Validate a keep mask and flatten it to ``bool [B, gh * gw]`` (row-major, like YOLOS' patch order).
-
-    Raises:
-        ValueError: wrong shape (the message gives the expected and the given shape) or a float mask.
-    """
-    mask = torch.as_tensor(np.asarray(keep_mask) if not isinstance(keep_mask, torch.Tensor) else keep_mask)
-    expected = (batch_size, grid[0], grid[1])
-    if tuple(mask.shape) != expected:
-        raise ValueError(
-            f"keep_mask must have shape [B, H/patch, W/patch] = {list(expected)} for this input, "
-            f"got {list(mask.shape)}"
-        )
-    if mask.is_floating_point() or mask.is_complex():
-        raise ValueError(f"keep_mask must be boolean (True = keep the patch), got dtype {mask.dtype}")
-    return mask.to(device=device).bool().reshape(batch_size, -1)
-
-
-def sequence_index(keep: torch.Tensor, num_patches: int, num_det: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Positions in the dense ``[CLS, N patches, det]`` sequence that the pruned sequence takes.
-
-    Args:
-        keep: ``bool [B, N]`` flattened keep mask.
-        num_patches: ``N``.
-        num_det: detection tokens (100).
-    Returns:
-        ``index`` ``long [B, 1 + K_max + num_det]`` (pads point at CLS) and ``valid`` ``bool`` of the same shape
-        (False at pads). Layout per row: CLS, kept patches in row-major order, pads, detection tokens.
-    """
-    batch, _ = keep.shape
-    counts = keep.sum(1)
-    k_max = int(counts.max()) if batch else 0
-    # Stable sort puts kept patches first, in their original (row-major) order.
-    order = torch.sort((~keep).to(torch.uint8), dim=1, stable=True).indices[:, :k_max]
-    slot_valid = torch.arange(k_max, device=keep.device)[None] < counts[:, None]
-    patch_index = torch.where(slot_valid, order + 1, torch.zeros_like(order))
-    cls_index = torch.zeros(batch, 1, dtype=torch.long, device=keep.device)
-    det_index = (1 + num_patches + torch.arange(num_det, device=keep.device)).expand(batch, -1)
-    index = torch.cat([cls_index, patch_index, det_index], dim=1)
-    ones = torch.ones(batch, 1, dtype=torch.bool, device=keep.device)
-    valid = torch.cat([ones, slot_valid, ones.expand(batch, num_det)], dim=1)
-    return index, valid
-
-
-def _gather(tokens: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """``tokens [B or 1, S, D]`` gathered at ``index [B, S']`` -> ``[B, S', D]``."""
-    tokens = tokens.expand(index.shape[0], -1, -1)
-    return torch.gather(tokens, 1, index[..., None].expand(-1, -1, tokens.shape[-1]))
-
-
-class PruningState(threading.local):
-    """The patch's state, shared by a patched model and all its self-attention modules (``_bavit_info``).
-
-    ``key_mask`` (``bool [b, 1, 1, S]``, True = attend, or None) is per thread: :meth:`PrunedYolosMixin._encode`
-    sets it around the encoder layers in the calling thread, so concurrent forwards on one model never see each
-    other's masks. Copies (``copy.deepcopy``, pickle) get a fresh state with no mask set. The flip side: layers
-    run outside the forward's own call in its own thread (``torch.nn.DataParallel`` replicas, gradient-checkpointing
-    recomputation during backward) would not see the mask; the patch supports neither.
-    """
-
-    key_mask: Optional[torch.Tensor] = None
-
-    def __reduce__(self):
-        return (type(self), ())
-
-
-class PrunedSelfAttentionMixin:
-    """Mixed in front of ``YolosSelfAttention`` (or a subclass) by :func:`patch_yolos`."""
-
-    _bavit_info: PruningState
-
-    def forward(self, hidden_states: torch.Tensor, *args, **kwargs):
-        """Copied from transformers.models.yolos.modeling_yolos.YolosSelfAttention.forward, with modifications:
-        when the patch's state holds a key mask (``bool [b, 1, 1, S]``, True = attend), attention runs through
-        ``torch.nn.functional.scaled_dot_product_attention`` with that mask, so pads are hidden from every query;
-        without one, this is transformers' own forward.
-
-        Returns:
-            ``(context [b, S, all_head_size], None)`` with a key mask (no attention probabilities), else whatever
-            transformers' forward returns.
-        """
-        key_mask = self._bavit_info.key_mask
-        if key_mask is None:
-            return super().forward(hidden_states, *args, **kwargs)
-        if any(arg is not None for arg in args) or any(value is not None for value in kwargs.values()):
-            raise ValueError("pruned YOLOS attention with a padding key mask takes no head mask or other arguments")
-        batch_size = hidden_states.shape[0]
-        new_shape = batch_size, -1, self.num_attention_heads, self.attention_head_size
-
-        key_layer = self.key(hidden_states).view(*new_shape).transpose(1, 2)
-        value_layer = self.value(hidden_states).view(*new_shape).transpose(1, 2)
-        query_layer = self.query(hidden_states).view(*new_shape).transpose(1, 2)
-
-        context_layer = torch.nn.functional.scaled_dot_product_attention(
-            query_layer,
-            key_layer,
-            value_layer,
-            attn_mask=key_mask,
-            dropout_p=self.dropout_prob if self.training else 0.0,
-            scale=self.scaling,
-        )
-        context_layer = context_layer.transpose(1, 2).reshape(batch_size, -1, self.all_head_size)
-        return context_layer, None
 
 
 class PrunedYolosMixin:
@@ -219,17 +79,45 @@ class PrunedYolosMixin:
         ``key_mask`` (``bool [B, 1, 1, S']``, True = attend, or None) reaches the patched self-attention modules
         through the patch's thread-local state, set for the duration of the layers in this thread only.
         """
-        layers = self.vit.encoder.layer
         state = self._bavit_info
         state.key_mask = key_mask
         try:
-            for depth, layer in enumerate(layers):
-                hidden = layer(hidden)
-                if mid_pos is not None and depth < len(layers) - 1:
-                    hidden = hidden + mid_pos[depth]
+            return self._layers(hidden, mid_pos)
         finally:
             state.key_mask = None
+
+    def _layers(self, hidden: torch.Tensor, mid_pos: Optional[torch.Tensor]) -> torch.Tensor:
+        """transformers' encoder loop (and final layer norm) on a gathered sequence ``[B, S', D]``."""
+        layers = self.vit.encoder.layer
+        for depth, layer in enumerate(layers):
+            hidden = layer(hidden)
+            if mid_pos is not None and depth < len(layers) - 1:
+                hidden = hidden + mid_pos[depth]
         return self.vit.layernorm(hidden)
+
+    def _heads(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """transformers' heads on the last ``num_detection_tokens`` tokens: ``logits``, ``pred_boxes`` (cxcywh)."""
+        detection = hidden[:, -self.config.num_detection_tokens:]
+        return self.class_labels_classifier(detection), self.bbox_predictor(detection).sigmoid()
+
+    def forward_kept(self, pixel_values: torch.Tensor, keep_index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`forward` for one image ``[1, 3, H, W]`` with its kept patches as ascending row-major indices
+        ``int64 [K]``, so that ``K`` is an input shape (what :mod:`bavit.deploy.export` traces).
+
+        Returns:
+            ``logits [1, 100, C + 1]`` and ``pred_boxes [1, 100, 4]``.
+        """
+        num_det = self.config.num_detection_tokens
+        embeddings = self.vit.embeddings(pixel_values)  # [1, 1 + N + det, D], position embeddings added
+        total = embeddings.shape[1]
+        index = torch.cat([keep_index.new_zeros(1), keep_index + 1,
+                           torch.arange(total - num_det, total, device=keep_index.device)])
+        mid_pos = None
+        if self.config.use_mid_position_embeddings:
+            encoder = self.vit.encoder
+            mid = encoder.interpolation(encoder.mid_position_embeddings, tuple(pixel_values.shape[-2:]))[:, 0]
+            mid_pos = mid.index_select(1, index)[:, None]  # [L-1, 1, S', D]
+        return self._heads(self._layers(embeddings.index_select(1, index), mid_pos))
 
     def _pruned_forward(self, pixel_values, keep_mask, labels, output_full_hidden_state, batch_mode):
         # Copied from transformers.models.yolos.modeling_yolos.YolosModel/YolosForObjectDetection.forward,
@@ -266,10 +154,10 @@ class PrunedYolosMixin:
             length = 1 + int(counts[rows].max()) + num_det
             row_index = torch.cat([index[rows, : length - num_det], index[rows, -num_det:]], dim=1)
             row_valid = torch.cat([valid[rows, : length - num_det], valid[rows, -num_det:]], dim=1)
-            tokens = _gather(embeddings[rows], row_index)
+            tokens = gather_tokens(embeddings[rows], row_index)
             mid_pos = None
             if mid_dense is not None:
-                mid_pos = torch.stack([_gather(level[None], row_index) for level in mid_dense])
+                mid_pos = torch.stack([gather_tokens(level[None], row_index) for level in mid_dense])
             key_mask = None
             if not bool(row_valid.all()):
                 tokens = tokens * row_valid[..., None]
@@ -284,9 +172,7 @@ class PrunedYolosMixin:
                 hidden[rows, -num_det:] = encoded[:, -num_det:]
         hidden = hidden * valid[..., None]  # zero pads
 
-        detection = hidden[:, -num_det:]
-        logits = self.class_labels_classifier(detection)
-        pred_boxes = self.bbox_predictor(detection).sigmoid()
+        logits, pred_boxes = self._heads(hidden)
         loss = loss_dict = None
         if labels is not None:
             loss, loss_dict, _ = self.loss_function(logits, labels, self.device, pred_boxes, config, None, None)
@@ -315,48 +201,7 @@ class PrunedYolosMixin:
             self.__class__ = patched
 
 
-def yolos_tiny_config(**overrides) -> YolosConfig:
-    """The architecture of ``hustvl/yolos-tiny`` (192 wide, 12 layers, 3 heads, 100 detection tokens, 91 labels)."""
-    values = dict(
-        hidden_size=192,
-        num_hidden_layers=12,
-        num_attention_heads=3,
-        intermediate_size=768,
-        image_size=[800, 1333],
-        patch_size=16,
-        num_detection_tokens=100,
-        use_mid_position_embeddings=False,
-        num_labels=91,
-        layer_norm_eps=1e-12,
-        attn_implementation="sdpa",
-    )
-    values.update(overrides)
-    return YolosConfig(**values)
-
-
-def random_yolos_tiny(seed: int = 0, **overrides) -> YolosForObjectDetection:
-    """YOLOS-tiny architecture at random init (latency measurements only; its detections mean nothing). The init
-    draws from ``seed`` alone; torch's global generator is left as it was."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return YolosForObjectDetection(yolos_tiny_config(**overrides)).eval()
-
-
 _PATCHED_CLASSES: dict[type, type] = {}
-_PATCHED_ATTENTION_CLASSES: dict[type, type] = {}
-
-
-def _patch_attention(model: YolosForObjectDetection, state: PruningState) -> None:
-    """Swap every self-attention module's class for its pruned subclass, all sharing ``state``."""
-    for module in model.modules():
-        if not isinstance(module, YolosSelfAttention):
-            continue
-        if not isinstance(module, PrunedSelfAttentionMixin):
-            base = module.__class__
-            if base not in _PATCHED_ATTENTION_CLASSES:
-                _PATCHED_ATTENTION_CLASSES[base] = type(f"Pruned{base.__name__}", (PrunedSelfAttentionMixin, base), {})
-            module.__class__ = _PATCHED_ATTENTION_CLASSES[base]
-        module._bavit_info = state
 
 
 def patch_yolos(model: YolosForObjectDetection, batch_mode: str = DEFAULT_BATCH_MODE) -> YolosForObjectDetection:
@@ -380,9 +225,9 @@ def patch_yolos(model: YolosForObjectDetection, batch_mode: str = DEFAULT_BATCH_
     state = model.__dict__.get("_bavit_info")
     if not isinstance(state, PruningState):
         state = model._bavit_info = PruningState()
-    _patch_attention(model, state)  # also picks up attention modules replaced since the last patch
+    patch_attention(model, state)  # also picks up attention modules replaced since the last patch
     model.pruned_batch_mode = batch_mode
     return model
 
 
-__all__ = ["patch_yolos", "yolos_tiny_config", "random_yolos_tiny", "PrunedYolosOutput", "PruningState", "check_keep_mask", "sequence_index", "BATCH_MODES"]
+__all__ = ["patch_yolos", "PrunedYolosMixin", "BATCH_MODES"]

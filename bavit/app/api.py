@@ -1,0 +1,85 @@
+"""The ``analyze`` API endpoint (no Gradio here): one image and its settings in, the numbers as a JSON-able dict
+out. Wired in :mod:`bavit.app.ui` (``api_name="analyze"``, arguments ``image, threshold, cca_steps, keep_ratio,
+sparsity``); ``Explorer.api_result`` calls :func:`analyze`.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from ..errors import BAViTError
+from ..predictor import Analysis, Predictor
+from ..pruning.settings import PruningSettings, flag_value
+from . import uploads
+from .latency import LatencyEstimate
+from .timing import LatencyMonitor
+
+
+def analyze(predictor: Predictor, monitor: LatencyMonitor, image_roots, payload: Any, threshold: float = 0.5,
+            cca_steps: int = 3, keep_ratio: float | None = None, detect: bool = True,
+            sparsity: float | None = None) -> dict[str, Any]:
+    """Read the payload's image as the page does (files only under ``image_roots``), run the Predictor (timings
+    to ``monitor``) and answer with :func:`result`.
+
+    Settings as :meth:`~bavit.pruning.settings.PruningSettings.from_api` parses them for every entry point:
+    ``keep_ratio`` in (0, 1] keeps that fraction of BAViT's tokens (top-k); ``sparsity`` (a fraction, 0.35 for 35%;
+    calibrated checkpoints only) sets a calibrated mean sparsity over images (paper Table 2); ``None`` or 0 turns
+    either off, and with both off ``threshold`` is used.
+    """
+    setting = PruningSettings.from_api(threshold=threshold, cca_steps=cca_steps, keep_ratio=keep_ratio,
+                                       sparsity=sparsity)
+    if setting.sparsity is not None and predictor.calibration is None:
+        raise BAViTError("sparsity needs a calibrated BAViT checkpoint and this one has no calibration "
+                         "(python -m bavit calibrate --checkpoint CKPT); use keep_ratio or threshold")
+    detect = flag_value("detect", detect)
+    image, _ = uploads.read_image(payload, image_roots)
+    with monitor.measuring() as run:
+        analysis = predictor.analyze(image, **setting.selection, cca_steps=setting.cca_steps, detect=detect)
+    kept = int(analysis.accounting.kept_patches)
+    monitor.add_timings(analysis.timings_ms, kept, run.overlapped)
+    return result(predictor, setting, image, analysis, monitor.estimate(kept))
+
+
+def result(predictor: Predictor, setting: PruningSettings, image: Image.Image, analysis: Analysis,
+           estimate: LatencyEstimate) -> dict[str, Any]:
+    """The API's answer for ``analysis`` of ``image`` at ``setting``, with the latency ``estimate`` the page would
+    show at its kept count.
+
+    Keys: ``threshold`` (the one used: given or calibrated; ``None`` with ``keep_ratio``), ``keep_ratio``,
+    ``target_sparsity`` (the ``sparsity`` asked for, or ``None``), ``cca_steps``, ``sparsity`` (this image's:
+    fraction of the 1024 YOLOS patches pruned), ``kept_patches``, ``tokens`` (Table 2 accounting), ``timings_ms``,
+    ``image_size`` ([w, h] analysed), ``source_size`` ([w, h] as uploaded), ``fg_tokens_raw`` / ``fg_tokens_cca``
+    (of 576), ``grid_cca`` (24 strings of 0/1), ``detector_ready``, ``detector_status``, ``detections`` (list, or
+    ``None`` without detector weights), ``latency_note``; ``speedup`` (what the page shows at this kept count:
+    medians of warm runs; ``None`` while warming up or with ``detect`` off) and ``latency_ms`` (what it used:
+    :meth:`~bavit.app.latency.LatencyEstimate.as_dict`: ``dense``, ``bavit``, ``cca``, ``pruned``, ``pipeline`` ms,
+    the warm runs behind each median, ``pruned_source``, ``warming_up``, ``kept``).
+    """
+    acc = analysis.accounting
+    used = analysis.settings.get("threshold")
+    return {
+        "threshold": None if used is None else float(used),
+        "keep_ratio": setting.keep_ratio,
+        "target_sparsity": setting.sparsity,
+        "cca_steps": setting.cca_steps,
+        "sparsity": float(acc.sparsity),
+        "kept_patches": int(acc.kept_patches),
+        "tokens": {k: (v.item() if hasattr(v, "item") else v) for k, v in acc.as_dict().items()},
+        "timings_ms": {k: float(v) for k, v in analysis.timings_ms.items()},
+        "image_size": [int(v) for v in analysis.image_size],
+        "source_size": [int(v) for v in image.info["source_size"]],
+        "fg_tokens_raw": int(analysis.grid_raw.sum()),
+        "fg_tokens_cca": int(analysis.grid_cca.sum()),
+        "grid_cca": ["".join("1" if v else "0" for v in row) for row in np.asarray(analysis.grid_cca)],
+        "detector_ready": bool(predictor.detector_ready),
+        "detector_status": predictor.detector_status,
+        "detections": None if analysis.detections is None else [
+            {"box": [float(v) for v in d["box"]], "label": str(d["label"]), "score": float(d["score"])}
+            for d in analysis.detections
+        ],
+        "latency_note": analysis.latency_note or "",
+        "speedup": estimate.speedup if analysis.timings_ms.get("pruned_ms") else None,
+        "latency_ms": estimate.as_dict(),
+    }

@@ -1,0 +1,35 @@
+"""The one figure convention of the bench plots (:mod:`.latency_report`, :mod:`.tradeoff_report`): matplotlib's Agg
+canvas on a figure of its own (no global backend), one set of axes, a small footnote at the bottom left, written as a
+PNG atomically.
+"""
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING
+
+from ..files import atomic_path
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+FOOTNOTE_CHARS = 150  # a footnote longer than this is cut
+
+
+def new_axes(figsize: tuple[float, float]) -> tuple["Figure", "Axes"]:
+    """A ``figsize`` inch figure at 120 dpi on its own Agg canvas, and its one set of axes."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=figsize, dpi=120)
+    FigureCanvasAgg(fig)
+    return fig, fig.add_subplot(1, 1, 1)
+
+
+def save_png(fig: "Figure", path: str | os.PathLike, footnote: str) -> None:
+    """Write ``fig`` to ``path`` as a PNG (atomically; the folder is created if needed), with ``footnote`` (cut to
+    :data:`FOOTNOTE_CHARS`) at the bottom left."""
+    fig.text(0.01, 0.01, footnote[:FOOTNOTE_CHARS], fontsize=5, color="0.3")
+    fig.tight_layout(rect=(0, 0.03, 1, 1))
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
