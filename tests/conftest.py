@@ -5,6 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -135,3 +136,31 @@ def pytest_collection_modifyitems(items):
     for item in items:
         if APP_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
+
+
+def write_tiny_coco(tmp_path, with_images: bool = False):
+    """Two 64x48 images: image 1 has two cats (category 17), image 2 a dog (18) and a crowd region."""
+    dataset = {
+        "images": [{"id": 1, "file_name": "a.png", "width": 64, "height": 48},
+                   {"id": 2, "file_name": "b.png", "width": 64, "height": 48}],
+        "categories": [{"id": 17, "name": "cat", "supercategory": "animal"},
+                       {"id": 18, "name": "dog", "supercategory": "animal"}],
+        "annotations": [
+            {"id": 1, "image_id": 1, "category_id": 17, "bbox": [2, 3, 20, 10], "area": 200, "iscrowd": 0},
+            {"id": 2, "image_id": 1, "category_id": 17, "bbox": [30, 20, 30, 25], "area": 750, "iscrowd": 0},
+            {"id": 3, "image_id": 2, "category_id": 18, "bbox": [10, 10, 40, 30], "area": 1200, "iscrowd": 0},
+            {"id": 4, "image_id": 2, "category_id": 18, "bbox": [0, 0, 8, 8], "area": 64, "iscrowd": 1},
+        ],
+    }
+    ann = tmp_path / "instances_tiny.json"
+    ann.write_text(json.dumps(dataset))
+    if with_images:
+        rng = np.random.default_rng(0)
+        for image in dataset["images"]:
+            Image.fromarray(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)).save(tmp_path / image["file_name"])
+    return ann
+
+
+def gt_as_detections(coco, image_ids):
+    return [{"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"], "score": 1.0}
+            for a in coco.loadAnns(coco.getAnnIds(imgIds=list(image_ids), iscrowd=False))]

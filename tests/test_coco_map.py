@@ -1,12 +1,11 @@
-"""COCO mAP harness: the COCOeval wrapper is exact on hand-made cases, label ids map to COCO category ids, a tiny
-random YOLOS saved with save_pretrained runs end to end (structure only: its numbers mean nothing), and missing
+"""COCO mAP harness (the wrapper itself: test_cocoeval.py): label ids map to COCO category ids, its rows are the
+Predictor's results, a tiny random YOLOS saved with save_pretrained runs end to end (structure only: its numbers mean nothing), and missing
 weights stop with a clear message."""
 import json
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 from transformers import YolosConfig, YolosForObjectDetection
 
 from bavit.cli import main
@@ -15,82 +14,11 @@ from bavit.core.checkpoint import save_checkpoint
 from bavit.core.model import build_bavit
 from bavit.data.coco import CocoDetection, label_to_category, load_coco, yolos_targets
 from bavit.engine.coco_map import make_settings, setting_name
-from bavit.engine.cocoeval import STAT_NAMES, evaluate_bbox, result_rows, to_coco_results
+from bavit.engine.cocoeval import STAT_NAMES
 from bavit.errors import ConfigError, DataError, WeightsUnavailableError
 from bavit.pruning.detector import HOW_TO_GET_WEIGHTS, load_yolos_model
 from bavit.pruning.settings import PruningSettings
-from conftest import coco91_id2label
-
-
-def write_tiny_coco(tmp_path, with_images: bool = False):
-    """Two 64x48 images: image 1 has two cats (category 17), image 2 a dog (18) and a crowd region."""
-    dataset = {
-        "images": [{"id": 1, "file_name": "a.png", "width": 64, "height": 48},
-                   {"id": 2, "file_name": "b.png", "width": 64, "height": 48}],
-        "categories": [{"id": 17, "name": "cat", "supercategory": "animal"},
-                       {"id": 18, "name": "dog", "supercategory": "animal"}],
-        "annotations": [
-            {"id": 1, "image_id": 1, "category_id": 17, "bbox": [2, 3, 20, 10], "area": 200, "iscrowd": 0},
-            {"id": 2, "image_id": 1, "category_id": 17, "bbox": [30, 20, 30, 25], "area": 750, "iscrowd": 0},
-            {"id": 3, "image_id": 2, "category_id": 18, "bbox": [10, 10, 40, 30], "area": 1200, "iscrowd": 0},
-            {"id": 4, "image_id": 2, "category_id": 18, "bbox": [0, 0, 8, 8], "area": 64, "iscrowd": 1},
-        ],
-    }
-    ann = tmp_path / "instances_tiny.json"
-    ann.write_text(json.dumps(dataset))
-    if with_images:
-        rng = np.random.default_rng(0)
-        for image in dataset["images"]:
-            Image.fromarray(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)).save(tmp_path / image["file_name"])
-    return ann
-
-
-def gt_as_detections(coco, image_ids):
-    return [{"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"], "score": 1.0}
-            for a in coco.loadAnns(coco.getAnnIds(imgIds=list(image_ids), iscrowd=False))]
-
-
-def test_ground_truth_through_the_harness_conversions_gives_ap_1_on_shared_coco(coco_root):
-    """The harness' own path from detector outputs to COCO results (xyxy boxes, detector label ids ->
-    ``to_coco_results`` -> the ``[N, 7]`` rows) loses nothing: the ground truth put through it scores AP 1."""
-    from bavit.box_ops import box_xywh_to_xyxy
-
-    coco = load_coco(coco_root / "annotations" / "instances_val2017.json")
-    image_ids = sorted(coco.getImgIds())
-    label_map = label_to_category(coco91_id2label(coco), coco)
-    rows = []
-    for image_id in image_ids:
-        found = gt_as_detections(coco, [image_id])
-        if not found:
-            continue
-        boxes = box_xywh_to_xyxy(torch.tensor([d["bbox"] for d in found], dtype=torch.float64))
-        rows.append(result_rows(image_id, torch.ones(len(found)), torch.tensor([d["category_id"] for d in found]),
-                                 boxes, label_map))
-    stats = evaluate_bbox(coco, np.concatenate(rows), image_ids)
-    assert set(stats) == set(STAT_NAMES)
-    assert stats["mAP"] == 1.0 and stats["AP50"] == 1.0 and stats["AP75"] == 1.0 and stats["AP_small"] == 1.0
-
-
-def test_cocoeval_wrapper_is_exact_on_a_hand_made_set(tmp_path):
-    coco = load_coco(write_tiny_coco(tmp_path))
-    assert evaluate_bbox(coco, gt_as_detections(coco, [1, 2]), [1, 2])["mAP"] == 1.0
-    # Only the first of the two cats found: cat recall 0.5 at precision 1 -> AP = 51/101 (COCO's 101 recall
-    # points 0, 0.01, ..., 0.5 have precision 1, the rest 0); dog AP = 1.
-    one_cat = [d for d in gt_as_detections(coco, [1, 2]) if d["bbox"] != [30, 20, 30, 25]]
-    stats = evaluate_bbox(coco, one_cat, [1, 2])
-    assert stats["mAP"] == pytest.approx((51 / 101 + 1.0) / 2, abs=1e-12)
-    # The compact [N, 7] array form the harness accumulates gives the same numbers.
-    rows = np.array([[d["image_id"], *d["bbox"], d["score"], d["category_id"]] for d in one_cat], dtype=np.float64)
-    assert evaluate_bbox(coco, rows, [1, 2]) == stats
-    # Evaluating image 2 alone: image 1's cats are not misses.
-    assert evaluate_bbox(coco, [d for d in one_cat if d["image_id"] == 2], [2])["mAP"] == pytest.approx(1.0, abs=1e-12)
-    # A box shifted to IoU 0.6 counts at AP50 but not at AP75.
-    shifted = [{"image_id": 2, "category_id": 18, "bbox": [10 + 10, 10, 40, 30], "score": 0.9}]  # IoU 30/50
-    stats = evaluate_bbox(coco, shifted, [2])
-    assert stats["AP50"] == pytest.approx(1.0, abs=1e-12) and stats["AP75"] == 0.0
-    # No detections at all -> 0, not a pycocotools crash; no large objects in the set -> None.
-    assert evaluate_bbox(coco, [], [1, 2])["mAP"] == 0.0
-    assert stats["AP_large"] is None
+from conftest import coco91_id2label, write_tiny_coco
 
 
 def test_yolos_tiny_label_ids_are_coco_category_ids(coco_root, tmp_path):
@@ -106,12 +34,6 @@ def test_yolos_tiny_label_ids_are_coco_category_ids(coco_root, tmp_path):
     assert label_to_category({0: "dog", 1: "Cat"}, tiny) == {0: 18, 1: 17}
     with pytest.raises(ConfigError, match="none of the detector's 2 label names"):
         label_to_category({0: "LABEL_0", 1: "LABEL_1"}, tiny)
-
-
-def test_coco_results_are_xywh_in_pixels_and_drop_unmapped_labels():
-    boxes = torch.tensor([[10.0, 20.0, 50.0, 80.0], [0.0, 0.0, 5.0, 5.0]])
-    results = to_coco_results(7, torch.tensor([0.9, 0.8]), torch.tensor([17, 12]), boxes, {17: 17})
-    assert results == [{"image_id": 7, "category_id": 17, "bbox": [10.0, 20.0, 40.0, 60.0], "score": pytest.approx(0.9)}]
 
 
 def test_training_targets_are_normalised_cxcywh_without_crowds(tmp_path):

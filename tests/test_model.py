@@ -195,8 +195,13 @@ def test_module_exports_only_what_it_defines():
 def test_presets_are_immutable_and_loaders_leave_them_alone(tmp_path):
     import dataclasses
 
+    from bavit.core.config import PRESETS
+
     with pytest.raises(dataclasses.FrozenInstanceError):
         SMALL.depth = 3
+    with pytest.raises(TypeError):
+        PRESETS["small"] = LARGE  # the registry of presets is read-only too
+    assert PRESETS["small"] is SMALL and PRESETS["large"] is LARGE
     before = (SMALL, LARGE, SMALL.mean, SMALL.std)
     small = build_bavit(dataclasses.replace(SMALL, mean=(0.1, 0.2, 0.3), std=(0.4, 0.5, 0.6)))
     path = save_checkpoint(small, tmp_path / "small.safetensors")

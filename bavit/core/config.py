@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from types import MappingProxyType
+from typing import Mapping
 from dataclasses import dataclass, field
 
 from ..errors import ConfigError
@@ -149,4 +151,4 @@ class BAViTConfig:
 
 SMALL = BAViTConfig(depth=2, name="bavit-small")
 LARGE = BAViTConfig(depth=10, name="bavit-large")
-PRESETS = {"small": SMALL, "large": LARGE}
+PRESETS: Mapping[str, BAViTConfig] = MappingProxyType({"small": SMALL, "large": LARGE})  # read-only
