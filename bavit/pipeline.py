@@ -18,15 +18,29 @@ import torch
 from PIL import Image
 
 from .core.checkpoint import read_checkpoint
-from .core.model import BAViT
+from .core.model import BAViT, bavit_pixels
 from .core.registry import DEFAULT_BAVIT_CHECKPOINT
-from .deploy.runtime import DEFAULT_BACKEND, DetectorOutput, bavit_runner, check_backend, detector_runner
+from .deploy.runtime import (
+    DEFAULT_BACKEND,
+    DetectorOutput,
+    bavit_runner,
+    check_backend,
+    detector_runner,
+)
 from .errors import ConfigError, WeightsUnavailableError
-from .imageio import to_tensor
 from .prediction import post_process
 from .pruning.calibration import Calibration
-from .pruning.detector import (DEFAULT_DETECTOR, YOLOS_MEAN, YOLOS_SIZE, YOLOS_STD, open_detector, random_yolos_tiny,
-                               yolos_grid, yolos_pixels, yolos_tiny_config)
+from .pruning.detector import (
+    DEFAULT_DETECTOR,
+    YOLOS_MEAN,
+    YOLOS_SIZE,
+    YOLOS_STD,
+    open_detector,
+    random_yolos_tiny,
+    yolos_grid,
+    yolos_pixels,
+    yolos_tiny_config,
+)
 from .pruning.keep_mask import KeepMask, keep_mask_from_probs
 from .pruning.settings import PruningSettings
 from .pruning.yolos import patch_yolos
@@ -142,7 +156,7 @@ class Pipeline:
         """The one BAViT preprocessing: RGB images -> ``float32 [B, 3, S, S]`` (square resize to the config's
         ``img_size``, normalised with its ``mean`` / ``std``)."""
         config = self.bavit.config
-        return torch.stack([to_tensor(image, config.img_size, config.mean, config.std) for image in images])
+        return torch.stack([bavit_pixels(image, config) for image in images])
 
     def run_detector(self, pixels: torch.Tensor, keep_mask: Optional[torch.Tensor] = None) -> DetectorOutput:
         """The detector (or, without weights, the YOLOS-tiny architecture for latency) on this backend:

@@ -17,6 +17,25 @@ def test_coco_val_subset(coco_root):
     assert labels.shape == (24, 24) and set(labels.unique().tolist()) <= {0, 1}
 
 
+def test_training_data_and_the_predictor_share_one_bavit_preprocessing(coco_root):
+    """What BAViT is trained and evaluated on (PatchDataset) is bit for bit what the app's Predictor feeds it, and
+    the hand-written form of the rule (square resize to 384, then (x/255 - mean) / std) is what both compute."""
+    import numpy as np
+    from PIL import Image
+
+    from bavit.core.model import build_bavit
+    from bavit.predictor import Predictor
+
+    record = coco_records(*coco_split(coco_root, "val2017"))[0]
+    image = record.load_image()
+    predictor = Predictor(bavit=build_bavit(SMALL), detector=None, backend="torch")
+    pixels = PatchDataset([record], SMALL)[0][0]
+    assert torch.equal(pixels, predictor.bavit_pixels([image])[0])
+    array = np.asarray(image.resize((384, 384), Image.BILINEAR), dtype=np.float32) / 255.0
+    by_hand = (array - np.array(SMALL.mean, np.float32)) / np.array(SMALL.std, np.float32)
+    np.testing.assert_allclose(pixels.permute(1, 2, 0).numpy(), by_hand, rtol=0, atol=1e-6)
+
+
 def test_coco_val_fg_fraction_matches_the_data_readme(coco_root):
     # shared/data/README.md: FG is 37.4% of tokens on val2017 with the >10% mask rule at 384 / 16.
     records = coco_records(*coco_split(coco_root, "val2017"))

@@ -31,7 +31,7 @@ from ..deploy.runtime import DEFAULT_BACKEND
 from ..errors import ConfigError
 from . import EXAMPLES
 from .app_agreement import bench_speedup, compare, shown_speedup
-from .app_process import start_app
+from .app_process import running_app
 
 DEFAULT_IMAGE = EXAMPLES / "chelsea.jpg"
 WARMUP_CHANGES = 2  # the first changes of each series warm up caches and the plot for its CCA setting: not timed
@@ -115,8 +115,7 @@ def client_bench(image: str | os.PathLike, changes: int, threads: int, bavit: st
     before this returns."""
     from gradio_client import Client, handle_file
 
-    process, url, log = start_app(threads, bavit, detector, backend)
-    try:
+    with running_app(threads, bavit, detector, backend, stop_timeout=20) as (_process, url, _log):
         client = Client(url, download_files=False, verbose=False)
         floor = summary(time_floor(client, changes))
         client.predict(handle_file(str(image)), MODE_THRESHOLD, 0.5, 35, 3, True, False, api_name="/load_image")
@@ -133,9 +132,6 @@ def client_bench(image: str | os.PathLike, changes: int, threads: int, bavit: st
         }
         if bench_repeats:
             results["shown"] = shown_speedup(client, image)
-    finally:
-        process.terminate()
-        process.wait(timeout=20)
     return results
 
 

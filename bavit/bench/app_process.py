@@ -1,5 +1,6 @@
 """Starting ``python app.py`` for a bench (:mod:`.app_bench`, :mod:`.browser_bench`, :mod:`.upload_memory`): on a
-free local port, with its output in a log file, waiting until it answers (:func:`start_app`).
+free local port, with its output in a log file, waiting until it answers (:func:`start_app`), and stopping it
+when the bench is done (:func:`running_app`).
 """
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from . import ROOT
@@ -48,3 +51,16 @@ def start_app(threads: int, bavit: str | None, detector: str | None, backend: st
             time.sleep(0.5)
     process.terminate()
     raise RuntimeError(f"app did not start in {timeout:.0f} s: {log.read_text()[-2000:]}")
+
+
+@contextmanager
+def running_app(threads: int, bavit: str | None, detector: str | None, backend: str | None = None,
+                stop_timeout: float = 30.0) -> Iterator[tuple[subprocess.Popen, str, Path]]:
+    """:func:`start_app` for the ``with`` block: yields (process, url, log file); the app is stopped on the way out
+    (SIGTERM, then a wait of up to ``stop_timeout`` s), also when the block raises."""
+    process, url, log = start_app(threads, bavit, detector, backend)
+    try:
+        yield process, url, log
+    finally:
+        process.terminate()
+        process.wait(timeout=stop_timeout)

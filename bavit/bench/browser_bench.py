@@ -1,7 +1,7 @@
 """Slider latency in a real browser; the command line is ``python -m bavit app-bench --browser``
 (:mod:`bavit.cli.app_bench`).
 
-Starts ``python app.py`` on a free port (:func:`bavit.bench.app_bench.start_app`), waits for its background latency
+Starts ``python app.py`` on a free port (:func:`bavit.bench.app_process.running_app`), waits for its background latency
 warm-up to finish, opens it in Debian's chromium through Playwright, uploads ``--image`` and times ``--changes``
 slider changes in the page's default sparsity mode (the calibrated mean sparsity with the shipped checkpoint: the
 target slider), first grid-only (detector unticked), then with the pruned detector. One change: type a value in the
@@ -22,8 +22,9 @@ import os
 import time
 from pathlib import Path
 
-from ..app.session import MODE_TOPK
-from .app_bench import start_app, summary, time_changes
+from ..app.session import MODE_THRESHOLD, MODE_TOPK
+from .app_bench import summary, time_changes
+from .app_process import running_app
 
 CHROMIUM = "/usr/bin/chromium"  # Debian's chromium (apt-get install chromium), as tests/test_app_browser.py
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
@@ -160,7 +161,7 @@ def client_timings(client, image: Path, changes: int) -> dict:
     """The same app through ``gradio_client`` (``set_threshold``, threshold mode), as ``app-bench`` measures it."""
     from gradio_client import handle_file
 
-    client.predict(handle_file(str(image)), "FG-probability threshold", 0.5, 35, 3, True, False, api_name="/load_image")
+    client.predict(handle_file(str(image)), MODE_THRESHOLD, 0.5, 35, 3, True, False, api_name="/load_image")
     return {"grid_only": summary(time_changes(client, changes, detect=False)),
             "with_detector": summary(time_changes(client, changes, detect=True))}
 
@@ -177,17 +178,13 @@ def run_browser(image: str | os.PathLike, changes: int, threads: int, bavit: str
     from gradio_client import Client
 
     image = Path(image)
-    process, url, _log = start_app(threads, bavit, detector, backend)
-    try:
+    with running_app(threads, bavit, detector, backend, stop_timeout=20) as (_process, url, _log):
         client = Client(url, download_files=False, verbose=False)
         info = wait_for_warm_up(client, image)
         results = {"threads": threads, "image": str(image), "changes": changes,
                    "latency_note": info["latency_note"], "detector_status": info["detector_status"],
                    "browser": browser_timings(url, image, changes, chromium)}
         results["gradio_client"] = client_timings(client, image, changes)
-    finally:
-        process.terminate()
-        process.wait(timeout=20)
     results["targets_ms"] = dict(TARGETS_MS)
     results["load_average"] = os.getloadavg()
     return results

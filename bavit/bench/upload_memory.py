@@ -20,10 +20,10 @@ import numpy as np
 from PIL import Image
 
 from ..app.uploads import MAX_IMAGE_PIXELS
-from .app_bench import start_app
+from .app_bench import DEFAULT_IMAGE as WARM_UP_IMAGE
+from .app_process import running_app
 
 KINDS = ("rgb", "rgba", "gray16")
-WARM_UP_IMAGE = Path(__file__).resolve().parents[2] / "assets" / "examples" / "chelsea.jpg"
 
 
 def largest_image(kind: str, folder: Path, pixels: int = MAX_IMAGE_PIXELS) -> Path:
@@ -90,14 +90,10 @@ def fresh_app_peak(image: Path, concurrent: int, threads: int, bavit: str | None
     them, None for its defaults), warmed up with one small image first."""
     from gradio_client import Client, handle_file
 
-    process, url, _ = start_app(threads, bavit, detector)
-    try:
+    with running_app(threads, bavit, detector) as (process, url, _log):
         warm = Client(url, download_files=False, verbose=False)
         warm.predict(handle_file(str(WARM_UP_IMAGE)), 0.5, 3, 0, 0, api_name="/analyze")
         return concurrent_peak(url, process.pid, image, concurrent)
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
 
 
 def memory_bench(kinds: Sequence[str] = KINDS, concurrent: int = 3, threads: int = 2, bavit: str | None = None,

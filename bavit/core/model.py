@@ -12,6 +12,7 @@ from timm.layers import PatchEmbed
 from timm.models.vision_transformer import VisionTransformer
 
 from ..errors import ConfigError
+from ..imageio import to_tensor
 from .config import BAViTConfig
 from .lite0 import Lite0PatchEmbed
 
@@ -121,6 +122,13 @@ class BAViT(nn.Module):
         return logits.softmax(-1)[..., 1].reshape(-1, grid, grid)
 
 
+def bavit_pixels(image, config: BAViTConfig) -> torch.Tensor:
+    """BAViT's input for an RGB PIL image: ``[3, S, S]`` float32, the paper's square resize to ``config.img_size``,
+    normalised with the config's ``mean`` / ``std`` (the one preprocessing of BAViT: Predictor, training data,
+    evaluation and fine-tuning)."""
+    return to_tensor(image, config.img_size, config.mean, config.std)
+
+
 def build_bavit(config: BAViTConfig) -> BAViT:
     """A BAViT at timm's random initialisation (the offline default). Pretrained starts copy weights into it:
     :func:`grow_from` (a shallower trained BAViT), :func:`bavit.core.pretrained.copy_from_timm` and
@@ -150,4 +158,4 @@ def grow_from(model: BAViT, source: BAViT) -> None:
     model.config = dataclasses.replace(model.config, mean=src.mean, std=src.std)
 
 
-__all__ = ["BAViT", "build_bavit", "grow_from"]
+__all__ = ["BAViT", "bavit_pixels", "build_bavit", "grow_from"]

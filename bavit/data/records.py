@@ -26,8 +26,9 @@ from ..core.labels import (
     labels_from_boxes,
     labels_from_mask,
 )
+from ..core.model import bavit_pixels
 from ..errors import DataError
-from ..imageio import load_image, to_tensor
+from ..imageio import load_image
 
 # COCO's object size bins (area in original pixels).
 SIZE_BINS = (("small", 0, 32**2), ("medium", 32**2, 96**2), ("large", 96**2, float("inf")))
@@ -237,5 +238,5 @@ class PatchDataset(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         record = self.records[index]
         grid = (self.config.grid_size, self.config.grid_size)
-        pixels = to_tensor(record.load_image(), self.config.img_size, self.config.mean, self.config.std)
+        pixels = bavit_pixels(record.load_image(), self.config)
         return pixels, record.labels(grid, **self.label_kwargs)

@@ -10,12 +10,17 @@ import torch
 from ..box_ops import box_xywh_to_xyxy
 from ..core.cca import cca
 from ..core.labels import BOX_TAU, labels_from_boxes
+from ..core.model import bavit_pixels
 from ..data.coco import CocoDetection, yolos_targets
 from ..errors import ConfigError
-from ..imageio import to_tensor
-from ..pruning.detector import YOLOS_SIZE, yolos_grid, yolos_pixels
 from ..predictor import Predictor
-from ..pruning.settings import PruningSettings, cca_steps_value, keep_ratio_value, threshold_value
+from ..pruning.detector import YOLOS_SIZE, yolos_grid, yolos_pixels
+from ..pruning.settings import (
+    PruningSettings,
+    cca_steps_value,
+    keep_ratio_value,
+    threshold_value,
+)
 
 MASK_SOURCES = ("bavit", "gt-boxes")
 
@@ -72,8 +77,7 @@ class FinetuneSamples(torch.utils.data.Dataset):
             "target": yolos_targets(item.anns, item.width, item.height, self.category_to_label),
         }
         if self.bavit_config is not None:
-            c = self.bavit_config
-            sample["bavit_pixels"] = to_tensor(item.image, c.img_size, c.mean, c.std)
+            sample["bavit_pixels"] = bavit_pixels(item.image, self.bavit_config)
         else:
             boxes = box_xywh_to_xyxy([a["bbox"] for a in item.anns]).tolist()
             grid = labels_from_boxes(boxes, (item.width, item.height), (self.grid, self.grid), "coverage",
