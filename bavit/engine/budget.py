@@ -31,15 +31,15 @@ import numpy as np
 import torch
 
 from ..core.labels import area_fractions
-from ..data.records import SIZE_BINS, Record
+from ..data.records import Record
 from ..pruning.calibration import Calibration
 from ..pruning.keep_mask import DEFAULT_CCA_STEPS, keep_mask_from_probs, keep_ratio_for_count
+from .metrics import SIZES
 
 DEFAULT_LEVELS = (0.29, 0.35, 0.40, 0.46)  # the paper's Table 2 sparsity levels
 PLOT_LEVELS = tuple(round(0.05 * i, 2) for i in range(1, 18))  # 5% .. 85%, for the recall-vs-sparsity curve
 METHODS = ("bavit_topk", "bavit_calibrated", "bavit_calibrated_cca", "centre", "random", "oracle")
 KEEP_FRACTION = 0.5  # an instance is kept when at least this share of its pixels is in kept patches
-SIZES = tuple(name for name, _, _ in SIZE_BINS)
 
 
 @dataclass

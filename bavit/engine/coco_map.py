@@ -190,11 +190,10 @@ def map_report(detector: str, bavit: str | os.PathLike | None = None, *, coco_ro
         raise ConfigError(str(exc)) from None
     ann_file, images_dir = resolve_paths(coco_root, split, ann, images)
     dataset = CocoDetection(ann_file, images_dir, limit=limit)
-    pruned = any(s is not None for s in settings)
-    bavit_path = (bavit or DEFAULT_BAVIT_CHECKPOINT) if pruned else None
-    predictor = Predictor(bavit=bavit_path or DEFAULT_BAVIT_CHECKPOINT, detector=model, backend=backend,
-                          image_size=image_size)
+    bavit_path = bavit or DEFAULT_BAVIT_CHECKPOINT
+    predictor = Predictor(bavit=bavit_path, detector=model, backend=backend, image_size=image_size)
     report = run_map(predictor, dataset, settings, batch_size=batch_size, progress=progress)
-    return {"detector": str(detector), "bavit": str(bavit_path) if bavit_path else None,
+    pruned = any(s is not None for s in settings)  # the dense rows use no BAViT
+    return {"detector": str(detector), "bavit": str(bavit_path) if pruned else None,
             "annotations": str(ann_file), "images_dir": str(images_dir), "threads": torch.get_num_threads(),
             **report}

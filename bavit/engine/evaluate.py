@@ -40,13 +40,13 @@ def predict_probs(model: BAViT | Predictor, records: list[Record], batch_size: i
     config = predictor.bavit.config
     grid = (config.grid_size, config.grid_size)
     label_kwargs = dict(source=label_source, fg_frac=config.fg_frac, box_rule=box_rule, box_tau=box_tau)
+    if not records:
+        return np.zeros((0, *grid), np.float32), np.zeros((0, *grid), np.int64)
     probs, labels = [], []
     for start in range(0, len(records), batch_size):
         chunk = records[start:start + batch_size]
         probs.append(predictor.set_images([record.load_image() for record in chunk], detect=False).fg_prob)
         labels += [record.labels(grid, **label_kwargs) for record in chunk]
-    if not records:
-        return np.zeros((0, *grid), np.float32), np.zeros((0, *grid), np.int64)
     return torch.cat(probs).numpy(), torch.stack(labels).numpy()
 
 

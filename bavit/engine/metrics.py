@@ -11,8 +11,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..core.labels import IGNORE_INDEX
+from ..data.records import SIZE_BINS
 
-SIZES = ("small", "medium", "large")
+SIZES = tuple(name for name, _, _ in SIZE_BINS)  # object sizes, as COCO bins them
 # Cell classes of a prediction against its labels.
 TN, TP, FP, FN, IGNORED = 0, 1, 2, 3, 4
 

@@ -14,6 +14,7 @@ from transformers import YolosConfig, YolosForObjectDetection
 from ..core.config import IMAGENET_MEAN, IMAGENET_STD
 from ..errors import ConfigError, WeightsUnavailableError
 from ..imageio import to_tensor
+from .yolos import patch_yolos
 
 DEFAULT_DETECTOR = "hustvl/yolos-tiny"
 YOLOS_SIZE = 512  # px: the paper's square YOLOS-tiny input (§3.5), a 32x32 grid of 16x16 patches
@@ -173,8 +174,6 @@ def open_detector(source: Union[str, os.PathLike, YolosForObjectDetection, None]
     Raises:
         ConfigError: ``source`` is not a YOLOS model.
     """
-    from .yolos import patch_yolos
-
     if source is None:
         return OpenedDetector(None, None, "No detector: BAViT grids only.", "no detector")
     if isinstance(source, torch.nn.Module):
