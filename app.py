@@ -13,8 +13,10 @@ if __name__ == "__main__":  # only as the entry point (a Space runs `python app.
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     os.environ.setdefault("HF_HUB_DOWNLOAD_TIMEOUT", "5")  # fail fast without network
 
+import sys  # noqa: E402
+
+from bavit.app import server  # noqa: E402
 from bavit.app.demo import create_demo  # noqa: E402
-from bavit.app.uploads import MAX_UPLOAD, allowed_paths  # noqa: E402
 from bavit.errors import BAViTError  # noqa: E402
 from bavit.imageio import allow_large_images  # noqa: E402
 
@@ -44,12 +46,11 @@ def main(argv=None) -> None:
     allow_large_images()
     try:
         demo = create_demo(bavit=args.bavit, detector=args.detector, data=args.data, backend=args.backend)
-    except BAViTError as exc:  # a missing checkpoint or dataset: one line, no traceback
-        raise SystemExit(f"error: {exc}") from None
+    except BAViTError as exc:  # a missing or broken checkpoint or dataset: one line, no traceback, exit status 2
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
     concurrency = int(os.environ.get("BAVIT_CONCURRENCY", "2"))
-    demo.queue(default_concurrency_limit=concurrency).launch(
-        server_name=args.host, server_port=args.port, allowed_paths=allowed_paths(args.data),
-        max_file_size=MAX_UPLOAD)  # larger uploads are refused as they arrive (docs/deployment.md)
+    server.launch(demo, concurrency=concurrency, host=args.host, port=args.port, data=args.data)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import io
 import os
-import warnings
 from pathlib import Path
 from typing import Union
 
@@ -30,6 +29,10 @@ def allow_large_images(max_pixels: int = MAX_PIXELS) -> None:
     """Let PIL decode photos up to ``max_pixels`` (a process-wide setting: call it from entry points only)."""
     Image.MAX_IMAGE_PIXELS = max_pixels
 
+
+# The formats decoded here: those whose header gives the size without decoding pixels. Pillow decodes some others
+# while opening them (ICO and ICNS decode their largest embedded image in ``Image.open``), before any size check.
+FORMATS = ("JPEG", "PNG", "GIF", "BMP", "TIFF", "WEBP")  # JPEG includes MPO (multi-picture JPEG)
 
 WIDE_MODES = ("I;16", "I;16B", "I;16L", "I", "F")  # 16/32-bit single-channel modes
 _ROWS = 512  # rows converted at a time from a wide mode: bounds the float64 scratch memory
@@ -57,20 +60,35 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
+def megapixels(pixels: int, limit: int) -> tuple[str, str]:
+    """``pixels`` and ``limit`` in MP, with as few decimals as tell them apart (``("225", "50")``,
+    ``("50.01", "50.00")``)."""
+    for decimals in range(7):
+        texts = f"{pixels / 1e6:.{decimals}f}", f"{limit / 1e6:.{decimals}f}"
+        if texts[0] != texts[1]:
+            return texts
+    return f"{pixels / 1e6}", f"{limit / 1e6}"
+
+
 def _decode(handle, name: str, max_side: int | None, max_pixels: int | None) -> tuple[Image.Image, tuple[int, int]]:
-    """Open ``handle`` (a binary file object), refuse it when more than ``max_pixels`` would be decoded (known from
-    the header alone), then decode it. Returns the decoded image and its stored ``(width, height)``."""
-    image = Image.open(handle)
+    """Open ``handle`` (a binary file object) as one of :data:`FORMATS`, refuse it when more than ``max_pixels``
+    (or PIL's process-wide ``Image.MAX_IMAGE_PIXELS``) would be decoded (known from the header alone), then decode
+    it. Returns the decoded image and its stored ``(width, height)``.
+
+    The bounds are plain comparisons, not warning filters: ``warnings.catch_warnings`` is process-wide and not
+    thread-safe, so concurrent decodes could leave an "error" filter installed and change later answers."""
+    image = Image.open(handle, formats=FORMATS)
     size = image.size
-    if max_side is not None and image.format == "JPEG":
+    if max_side is not None and image.format in ("JPEG", "MPO"):
         image.draft("RGB", (max_side, max_side))  # decode big JPEGs at reduced scale (1/2..1/8): fast, little memory
     decoded = image.size[0] * image.size[1]  # what decoding allocates: the stored size, or a JPEG's reduced one
     if max_pixels is not None and decoded > max_pixels:
-        raise DataError(f"{name} is {size[0]}x{size[1]} px ({size[0] * size[1] / 1e6:.0f} MP); the limit here is "
-                        f"{max_pixels / 1e6:.0f} MP decoded: downscale it first")
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        image.load()
+        stored, limit = megapixels(size[0] * size[1], max_pixels)
+        raise DataError(f"{name} is {size[0]}x{size[1]} px ({stored} MP); the limit here is {limit} MP decoded: "
+                        "downscale it first")
+    if Image.MAX_IMAGE_PIXELS and decoded > Image.MAX_IMAGE_PIXELS:
+        raise DataError(f"{name} has too many pixels to decode safely")
+    image.load()
     return image, size
 
 
@@ -94,6 +112,9 @@ def load_image(source: ImageInput, max_side: int | None = MAX_SIDE, exif: bool =
         "image") and never carries the text of a Python object.
     """
     name = "image"
+    # A refusal is raised after the ``except`` block, never inside it: an exception raised there keeps the caught
+    # one as its ``__context__`` (``from None`` only hides it), and that one's traceback keeps the decoding frames
+    # and their pixels alive for as long as the refusal lives (in a server, until the thread's next job).
     try:
         stored = None  # (width, height) in the file's header, for encoded input
         if isinstance(source, Image.Image):
@@ -139,17 +160,39 @@ def load_image(source: ImageInput, max_side: int | None = MAX_SIDE, exif: bool =
         rgb = _to_rgb(image)
         rgb.info["source_size"] = source_size
         return rgb
-    except DataError:
-        raise
+    except DataError as exc:
+        exc.__traceback__ = None  # raised from the decoding frames: they would keep their pixels alive
+        refusal = exc
     except UnidentifiedImageError:
-        raise DataError(f"{name} is not a readable image (unknown or unsupported format)") from None
+        refusal = DataError(f"{name} is not a readable image (not one of {', '.join(FORMATS)}, or damaged)")
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise DataError(f"{name} has too many pixels to decode safely") from None
+        refusal = DataError(f"{name} has too many pixels to decode safely")
     except PermissionError:
-        raise DataError(f"{name} cannot be read (permission denied)") from None
+        refusal = DataError(f"{name} cannot be read (permission denied)")
     except (OSError, SyntaxError, ValueError) as exc:
         reason = exc.__class__.__name__ if " at 0x" in str(exc) else str(exc)
-        raise DataError(f"{name} is corrupt or truncated ({reason})") from None
+        refusal = DataError(f"{name} is corrupt or truncated ({reason})")
+    raise refusal
+
+
+def load_painted(path: str | os.PathLike, max_pixels: int) -> np.ndarray:
+    """``[H, W]`` bool: the pixels painted in an image editor's layer file, where its alpha is above 0 (where any
+    channel is above 0 in a layer without alpha). Refused like :func:`load_image` (``max_pixels`` from the header,
+    before decoding; :class:`DataError` naming no path)."""
+    try:
+        with open(path, "rb") as handle:
+            layer, _ = _decode(handle, "painted layer", None, max_pixels)
+        bands = layer.getbands()
+        if "A" in bands:
+            return np.asarray(layer.getchannel("A")) > 0
+        return np.asarray(layer.convert("L")) > 0
+    except DataError as exc:
+        message = str(exc)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        message = "painted layer has too many pixels to decode safely"
+    except (OSError, SyntaxError, ValueError):
+        message = "painted layer is not a readable image"
+    raise DataError(message)  # outside the except blocks: no decoding frame kept (see load_image)
 
 
 def square_resize(image: Image.Image, size: int) -> Image.Image:

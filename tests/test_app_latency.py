@@ -171,7 +171,7 @@ def test_backend_reaches_the_predictor(backend):
     assert explorer.predictor.backend == backend
 
 
-def test_app_backend_flag_and_env(monkeypatch):
+def test_app_backend_flag_and_env(monkeypatch, capsys):
     spec = importlib.util.spec_from_file_location("bavit_app", apphelpers.ROOT / "app.py")
     app = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(app)
@@ -188,8 +188,9 @@ def test_app_backend_flag_and_env(monkeypatch):
         return create_explorer(bavit=apphelpers.random_bavit_checkpoint(), detector=None, backend=kwargs["backend"])
 
     monkeypatch.setattr(app, "create_demo", create_demo)
-    with pytest.raises(SystemExit, match="error: unknown backend 'tensorrt'"):
+    with pytest.raises(SystemExit) as exited:
         app.main(["--backend", "tensorrt"])
+    assert exited.value.code == 2 and capsys.readouterr().err.startswith("error: unknown backend 'tensorrt'")
     assert received["backend"] == "tensorrt"
     with pytest.raises(BAViTError, match="unknown backend"):
         create_explorer(bavit=apphelpers.random_bavit_checkpoint(), detector=None, backend="tensorrt")

@@ -10,7 +10,7 @@ import torch
 
 from bavit.cli import main
 from bavit.core.checkpoint import read_checkpoint, save_checkpoint
-from bavit.core.config import SMALL
+from bavit.core.config import SMALL, BAViTConfig
 from bavit.core.model import build_bavit
 from bavit.data.records import Record, coco_records, coco_split
 from bavit.data.splits import fold_split, holdout_split
@@ -79,6 +79,40 @@ def test_an_invalid_stored_calibration_is_a_checkpoint_error(tmp_path):
     path = save_checkpoint(build_bavit(SMALL), tmp_path / "m.safetensors", calibration={"levels": [0.0, 0.5]})
     with pytest.raises(CheckpointError, match="stored calibration is invalid"):
         Calibration.from_checkpoint(read_checkpoint(path))
+
+
+GOOD = {"levels": [0.0, 0.5], "thresholds": {"0": [0.0, 0.4], "3": [0.0, 0.5]},
+        "achieved": {"0": [0.0, 0.5], "3": [0.0, 0.5]}, "grid": 32, "resample": "nearest", "images": 4, "source": "t"}
+NAN, INF = float("nan"), float("inf")
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"thresholds": {"0": [0.0, NAN]}}, r"thresholds\[0\] holds a number that is not finite"),
+    ({"thresholds": {"0": [0.0, INF]}}, "not finite"),
+    ({"achieved": {"0": [NAN, 0.5]}}, "not finite"),
+    ({"levels": [0.5, 0.0]}, "ascending fractions"),
+    ({"levels": [0.0, NAN]}, "not finite"),
+    ({"levels": []}, "ascending fractions"),
+    ({"levels": "ab"}, "levels must be a list of numbers"),
+    ({"thresholds": {"0": [0.0]}}, r"one per level \(2\)"),
+    ({"thresholds": {"0": ["0.0", "0.4"]}}, "list of numbers"),
+    ({"thresholds": {"99": [0.0, 0.4]}}, "cca_steps"),
+    ({"thresholds": {"1" + "0" * 400: [0.0, 0.4]}}, ""),  # a 401-digit CCA setting
+    ({"thresholds": {"2.5": [0.0, 0.4]}}, ""),
+    ({"thresholds": {}}, "no CCA setting"),
+    ({"grid": 0}, "grid must be a positive whole number"),
+    ({"images": 2.5}, "images must be a positive whole number"),
+    ({"source": ["x"]}, "source must be a string"),
+])
+def test_a_stored_calibration_that_is_not_finite_or_not_one_is_refused_by_the_predictor(tmp_path, change, message):
+    """Issue 22, item 9: a NaN threshold (or levels out of order) was accepted and gave NaN settings; every one is
+    now the one-line checkpoint error, from Predictor(...) as from Calibration.from_checkpoint."""
+    model = build_bavit(BAViTConfig(img_size=64, depth=1))
+    path = save_checkpoint(model, tmp_path / "m.safetensors", calibration={**GOOD, **change})
+    with pytest.raises(CheckpointError, match=f"stored calibration is invalid .*{message}"):
+        Predictor(path, detector=None)
+    good = save_checkpoint(model, tmp_path / "good.safetensors", calibration=GOOD)
+    assert Predictor(good, detector=None).calibration.threshold(0.25, 3) == 0.25
 
 
 def test_predictor_calibrated_mode(tmp_path):

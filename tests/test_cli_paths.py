@@ -180,6 +180,19 @@ def test_a_checkpoint_config_asking_for_a_huge_model_is_refused_without_building
     ({"num_heads": 3, "embed_dim": "192"}, "integer"),
     ({"mlp_ratio": 1000.0}, "mlp_ratio"),
     ({"mean": [0.5, 0.5]}, "mean"),
+    # Issue 22, item 9: each of these gave 576/576 NaN probabilities (and NaN in export.json)
+    ({"std": [0, 0, 0]}, r"std must be 3 numbers \(R, G, B\), each finite and > 0"),
+    ({"std": [0.2, 0.2, -0.2]}, "std must be 3 numbers"),
+    ({"std": [1e-45, 1e-45, 1e-45]}, "std must be 3 numbers"),  # > 0, but 0 in float32
+    ({"std": [float("inf")] * 3}, "std must be 3 numbers"),
+    ({"mean": [float("nan"), 0.4, 0.4]}, r"mean must be 3 numbers \(R, G, B\), each finite"),
+    ({"mean": [float("-inf"), 0.4, 0.4]}, "mean must be 3 numbers"),
+    ({"mean": [10**400, 0, 0]}, "mean must be 3 numbers"),  # float() of it is an OverflowError
+    ({"fg_frac": float("nan")}, "fg_frac must be a finite number"),
+    ({"mlp_ratio": 10**400}, "mlp_ratio must be a finite number"),
+    ({"name": [["bavit"]]}, "holds a nested value"),
+    ({"name": ["bavit"]}, "name must be a string"),
+    ({"name": 5}, "name must be a string"),
 ])
 def test_config_bounds(change, message):
     from bavit.core.config import SMALL, BAViTConfig
@@ -187,6 +200,111 @@ def test_config_bounds(change, message):
 
     with pytest.raises(ConfigError, match=message):
         BAViTConfig.from_json(json.dumps({**json.loads(SMALL.to_json()), **change}))
+
+
+def test_config_from_json_refuses_text_that_is_not_a_flat_json_object():
+    from bavit.core.config import SMALL, BAViTConfig
+    from bavit.errors import ConfigError
+
+    for text, message in [("[" * 100_000 + "]" * 100_000, "nested too deeply"), ("[]", "not a JSON object"),
+                          ("{", "not valid JSON"), ('{"name": {"a": 1}}', "holds a nested value")]:
+        with pytest.raises(ConfigError, match=message):
+            BAViTConfig.from_json(text)
+    assert BAViTConfig.from_json(SMALL.to_json()) == SMALL
+
+
+def stub_graphs(monkeypatch, content: bytes, during=None) -> None:
+    """The four graph exports replaced by ``content`` (no torch.onnx); ``during(name)`` runs inside each."""
+    import bavit.deploy.export as export
+
+    def stub(*args, _name, **kwargs):
+        if during is not None:
+            during(_name)
+        return content + b" " + _name.encode()
+
+    for name in ("export_bavit", "quantize_bavit", "export_pruned_yolos", "export_dense_yolos"):
+        monkeypatch.setattr(export, name, lambda *args, _name=name, **kwargs: stub(*args, _name=_name, **kwargs))
+
+
+EXPORT_MODELS = ["--bavit", str(random_bavit_checkpoint()), "--detector", str(tiny_yolos_dir())]
+
+
+def test_export_keeps_a_file_added_to_its_folder_during_the_export(tmp_path, monkeypatch, capsys):
+    """Issue 22, item 8a: the swap replaced the folder whole, so a file the user put there while the export ran was
+    deleted. Now the swap checks the folder again and refuses in one line, leaving it as it was."""
+    out = tmp_path / "onnx"
+    stub_graphs(monkeypatch, b"v1")
+    assert main(["export", "--out", str(out), *EXPORT_MODELS]) == 0, capsys.readouterr().err
+    capsys.readouterr()
+    before = listing(tmp_path)
+
+    def user_adds_a_file(name):
+        if name == "export_dense_yolos":  # the last graph: minutes into a real export
+            (out / "notes.txt").write_text("mine\n")
+
+    stub_graphs(monkeypatch, b"v2", during=user_adds_a_file)
+    line = assert_user_error(capsys, main(["export", "--out", str(out), *EXPORT_MODELS]),
+                             f"refusing to replace {out}: it holds notes.txt", "left as it was")
+    assert "changed while the new one was being written" in line
+    assert listing(tmp_path) == {**before, "onnx/notes.txt": "mine\n"}  # the old export, whole, and the file
+
+    # Without the file the next export replaces the old one, deleting only what the old export wrote.
+    (out / "notes.txt").unlink()
+    stub_graphs(monkeypatch, b"v3")
+    assert main(["export", "--out", str(out), *EXPORT_MODELS]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["onnx"]
+    assert (out / FILES["bavit"]).read_bytes() == b"v3 export_bavit" and sorted(os.listdir(out)) == sorted(WRITTEN)
+
+
+def test_export_never_touches_a_users_folder_named_like_its_old_copy(tmp_path, monkeypatch, capsys):
+    """Issue 22, item 8b: ``--out exp`` kept the old export as ``.exp.old``, a fixed name: a user's folder of that
+    name was taken for it and deleted (even by the first export, when exp did not exist)."""
+    mine = {".onnx.old": "/", ".onnx.old/notes.txt": "mine\n"}
+    (tmp_path / ".onnx.old").mkdir()
+    (tmp_path / ".onnx.old" / "notes.txt").write_text("mine\n")
+    out = tmp_path / "onnx"
+    for version in (b"v1", b"v2"):  # a new folder, then an earlier export replaced
+        stub_graphs(monkeypatch, version)
+        assert main(["export", "--out", str(out), *EXPORT_MODELS]) == 0, capsys.readouterr().err
+        got = listing(tmp_path)
+        assert {k: v for k, v in got.items() if not k.startswith("onnx")} == mine
+        assert sorted(os.listdir(out)) == sorted(WRITTEN)
+        assert (out / FILES["yolos_dense"]).read_bytes() == version + b" export_dense_yolos"
+
+
+def test_an_export_left_aside_by_a_killed_swap_comes_back_before_the_check(tmp_path):
+    """Killed between the two renames, an export is ``.OUT.old-XXXXXXXX/OUT``: check_out_dir brings it back."""
+    import tempfile
+
+    from bavit.deploy.export import check_out_dir
+
+    holder = Path(tempfile.mkdtemp(prefix=".onnx.old-", dir=tmp_path))
+    (holder / "onnx").mkdir()
+    (holder / "onnx" / MANIFEST).write_text("{}\n")
+    assert check_out_dir(tmp_path / "onnx") == tmp_path / "onnx"
+    assert listing(tmp_path) == {"onnx": "/", f"onnx/{MANIFEST}": "{}\n"}
+
+
+def test_export_json_never_holds_nan(tmp_path, monkeypatch):
+    """Issue 22, item 9: export.json was written with NaN (json.dumps allows it). Strict JSON now: a setting that is
+    not finite is refused before any graph is exported, and nothing is written."""
+    from types import SimpleNamespace
+
+    from bavit.core.config import SMALL
+    from bavit.deploy.export import export_all
+    from bavit.errors import CheckpointError
+
+    exported = []
+    stub_graphs(monkeypatch, b"v1", during=exported.append)
+    detector = SimpleNamespace(config=SimpleNamespace(patch_size=16, num_detection_tokens=10, id2label={0: "cat"}))
+    nan = float("nan")
+    for kwargs in [{"processor_stats": ((nan, 0.5, 0.5), (0.2, 0.2, 0.2))},
+                   {"calibration": {"thresholds": {"0": [float("inf")]}}}]:
+        with pytest.raises(CheckpointError, match=r"cannot write export.json: a setting of the checkpoint or the "
+                                                  r"detector is not a finite number \(NaN or infinity\)"):
+            export_all(tmp_path / "onnx", SimpleNamespace(config=SMALL), detector, bavit_source="b",
+                       detector_source="d", detector_pretrained=False, **kwargs)
+    assert exported == [] and list(tmp_path.iterdir()) == []  # refused before any graph; nothing written
 
 
 @pytest.mark.parametrize("kwargs", [{}, {"stem": "conv"}, {"stem": "conv-deep", "depth": 3},
@@ -238,3 +356,38 @@ def test_the_real_cli_prints_one_line_and_exits_2(argv, fragment, tmp_path):
     lines = result.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and fragment in lines[0], result.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("metadata,fragment", [
+    ({"extra": "[" * 100_000 + "]" * 100_000}, "'extra' metadata is nested more than 32 levels deep"),
+    ({"calibration": '{"levels": ' + "[" * 50_000 + "]" * 50_000 + "}"}, "'calibration' metadata is nested more"),
+    ({"bavit_config": "[" * 100_000 + "]" * 100_000}, "the config JSON is nested too deeply"),
+    ({"std": [0, 0, 0]}, "std must be 3 numbers"),
+], ids=["extra", "calibration", "config", "std-zero"])
+def test_export_of_a_broken_checkpoint_prints_one_line_and_exits_2(tmp_path, metadata, fragment):
+    """Issue 22, item 9: ``python -m bavit export --bavit`` a checkpoint whose JSON nests 100,000 deep was a
+    RecursionError, 30 lines and exit 1; one with std 0 was exported with NaN everywhere."""
+    import torch
+    from safetensors.torch import save_file
+
+    from bavit.core.checkpoint import CONFIG_KEY, FORMAT, FORMAT_KEY
+    from bavit.core.config import BAViTConfig
+    from bavit.core.model import build_bavit
+
+    config = json.loads(BAViTConfig(img_size=64, depth=1).to_json())
+    if "std" in metadata:
+        metadata = {CONFIG_KEY: json.dumps({**config, **metadata})}
+    tensors = {name: tensor.contiguous() for name, tensor in build_bavit(BAViTConfig(img_size=64, depth=1))
+               .state_dict().items()}
+    path = tmp_path / "broken.safetensors"
+    save_file(tensors, str(path), metadata={FORMAT_KEY: FORMAT, CONFIG_KEY: json.dumps(config), **metadata})
+    env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1")
+    result = subprocess.run([sys.executable, "-m", "bavit", "export", "--bavit", str(path), "--out", "out",
+                             "--detector", str(tiny_yolos_dir())], cwd=tmp_path, capture_output=True, text=True,
+                            env=env, timeout=300)
+    assert result.returncode == 2, result.stderr
+    assert result.stdout == "" and "Traceback" not in result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {path}: ") and fragment in lines[0], result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["broken.safetensors"]  # nothing written

@@ -222,3 +222,96 @@ def test_random_yolos_tiny_leaves_the_global_generator_alone():
     assert torch.equal(torch.rand(3), expected)  # as if it had not run
     second = random_yolos_tiny(seed=0, num_hidden_layers=1)
     assert all(torch.equal(a, b) for a, b in zip(first.state_dict().values(), second.state_dict().values()))
+
+
+def _doctored(tmp_path, name: str, tensors=None, **metadata):
+    """A small valid checkpoint whose safetensors metadata (or tensors) are replaced: ``key=None`` removes a key."""
+    from safetensors import safe_open
+
+    torch.manual_seed(0)
+    base = save_checkpoint(build_bavit(BAViTConfig(img_size=64, depth=1)), tmp_path / "base.safetensors",
+                           extra={"epoch": 1}, calibration={"levels": [0.0]})
+    with safe_open(str(base), framework="pt") as handle:
+        stored, weights = handle.metadata(), {key: handle.get_tensor(key) for key in handle.keys()}
+    stored = {key: value for key, value in {**stored, **metadata}.items() if value is not None}
+    path = tmp_path / name
+    save_file({**weights, **(tensors or {})}, str(path), metadata=stored)
+    return path
+
+
+def _config_json(**changes) -> str:
+    return json.dumps({**json.loads(BAViTConfig(img_size=64, depth=1).to_json()), **changes})
+
+
+def nested(depth: int, inner: str = "1") -> str:
+    return "[" * depth + inner + "]" * depth
+
+
+# Issue 22, item 9: broken checkpoints that got past read_checkpoint (or out of it as a RecursionError, a
+# 30-line traceback and exit 1). name -> (safetensors metadata changes, what the one-line error says)
+BROKEN = {
+    "config nested 100000 deep": ({"bavit_config": nested(100_000)}, "nested too deeply"),
+    "config nested 500 deep": ({"bavit_config": nested(500)}, "not a JSON object"),
+    "config value nested 500 deep": ({"bavit_config": _config_json(name="X").replace('"X"', nested(500, '"x"'))},
+                                     "holds a nested value"),
+    "extra nested 100000 deep": ({"extra": nested(100_000)}, "'extra' metadata is nested more than 32 levels"),
+    "extra nested 500 deep": ({"extra": '{"a": ' * 500 + "1" + "}" * 500}, "'extra' metadata is nested more than"),
+    "extra not an object": ({"extra": "[1, 2]"}, "'extra' metadata is not a JSON object"),
+    "calibration nested 100000 deep": ({"calibration": nested(100_000)}, "'calibration' metadata is nested more"),
+    "calibration value nested 500 deep": ({"calibration": json.dumps({"levels": [0.0], "source": "X"}).replace(
+        '"X"', nested(500, ""))}, "'calibration' metadata is nested more"),
+    "extra not JSON": ({"extra": "{"}, "'extra' metadata is not valid JSON"),
+    "std zero": ({"bavit_config": _config_json(std=[0, 0, 0])}, "std must be 3 numbers"),
+    "std 1e-45 (0 in float32)": ({"bavit_config": _config_json(std=[1e-45] * 3)}, "std must be 3 numbers"),
+    "std negative": ({"bavit_config": _config_json(std=[0.2, -0.2, 0.2])}, "std must be 3 numbers"),
+    "mean NaN": ({"bavit_config": _config_json(mean=[float("nan"), 0.4, 0.4])}, "mean must be 3 numbers"),
+    "mean infinite": ({"bavit_config": _config_json(mean=[float("inf"), 0.4, 0.4])}, "mean must be 3 numbers"),
+    "mean a 400-digit integer": ({"bavit_config": _config_json(mean=[10**400, 0, 0])}, "mean must be 3 numbers"),
+    "std as strings": ({"bavit_config": _config_json(std=["0.2"] * 3)}, "std must be 3 numbers"),
+    "fg_frac NaN": ({"bavit_config": _config_json(fg_frac=float("nan"))}, "fg_frac must be a finite number"),
+    "name not a string": ({"bavit_config": _config_json(name=5)}, "name must be a string"),
+    "config a list": ({"bavit_config": "[]"}, "not a JSON object"),
+}
+
+
+@pytest.mark.parametrize("case", list(BROKEN))
+def test_a_broken_checkpoint_is_one_checkpoint_error(tmp_path, case):
+    from bavit.predictor import Predictor
+
+    changes, message = BROKEN[case]
+    path = _doctored(tmp_path, "broken.safetensors", **changes)
+    for load in (read_checkpoint, lambda p: Predictor(p, detector=None)):
+        with pytest.raises(CheckpointError) as error:
+            load(path)
+        text = str(error.value)
+        assert message in text and str(path) in text and "\n" not in text and len(text) < 500, text
+
+
+@pytest.mark.parametrize("value,dtype", [(float("nan"), torch.float32), (float("inf"), torch.float32),
+                                         (1e300, torch.float64), (float("nan"), torch.float8_e4m3fn),
+                                         (1.0, torch.complex64)], ids=["nan", "inf", "1e300-float64", "nan-float8",
+                                                                        "complex"])
+def test_a_checkpoint_with_weights_that_are_not_finite_is_refused(tmp_path, value, dtype):
+    from safetensors import safe_open
+
+    path = _doctored(tmp_path, "ok.safetensors")
+    with safe_open(str(path), framework="pt") as handle:
+        weight = handle.get_tensor("head.weight").to(torch.float64)
+    weight[0, 0] = value
+    bad = _doctored(tmp_path, "bad.safetensors", tensors={"head.weight": weight.to(dtype)})
+    with pytest.raises(CheckpointError, match=r"weight head.weight holds NaN, infinite or complex values"):
+        read_checkpoint(bad)
+    assert torch.isfinite(read_checkpoint(path).model.fg_prob(torch.rand(1, 3, 64, 64) * 4 - 2)).all()
+
+
+def test_a_checkpoint_with_a_negative_batchnorm_variance_is_refused(tmp_path):
+    """The conv stem's BatchNorm is folded as weight / sqrt(var + eps): a negative variance is NaN everywhere."""
+    model = build_bavit(BAViTConfig(img_size=64, depth=1, stem="conv"))
+    path = save_checkpoint(model, tmp_path / "ok.safetensors")
+    name = next(key for key in model.state_dict() if key.endswith("running_var"))
+    with torch.no_grad():
+        model.state_dict()[name].fill_(-1.0)
+    bad = save_checkpoint(model, tmp_path / "bad.safetensors")
+    with pytest.raises(CheckpointError, match=rf"weight {name} \(a variance\) holds negative values"):
+        read_checkpoint(bad)
+    assert read_checkpoint(path).config.stem == "conv"

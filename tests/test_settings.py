@@ -29,6 +29,8 @@ def test_number_takes_numbers_and_numeric_text(value, expected):
     (True, r"x must be a number, got True"), (None, "x must be a number, got a NoneType"),
     ("abc", r"x must be a number, got 'abc'"), (math.inf, "x must be a finite number, got inf"),
     (math.nan, "finite"), ("nan", "finite"), ([0.5], "got a list"), (np.bool_(True), "must be a number"),
+    (10 ** 400, r"^x must be a finite number, got an integer of 1329 bits$"),  # float(int) overflows
+    ("1" * 500, r"^x must be a finite number, got 1111111111111111111111111111111111111111$"),
 ])
 def test_number_refuses_what_is_not_a_finite_number(value, message):
     with pytest.raises(ConfigError, match=message):

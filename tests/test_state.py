@@ -1,7 +1,11 @@
 """``bavit.engine.state`` (training state in one safetensors file) and ``bavit.files`` (atomic writes): exact round
 trips, failing writes that leave nothing behind, clear errors for files that are not training states."""
+import json
 import os
+import signal
 import stat
+import tempfile
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,7 +16,7 @@ from bavit.engine.state import (
     read_training_state,
     save_training_state,
 )
-from bavit.errors import CheckpointError
+from bavit.errors import CheckpointError, ConfigError
 from bavit.files import atomic_dir, atomic_path, recover_dir, remove_stale_temps
 
 
@@ -194,13 +198,201 @@ def test_atomic_dir_swaps_whole_folders_and_recovers_an_interrupted_swap(tmp_pat
         (tmp / "c.txt").write_text("3")
         raise KeyboardInterrupt
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint"] and [p.name for p in target.iterdir()] == ["b.txt"]
-    # An interrupt between the two renames leaves only .checkpoint.old: it comes back, whole.
-    os.replace(target, tmp_path / ".checkpoint.old")
+    # A kill between the two renames leaves the old copy in its holder, .checkpoint.old-XXXXXXXX/checkpoint: it
+    # comes back, whole.
+    os.rename(target, _holder(tmp_path, "checkpoint") / "checkpoint")
     assert recover_dir(target) == target and [p.name for p in target.iterdir()] == ["b.txt"]
-    os.replace(target, tmp_path / ".checkpoint.old")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint"]
+    os.rename(target, _holder(tmp_path, "checkpoint") / "checkpoint")
     with atomic_dir(target) as tmp:  # the next save recovers it first, then replaces it
         (tmp / "d.txt").write_text("4")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint"] and [p.name for p in target.iterdir()] == ["d.txt"]
+    # A kill after both renames, before the old copy was deleted: the next save deletes it.
+    (_holder(tmp_path, "checkpoint") / "checkpoint").mkdir()
+    with atomic_dir(target) as tmp:
+        (tmp / "e.txt").write_text("5")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint"] and [p.name for p in target.iterdir()] == ["e.txt"]
+
+
+def _holder(parent: Path, name: str) -> Path:
+    """A holder folder as atomic_dir makes one for the old copy of ``parent/name``."""
+    return Path(tempfile.mkdtemp(prefix=f".{name}.old-", dir=parent))
+
+
+def _listing(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): (p.read_text() if p.is_file() else "/") for p in sorted(root.rglob("*"))}
+
+
+@pytest.mark.parametrize("owned", [None, ("a.txt", "m.json")], ids=["whole folder", "owned names"])
+def test_atomic_dir_never_touches_a_users_folder_named_like_the_old_copy(tmp_path, owned):
+    """Issue 22, item 8: the old copy was kept as ``.NAME.old``, a fixed name, so a user's ``.exp.old`` next to
+    ``exp`` was moved in as ``exp`` and deleted at the swap. Now the holder is a folder that atomic_dir creates."""
+    mine = {".exp.old": "/", ".exp.old/notes.txt": "mine", ".exp.old-a1b2c3d4": "/",
+            ".exp.old-a1b2c3d4/notes.txt": "mine too", ".exp.old-short": "/"}
+    (tmp_path / ".exp.old").mkdir()
+    (tmp_path / ".exp.old" / "notes.txt").write_text("mine")
+    (tmp_path / ".exp.old-a1b2c3d4").mkdir()  # the holders' pattern, but not holding an "exp": not one of ours
+    (tmp_path / ".exp.old-a1b2c3d4" / "notes.txt").write_text("mine too")
+    (tmp_path / ".exp.old-short").mkdir()
+    target = tmp_path / "exp"
+    for content in ("1", "2", "3"):  # written new, then replaced twice
+        with atomic_dir(target, owned=owned, marker=owned and "m.json") as tmp:
+            (tmp / "a.txt").write_text(content)
+            (tmp / "m.json").write_text("{}")
+        assert _listing(tmp_path) == {**mine, "exp": "/", "exp/a.txt": content, "exp/m.json": "{}"}
+    os.rename(target, tmp_path / "gone")  # no exp: nothing of the user's is taken for an interrupted swap's copy
+    assert recover_dir(target) == target and not os.path.lexists(target)
+    assert _listing(tmp_path) == {**mine, "gone": "/", "gone/a.txt": "3", "gone/m.json": "{}"}
+
+
+OWNED, MARKER = ("a.bin", "b.bin", "m.json"), "m.json"
+
+
+def _write(folder: Path, content: str) -> None:
+    for name in OWNED:
+        (folder / name).write_text(f"{name} {content}")
+
+
+def test_atomic_dir_with_owned_names_refuses_a_folder_that_got_other_files_and_deletes_nothing(tmp_path, monkeypatch):
+    """Issue 22, item 8: a file a user adds to the folder while the new one is written was deleted at the swap.
+    With ``owned`` the swap checks the folder again, and refuses: the folder stays as it was, the new one goes."""
+    target = tmp_path / "exp"
+    with atomic_dir(target, owned=OWNED, marker=MARKER) as tmp:
+        _write(tmp, "old")
+    old = _listing(tmp_path)
+    with pytest.raises(ConfigError, match=r"refusing to replace .*exp: it holds notes.txt, which an output folder "
+                                          r"does not \(it changed while the new one was being written\)"):
+        with atomic_dir(target, owned=OWNED, marker=MARKER) as tmp:
+            _write(tmp, "new")
+            (target / "notes.txt").write_text("mine")  # the user, meanwhile
+    assert _listing(tmp_path) == {**old, "exp/notes.txt": "mine"}
+
+    # The same file arriving between the check and the first rename goes along into the holder: seen there, and
+    # the folder is put back as it was.
+    (target / "notes.txt").unlink()
+    real_rename = os.rename
+
+    def rename(src, dst):
+        if Path(src) == target and Path(dst).parent.name.startswith(".exp.old-"):
+            (target / "late.txt").write_text("mine")
+        return real_rename(src, dst)
+
+    monkeypatch.setattr(os, "rename", rename)
+    with pytest.raises(ConfigError, match="it holds late.txt"), atomic_dir(target, owned=OWNED, marker=MARKER) as tmp:
+        _write(tmp, "new")
+    monkeypatch.setattr(os, "rename", real_rename)
+    assert _listing(tmp_path) == {**old, "exp/late.txt": "mine"}
+
+    # A folder with no marker, a link, an owned name that is a folder: refused too; nothing moved.
+    (target / "late.txt").unlink()
+    (target / MARKER).unlink()
+    (target / "a.bin").unlink()
+    (target / "a.bin").mkdir()
+    for match in ("no m.json", "it holds a.bin"):
+        with pytest.raises(ConfigError, match=match), atomic_dir(target, owned=OWNED, marker=MARKER) as tmp:
+            _write(tmp, "new")
+        (target / MARKER).write_text("m")
+    (tmp_path / "link").symlink_to(target)
+    with pytest.raises(ConfigError, match="it is a link"), atomic_dir(tmp_path / "link", owned=OWNED) as tmp:
+        _write(tmp, "new")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["exp", "link"]
+
+    # An empty folder or an earlier output: replaced, only its own files deleted.
+    (target / "a.bin").rmdir()
+    (target / "a.bin").write_text("a")
+    with atomic_dir(target, owned=OWNED, marker=MARKER) as tmp:
+        _write(tmp, "new")
+    assert _listing(tmp_path) == {"exp": "/", **{f"exp/{name}": f"{name} new" for name in OWNED}, "link": "/"}
+
+
+# stage of a swap with owned names -> (the call that dies, when), see _kill_at
+KILL_STAGES = {
+    "writing the new folder": ("write", "before"),
+    "before the first rename": ("rename-out", "before"),
+    "between the renames": ("rename-in", "before"),
+    "after both renames": ("rename-in", "after"),
+    "deleting the old copy": ("unlink", "after"),
+}
+
+
+def _kill_at(target: Path, call: str, when: str) -> None:
+    """In a forked child: SIGKILL this process at ``call`` (see :data:`KILL_STAGES`), ``before`` or ``after`` it."""
+    real_rename, real_unlink = os.rename, os.unlink
+
+    def die():
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    def rename(src, dst):
+        hit = (call == "rename-out" and Path(src) == target) or (call == "rename-in" and Path(dst) == target)
+        if hit and when == "before":
+            die()
+        real_rename(src, dst)
+        if hit:
+            die()
+
+    def unlink(path, *args, **kwargs):
+        real_unlink(path, *args, **kwargs)
+        if call == "unlink":
+            die()
+
+    os.rename, os.unlink = rename, unlink
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+@pytest.mark.parametrize("stage", list(KILL_STAGES))
+def test_a_kill_at_any_stage_of_a_swap_with_owned_names_keeps_the_old_folder_and_the_next_swap_resumes(tmp_path, stage):
+    """SIGKILL (no ``finally`` runs) in a forked child at each stage of replacing an earlier output: afterwards
+    the output is the old one or the new one, whole, where it belongs or -- killed between the two renames -- in
+    its holder, from where :func:`recover_dir` brings it back; the next swap leaves neither holder nor old files,
+    and a user's ``.exp.old`` and other files are never touched."""
+    call, when = KILL_STAGES[stage]
+    target = tmp_path / "exp"
+    (tmp_path / ".exp.old").mkdir()
+    (tmp_path / ".exp.old" / "notes.txt").write_text("mine")
+    with atomic_dir(target, owned=OWNED, marker=MARKER) as tmp:
+        _write(tmp, "old")
+    pid = os.fork()
+    if pid == 0:  # the child: no pytest, no torch; only the swap
+        try:
+            _kill_at(target, call, when)
+            with atomic_dir(target, owned=OWNED, marker=MARKER) as tmp:
+                _write(tmp, "new")
+                if call == "write":
+                    os.kill(os.getpid(), signal.SIGKILL)
+        finally:
+            os._exit(1)  # not reached: every stage kills
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
+
+    recover_dir(target)
+    contents = {name: (target / name).read_text() for name in os.listdir(target)}
+    whole = [{name: f"{name} {version}" for name in OWNED} for version in ("old", "new")]
+    assert contents in whole  # one complete folder, never a mix (even while its old copy is being deleted)
+    assert (tmp_path / ".exp.old" / "notes.txt").read_text() == "mine"
+    if stage in ("writing the new folder", "before the first rename", "between the renames"):
+        assert contents == whole[0]
+    leftovers = {p.name for p in tmp_path.iterdir()} - {"exp", ".exp.old"}
+    assert all(name.startswith((".exp-", ".exp.old-")) for name in leftovers), leftovers  # temporaries only
+
+    with atomic_dir(target, owned=OWNED, marker=MARKER) as tmp:  # the next swap
+        _write(tmp, "next")
+    staging = {p.name for p in tmp_path.iterdir() if p.name.startswith(".exp-")}  # remove_stale_temps' business
+    assert {p.name for p in tmp_path.iterdir()} - staging == {"exp", ".exp.old"}
+    assert {name: (target / name).read_text() for name in os.listdir(target)} == {n: f"{n} next" for n in OWNED}
+    assert (tmp_path / ".exp.old" / "notes.txt").read_text() == "mine"
+
+
+def test_a_training_state_with_json_nested_thousands_deep_is_a_checkpoint_error(tmp_path):
+    """A RecursionError from json.loads was not caught: now the one damaged-state error."""
+    path, _ = _saved(tmp_path)
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(path), framework="pt") as handle:
+        metadata, tensors = handle.metadata(), {name: handle.get_tensor(name) for name in handle.keys()}
+    save_file(tensors, str(path), metadata={**metadata, "progress": "[" * 100_000 + "]" * 100_000})
+    with pytest.raises(CheckpointError, match="damaged training state"):
+        read_training_state(path)
 
 
 def test_remove_stale_temps_deletes_what_killed_writers_left_and_nothing_else(tmp_path):

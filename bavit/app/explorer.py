@@ -168,10 +168,12 @@ class Explorer:
             return not session.gate.superseded(ticket, "mode"), view
 
     def paint_gt(self, session: ImageSession, editor_value: Any, controls: Controls) -> dict[str, Any] | None:
-        """Use the painting (a ``gr.ImageEditor`` value) as GT and render the comparison; ``None`` when nothing is
-        painted. Runs in the session's turn order but supersedes no control event."""
+        """Use the painting (a raw ``gr.ImageEditor`` value: file payloads, read by :func:`uploads.read_painted`
+        under the upload limits) as GT and render the comparison; ``None`` when nothing is painted. Runs in the
+        session's turn order but supersedes no control event."""
+        layers = uploads.read_painted(editor_value, self.image_roots)
         with session.gate.hold():
-            if not session.set_painted_gt(editor_value):
+            if not session.set_painted_gt({"layers": layers}):
                 return None
             view = self.render(session, controls)
             session.record(view["record"])

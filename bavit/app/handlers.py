@@ -20,6 +20,7 @@ from ..errors import BAViTError
 from ..pruning.settings import cca_steps_value
 from . import client, panels, viz
 from .explorer import Explorer
+from .server import ERRORS
 from .session import MODE_THRESHOLD, TARGET_MODES, Controls, ImageSession, ViewRecord
 
 log = logging.getLogger(__name__)
@@ -39,21 +40,27 @@ CONTROL_EVENTS: dict[str, Any] = {"trigger_mode": "always_last", "concurrency_id
 
 def user_errors(fn: Callable) -> Callable:
     """An event function that shows input problems (BAViTError) as a gr.Error toast, and unexpected failures too,
-    after logging them."""
+    after logging them.
+
+    The toast is raised after the ``except`` block with no traceback of the failure attached: the failure's frames
+    (a refused image's pixels among their locals) are freed now, not when Gradio lets go of the error."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except gr.Error:
-            raise
+        except gr.Error as exc:
+            error = exc
         except BAViTError as exc:
-            raise gr.Error(str(exc), print_exception=False) from None
+            error = gr.Error(str(exc), print_exception=False)
         except MemoryError:
-            raise gr.Error("out of memory while processing this image; try a smaller one", print_exception=False) from None
+            error = gr.Error("out of memory while processing this image; try a smaller one", print_exception=False)
         except Exception as exc:  # keep the app up and say what happened
             log.exception("handler %s failed", fn.__name__)
-            raise gr.Error(f"internal error ({exc.__class__.__name__}: {exc})", print_exception=False) from None
+            error = gr.Error(f"internal error ({exc.__class__.__name__}: {exc})", print_exception=False)
+        error.__traceback__ = error.__context__ = error.__cause__ = None
+        ERRORS.remember(error.message)  # for the /call stream's error event (bavit.app.server)
+        raise error
 
     return wrapper
 

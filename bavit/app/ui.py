@@ -23,7 +23,7 @@ from pathlib import Path
 
 import gradio as gr
 
-from . import client, panels, uploads, viz
+from . import client, panels, server, uploads, viz
 from .endpoints import add_endpoints
 from .explorer import Explorer
 from .handlers import CONTROL_EVENTS, PAGE_KEYS, SLIDER_KEYS, build_handlers
@@ -121,6 +121,7 @@ def _build_demo(explorer: Explorer, examples: list[str] | None, coco_examples: l
                 editor = gr.ImageEditor(label="Paint the objects with the brush", type="numpy", elem_id="gt-editor",
                                         sources=(), transforms=(), layers=False, height=420, canvas_size=(512, 512),
                                         brush=gr.Brush(colors=["#ff3b30"], default_size=24, color_mode="fixed"))
+                editor.blob_storage = server.BoundedBlobs()  # see there: a client could fill it without bound
                 gt_apply = gr.Button("Compare with painted GT", elem_id="gt-apply")
         with gr.Row(elem_classes=["bavit-hidden"]):  # the page's wiring to static/grid.js (rendered, not shown)
             page_state = gr.Textbox(elem_id="page-state", label="page state (JSON for grid.js)", max_lines=1)
@@ -132,27 +133,30 @@ def _build_demo(explorer: Explorer, examples: list[str] | None, coco_examples: l
         page_outputs = [page_state, *(shown[key] for key in PAGE_KEYS)]
         slider_outputs = [page_state, *(shown[key] for key in SLIDER_KEYS)]
         image.change(handlers.page_image, [image, session_state, *control_inputs],
-                     [session_state, *page_outputs, gt_grid, editor], preprocess=False, api_name=False,
-                     trigger_mode="always_last")
+                     [session_state, *page_outputs, gt_grid, editor], preprocess=False, api_name="page_image",
+                     show_api=False, trigger_mode="always_last")
         # A slider runs static/grid.js only (no Python function): it answers grid-only moves in the page, else it
         # clicks #server-update, whose event reads the same controls.
         for control in (threshold, target, cca_steps):
             control.input(None, [*control_inputs, sparsity, tokens], [sparsity, tokens], api_name=False,
                           show_progress="hidden", js="(...values) => window.bavitGrid.slider(...values)")
-        server_update.click(handlers.page_slider, [session_state, *control_inputs], slider_outputs, api_name=False,
-                            show_progress="hidden", **CONTROL_EVENTS)
-        for control in (detect, show_dense):
-            control.input(handlers.page_controls, [session_state, *control_inputs], page_outputs, api_name=False,
-                          **CONTROL_EVENTS)
+        server_update.click(handlers.page_slider, [session_state, *control_inputs], slider_outputs,
+                            api_name="page_slider", show_api=False, show_progress="hidden", **CONTROL_EVENTS)
+        for name, control in (("page_detect", detect), ("page_show_dense", show_dense)):
+            control.input(handlers.page_controls, [session_state, *control_inputs], page_outputs, api_name=name,
+                          show_api=False, **CONTROL_EVENTS)
         mode.input(handlers.page_mode, [session_state, *control_inputs], [threshold, target, *page_outputs],
-                   api_name=False, **CONTROL_EVENTS)
+                   api_name="page_mode", show_api=False, **CONTROL_EVENTS)
         # Cheap and order-free (one CCA setting's base plot, drawn once per image): off the queue, which polls every
         # 50 ms. The session stays safe: page_curve holds the session's gate like every other event.
-        curve_request.click(handlers.page_curve, [session_state, cca_steps], page_state, api_name=False,
-                            show_progress="hidden", queue=False, preprocess=False)
+        curve_request.click(handlers.page_curve, [session_state, cca_steps], page_state, api_name="page_curve",
+                            show_api=False, show_progress="hidden", queue=False, preprocess=False)
         page_state.change(None, page_state, None, js="(text) => window.bavitGrid.receive(text)")
+        # Raw values (preprocess=False): the editor's layers arrive as uploaded files, read under the upload limits
+        # (Gradio would decode every layer into an array first, with no limit).
         gt_apply.click(handlers.page_paint, [session_state, editor, *control_inputs],
-                       [gt_grid, gt_confusion, gt_stats, page_state], api_name=False)
+                       [gt_grid, gt_confusion, gt_stats, page_state], api_name="page_paint", show_api=False,
+                       preprocess=False)
         add_endpoints(explorer, handlers, session_state, control_inputs, shown, [gt_grid, editor])
     return demo
 

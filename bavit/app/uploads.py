@@ -30,13 +30,14 @@ from typing import Any
 from PIL import Image
 
 from ..errors import DataError
-from ..imageio import load_image
+from ..imageio import load_image, load_painted
 
 EXAMPLES_DIR = Path(__file__).resolve().parents[2] / "assets" / "examples"  # the gallery: an image folder
 ANALYSIS_SIDE = 1024  # px: images are read at most this large (BAViT sees 384, YOLOS 512)
 MAX_UPLOAD = "25mb"
 MAX_IMAGE_PIXELS = 50_000_000  # 50 MP: an 8000x6000 (48 MP) camera photo passes
 DECODE_SLOTS = 2
+MAX_PAINT_LAYERS = 4  # layers of one painted GT (the page's editor sends one)
 CACHE_LIFETIME = 3600  # s
 
 _DECODING = threading.BoundedSemaphore(DECODE_SLOTS)
@@ -94,10 +95,12 @@ def _release_freed_memory() -> None:
 @contextlib.contextmanager
 def decode_slot() -> Iterator[None]:
     """Hold one of the :data:`DECODE_SLOTS` process-wide decode slots (waits for a free one) while decoding; after
-    the block, freed memory goes back to the system."""
-    with _DECODING:
-        yield
-    _release_freed_memory()
+    the block, freed memory goes back to the system, also when the block refused the image."""
+    try:
+        with _DECODING:
+            yield
+    finally:
+        _release_freed_memory()
 
 
 def read_image(payload: Any, roots: Iterable[str | os.PathLike], exif: bool = True) -> tuple[Image.Image, str]:
@@ -115,11 +118,37 @@ def read_image(payload: Any, roots: Iterable[str | os.PathLike], exif: bool = Tr
     resolved = confine(path, roots)
     try:
         with decode_slot():
-            image = load_image(resolved, max_side=ANALYSIS_SIDE, exif=exif, max_pixels=MAX_IMAGE_PIXELS)
+            return load_image(resolved, max_side=ANALYSIS_SIDE, exif=exif, max_pixels=MAX_IMAGE_PIXELS), name
     except DataError as exc:
         message = str(exc).replace(str(resolved), repr(name))
-        raise DataError(message if repr(name) in message else f"{name!r}: {message}") from None
-    return image, name
+    # raised here, not in the except block, so the refusal holds no decoding frame (see bavit.imageio.load_image)
+    raise DataError(message if repr(name) in message else f"{name!r}: {message}")
+
+
+def read_painted(editor_value: Any, roots: Iterable[str | os.PathLike]) -> list:
+    """The painted masks (``[H, W]`` bool each) of a raw ``gr.ImageEditor`` value (``preprocess=False``: file
+    payloads, never arrays Gradio decoded without a limit): each layer confined like an upload
+    (:func:`confine`), at most :data:`MAX_IMAGE_PIXELS` from its header, decoded one at a time in a decode slot;
+    at most :data:`MAX_PAINT_LAYERS` layers.
+
+    Raises:
+        DataError: not an editor value, too many layers, or a layer refused as :func:`read_image` refuses images.
+    """
+    if editor_value is None:
+        return []
+    layers = editor_value.get("layers") if isinstance(editor_value, dict) else None
+    if not isinstance(layers, list):
+        raise DataError("the painted GT is not an image editor's value")
+    if len(layers) > MAX_PAINT_LAYERS:
+        raise DataError(f"the painted GT has {len(layers)} layers; at most {MAX_PAINT_LAYERS} are read")
+    masks = []
+    for layer in layers:
+        if layer is None:
+            continue
+        resolved = confine(payload_path(layer)[0], roots)
+        with decode_slot():
+            masks.append(load_painted(resolved, MAX_IMAGE_PIXELS))
+    return masks
 
 
 def allowed_paths(data: str | Path | None) -> list[str]:
@@ -132,4 +161,5 @@ def allowed_paths(data: str | Path | None) -> list[str]:
 
 
 __all__ = ["ANALYSIS_SIDE", "CACHE_LIFETIME", "DECODE_SLOTS", "EXAMPLES_DIR", "MAX_IMAGE_PIXELS", "MAX_UPLOAD",
-           "RefusedImage", "allowed_paths", "confine", "decode_slot", "payload_path", "read_image"]
+           "MAX_PAINT_LAYERS", "RefusedImage", "allowed_paths", "confine", "decode_slot", "payload_path",
+           "read_image", "read_painted"]

@@ -14,7 +14,9 @@ named below are in :mod:`bavit.cli`; ``batch_modes`` is a script of its own. Mea
   the bench's in :mod:`.app_agreement`; starting ``python app.py`` in :mod:`.app_process` (shared with
   :mod:`.browser_bench` and :mod:`.upload_memory`).
 - :mod:`.browser_bench` — ``python -m bavit app-bench --browser``: the slider in a real browser.
-- :mod:`.upload_memory` — ``python -m bavit memory-bench``: the app's peak memory under the largest uploads.
+- :mod:`.upload_memory` — ``python -m bavit memory-bench``: the app's memory under the largest and the crafted
+  uploads (the attacks of docs/deployment.md's limits); the crafted files in :mod:`.crafted_images`, the raw
+  requests (uploads, queue joins, direct POSTs) in :mod:`.app_requests`.
 """
 from pathlib import Path
 

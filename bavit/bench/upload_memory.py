@@ -1,29 +1,58 @@
-"""Peak memory of the app under the largest images it accepts: ``python -m bavit memory-bench``.
+"""Server memory under the largest and the crafted uploads: ``python -m bavit memory-bench [--cases ...]``.
 
-Per kind of image, starts ``python app.py`` afresh (as :mod:`bavit.bench.app_bench` does), loads one small image to
-warm it up, then resets the server's peak-RSS counter (``/proc/PID/clear_refs``) and sends ``--concurrent`` uploads
-of a largest-allowed image (:data:`bavit.app.uploads.MAX_IMAGE_PIXELS` pixels, under the upload limit) to the
-``analyze`` API at once, from as many clients. It prints the server's resident memory before, its peak during, and
-the difference. Linux only (``/proc``). Kinds: ``rgb`` (8-bit RGB PNG), ``rgba`` (8-bit RGBA PNG: the alpha
-composite) and ``gray16`` (16-bit grayscale PNG), the decodes that allocate most per pixel.
+Each case starts ``python app.py`` afresh (:func:`~.app_process.running_app`), warms it up (one small image through
+the ``analyze`` API and one through the page's upload event), resets the server's peak-RSS counter
+(``/proc/PID/clear_refs``), sends the case's calls and gives one row: the server's resident memory before, its peak
+during the calls (``VmHWM``) and the increase, what it still holds ``--settle`` seconds after the last call (RSS
+after - before), the seconds the calls took, how many calls succeeded or were refused (and the first refusal's
+text), and the 1-minute load average when the case began. Linux only (``/proc``). Calls are made as a client or an
+attacker would: ``gradio_client`` for the ``analyze`` and ``load_image`` APIs; raw uploads (``/gradio_api/upload``)
+and queue joins (``/gradio_api/queue/join``) for the page's events; raw POSTs for the rest. The crafted files
+(:mod:`.crafted_images`) are written to a new temporary folder.
+
+Cases:
+
+- ``rgb``, ``rgba``, ``gray16``: ``--concurrent`` (3) ``analyze`` calls at once with the largest accepted image of
+  that kind (a 50 MP PNG under the upload limit; RGBA needs the alpha composite, 16-bit gray a wide decode).
+- ``ico``, ``icns``: a ~650 KB ``.ico`` / ``.icns`` whose one icon is a 15000x15000 PNG of zeros (225 MP; its
+  header says 256x256 / 1024x1024, and Pillow decodes the PNG to learn more); 6 at once, 2 each through
+  ``analyze``, ``load_image`` and the page's upload event (the ``change`` of ``#input-image``).
+- ``paint``: the "Compare with painted GT" event (the ``click`` of ``#gt-apply``) once, in a session with a small
+  image loaded; its ``gr.ImageEditor`` value is an uploaded 15000x15000 zero PNG as background, as each of 4
+  layers and as composite, as a 15000x15000 canvas would send it (Gradio decodes each into an RGBA array before
+  the app runs).
+- ``corrupt``: 3 ``analyze`` calls at once, each with a ~50 MP PNG whose pixel stream stops after 90% of its rows,
+  so Pillow decodes most of the image before it fails: what the refusal keeps.
+- ``run-predict``: 16 ``analyze`` calls at once, each uploading a 12 MP (4000x3000) JPEG, posted straight to
+  ``/gradio_api/run/predict`` (outside the queue and its concurrency limit); then, on another fresh app, the same
+  16 through the queue (``gradio_client``) for comparison: two rows.
+- ``sessions``: 300 sessions (distinct ``session_hash``), each uploading the 12 MP JPEG and setting it through the
+  page's upload event, 8 at a time; held is what the sessions keep.
 """
 from __future__ import annotations
 
 import math
+import os
 import tempfile
-import threading
 import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from functools import cached_property, partial
 from pathlib import Path
-from typing import Sequence
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
 from ..app.uploads import MAX_IMAGE_PIXELS
+from . import crafted_images as crafted
 from .app_bench import DEFAULT_IMAGE as WARM_UP_IMAGE
 from .app_process import running_app
+from .app_requests import ANALYZE, CONTROLS, Server, new_session, queue_call, run_predict, upload
 
 KINDS = ("rgb", "rgba", "gray16")
+CASES = (*KINDS, "ico", "icns", "paint", "corrupt", "run-predict", "sessions")
+ICON_CALLS, PAINT_LAYERS, CORRUPT_CALLS, BURST, SESSIONS, SESSIONS_AT_ONCE = 6, 4, 3, 16, 300, 8
 
 
 def largest_image(kind: str, folder: Path, pixels: int = MAX_IMAGE_PIXELS) -> Path:
@@ -46,6 +75,37 @@ def largest_image(kind: str, folder: Path, pixels: int = MAX_IMAGE_PIXELS) -> Pa
     return path
 
 
+class Files:
+    """The cases' files, each written to ``folder`` when first asked for."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+
+    def largest(self, kind: str) -> Path:
+        path = self.folder / f"largest-{kind}.png"
+        return path if path.exists() else largest_image(kind, self.folder)
+
+    @cached_property
+    def bomb(self) -> Path:  # 15000x15000 zero PNG
+        return crafted.zero_png(self.folder / "zeros-15000.png")
+
+    @cached_property
+    def ico(self) -> Path:
+        return crafted.ico_holding(self.folder / "bomb.ico", self.bomb.read_bytes())
+
+    @cached_property
+    def icns(self) -> Path:
+        return crafted.icns_holding(self.folder / "bomb.icns", self.bomb.read_bytes())
+
+    @cached_property
+    def corrupt(self) -> Path:
+        return crafted.truncated_png(self.folder / "corrupt-50mp.png", MAX_IMAGE_PIXELS)
+
+    @cached_property
+    def photo(self) -> Path:  # 12 MP JPEG
+        return crafted.photo_jpeg(self.folder / "photo-12mp.jpg")
+
+
 def _status(pid: int, key: str) -> float:
     """``/proc/PID/status``'s ``key`` (``VmRSS``, ``VmHWM``) in MiB."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -54,52 +114,127 @@ def _status(pid: int, key: str) -> float:
     raise RuntimeError(f"no {key} in /proc/{pid}/status")
 
 
-def concurrent_peak(url: str, pid: int, image: Path, concurrent: int) -> dict:
-    """Reset ``pid``'s peak RSS, send ``concurrent`` analyze calls of ``image`` at once; the memory figures (MiB)."""
-    from gradio_client import Client, handle_file
+# Each case makes its calls (functions of no argument), given the warmed-up server and the files; setting up (a
+# session, an upload) is done here, before the measurement starts.
+def kind_calls(kind: str, server: Server, files: Files, concurrent: int) -> list:
+    return [server.api("/analyze", files.largest(kind)) for _ in range(concurrent)]
 
-    clients = [Client(url, download_files=False, verbose=False) for _ in range(concurrent)]
+
+def icon_calls(kind: str, server: Server, files: Files, _concurrent: int) -> list:
+    path = getattr(files, kind)
+    payload = upload(server.url, path)  # the page's calls send it as uploaded; the clients upload it themselves
+    calls = []
+    for _ in range(ICON_CALLS // 3):
+        calls += [server.api("/analyze", path), server.api("/load_image", path, CONTROLS),
+                  partial(server.page_image, payload)]
+    return calls
+
+
+def paint_calls(server: Server, files: Files, _concurrent: int) -> list:
+    session = new_session()
+    server.page_image(upload(server.url, WARM_UP_IMAGE), session)  # the session has an image to compare with
+    layer = upload(server.url, files.bomb)
+    editor = {"background": layer, "layers": [layer] * PAINT_LAYERS, "composite": layer}
+    fn_index = server.fn(elem_id="gt-apply", trigger="click")
+    return [partial(queue_call, server.url, fn_index, [None, editor, *CONTROLS], session)]
+
+
+def corrupt_calls(server: Server, files: Files, _concurrent: int) -> list:
+    return [server.api("/analyze", files.corrupt) for _ in range(CORRUPT_CALLS)]
+
+
+def direct_calls(server: Server, files: Files, _concurrent: int) -> list:
+    fn_index = server.fn(api_name="analyze")
+    return [lambda: run_predict(server.url, fn_index, [upload(server.url, files.photo), *ANALYZE])] * BURST
+
+
+def queued_calls(server: Server, files: Files, _concurrent: int) -> list:
+    return [server.api("/analyze", files.photo) for _ in range(BURST)]
+
+
+def session_calls(server: Server, files: Files, _concurrent: int) -> list:
+    return [lambda: server.page_image(upload(server.url, files.photo))] * SESSIONS
+
+
+RUNS: dict[str, list[tuple[str, Callable, int | None]]] = {  # case: its rows (label, calls, at once)
+    **{kind: [(kind, partial(kind_calls, kind), None)] for kind in KINDS},
+    **{kind: [(kind, partial(icon_calls, kind), None)] for kind in ("ico", "icns")},
+    "paint": [("paint", paint_calls, None)],
+    "corrupt": [("corrupt", corrupt_calls, None)],
+    "run-predict": [("run-predict", direct_calls, None), ("run-predict via queue", queued_calls, None)],
+    "sessions": [("sessions", session_calls, SESSIONS_AT_ONCE)],
+}
+
+
+def _outcome(call: Callable[[], Any]) -> str | None:
+    """None when ``call`` succeeds, else its error's text."""
+    try:
+        call()
+        return None
+    except Exception as exc:  # reported, not raised: the figures are still the server's
+        return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def wait_until_quiet(pid: int, still_mib: float = 2.0, interval: float = 2.0, limit: float = 90.0) -> None:
+    """Wait (at most ``limit`` s) until ``pid``'s RSS moves less than ``still_mib`` in ``interval`` s: the app's
+    background latency warm-up has finished, so what it allocates is not counted as held by the calls."""
+    deadline = time.monotonic() + limit
+    last = _status(pid, "VmRSS")
+    while time.monotonic() < deadline:
+        time.sleep(interval)
+        now = _status(pid, "VmRSS")
+        if abs(now - last) < still_mib:
+            return
+        last = now
+
+
+def measure(pid: int, calls: list, at_once: int | None = None, settle: float = 3.0) -> dict:
+    """Reset ``pid``'s peak RSS, run ``calls`` (``at_once`` at a time, all by default) and wait ``settle`` s: the
+    memory figures (MiB), seconds and outcomes."""
     before = _status(pid, "VmRSS")
     Path(f"/proc/{pid}/clear_refs").write_text("5")  # peak RSS := current RSS
-    results: list = [None] * concurrent
-    start = threading.Barrier(concurrent)
-
-    def call(index: int) -> None:
-        start.wait()
-        try:
-            results[index] = clients[index].predict(handle_file(str(image)), 0.5, 3, 0, 0, api_name="/analyze")
-        except Exception as exc:  # reported, not raised: the figure is still the server's
-            results[index] = exc
-
-    threads = [threading.Thread(target=call, args=(i,)) for i in range(concurrent)]
     began = time.perf_counter()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    with ThreadPoolExecutor(at_once or len(calls)) as pool:
+        outcomes = list(pool.map(_outcome, calls))
+    seconds = time.perf_counter() - began
     peak = _status(pid, "VmHWM")
-    failures = [str(r) for r in results if isinstance(r, Exception)]
-    return {"image": image.name, "file_mib": image.stat().st_size / 2**20, "concurrent": concurrent,
-            "rss_before_mib": before, "peak_mib": peak, "peak_increase_mib": peak - before,
-            "rss_after_mib": _status(pid, "VmRSS"), "seconds": time.perf_counter() - began, "failures": failures}
+    time.sleep(settle)
+    refusals = [o for o in outcomes if o is not None]
+    return {"calls": len(calls), "rss_before_mib": before, "peak_mib": peak, "peak_increase_mib": peak - before,
+            "held_mib": _status(pid, "VmRSS") - before, "seconds": seconds, "ok": len(calls) - len(refusals),
+            "refused": len(refusals), "first_refusal": refusals[0] if refusals else ""}
 
 
-def fresh_app_peak(image: Path, concurrent: int, threads: int, bavit: str | None = None,
-                   detector: str | None = None) -> dict:
-    """:func:`concurrent_peak` on a newly started app (``threads``, ``bavit``, ``detector`` as ``app.py`` takes
-    them, None for its defaults), warmed up with one small image first."""
-    from gradio_client import Client, handle_file
-
+def fresh_app_row(label: str, build: Callable, at_once: int | None, files: Files, concurrent: int = 3,
+                  threads: int = 2, bavit: str | None = None, detector: str | None = None,
+                  settle: float = 3.0) -> dict:
+    """One row: a newly started app (``threads``, ``bavit``, ``detector`` as ``app.py`` takes them, None for its
+    defaults), warmed up, then :func:`measure` of the calls ``build`` makes."""
+    load = os.getloadavg()[0]
     with running_app(threads, bavit, detector) as (process, url, _log):
-        warm = Client(url, download_files=False, verbose=False)
-        warm.predict(handle_file(str(WARM_UP_IMAGE)), 0.5, 3, 0, 0, api_name="/analyze")
-        return concurrent_peak(url, process.pid, image, concurrent)
+        server = Server.connect(url, process.pid)
+        server.api("/analyze", WARM_UP_IMAGE)()
+        server.page_image(upload(url, WARM_UP_IMAGE))
+        wait_until_quiet(process.pid)
+        row = measure(process.pid, build(server, files, concurrent), at_once, settle)
+    return {"case": label, "load": load, **row}
 
 
-def memory_bench(kinds: Sequence[str] = KINDS, concurrent: int = 3, threads: int = 2, bavit: str | None = None,
-                 detector: str | None = None) -> list[dict]:
-    """:func:`fresh_app_peak` with a :func:`largest_image` of each of ``kinds`` (written to a new temporary folder),
-    a fresh app each; one row of memory figures per kind."""
-    folder = Path(tempfile.mkdtemp(prefix="bavit-memory-bench-"))
-    images = {kind: largest_image(kind, folder) for kind in kinds}
-    return [fresh_app_peak(images[kind], concurrent, threads, bavit, detector) for kind in kinds]
+def memory_bench(cases: Sequence[str] = CASES, concurrent: int = 3, threads: int = 2, bavit: str | None = None,
+                 detector: str | None = None, settle: float = 3.0,
+                 report: Callable[[dict], None] | None = None) -> list[dict]:
+    """The rows of ``cases`` (:data:`RUNS`), a fresh app each, their files in a temporary folder (removed at the
+    end); ``report`` is called with each row as it is measured. A case that fails gives a row with its error."""
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="bavit-memory-bench-") as folder:
+        files = Files(Path(folder))
+        for case in cases:
+            for label, build, at_once in RUNS[case]:
+                try:
+                    row = fresh_app_row(label, build, at_once, files, concurrent, threads, bavit, detector, settle)
+                except Exception as exc:  # the other cases still run
+                    row = {"case": label, "error": f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"}
+                rows.append(row)
+                if report:
+                    report(row)
+    return rows

@@ -29,6 +29,36 @@ FORMAT = "bavit-v1"
 CONFIG_KEY = "bavit_config"
 EXTRA_KEY = "extra"
 CALIBRATION_KEY = "calibration"
+MAX_JSON_DEPTH = 32  # nesting of a JSON metadata entry (the project writes 3 levels at most)
+
+
+def _depth(data) -> int:
+    """How deeply ``data`` (parsed JSON) nests lists and objects; iterative, so any depth is safe to measure."""
+    deepest, stack = 0, [(data, 1)]
+    while stack:
+        value, level = stack.pop()
+        if isinstance(value, (list, dict)):
+            deepest = max(deepest, level)
+            stack.extend((item, level + 1) for item in (value.values() if isinstance(value, dict) else value))
+    return deepest
+
+
+def _json_object(path: Path, key: str, text: str) -> dict:
+    """The JSON object stored under metadata ``key``, or a one-line :class:`CheckpointError`: not JSON, not an
+    object, or nested deeper than :data:`MAX_JSON_DEPTH` (JSON thousands of levels deep makes the parser or
+    whatever walks the result later raise RecursionError)."""
+    try:
+        data = json.loads(text)
+    except RecursionError:
+        data = None
+    except ValueError as exc:
+        raise CheckpointError(f"{path}: stored '{key}' metadata is not valid JSON ({exc})") from None
+    if data is None or _depth(data) > MAX_JSON_DEPTH:
+        raise CheckpointError(f"{path}: stored '{key}' metadata is nested more than {MAX_JSON_DEPTH} levels deep; "
+                              "not a BAViT checkpoint's")
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: stored '{key}' metadata is not a JSON object")
+    return data
 
 
 def write_safetensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> Path:
@@ -110,7 +140,9 @@ def read_checkpoint(path: str | os.PathLike, map_location: str = "cpu") -> Check
 
     Raises:
         CheckpointError: a missing or unreadable file, one that is not a BAViT checkpoint, an invalid stored config
-            or JSON entry, or weights that do not fit the stored config.
+            (:class:`~bavit.core.config.BAViTConfig`'s checks), a JSON entry that is not an object or nests more
+            than :data:`MAX_JSON_DEPTH` levels, weights that do not fit the stored config, or weights that are not
+            finite. Nothing else: any broken file is this one-line error.
     """
     path = Path(path)
     metadata, state = read_safetensors(path, "BAViT checkpoint", map_location)
@@ -118,13 +150,11 @@ def read_checkpoint(path: str | os.PathLike, map_location: str = "cpu") -> Check
         raise CheckpointError(f"{path} is a safetensors file but not a BAViT checkpoint (no '{CONFIG_KEY}' metadata)")
     try:
         config = BAViTConfig.from_json(metadata[CONFIG_KEY])
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError) as exc:  # ConfigError is a ValueError
         raise CheckpointError(f"{path}: stored config is invalid ({exc})") from None
-    try:
-        extra = json.loads(metadata.get(EXTRA_KEY, "{}"))
-        calibration = json.loads(metadata[CALIBRATION_KEY]) if CALIBRATION_KEY in metadata else None
-    except ValueError as exc:
-        raise CheckpointError(f"{path}: stored metadata is not valid JSON ({exc})") from None
+    extra = _json_object(path, EXTRA_KEY, metadata[EXTRA_KEY]) if EXTRA_KEY in metadata else {}
+    calibration = (_json_object(path, CALIBRATION_KEY, metadata[CALIBRATION_KEY]) if CALIBRATION_KEY in metadata
+                   else None)
     model = BAViT(config)
     expected = model.state_dict()
     problems = {
@@ -135,7 +165,16 @@ def read_checkpoint(path: str | os.PathLike, map_location: str = "cpu") -> Check
     if any(problems.values()):
         detail = "; ".join(f"{what} {names[:3]}" for what, names in problems.items() if names)
         raise CheckpointError(f"{path} does not match its stored config ({config.name}, depth {config.depth}): {detail}")
-    model.load_state_dict(state)
+    for name, tensor in state.items():  # NaN or infinite weights give NaN probabilities everywhere
+        values = None if tensor.is_complex() else tensor.to(torch.float32)  # as the model will hold them
+        if values is None or not bool(torch.isfinite(values).all()):
+            raise CheckpointError(f"{path}: weight {name} holds NaN, infinite or complex values")
+        if name.endswith("running_var") and bool((values < 0).any()):  # folded as sqrt(var + eps): NaN
+            raise CheckpointError(f"{path}: weight {name} (a variance) holds negative values")
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:  # a dtype that cannot be copied into float32 weights
+        raise CheckpointError(f"{path}: its weights cannot be loaded ({str(exc).splitlines()[0]})") from None
     return Checkpoint(path, model.eval(), extra, calibration)
 
 

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import reprlib
 from types import MappingProxyType
 from typing import Mapping
 from dataclasses import dataclass, field
@@ -30,6 +32,23 @@ MAX_MLP_RATIO = 16.0
 MAX_TOKENS = 64 * 64  # tokens per image; attention memory grows with its square
 MAX_PARAMETERS = 100_000_000  # 400 MB of float32 weights
 LITE0_TRUNK_PARAMETERS = 700_000  # EfficientNet-Lite0 to stride 16 (bavit.core.lite0), to within 1%
+# Pixel normalisation (x - mean) / std on pixels in [0, 1]: finite, std > 0, and bounded so that float32 pixels
+# stay finite (std 1e-45 is > 0 but rounds to 0 in float32: every probability NaN).
+MEAN_BOUND = 1000.0  # |mean| <= it
+STD_BOUNDS = (1e-3, 1000.0)
+MAX_NAME = 200  # characters in a config's name
+_REPR = reprlib.Repr()  # values in messages: short, and safe for any nesting
+_REPR.maxlevel, _REPR.maxstring, _REPR.maxother = 3, 60, 60
+
+
+def _finite(value) -> bool:
+    """A real number (not a bool) that float32 maths can use: finite as a float (a 400-digit int is not)."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(float(value))
+    except OverflowError:
+        return False
 
 
 @dataclass(frozen=True)
@@ -73,7 +92,7 @@ class BAViTConfig:
         if self.embed_dim % self.num_heads:
             raise ConfigError(f"embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}")
         if self.stem not in STEMS:
-            raise ConfigError(f"stem must be one of {STEMS}, got {self.stem!r}")
+            raise ConfigError(f"stem must be one of {STEMS}, got {_REPR.repr(self.stem)}")
         if self.stem != "patch" and self.patch_size != 16:
             raise ConfigError(f"the {self.stem} stem is built for 16x16 patches (patch_size 16)")
         parameters = self.parameter_estimate()
@@ -90,22 +109,33 @@ class BAViTConfig:
         for name, (low, high) in INT_BOUNDS.items():
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool):
-                raise ConfigError(f"{name} must be an integer, got {value!r}")
+                raise ConfigError(f"{name} must be an integer, got {_REPR.repr(value)}")
             if not low <= value <= high:
                 raise ConfigError(f"{name} must be in [{low}, {high}], got {value} (sizes are bounded so that no "
                                   f"config asks for a model over {MAX_PARAMETERS / 1e6:.0f}M parameters)")
         for name in ("mlp_ratio", "drop_path_rate", "fg_frac"):
-            if not isinstance(getattr(self, name), (int, float)) or isinstance(getattr(self, name), bool):
-                raise ConfigError(f"{name} must be a number, got {getattr(self, name)!r}")
+            if not _finite(getattr(self, name)):
+                raise ConfigError(f"{name} must be a finite number, got {_REPR.repr(getattr(self, name))}")
         if not 0 < self.mlp_ratio <= MAX_MLP_RATIO:
             raise ConfigError(f"mlp_ratio must be in (0, {MAX_MLP_RATIO:g}], got {self.mlp_ratio}")
         if not 0 <= self.drop_path_rate < 1:
             raise ConfigError(f"drop_path_rate must be in [0, 1), got {self.drop_path_rate}")
+        if not 0 <= self.fg_frac <= 1:
+            raise ConfigError(f"fg_frac must be in [0, 1], got {self.fg_frac}")
         for name in ("mean", "std"):
             value = getattr(self, name)
             if (not isinstance(value, (list, tuple)) or len(value) != 3
                     or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)):
-                raise ConfigError(f"{name} must be 3 numbers (R, G, B), got {value!r}")
+                raise ConfigError(f"{name} must be 3 numbers (R, G, B), got {_REPR.repr(value)}")
+            low, high = STD_BOUNDS if name == "std" else (-MEAN_BOUND, MEAN_BOUND)
+            if not all(_finite(v) and low <= v <= high for v in value):
+                rule = (f"finite and > 0 (in [{low:g}, {high:g}]: pixels are divided by it)" if name == "std"
+                        else f"finite (in [{low:g}, {high:g}])")
+                raise ConfigError(f"{name} must be 3 numbers (R, G, B), each {rule}, got {_REPR.repr(value)}")
+        for name in ("stem", "name"):
+            value = getattr(self, name)
+            if not isinstance(value, str) or len(value) > MAX_NAME:
+                raise ConfigError(f"{name} must be a string of at most {MAX_NAME} characters, got {_REPR.repr(value)}")
         if (self.img_size // self.patch_size) ** 2 > MAX_TOKENS:
             raise ConfigError(f"{self.img_size}/{self.patch_size} gives {(self.img_size // self.patch_size) ** 2} "
                               f"tokens per image; the limit is {MAX_TOKENS}")
@@ -141,11 +171,28 @@ class BAViTConfig:
 
     @classmethod
     def from_json(cls, text: str) -> "BAViTConfig":
-        data = json.loads(text)
+        """The config written by :meth:`to_json`.
+
+        Raises:
+            ConfigError: text that is not JSON, not an object, holds unknown keys or nested values (a config's
+                values are numbers, strings or lists of numbers), or a config that fails the checks above.
+        """
+        try:
+            data = json.loads(text)
+        except RecursionError:  # "[[[[..." thousands deep: json's C scanner gives up before Python's stack does
+            raise ConfigError("the config JSON is nested too deeply") from None
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(f"the config is not valid JSON ({exc})") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"the config is not a JSON object, got {_REPR.repr(data)}")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(data) - known
         if unknown:
-            raise ConfigError(f"unknown BAViT config keys {sorted(unknown)}")
+            raise ConfigError(f"unknown BAViT config keys {_REPR.repr(sorted(unknown))}")
+        for key, value in data.items():
+            items = value if isinstance(value, list) else [value]
+            if any(isinstance(item, (list, dict)) for item in items) or isinstance(value, dict):
+                raise ConfigError(f"config key {key!r} holds a nested value, got {_REPR.repr(value)}")
         return cls(**data)
 
 

@@ -30,6 +30,7 @@ from typing import Optional
 import torch
 
 from ..core.model import BAViT
+from ..errors import CheckpointError
 from ..files import atomic_dir, check_output_dir
 from ..pruning.detector import YOLOS_SIZE, yolos_grid
 from .graphs import BAViTGraph, DenseYolosGraph, PrunedYolosGraph
@@ -148,8 +149,17 @@ def export_dense_yolos(detector, image_size: int = YOLOS_SIZE) -> bytes:
 def check_out_dir(out: str | os.PathLike, what: str = "export folder") -> Path:
     """Refuse ``out`` (:class:`~bavit.errors.ConfigError`) unless an export can be written there without deleting
     anything else: it is new, or an empty folder, or an earlier export holding nothing but :data:`WRITTEN` (it is
-    replaced whole); never a file, the current folder, or a folder where nothing can be created."""
+    replaced whole); never a file, a link, the current folder, or a folder where nothing can be created."""
     return check_output_dir(out, what, replace=True, manifest=MANIFEST, names=WRITTEN)
+
+
+def manifest_text(manifest: dict) -> str:
+    """``export.json``'s text, strict JSON (NaN or infinity: :class:`CheckpointError`)."""
+    try:
+        return json.dumps(manifest, indent=2, allow_nan=False) + "\n"
+    except ValueError:
+        raise CheckpointError(f"cannot write {MANIFEST}: a setting of the checkpoint or the detector is not a finite "
+                              "number (NaN or infinity)") from None
 
 
 def export_all(out: str | os.PathLike, bavit: BAViT, detector, *, bavit_source: str, detector_source: str,
@@ -157,17 +167,14 @@ def export_all(out: str | os.PathLike, bavit: BAViT, detector, *, bavit_source: 
                processor_stats: Optional[tuple] = None) -> dict:
     """Write the three graphs, ``export.json`` and a README into ``out`` (atomically: all or nothing).
 
-    ``out`` must pass :func:`check_out_dir` (checked first, before the graphs are exported).
-    Returns the manifest (``export.json``'s content)."""
+    ``out`` must pass :func:`check_out_dir` (checked first, and again at the swap: only an earlier export's files
+    are ever deleted). Returns the manifest (``export.json``'s content)."""
     from ..pruning.detector import YOLOS_MEAN, YOLOS_STD
     from ..pruning.keep_mask import DEFAULT_CCA_STEPS
 
     out = check_out_dir(out)
     cfg = bavit.config
     mean, std = processor_stats or (YOLOS_MEAN, YOLOS_STD)
-    blobs = {FILES["bavit"]: export_bavit(bavit), FILES["bavit_int8"]: quantize_bavit(bavit),
-             FILES["yolos_pruned"]: export_pruned_yolos(detector, image_size),
-             FILES["yolos_dense"]: export_dense_yolos(detector, image_size)}
     manifest = {
         "files": FILES,
         "opset": OPSET,
@@ -191,10 +198,14 @@ def export_all(out: str | os.PathLike, bavit: BAViT, detector, *, bavit_source: 
                               "cells among its 8 neighbours is kept, cca_steps times; nearest 24 -> 32 resample; "
                               "keep_index = flat indices of the kept 32x32 cells, ascending"},
     }
-    with atomic_dir(out) as tmp:
+    text = manifest_text(manifest)  # a NaN fails before the graphs, not after
+    blobs = {FILES["bavit"]: export_bavit(bavit), FILES["bavit_int8"]: quantize_bavit(bavit),
+             FILES["yolos_pruned"]: export_pruned_yolos(detector, image_size),
+             FILES["yolos_dense"]: export_dense_yolos(detector, image_size)}
+    with atomic_dir(out, owned=WRITTEN, marker=MANIFEST) as tmp:
         for name, blob in blobs.items():
             (tmp / name).write_bytes(blob)
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        (tmp / MANIFEST).write_text(text)
         (tmp / README).write_text(_readme(manifest))
     return manifest
 

@@ -90,7 +90,7 @@ def save_finetune_checkpoint(output: str | Path, model, optimizer: torch.optim.O
 
 
 def checkpoint_dir(output: str | Path) -> Path:
-    """``OUT/checkpoint``, restoring ``OUT/.checkpoint.old`` when an interrupt fell between the two renames."""
+    """``OUT/checkpoint``, restoring the old copy when an interrupt fell between the two renames (recover_dir)."""
     return recover_dir(Path(output) / CHECKPOINT_DIR)
 
 

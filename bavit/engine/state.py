@@ -149,7 +149,7 @@ def read_training_state(path: str | os.PathLike) -> TrainingState:
             json.loads(metadata["optimizer"], object_hook=hook),
             json.loads(metadata["scheduler"], object_hook=hook) if "scheduler" in metadata else None,
             json.loads(metadata["progress"], object_hook=hook), json.loads(metadata["params"]), path)
-    except (KeyError, ValueError, TypeError) as exc:
+    except (KeyError, ValueError, TypeError, RecursionError) as exc:  # RecursionError: JSON nested thousands deep
         raise CheckpointError(f"{path}: damaged training state ({exc.__class__.__name__}: {exc})") from None
 
 

@@ -11,7 +11,7 @@ import tempfile
 from pathlib import Path
 
 from ..errors import ConfigError
-from .atomic import TEMP_NAME_EXTRA
+from .atomic import TEMP_NAME_EXTRA, recover_dir, replace_refusal
 
 NAME_MAX = 255  # bytes in one file name on the usual file systems (ext4, xfs, btrfs, APFS, NTFS)
 
@@ -88,9 +88,12 @@ def check_output_dir(path: str | os.PathLike, what: str = "output folder", *, re
         path: the folder the command will write.
         what: how the message names it, e.g. ``"--out"``.
         replace: ``False``: the folder is created if needed and files are written into it (a training run's
-            folder; what is there stays). ``True``: it is replaced whole (:func:`~bavit.files.atomic.atomic_dir`),
-            so an existing folder is accepted only when it is empty or an earlier output: it holds ``manifest`` and
-            nothing whose name is not in ``names``. The current folder (or one holding it) and files are always refused.
+            folder; what is there stays). ``True``: it is replaced whole (:func:`~bavit.files.atomic.atomic_dir`
+            with ``owned=names, marker=manifest``, which checks the same again at the swap), so an existing folder
+            is accepted only when it is empty or an earlier output: it holds ``manifest`` and nothing but files
+            named in ``names`` (:func:`~bavit.files.atomic.replace_refusal`). The current folder (or one holding
+            it), a link and files are always refused. An earlier output that a kill left aside between the swap's
+            two renames is moved back first (:func:`~bavit.files.atomic.recover_dir`).
         manifest: with ``replace``: the file that marks an earlier output (e.g. ``export.json``).
         names: with ``replace``: every name an output folder holds (``manifest`` included).
     Returns:
@@ -106,20 +109,19 @@ def check_output_dir(path: str | os.PathLike, what: str = "output folder", *, re
         else:
             _probe(folder, target, what, prefix=".bavit-probe-", make_folder=True)
         return target
+    recover_dir(target)  # an earlier output that a kill left aside between atomic_dir's two renames comes back
     resolved, cwd = target.resolve(), Path.cwd().resolve()
     if resolved == cwd or resolved in cwd.parents:
         raise ConfigError(f"cannot write {what} {target}: it is the current folder or holds it, and would be "
                           "replaced whole; name a new folder")
+    if target.is_symlink():
+        raise ConfigError(f"refusing to replace {what} {target}: it is a link; name the folder itself")
     if target.is_dir():
         try:
-            entries = sorted(entry.name for entry in target.iterdir())
+            reason = replace_refusal(target, names, manifest)
         except OSError as exc:
             raise ConfigError(f"cannot write {what} {target}: cannot list it ({exc.strerror or exc})") from None
-        strangers = sorted(set(entries) - set(names))
-        if entries and (manifest not in entries or strangers):
-            reason = (f"it has no {manifest}, so it is not an earlier output" if manifest not in entries else
-                      f"it holds {', '.join(strangers[:3])}{', ...' if len(strangers) > 3 else ''}, which an output "
-                      "folder does not")
+        if reason is not None:
             raise ConfigError(f"refusing to replace {what} {target}: {reason}, and replacing it would delete "
                               "its contents; name a new or empty folder")
     folder = _first_existing(target.parent, target, what)

@@ -13,6 +13,7 @@ checkpoint records as trained on).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Sequence
 
@@ -76,11 +77,31 @@ class Calibration:
 
     @classmethod
     def from_dict(cls, data: dict) -> "Calibration":
-        return cls(levels=tuple(data["levels"]),
-                   thresholds={int(k): tuple(v) for k, v in data["thresholds"].items()},
-                   achieved={int(k): tuple(v) for k, v in data["achieved"].items()},
-                   grid=int(data["grid"]), resample=data["resample"], images=int(data["images"]),
-                   source=data.get("source", ""))
+        """The calibration :meth:`to_dict` wrote.
+
+        Raises:
+            ValueError (:class:`~bavit.errors.ConfigError`), KeyError, TypeError: data that is not one: levels that
+                are not ascending fractions, a threshold list per CCA setting that is not one finite number per
+                level, a grid that is not a positive whole number, a source or resample that is not a string.
+        """
+        levels = _numbers("levels", data["levels"])
+        if not levels or list(levels) != sorted(levels) or not all(0.0 <= v < 1.0 for v in levels):
+            raise ConfigError("levels must be ascending fractions in [0, 1)")
+        tables = {}
+        for name in ("thresholds", "achieved"):
+            tables[name] = {cca_steps_value(int(k)): _numbers(f"{name}[{str(k)[:20]}]", v, len(levels))
+                            for k, v in data[name].items()}
+        if not tables["thresholds"]:
+            raise ConfigError("thresholds has no CCA setting")
+        grid, images = data["grid"], data["images"]
+        for name, value in (("grid", grid), ("images", images)):
+            if not isinstance(value, int) or isinstance(value, bool) or not 0 < value <= 1_000_000_000:
+                raise ConfigError(f"{name} must be a positive whole number")
+        for name in ("resample", "source"):
+            if not isinstance(data.get(name, ""), str):
+                raise ConfigError(f"{name} must be a string")
+        return cls(levels=levels, thresholds=tables["thresholds"], achieved=tables["achieved"], grid=grid,
+                   resample=data["resample"], images=images, source=data.get("source", ""))
 
     @classmethod
     def from_checkpoint(cls, checkpoint: Checkpoint) -> "Calibration | None":
@@ -93,8 +114,22 @@ class Calibration:
             return None
         try:
             return cls.from_dict(checkpoint.calibration)
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        except (ValueError, KeyError, TypeError, AttributeError, OverflowError) as exc:
             raise CheckpointError(f"{checkpoint.path}: stored calibration is invalid ({exc})") from None
+
+
+def _numbers(name: str, values, length: int | None = None) -> tuple[float, ...]:
+    """``values`` as a tuple of finite floats (a stored calibration's lists), of ``length`` items if given."""
+    if (not isinstance(values, (list, tuple)) or (length is not None and len(values) != length)
+            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)):
+        raise ConfigError(f"{name} must be a list of numbers" + (f", one per level ({length})" if length else ""))
+    try:
+        floats = tuple(float(v) for v in values)
+    except OverflowError:
+        floats = (math.inf,)
+    if not all(math.isfinite(v) for v in floats):
+        raise ConfigError(f"{name} holds a number that is not finite (NaN or infinity)")
+    return floats
 
 
 def sparsity_at(fg_prob: torch.Tensor, threshold: float, cca_steps: int, grid: int,

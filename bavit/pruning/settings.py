@@ -29,7 +29,10 @@ def number(name: str, value: Any) -> float:
     if isinstance(value, bool) or (hasattr(value, "dtype") and getattr(value.dtype, "kind", "") == "b"):
         raise ConfigError(f"{name} must be a number, got {value!r}")
     if isinstance(value, numbers.Real):
-        result = float(value)
+        try:
+            result = float(value)
+        except OverflowError:  # an int beyond float's range (a 401-digit number)
+            raise ConfigError(f"{name} must be a finite number, got an integer of {value.bit_length()} bits") from None
     elif isinstance(value, str):
         try:
             result = float(value.strip())
@@ -38,7 +41,7 @@ def number(name: str, value: Any) -> float:
     else:
         raise ConfigError(f"{name} must be a number, got a {type(value).__name__}")
     if not math.isfinite(result):
-        raise ConfigError(f"{name} must be a finite number, got {value!r}")
+        raise ConfigError(f"{name} must be a finite number, got {str(value)[:40]}")
     return result
 
 
