@@ -1,6 +1,6 @@
 """BAViT Explorer: the Gradio app (a Hugging Face Space entry point). All logic lives in the ``bavit`` package.
 
-    python app.py [--bavit CKPT] [--detector ID_OR_DIR] [--data COCO_ROOT] [--backend torch|onnxruntime] [--port N]
+    python app.py [--bavit CKPT] [--detector ID_OR_DIR] [--data COCO_ROOT] [--backend torch|onnxruntime|onnxruntime-int8] [--port N]
 
 Environment: BAVIT_CHECKPOINT, BAVIT_DETECTOR, BAVIT_DATA, BAVIT_BACKEND (same as the flags), BAVIT_CONCURRENCY (queue workers,
 default 2), GRADIO_SERVER_NAME / GRADIO_SERVER_PORT (honoured by ``launch``).
@@ -30,7 +30,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--data", default=os.environ.get("BAVIT_DATA"),
                         help="COCO-format root for ground-truth comparison (e.g. ../shared/data/coco)")
     parser.add_argument("--backend", default=os.environ.get("BAVIT_BACKEND"),
-                        help="torch or onnxruntime (default: the Predictor's)")
+                        help="torch, onnxruntime or onnxruntime-int8 (default: the Predictor's)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--port", type=int, default=None, help="server port (default: GRADIO_SERVER_PORT or 7860)")
     parser.add_argument("--host", default=None, help="server name (default: GRADIO_SERVER_NAME or 127.0.0.1)")

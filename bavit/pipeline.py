@@ -66,7 +66,9 @@ class Pipeline:
         resample_mode: 24 -> 32 grid resampling (``"nearest"``, or ``"any"`` to never lose FG area).
         backend: ``"onnxruntime"`` (the default, :data:`bavit.deploy.runtime.DEFAULT_BACKEND`) runs BAViT and the
             detector as their ONNX export (made in memory from the loaded weights on first use), ``"torch"`` runs
-            the models themselves; pre- and post-processing are the same code for both.
+            the models themselves, ``"onnxruntime-int8"`` is onnxruntime with the detector's MatMuls in int8 too
+            (the quantized detector a practitioner deploys first); pre- and post-processing are the same code for
+            all.
         bavit_int8: with onnxruntime, run BAViT with int8 MatMuls (``bavit_int8.onnx``; faster at nearly the same
             token accuracy, measured in docs/results.md, "Token accounting (paper Table 2, Eq. 4) and measured speed-up");
             False runs the float32 graph, equal to torch within 1e-5.

@@ -12,6 +12,7 @@ from bavit.cli import main
 from bavit.core.config import SMALL
 from bavit.core.checkpoint import save_checkpoint
 from bavit.core.model import build_bavit
+from bavit.deploy.runtime import BACKENDS
 from bavit.imageio import load_image
 from bavit.predictor import Predictor
 from bavit.pruning.keep_mask import keep_mask_from_probs, keep_ratio_for_count
@@ -56,11 +57,15 @@ def test_bench_cli_writes_json_and_plot_and_runs_yolos_on_the_rules_mask(bavit_c
     assert report["threads"] == 1 and "tiny-yolos (pretrained)" in report["weights"]
     probs_of = {backend: torch.from_numpy(np.array(Predictor(bavit_ckpt, detector=None, backend=backend)
                                                    .set_image(images / "noise.png").fg_prob))
-                for backend in ("torch", "onnxruntime")}  # each backend's own BAViT (onnxruntime: int8)
-    assert report["backend"] == "onnxruntime" and set(report["backends"]) == {"torch", "onnxruntime"}
+                for backend in BACKENDS}  # each backend's own BAViT (onnxruntime and onnxruntime-int8: int8)
+    assert report["backend"] == "onnxruntime" and set(report["backends"]) == set(BACKENDS)
     assert "| 35% | torch |" in printed and "| 35% | onnxruntime |" in printed and "FLOP ratio at 35%" in printed
+    assert "| 35% | onnxruntime-int8 |" in printed  # the int8 detector, against its own int8 dense run
+    agreement = report["int8_agreement"]
+    assert agreement["images"] == 2 and 0.0 < agreement["max_abs_logit_diff"] and 0.0 <= agreement["same_class_share"] <= 1.0
+    assert "int8 detector vs float32 (onnxruntime, dense, 2 images): same most likely class in" in printed
     rows = [row for value in report["backends"].values() for row in value["results"] + value["batch2"]["results"]]
-    assert len(rows) == 8 and {row["backend"] for row in rows} == {"torch", "onnxruntime"}
+    assert len(rows) == 12 and {row["backend"] for row in rows} == set(BACKENDS)
     for row in rows:
         probs = probs_of[row["backend"]]
         assert {"sparsity", "dense_ms", "pruned_total_ms", "bavit_ms", "cca_ms", "pruned_yolos_ms", "speedup",

@@ -8,7 +8,14 @@ from transformers import YolosConfig, YolosForObjectDetection
 
 from bavit.core.config import SMALL, BAViTConfig
 from bavit.core.model import build_bavit
-from bavit.deploy.export import FILES, export_bavit, export_dense_yolos, export_pruned_yolos, quantize_bavit
+from bavit.deploy.export import (
+    FILES,
+    export_bavit,
+    export_dense_yolos,
+    export_pruned_yolos,
+    quantize_bavit,
+    quantize_yolos,
+)
 from bavit.deploy.runtime import OrtBAViT, OrtDetector, TorchDetector
 from bavit.pruning.yolos import patch_yolos
 
@@ -149,3 +156,45 @@ def test_int8_bavit_stays_close_to_float_and_only_quantizes_matmuls():
     ops = {node.op_type for node in onnx.load_from_string(quantize_bavit(model)).graph.node}
     assert "MatMulInteger" in ops or "DynamicQuantizeMatMul" in ops
     assert "ConvInteger" not in ops  # the stem stays float32
+
+
+@pytest.fixture(scope="module")
+def int8_detectors():
+    model = tiny_yolos()
+    return model, OrtDetector.from_model(model, SIZE, threads=2), OrtDetector.from_model(model, SIZE, threads=2,
+                                                                                          int8=True)
+
+
+def test_int8_pruned_graph_with_every_patch_kept_equals_the_int8_dense_one(int8_detectors):
+    _, _, int8 = int8_detectors
+    x = pixels()
+    dense, kept_all = int8(x), int8(x, torch.ones(1, 32, 32, dtype=torch.bool))
+    # the same tokens in the same order: the same per-call activation scales, so the same numbers
+    assert max_diff(dense, kept_all) <= (1e-5, 1e-5)
+    assert int8.backend == "onnxruntime-int8"
+    for graph in quantize_yolos(int8_detectors[0], SIZE):
+        ops = {node.op_type for node in onnx.load_from_string(graph).graph.node}
+        assert "MatMulInteger" in ops or "DynamicQuantizeMatMul" in ops
+        assert "ConvInteger" not in ops  # the patch embedding stays float32
+
+
+def test_int8_detector_is_close_to_float32_and_each_image_is_its_own(int8_detectors):
+    _, float32, int8 = int8_detectors
+    x, mask = pixels(batch=2, seed=5), keep_mask(2, (700, 300))
+    for keep in (None, mask):
+        exact, quantized = float32(x, keep), int8(x, keep)
+        logit_diff, box_diff = max_diff(exact, quantized)
+        assert 0.0 < logit_diff < 0.5 and box_diff < 0.1  # quantized: close, not equal
+        alone = int8(x[1:], None if keep is None else keep[1:])  # a batch runs image by image: no shared scale
+        assert torch.equal(alone.logits[0], quantized.logits[1]) and torch.equal(alone.pred_boxes[0],
+                                                                                 quantized.pred_boxes[1])
+
+
+def test_the_int8_backend_runs_the_whole_pipeline():
+    from bavit.deploy.runtime import BACKENDS, detector_runner
+
+    assert "onnxruntime-int8" in BACKENDS
+    model = tiny_yolos()
+    runner = detector_runner(model, "onnxruntime-int8", SIZE, threads=1)
+    assert isinstance(runner, OrtDetector) and runner.int8 and runner.backend == "onnxruntime-int8"
+    assert detector_runner(model, "onnxruntime", SIZE, threads=1).backend == "onnxruntime"

@@ -69,6 +69,15 @@ class CurvePlot:
         return out
 
 
+def warm_up() -> None:
+    """Draw one small curve, so matplotlib's first-use set-up (its font cache, text layout) happens once, in the
+    thread that builds the app, and not in two event threads at once. (Once in five full test runs, the first
+    ``load_image`` events of a fresh app failed with ``KeyError: 'custom'``, a matplotlib font-set name; first use
+    from two threads is the suspected cause, not a proven one.)"""
+    thresholds = np.linspace(0.0, 1.0, 3)
+    curve_plot(thresholds, thresholds * 100.0, thresholds + 1.0)
+
+
 def curve_plot(
     thresholds: Sequence[float],
     sparsity_pct: Sequence[float],

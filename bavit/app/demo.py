@@ -10,6 +10,7 @@ import gradio as gr
 
 from ..predictor import Predictor
 from ..pruning.detector import DEFAULT_DETECTOR
+from . import curve
 from .explorer import Explorer
 from .gt import CocoGroundTruth
 from .ui import build_demo
@@ -23,7 +24,7 @@ def create_explorer(bavit: str | Path | None = None, detector: str | None = None
         bavit: BAViT checkpoint path (default: the shipped ``checkpoints/bavit-small-coco.safetensors``).
         detector: YOLOS hub id or local directory (default ``hustvl/yolos-tiny``); missing weights -> banner.
         data: COCO-format root for GT comparison of its images (``annotations/instances_*.json`` + split dirs).
-        backend: ``"torch"`` or ``"onnxruntime"`` (default: the Predictor's).
+        backend: ``"torch"``, ``"onnxruntime"`` or ``"onnxruntime-int8"`` (default: the Predictor's).
     """
     kwargs: dict[str, Any] = {"detector": detector or DEFAULT_DETECTOR}
     if bavit:
@@ -45,6 +46,7 @@ def create_demo(bavit: str | Path | None = None, detector: str | None = None, da
         coco_examples: how many COCO images to add to the examples when ``data`` is given.
     """
     explorer = create_explorer(bavit=bavit, detector=detector, data=data, backend=backend)
+    curve.warm_up()
     explorer.monitor.start()
     coco = explorer.coco
     return build_demo(explorer, coco_examples=[str(p) for p in coco.examples(coco_examples)] if coco else None)

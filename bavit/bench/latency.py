@@ -205,4 +205,19 @@ def run_bench(
     }
     if batch > 1:
         report[f"batch{batch}"] = backend_reports[backends[0]][f"batch{batch}"]
+    if "onnxruntime" in predictors and "onnxruntime-int8" in predictors:
+        report["int8_agreement"] = int8_agreement(predictors["onnxruntime"].detector_runner,
+                                                  predictors["onnxruntime-int8"].detector_runner, pixels_all)
     return report
+
+
+def int8_agreement(float32, int8, pixels: torch.Tensor) -> dict:
+    """How closely the int8 detector (``onnxruntime-int8``) follows the float32 one on ``pixels`` ``[B, 3, 512,
+    512]``, dense: the largest logit and box differences, and the share of the detection slots whose most likely
+    class (no-object included) is the same. With random weights this agreement is all that can be said."""
+    exact, quantized = float32(pixels), int8(pixels)
+    same_class = (exact.logits.argmax(-1) == quantized.logits.argmax(-1)).float().mean()
+    return {"images": int(pixels.shape[0]),
+            "max_abs_logit_diff": float((exact.logits - quantized.logits).abs().max()),
+            "max_abs_box_diff": float((exact.pred_boxes - quantized.pred_boxes).abs().max()),
+            "same_class_share": float(same_class)}

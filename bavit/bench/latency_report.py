@@ -68,6 +68,12 @@ def verdicts(report: dict) -> list[str]:
             lines.append(f"target: speed-up >= {fraction:.0%} of the FLOP ratio at {row['sparsity'] * 100:.0f}%, "
                          f"{name}: {row['speedup']:.2f}x / {row['flop_ratio']:.2f}x = {ratio:.0%} "
                          f"({'met' if ratio >= fraction else 'NOT met'})")
+    agreement = report.get("int8_agreement")
+    if agreement:
+        lines.append(f"int8 detector vs float32 (onnxruntime, dense, {agreement['images']} images): same most likely "
+                     f"class in {agreement['same_class_share']:.1%} of the detection slots, max |logit diff| "
+                     f"{agreement['max_abs_logit_diff']:.3f}, max |box diff| {agreement['max_abs_box_diff']:.4f}"
+                     f"{'' if report['weights_detail']['detector_pretrained'] else ' (random weights: agreement is all that can be said)'}")
     return lines
 
 

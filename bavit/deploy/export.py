@@ -97,33 +97,37 @@ def export_bavit(model: BAViT, batch: int = 2) -> bytes:
         {"pixels": {0: torch.export.Dim("batch", min=1, max=256)}}))
 
 
-def quantize_bavit(model: BAViT) -> bytes:
-    """``bavit_int8.onnx``: :func:`export_bavit` with its MatMuls (the transformer blocks and the head) quantized to
-    int8 by onnxruntime's dynamic quantization; the convolutional stem stays float32 (quantizing it was slower).
-
-    Faster than torch at nearly the same token accuracy; both are measured in docs/results.md, "Token accounting
-    (paper Table 2, Eq. 4) and measured speed-up" (``python -m bavit bench``, column "BAViT ms"; ``python -m bavit evaluate
-    --backend onnxruntime`` against ``--backend torch``)."""
+def quantize_matmuls(graph: bytes) -> bytes:
+    """``graph`` (ONNX bytes) with its MatMuls quantized to int8 by onnxruntime's dynamic quantization (weights
+    int8 per tensor, activations scaled per call by their whole tensor); everything else stays float32."""
     import tempfile
 
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    def make() -> bytes:
-        with tempfile.TemporaryDirectory(prefix="bavit-int8-") as tmp:
-            source, target = Path(tmp) / "bavit.onnx", Path(tmp) / "bavit_int8.onnx"
-            source.write_bytes(export_bavit(model))
-            previous = logging.root.manager.disable
-            logging.disable(logging.WARNING)  # its advice to pre-process the model, logged on the root logger
-            try:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    quantize_dynamic(source, target, op_types_to_quantize=["MatMul"], weight_type=QuantType.QInt8)
-            finally:
-                logging.disable(previous)
-            return target.read_bytes()
+    with tempfile.TemporaryDirectory(prefix="bavit-int8-") as tmp:
+        source, target = Path(tmp) / "float32.onnx", Path(tmp) / "int8.onnx"
+        source.write_bytes(graph)
+        previous = logging.root.manager.disable
+        logging.disable(logging.WARNING)  # its advice to pre-process the model, logged on the root logger
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                quantize_dynamic(source, target, op_types_to_quantize=["MatMul"], weight_type=QuantType.QInt8)
+        finally:
+            logging.disable(previous)
+        return target.read_bytes()
 
+
+def quantize_bavit(model: BAViT) -> bytes:
+    """``bavit_int8.onnx``: :func:`export_bavit` with its MatMuls (the transformer blocks and the head) quantized to
+    int8 (:func:`quantize_matmuls`); the convolutional stem stays float32 (quantizing it was slower).
+
+    Faster than torch at nearly the same token accuracy; both are measured in docs/results.md, "Token accounting
+    (paper Table 2, Eq. 4) and measured speed-up" (``python -m bavit bench``, column "BAViT ms"; ``python -m bavit evaluate
+    --backend onnxruntime`` against ``--backend torch``)."""
     inference = model.for_inference()
-    return _cached(("bavit_int8", weights_digest(inference), model.config.to_json()), make)
+    return _cached(("bavit_int8", weights_digest(inference), model.config.to_json()),
+                   lambda: quantize_matmuls(export_bavit(model)))
 
 
 def export_pruned_yolos(detector, image_size: int = YOLOS_SIZE) -> bytes:
@@ -144,6 +148,17 @@ def export_dense_yolos(detector, image_size: int = YOLOS_SIZE) -> bytes:
     return _cached(key, lambda: _export(DenseYolosGraph(detector), (example,), ["pixel_values"],
                                         ["logits", "pred_boxes"],
                                         {"pixels": {0: torch.export.Dim("batch", min=1, max=256)}}))
+
+
+def quantize_yolos(detector, image_size: int = YOLOS_SIZE) -> tuple[bytes, bytes]:
+    """``(yolos_pruned_int8.onnx, yolos_dense_int8.onnx)``: :func:`export_pruned_yolos` and
+    :func:`export_dense_yolos` with int8 MatMuls (:func:`quantize_matmuls`): the practitioner's quantized detector,
+    the ``onnxruntime-int8`` backend. Its agreement with float32 is all that can be measured here (random weights
+    without the hub): ``python -m bavit bench --backend onnxruntime onnxruntime-int8``."""
+    key = (weights_digest(detector), detector.config.to_json_string(), image_size)
+    pruned = _cached(("yolos_pruned_int8", *key), lambda: quantize_matmuls(export_pruned_yolos(detector, image_size)))
+    dense = _cached(("yolos_dense_int8", *key), lambda: quantize_matmuls(export_dense_yolos(detector, image_size)))
+    return pruned, dense
 
 
 def check_out_dir(out: str | os.PathLike, what: str = "export folder") -> Path:

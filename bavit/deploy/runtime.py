@@ -1,5 +1,6 @@
-"""The two inference backends of the pipeline: ``torch`` (the library models) and ``onnxruntime`` (their ONNX
-export, :mod:`bavit.deploy.export`).
+"""The inference backends of the pipeline: ``torch`` (the library models), ``onnxruntime`` (their ONNX export,
+:mod:`bavit.deploy.export`) and ``onnxruntime-int8`` (the same with the detector's MatMuls in int8 too: the
+quantized detector a practitioner would deploy first, and the baseline pruning has to beat).
 
 Each backend gives two runners with one interface, so the Predictor, the benchmark and the mAP harness run either
 without knowing which:
@@ -28,7 +29,7 @@ import torch
 
 from ..errors import ConfigError
 
-BACKENDS = ("torch", "onnxruntime")
+BACKENDS = ("torch", "onnxruntime", "onnxruntime-int8")
 # The default backend, from `python -m bavit bench` on the 2-core CPU machine (docs/results.md, "Token accounting
 # (paper Table 2, Eq. 4) and measured speed-up"): the pipeline ran faster on onnxruntime than in torch eager at
 # every level, batch 1 and 8.
@@ -121,24 +122,27 @@ class OrtBAViT:
 
 
 class OrtDetector:
-    """``yolos_pruned.onnx`` (one image at a time, its kept indices as input) and ``yolos_dense.onnx``."""
-
-    backend = "onnxruntime"
+    """``yolos_pruned.onnx`` (one image at a time, its kept indices as input) and ``yolos_dense.onnx``, or their
+    int8 versions (``int8=True``: dense batches then run image by image too, as dynamic quantization scales a
+    whole batch by one factor)."""
 
     def __init__(self, pruned: Union[bytes, str, os.PathLike], dense: Union[bytes, str, os.PathLike], grid: int,
-                 threads: Optional[int] = None):
+                 threads: Optional[int] = None, int8: bool = False):
         self.pruned = session(pruned, threads)
         self.dense = session(dense, threads)
         self.grid = grid
+        self.int8 = int8
+        self.backend = "onnxruntime-int8" if int8 else "onnxruntime"
         self.image_size = self.pruned.get_inputs()[0].shape[-1]
 
     @classmethod
-    def from_model(cls, model, image_size: int, threads: Optional[int] = None) -> "OrtDetector":
+    def from_model(cls, model, image_size: int, threads: Optional[int] = None, int8: bool = False) -> "OrtDetector":
         from ..pruning.detector import yolos_grid
-        from .export import export_dense_yolos, export_pruned_yolos
+        from .export import export_dense_yolos, export_pruned_yolos, quantize_yolos
 
-        return cls(export_pruned_yolos(model, image_size), export_dense_yolos(model, image_size),
-                   yolos_grid(model.config.patch_size, image_size), threads)
+        graphs = (quantize_yolos(model, image_size) if int8
+                  else (export_pruned_yolos(model, image_size), export_dense_yolos(model, image_size)))
+        return cls(*graphs, yolos_grid(model.config.patch_size, image_size), threads, int8=int8)
 
     def __call__(self, pixel_values: torch.Tensor, keep_mask: Optional[torch.Tensor] = None) -> DetectorOutput:
         pixels = np.ascontiguousarray(pixel_values.detach().cpu().numpy(), dtype=np.float32)
@@ -146,8 +150,10 @@ class OrtDetector:
             raise ConfigError(f"the ONNX detector was exported for {self.image_size}x{self.image_size} inputs, got "
                               f"{pixels.shape[-2]}x{pixels.shape[-1]}")
         if keep_mask is None:
-            logits, boxes = self.dense.run(None, {"pixel_values": pixels})
-            return DetectorOutput(torch.from_numpy(logits), torch.from_numpy(boxes))
+            runs = ([self.dense.run(None, {"pixel_values": pixels[b : b + 1]}) for b in range(len(pixels))]
+                    if self.int8 else [self.dense.run(None, {"pixel_values": pixels})])
+            return DetectorOutput(torch.from_numpy(np.concatenate([run[0] for run in runs])),
+                                  torch.from_numpy(np.concatenate([run[1] for run in runs])))
         from ..pruning.tokens import check_keep_mask
 
         keep = check_keep_mask(keep_mask, pixels.shape[0], (self.grid, self.grid), torch.device("cpu"))
@@ -169,7 +175,8 @@ def bavit_runner(model, backend: str, threads: Optional[int] = None, int8: bool 
 
 
 def detector_runner(model, backend: str, image_size: int, threads: Optional[int] = None):
-    """The detector on ``backend``: a patched YOLOS, or its pruned + dense ONNX export made in memory."""
+    """The detector on ``backend``: a patched YOLOS, or its pruned + dense ONNX export made in memory (with int8
+    MatMuls on ``onnxruntime-int8``)."""
     if check_backend(backend) == "torch":
         return TorchDetector(model)
-    return OrtDetector.from_model(model, image_size, threads)
+    return OrtDetector.from_model(model, image_size, threads, int8=backend == "onnxruntime-int8")
