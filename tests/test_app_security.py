@@ -550,11 +550,11 @@ def test_the_oldest_sessions_are_dropped_beyond_the_capacity():
 
 
 def _fill_sessions(server, capacity: int) -> None:
-    MAX_SESSIONS = capacity
+    """``capacity`` + 1 sessions each set an image; then the newest still has it and the oldest does not."""
 
     image = {"path": str(apphelpers.EXAMPLES / "rocket.jpg")}
     upload, slider = dependency(server, api_name="page_image"), dependency(server, api_name="page_slider")
-    sessions = [f"cap-{uuid.uuid4().hex[:8]}-{i}" for i in range(MAX_SESSIONS + 1)]
+    sessions = [f"cap-{uuid.uuid4().hex[:8]}-{i}" for i in range(capacity + 1)]
 
     for session in sessions:
         assert queue_call(server, upload, [image, None, *CONTROLS], session)["success"]

@@ -26,6 +26,7 @@ import json
 import logging
 import re
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -33,6 +34,7 @@ from typing import Any
 
 import gradio as gr
 from gradio.context import LocalContext
+from gradio.route_utils import FnIndexInferError
 from starlette.middleware import Middleware
 
 from . import uploads
@@ -153,7 +155,7 @@ class RequestGuard:
             if started:
                 raise
             log.warning("%s %s failed: %s", scope.get("method"), path[:200], exc.__class__.__name__)
-            if exc.__class__.__name__ in ("FnIndexInferError", "KeyError") and _EVENT_ROUTE.search(path):
+            if isinstance(exc, (FnIndexInferError, KeyError)) and _EVENT_ROUTE.search(path):  # name, fn_index
                 await self._answer(send, 404, "no such event: name one listed by /gradio_api/info (api_name)")
             else:
                 await self._answer(send, 400, f"this request cannot be processed ({exc.__class__.__name__})")
@@ -216,8 +218,6 @@ def sweep_uploads(folder: str | Path, lifetime: float, keep: set[str] = frozense
     """Delete the files in ``folder`` (recursively) last changed more than ``lifetime`` seconds before ``now``
     (default: the current time), except those in ``keep``; then the folders left empty. Returns how many files
     were deleted."""
-    import time
-
     now = time.time() if now is None else now
     root = Path(folder)
     if not root.is_dir():
