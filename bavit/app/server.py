@@ -245,17 +245,22 @@ def _kept_files(demo: gr.Blocks) -> set[str]:
 
 
 def _sweeping(demo: gr.Blocks, folder: str, lifetime: float, period: float):
-    """A Starlette lifespan: sweep the upload folder at start-up, then every ``period`` seconds."""
+    """A Starlette lifespan: sweep the upload folder at start-up, before the server takes requests (what a killed
+    server left is gone before anyone can ask for it), then every ``period`` seconds."""
+
+    async def sweep() -> None:
+        deleted = await asyncio.to_thread(sweep_uploads, folder, lifetime, _kept_files(demo))
+        if deleted:
+            log.info("deleted %d uploads and results older than %.0f s", deleted, lifetime)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Any) -> AsyncIterator[None]:
         async def sweep_forever() -> None:
             while True:
-                deleted = await asyncio.to_thread(sweep_uploads, folder, lifetime, _kept_files(demo))
-                if deleted:
-                    log.info("deleted %d uploads and results older than %.0f s", deleted, lifetime)
                 await asyncio.sleep(period)
+                await sweep()
 
+        await sweep()
         task = asyncio.create_task(sweep_forever())
         try:
             yield
