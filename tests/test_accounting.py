@@ -90,7 +90,7 @@ def test_bavit_macs_by_hand():
     assert bavit_macs(config) == expected
 
 
-@pytest.mark.parametrize("stem", ["patch", "conv", "conv-deep", "lite0"])
+@pytest.mark.parametrize("stem", ["patch", "conv", "conv-deep", "lite0", "lite0-4"])
 def test_bavit_macs_is_what_flopcountermode_counts_on_the_whole_model(stem):
     import torch
     from torch.nn.attention import SDPBackend, sdpa_kernel

@@ -28,6 +28,20 @@ if not Path(apphelpers.CHROMIUM).exists():
 sync_api = pytest.importorskip("playwright.sync_api")
 
 SHIPPED = apphelpers.ROOT / "checkpoints" / "bavit-small-coco.safetensors"
+
+
+def _shipped_tokens() -> int:
+    """BAViT's tokens per image in the shipped model (its grid squared): the page's texts count them."""
+    from safetensors import safe_open
+
+    from bavit.core.checkpoint import CONFIG_KEY
+    from bavit.core.config import BAViTConfig
+
+    with safe_open(SHIPPED, "pt") as handle:
+        return BAViTConfig.from_json(handle.metadata()[CONFIG_KEY]).num_tokens
+
+
+TOKENS = _shipped_tokens()
 TIMEOUT_MS = 90_000
 
 
@@ -156,12 +170,12 @@ def check_consistent(page, sparsity_text: str) -> None:
     assert pruned + kept == 1024
     assert percent == pytest.approx(100.0 * pruned / 1024, abs=0.05)
     table = token_table(page)
-    assert table["BAViT (576 × 2 layers)"] == "1152"
+    assert table[f"BAViT ({TOKENS} × 2 layers)"] == str(2 * TOKENS)
     assert table["YOLOS dense (1024 × 12 layers)"] == "12288"
     assert table[f"YOLOS pruned ({kept} kept × 12 layers)"] == str(12 * kept)
-    assert table["Total (BAViT + YOLOS pruned)"] == str(1152 + 12 * kept)
+    assert table["Total (BAViT + YOLOS pruned)"] == str(2 * TOKENS + 12 * kept)
     reduction = float(table["Reduction vs dense (Eq. 4)"].rstrip("%"))
-    assert reduction == pytest.approx((12288 - 1152 - 12 * kept) / 12288 * 100, abs=0.006)
+    assert reduction == pytest.approx((12288 - 2 * TOKENS - 12 * kept) / 12288 * 100, abs=0.006)
 
 
 def test_upload_drag_threshold_and_screenshot(server, browser, predictor, tmp_path):
@@ -217,8 +231,8 @@ def test_upload_drag_threshold_and_screenshot(server, browser, predictor, tmp_pa
     page.mouse.up()
     page.locator("#gt-apply").click()
     page.wait_for_function("document.querySelector('#gt-stats').innerText.includes('painted in the editor')")
-    painted = int(re.search(r"(\d+) of 576 tokens FG", page.inner_text("#gt-stats")).group(1))
-    assert 0 < painted < 576
+    painted = int(re.search(rf"(\d+) of {TOKENS} tokens FG", page.inner_text("#gt-stats")).group(1))
+    assert 0 < painted < TOKENS
     assert "FG recall" in page.inner_text("#gt-stats")
     assert page.locator("#gt-grid img").count() == 1 and page.locator("#gt-confusion img").count() == 1
     page.locator("#gt-paint button").first.click()  # fold the editor away for the screenshot
@@ -261,7 +275,7 @@ def test_two_sessions_do_not_share_images(server, browser, predictor):
     for name, (value, text) in texts.items():
         expected = predictor.analyze(apphelpers.EXAMPLES / f"{name}.jpg", threshold=value, cca_steps=3, detect=False)
         assert f"{int(expected.keep_mask.sum())} kept" in text, name
-        assert f"BAViT FG tokens: {int(expected.grid_raw.sum())} of 576" in text, name
+        assert f"BAViT FG tokens: {int(expected.grid_raw.sum())} of {TOKENS}" in text, name
     first.context.close()
     second.context.close()
 
@@ -326,7 +340,9 @@ def reference_session(page, path: Path, probs: np.ndarray | None = None):
     payload = page.evaluate("() => ({key: window.bavitGrid.state.payload.key,"
                             " probs: Array.from(window.bavitGrid.state.payload.probs)})")
     if probs is None:
-        probs = np.asarray(payload["probs"], dtype=np.float32).reshape(24, 24)
+        probs = np.asarray(payload["probs"], dtype=np.float32)
+        side = round(len(probs) ** 0.5)  # BAViT's grid: 16x16 for the shipped 256 px model
+        probs = probs.reshape(side, side)
     probs.setflags(write=False)
     image = Image.open(path).convert("RGB")
     return ImageSession(name=path.name, prepared=PreparedImage(image, probs, 0.0, payload["key"]), display=image,
@@ -369,7 +385,7 @@ JS_VIEW = """([settings, probs]) => {
 
 
 def test_page_rule_equals_python(server, browser, explorer):
-    """grid.js's keep-mask rule (threshold >= in float32, top-k with ties, CCA, 24 -> 32 nearest), calibrated
+    """grid.js's keep-mask rule (threshold >= in float32, top-k with ties, CCA, BAViT's grid -> 32 nearest), calibrated
     thresholds and texts equal the Predictor's and Explorer's for every mode over thresholds, targets and CCA steps."""
     import torch
 

@@ -91,6 +91,35 @@ def test_the_stem_keeps_the_token_grid_and_normalisation():
         build_bavit(BAViTConfig(stem="lite0", patch_size=32, img_size=384))
 
 
+def test_the_four_stage_stem_is_the_same_trunk_a_stage_shorter(package_state):
+    renamed = lite0.rename_package_keys(package_state)
+    short = BAViTConfig(**{**json.loads(LITE0.to_json()), "stem": "lite0-4", "img_size": 256})
+    assert stem_normalisation("lite0-4") == (LITE0_MEAN, LITE0_STD)
+    torch.manual_seed(0)
+    model = init_bavit(short, "lite0:package").eval()
+    embed = model.vit.patch_embed
+    trunk = embed.trunk.state_dict()
+    # conv_stem + bn1 (1 + 5 entries), the depthwise-separable first block (2 convs, 2 BatchNorms) and 2 + 2 + 3
+    # inverted residuals (3 + 3) in blocks[1..3]: 144 of the five-stage trunk's 198; blocks[4] is not there
+    assert len(trunk) == 6 + 12 + 18 * (2 + 2 + 3) == 144 and not any(key.startswith("blocks.4.") for key in trunk)
+    assert all(torch.equal(tensor, renamed[key]) for key, tensor in trunk.items())
+    assert embed.proj.in_channels == 80 and embed.stages == 4
+    # the trunk's output is timm's network's after blocks[3]: stride 16, so a 16x16 grid at 256 px
+    network = lite0.lite0_network().eval()
+    network.load_state_dict(renamed)
+    pixels = torch.randn(1, 3, 256, 256, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected = network.blocks[:4](network.bn1(network.conv_stem(pixels)))
+        assert torch.allclose(embed.trunk(pixels), expected, atol=1e-5)
+        assert model(pixels).shape == (1, 256, 2)
+    parameters = sum(p.numel() for p in model.parameters())
+    assert abs(short.parameter_estimate() - parameters) < 0.01 * parameters
+    embed.freeze(4)  # the whole trunk
+    assert not any(p.requires_grad for p in embed.trunk.parameters()) and embed.proj.weight.requires_grad
+    with pytest.raises(ConfigError, match=r"freeze stages is in 0..4"):
+        embed.freeze(5)
+
+
 def test_a_checkpoint_loads_without_the_package(tmp_path, monkeypatch):
     model = init_bavit(LITE0, "lite0:package").eval()
     path = save_checkpoint(model, tmp_path / "lite0.safetensors", extra={"init_weights": model.init_provenance})
@@ -135,7 +164,7 @@ def test_a_frozen_trunk_keeps_its_weights_and_batchnorm_statistics(tmp_path, syn
                                       for part in ("conv_stem.", "bn1.", "blocks.0.", "blocks.1.", "blocks.2."))]
     assert frozen and not changed & set(frozen)  # weights and running statistics alike
     assert {prefix + "blocks.3.0.conv_pw.weight", prefix + "blocks.4.0.bn1.running_mean", "head.weight"} <= changed
-    with pytest.raises(ConfigError, match=r"\(--stem lite0\) only"):
+    with pytest.raises(ConfigError, match=r"\(--stem lite0 or lite0-4\) only"):
         train(records, BAViTConfig(img_size=64, depth=1), cfg.__class__(epochs=1, freeze_trunk=2), tmp_path / "x",
               progress=False)
 

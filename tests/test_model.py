@@ -147,7 +147,7 @@ def test_unknown_init_is_rejected():
             init_bavit(SMALL, init=init)
 
 
-@pytest.mark.parametrize("stem,convs", [("conv", 5), ("conv-deep", 9), ("lite0", 34)])
+@pytest.mark.parametrize("stem,convs", [("conv", 5), ("conv-deep", 9), ("lite0", 34), ("lite0-4", 25)])
 def test_for_inference_copy_matches_and_cannot_be_saved(tmp_path, stem, convs):
     model = build_bavit(BAViTConfig(stem=stem)).eval()
     assert sum(isinstance(m, torch.nn.Conv2d) for m in model.vit.patch_embed.modules()) == convs

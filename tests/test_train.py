@@ -228,3 +228,20 @@ def test_distillation_pulls_the_student_to_its_teacher_and_passes_on_its_images(
     with pytest.raises(ConfigError, match="objective mim takes no teachers"):
         train(student_records, CONFIG, TrainConfig(epochs=1, teachers=(str(teacher_path),), objective="mim"),
               tmp_path / "bad3", progress=False)
+
+
+def test_the_train_command_builds_the_asked_architecture(synthetic_coco, tmp_path, capsys):
+    from bavit.cli import main
+
+    out = tmp_path / "out"
+    code = main(["train", "--coco-root", str(synthetic_coco), "--limit", "2", "--epochs", "1", "--batch-size", "2",
+                 "--img-size", "64", "--depth", "1", "--embed-dim", "32", "--heads", "2", "--out", str(out),
+                 "--no-progress"])
+    assert code == 0, capsys.readouterr().err
+    config = load_checkpoint(out / "last.safetensors").config
+    assert (config.img_size, config.depth, config.embed_dim, config.num_heads, config.stem) == (64, 1, 32, 2, "patch")
+    assert config.grid_size == 4 and config.mlp_ratio == 4.0
+    code = main(["train", "--coco-root", str(synthetic_coco), "--limit", "2", "--epochs", "1", "--embed-dim", "32",
+                 "--heads", "3", "--out", str(tmp_path / "bad"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and "embed_dim 32 is not divisible by num_heads 3" in err and "Traceback" not in err

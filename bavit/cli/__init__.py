@@ -13,10 +13,12 @@ from ..deploy.export import check_out_dir
 from ..errors import BAViTError
 from ..files import check_output_dir, check_output_file
 from ..imageio import allow_large_images
-from . import app_bench, bench, calibrate, coco_map, evaluate, export, finetune, tradeoff, train, upload_memory
+from . import (app_bench, bench, calibrate, coco_map, evaluate, export, finetune, frontier, tradeoff, train,
+               upload_memory)
 
 # Each module exposes ``register(subparsers)`` that adds its sub-command and sets ``func(args) -> int``; in this order.
-COMMAND_MODULES = (train, evaluate, calibrate, bench, tradeoff, coco_map, finetune, app_bench, upload_memory, export)
+COMMAND_MODULES = (train, evaluate, calibrate, bench, tradeoff, frontier, coco_map, finetune, app_bench, upload_memory,
+                   export)
 
 # What each command writes, checked before it starts (bavit.files.check_output_*: the write's first step is tried),
 # so that a path that cannot be written fails at once in one line, not in a traceback after minutes of work.

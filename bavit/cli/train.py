@@ -19,7 +19,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--depth", type=int, help="override the preset's depth")
     parser.add_argument("--stem", choices=list(STEMS), default="patch", help="token embedding (default patch)")
     parser.add_argument("--img-size", type=int, default=384)
-    parser.add_argument("--init", default="random", help="random | timm:NAME | yolos:ID_OR_DIR | bavit:PATH | lite0:package | lite0:hub (with --stem lite0)")
+    parser.add_argument("--embed-dim", type=int, help="override the preset's token width (192)")
+    parser.add_argument("--heads", type=int, help="override the preset's attention heads (3); must divide the width")
+    parser.add_argument("--init", default="random", help="random | timm:NAME | yolos:ID_OR_DIR | bavit:PATH | lite0:package | lite0:hub (with --stem lite0 or lite0-4)")
     parser.add_argument("--labels", choices=["mask", "boxes"], default="mask", help="label source")
     parser.add_argument("--box-rule", choices=["coverage", "iou"], default="coverage")
     parser.add_argument("--box-tau", type=float, default=TrainConfig.box_tau,
@@ -44,9 +46,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              "--init bavit:OUT/last.safetensors")
     parser.add_argument("--mask-ratio", type=float, default=TrainConfig.mask_ratio, help="mim: share of blocks hidden")
     parser.add_argument("--freeze-trunk", type=int, default=None, metavar="N",
-                        help="--stem lite0: freeze its stem and first N of 5 stages (5: the whole trunk; default none)")
+                        help="--stem lite0 / lite0-4: freeze its stem and first N of its 5 / 4 stages (all: the whole "
+                             "trunk; default none)")
     parser.add_argument("--trunk-lr-scale", type=float, default=1.0,
-                        help="--stem lite0: the trunk's learning rate is --lr times this (default 1)")
+                        help="--stem lite0 / lite0-4: the trunk's learning rate is --lr times this (default 1)")
     parser.add_argument("--no-augment", action="store_true")
     parser.add_argument("--drop-path", type=float, default=0.0)
     parser.add_argument("--workers", type=int, default=0)
@@ -81,7 +84,8 @@ def data_source(args: argparse.Namespace, images: int) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    model_config = model_config_for(args.model, args.depth, args.stem, args.img_size, args.drop_path)
+    model_config = model_config_for(args.model, args.depth, args.stem, args.img_size, args.drop_path,
+                                    args.embed_dim, args.heads)
     primary = any(getattr(args, name, None) for name in ("coco_root", "ann", "voc_root"))
     records = records_from_args(args) if primary or not args.ade_root else []
     if args.limit:

@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 from ..errors import ConfigError
 from .labels import FG_FRAC
 
-STEMS = ("patch", "conv", "conv-deep", "lite0")
+STEMS = ("patch", "conv", "conv-deep", "lite0", "lite0-4")
+LITE0_STEMS = ("lite0", "lite0-4")  # the ImageNet-pretrained EfficientNet-Lite0 trunks (bavit.core.lite0)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 LITE0_MEAN = (127.0 / 255.0,) * 3  # EfficientNet-Lite's (x - 127) / 128 on 0-255 pixels, written for 0-1 pixels
@@ -20,8 +21,8 @@ LITE0_STD = (128.0 / 255.0,) * 3
 
 
 def stem_normalisation(stem: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """``(mean, std)`` that a stem's pretrained weights expect: Lite's for ``"lite0"``, ImageNet's otherwise."""
-    return (LITE0_MEAN, LITE0_STD) if stem == "lite0" else (IMAGENET_MEAN, IMAGENET_STD)
+    """``(mean, std)`` that a stem's pretrained weights expect: Lite's for the lite0 stems, ImageNet's otherwise."""
+    return (LITE0_MEAN, LITE0_STD) if stem in LITE0_STEMS else (IMAGENET_MEAN, IMAGENET_STD)
 
 # Bounds on what a config may ask for -- a checkpoint's stored one included, so that a corrupt or foreign config
 # fails here in one line instead of allocating gigabytes. Generous for a token classifier: ViT-Base (768 wide, 12
@@ -31,7 +32,8 @@ INT_BOUNDS = {"img_size": (1, 2048), "patch_size": (1, 64), "embed_dim": (1, 204
 MAX_MLP_RATIO = 16.0
 MAX_TOKENS = 64 * 64  # tokens per image; attention memory grows with its square
 MAX_PARAMETERS = 100_000_000  # 400 MB of float32 weights
-LITE0_TRUNK_PARAMETERS = 700_000  # EfficientNet-Lite0 to stride 16 (bavit.core.lite0), to within 1%
+# EfficientNet-Lite0 to stride 16 (bavit.core.lite0), to within 1%: its trunk parameters and output channels
+LITE0_TRUNK = {"lite0": (700_000, 112), "lite0-4": (254_000, 80)}
 # Pixel normalisation (x - mean) / std on pixels in [0, 1]: finite, std > 0, and bounded so that float32 pixels
 # stay finite (std 1e-45 is > 0 but rounds to 0 in float32: every probability NaN).
 MEAN_BOUND = 1000.0  # |mean| <= it
@@ -71,7 +73,8 @@ class BAViTConfig:
     # the from-scratch model a locality bias. Both produce the same 24x24 token grid.
     # "conv-deep" adds a 3x3 stride-1 convolution after each stride-2 one (twice the stem's depth). "lite0" is
     # EfficientNet-Lite0 to stride 16 plus a 1x1 projection (bavit.core.lite0), ImageNet-pretrained when trained
-    # with --init lite0:package (its weights expect mean LITE0_MEAN and std LITE0_STD).
+    # with --init lite0:package (its weights expect mean LITE0_MEAN and std LITE0_STD); "lite0-4" stops a stage
+    # earlier (blocks[:4], 80 channels: the same grid, about half the trunk's time).
     stem: str = "patch"
     # Pixel normalisation applied after the square resize (ImageNet statistics, as YOLOS and DeiT use).
     mean: tuple[float, float, float] = IMAGENET_MEAN
@@ -147,8 +150,9 @@ class BAViTConfig:
         block = 4 * width * width + 2 * width * hidden + 9 * width + hidden  # qkv + proj, MLP, biases, 2 norms
         if self.stem == "patch":
             embed = 3 * self.patch_size**2 * width + width
-        elif self.stem == "lite0":
-            embed = LITE0_TRUNK_PARAMETERS + 112 * width + width
+        elif self.stem in LITE0_STEMS:
+            trunk, channels = LITE0_TRUNK[self.stem]
+            embed = trunk + channels * width + width
         else:  # four 3x3 stride-2 convs (3 -> D/8 -> D/4 -> D/2 -> D), deep: a 3x3 conv after each, then a 1x1
             embed = 9 * (3 * width // 8 + width**2 * (1 / 32 + 1 / 8 + 1 / 2)) + width * width
             if self.stem == "conv-deep":

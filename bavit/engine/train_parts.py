@@ -11,7 +11,7 @@ import torch
 
 from ..core.checkpoint import Checkpoint, read_checkpoint
 from ..core.labels import BOX_TAU
-from ..core.config import PRESETS, BAViTConfig, stem_normalisation
+from ..core.config import LITE0_STEMS, PRESETS, BAViTConfig, stem_normalisation
 from ..core.model import BAViT, build_bavit, grow_from
 from ..core import lite0
 from ..core.pretrained import copy_from_timm, copy_from_yolos
@@ -41,8 +41,8 @@ class TrainConfig:
     seed: int = 0
     workers: int = 0
     init: str = "random"
-    freeze_trunk: int | None = None  # stem="lite0": freeze its stem and first N of 5 stages (None: train all)
-    trunk_lr_scale: float = 1.0  # stem="lite0": the trunk's learning rate is lr times this
+    freeze_trunk: int | None = None  # lite0 stems: freeze its stem and first N stages (None: train all)
+    trunk_lr_scale: float = 1.0  # lite0 stems: the trunk's learning rate is lr times this
     data: str = ""  # which images, for the reader (the ids are in train_image_ids), e.g. "ade20k: 291 scenes, ..."
 
 
@@ -65,31 +65,32 @@ def check_objective(cfg: TrainConfig, world: int) -> bool:
 
 
 def parameter_groups(model: BAViT, decoder: torch.nn.Module | None, cfg: TrainConfig) -> list[dict]:
-    """The optimizer's parameter groups: everything (and the mim decoder); with a pretrained trunk (``stem="lite0"``)
+    """The optimizer's parameter groups: everything (and the mim decoder); with a pretrained trunk (the lite0 stems)
     its stem and first ``cfg.freeze_trunk`` stages frozen and the trunk at ``cfg.lr * cfg.trunk_lr_scale``.
 
     Raises:
         ConfigError: trunk settings for a model without a pretrained trunk.
     """
     groups = [{"params": list(model.parameters()) + (list(decoder.parameters()) if decoder is not None else [])}]
-    if model.config.stem == "lite0":  # a pretrained trunk: frozen in part or whole, or at its own learning rate
+    if model.config.stem in LITE0_STEMS:  # a pretrained trunk: frozen in part or whole, or at its own learning rate
         model.vit.patch_embed.freeze(cfg.freeze_trunk)
         trunk = {id(p) for p in model.vit.patch_embed.trunk.parameters()}
         groups = [{"params": [p for p in groups[0]["params"] if id(p) not in trunk]},
                   {"params": list(model.vit.patch_embed.trunk.parameters()), "lr": cfg.lr * cfg.trunk_lr_scale}]
     elif cfg.freeze_trunk is not None or cfg.trunk_lr_scale != 1.0:
-        raise ConfigError("--freeze-trunk and --trunk-lr-scale apply to the pretrained stem (--stem lite0) only")
+        raise ConfigError("--freeze-trunk and --trunk-lr-scale apply to the pretrained stems (--stem lite0 or lite0-4) only")
     return groups
 
 
 def model_config_for(model: str = "small", depth: int | None = None, stem: str = "patch", img_size: int = 384,
-                     drop_path: float = 0.0) -> BAViTConfig:
-    """The architecture ``train`` builds: the ``model`` preset (:data:`~bavit.core.config.PRESETS`) with its depth
-    overridden by ``depth`` when given, the token embedding ``stem`` with that stem's normalisation, ``img_size`` and
-    the stochastic depth rate ``drop_path``."""
+                     drop_path: float = 0.0, embed_dim: int | None = None, num_heads: int | None = None) -> BAViTConfig:
+    """The architecture ``train`` builds: the ``model`` preset (:data:`~bavit.core.config.PRESETS`) with its depth,
+    width and heads overridden by ``depth``, ``embed_dim`` and ``num_heads`` when given, the token embedding ``stem``
+    with that stem's normalisation, ``img_size`` and the stochastic depth rate ``drop_path``."""
     preset = PRESETS[model]
     mean, std = stem_normalisation(stem)
     return BAViTConfig(**{**asdict(preset), "depth": depth or preset.depth, "stem": stem, "img_size": img_size,
+                          "embed_dim": embed_dim or preset.embed_dim, "num_heads": num_heads or preset.num_heads,
                           "drop_path_rate": drop_path, "mean": mean, "std": std})
 
 
@@ -104,7 +105,7 @@ def init_bavit(config: BAViTConfig, init: str = "random") -> BAViT:
             encoder layers of a YOLOS checkpoint (e.g. ``yolos:hustvl/yolos-tiny``); ``"bavit:PATH"`` to grow a
             shallower trained BAViT: its embedding, blocks, norm and head are copied and the extra blocks start as
             identities (zeroed residual outputs), so the deeper model starts from the shallower one's predictions;
-            ``"lite0:package"`` / ``"lite0:hub"`` (``stem="lite0"`` only) to copy ImageNet-trained EfficientNet-Lite0
+            ``"lite0:package"`` / ``"lite0:hub"`` (the lite0 stems only) to copy ImageNet-trained EfficientNet-Lite0
             weights into the stem's trunk, from the pip package's file or timm's hub name
             (:mod:`bavit.core.lite0`). The model's ``init_provenance`` then names the weights (source, version,
             file, sha256), and train stores it in the checkpoint; after ``"bavit:PATH"`` its
@@ -121,8 +122,8 @@ def init_bavit(config: BAViTConfig, init: str = "random") -> BAViT:
         raise ConfigError(f"init must be 'random', 'timm:NAME', 'yolos:ID_OR_DIR', 'bavit:PATH', 'lite0:package' or "
                           f"'lite0:hub', got {init!r}")
     if kind == "lite0":
-        if config.stem != "lite0" or source not in ("package", "hub"):
-            raise ConfigError(f"init {init!r} needs --stem lite0 and is lite0:package or lite0:hub")
+        if config.stem not in LITE0_STEMS or source not in ("package", "hub"):
+            raise ConfigError(f"init {init!r} needs --stem lite0 (or lite0-4) and is lite0:package or lite0:hub")
         state, provenance = lite0.package_weights() if source == "package" else lite0.hub_weights()
         lite0.copy_lite0(model.vit.patch_embed, state)
         model.init_provenance = provenance
