@@ -226,10 +226,11 @@ def test_tiny_warning_gives_the_size_as_uploaded(tmp_path):
     Image.new("RGB", (20000, 30), (10, 200, 30)).save(path)
     explorer = Explorer(Predictor(bavit=apphelpers.random_bavit_checkpoint(), detector=None), image_roots=(tmp_path,))
     session = explorer.open_image({"path": str(path)})
-    warning = tiny_warning(session)
+    warning = tiny_warning(session, 256)
     assert warning.startswith("This image is tiny (20000x30 px, 1024x2 px once fitted into 1024 px)")
+    assert warning.endswith("it is stretched to 256x256, so the grid says little.")
     explorer.image_roots = (apphelpers.EXAMPLES,)
-    assert tiny_warning(explorer.open_image({"path": str(apphelpers.EXAMPLES / "chelsea.jpg")})) is None
+    assert tiny_warning(explorer.open_image({"path": str(apphelpers.EXAMPLES / "chelsea.jpg")}), 384) is None
 
 
 def test_at_most_two_images_decode_at_once(monkeypatch, tmp_path):

@@ -6,6 +6,8 @@ import pytest
 import torch
 from transformers import YolosConfig, YolosForObjectDetection
 
+from apphelpers import EXAMPLES
+
 from bavit.core.config import SMALL, BAViTConfig
 from bavit.core.model import build_bavit
 from bavit.deploy.export import (
@@ -198,3 +200,36 @@ def test_the_int8_backend_runs_the_whole_pipeline():
     runner = detector_runner(model, "onnxruntime-int8", SIZE, threads=1)
     assert isinstance(runner, OrtDetector) and runner.int8 and runner.backend == "onnxruntime-int8"
     assert detector_runner(model, "onnxruntime", SIZE, threads=1).backend == "onnxruntime"
+
+
+def test_static_int8_graphs_hold_qdq_nodes_and_are_measured_against_float32(synthetic_coco, tmp_path, capsys):
+    """bavit.bench.static_int8: the static graphs are QDQ graphs of the same model (calibrated ranges), the dynamic
+    one has integer MatMuls, and float32 changes no token against itself; the command prints the table."""
+    from bavit.bench.static_int8 import VARIANTS, bavit_graphs, compare_graphs, main
+    from bavit.core.checkpoint import save_checkpoint
+
+    torch.manual_seed(0)
+    model = build_bavit(BAViTConfig(img_size=64, depth=1, stem="conv")).eval()  # a 4x4 grid, convolutions and MatMuls
+    generator = torch.Generator().manual_seed(1)
+    pixels = [torch.randn(1, 3, 64, 64, generator=generator).numpy() for _ in range(4)]
+    graphs = bavit_graphs(model, pixels)
+    assert list(graphs) == list(VARIANTS)
+    ops = {name: [node.op_type for node in onnx.load_from_string(graph).graph.node] for name, graph in graphs.items()}
+    assert "QuantizeLinear" not in ops["float32"] and "MatMulInteger" in ops["dynamic int8 MatMuls"]
+    for name in ("static int8 (all)", "static int8 (MatMuls)", "static int8 (Convs)"):
+        assert ops[name].count("QuantizeLinear") > 0 and ops[name].count("DequantizeLinear") > 0, name
+        assert "MatMulInteger" not in ops[name], name
+    # QDQ around the convolutions only: the MatMuls' inputs stay float (none comes from a DequantizeLinear alone)
+    assert ops["static int8 (all)"].count("DequantizeLinear") > ops["static int8 (Convs)"].count("DequantizeLinear")
+    rows = compare_graphs(graphs, pixels, repeats=1)
+    assert [row["graph"] for row in rows] == list(VARIANTS)
+    assert rows[0]["tokens_changed"] == 0.0 and rows[0]["max_prob_difference"] == 0.0 and rows[0]["tokens"] == 64
+    assert all(0.0 <= row["tokens_changed"] <= 1.0 and row["ms"] > 0 for row in rows)
+    assert rows[1]["max_prob_difference"] < 0.05  # dynamic int8 MatMuls stay close to float32
+
+    path = save_checkpoint(model, tmp_path / "tiny.safetensors")
+    main(["--checkpoint", str(path), "--coco-root", str(synthetic_coco), "--calibration-images",
+          str(EXAMPLES), "--calibration-start", "0", "--calibration-count", "2", "--repeats", "1", "--threads", "1"])
+    printed = capsys.readouterr().out
+    assert "2 images of train2017 fold 0 of 5 (32 tokens); static ranges from 2 images" in printed
+    assert printed.count("| static int8") == 3

@@ -51,7 +51,7 @@ def result(predictor: Predictor, setting: PruningSettings, image: Image.Image, a
     ``target_sparsity`` (the ``sparsity`` asked for, or ``None``), ``cca_steps``, ``sparsity`` (this image's:
     fraction of the 1024 YOLOS patches pruned), ``kept_patches``, ``tokens`` (Table 2 accounting), ``timings_ms``,
     ``image_size`` ([w, h] analysed), ``source_size`` ([w, h] as uploaded), ``fg_tokens_raw`` / ``fg_tokens_cca``
-    (of 576), ``grid_cca`` (24 strings of 0/1), ``detector_ready``, ``detector_status``, ``detections`` (list, or
+    (of BAViT's G x G tokens), ``grid_cca`` (G strings of 0/1), ``detector_ready``, ``detector_status``, ``detections`` (list, or
     ``None`` without detector weights), ``latency_note``; ``speedup`` (what the page shows at this kept count:
     medians of warm runs; ``None`` while warming up or with ``detect`` off) and ``latency_ms`` (what it used:
     :meth:`~bavit.app.latency.LatencyEstimate.as_dict`: ``dense``, ``bavit``, ``cca``, ``pruned``, ``pipeline`` ms,

@@ -1,7 +1,7 @@
 """Ground-truth patch grids for the app: from a COCO-format dataset's instance masks, or from a painted mask.
 
 The grid uses the label rule of :mod:`bavit.core.labels` (a token is FG when > 10% of its pixels are object pixels), laid
-over the image the way BAViT sees it (square resize to 384 -> 24x24).
+over the image the way BAViT sees it (the square resize to its input size, e.g. 256 -> 16x16).
 """
 from __future__ import annotations
 

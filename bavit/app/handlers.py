@@ -146,7 +146,7 @@ def build_handlers(explorer: Explorer) -> Handlers:
             return [None, *state, *_view_updates(empty, keys), gr.update(value=None, visible=False), None]
         controls = _controls(*values)
         session = explorer.open_image(payload)
-        warning = panels.tiny_warning(session)
+        warning = panels.tiny_warning(session, explorer.predictor.bavit.config.img_size)
         if warning:
             gr.Warning(warning)
         view = explorer.update(session, controls)  # a new session: no other event can hold or supersede it yet

@@ -26,15 +26,16 @@ def _ms(value: float | None) -> str:
     return "…" if value is None else format(value, ".1f")
 
 
-def tiny_warning(session: ImageSession) -> str | None:
+def tiny_warning(session: ImageSession, bavit_size: int) -> str | None:
     """A warning for an image whose shorter side is under :data:`TINY_SIDE` px (as uploaded, or as analysed after a
-    very long side was fitted into :data:`~bavit.app.uploads.ANALYSIS_SIDE`), else ``None``."""
+    very long side was fitted into :data:`~bavit.app.uploads.ANALYSIS_SIDE`), else ``None``; BAViT stretches it to
+    ``bavit_size`` px square."""
     width, height = session.source_size
     analysed = session.prepared.image.size
     if min(width, height, *analysed) >= TINY_SIDE:
         return None
     fitted = "" if analysed == (width, height) else f", {analysed[0]}x{analysed[1]} px once fitted into {ANALYSIS_SIDE} px"
-    return f"This image is tiny ({width}x{height} px{fitted}): it is stretched to 384x384, so the grid says little."
+    return f"This image is tiny ({width}x{height} px{fitted}): it is stretched to {bavit_size}x{bavit_size}, so the grid says little."
 
 
 def sparsity_text(analysis: Analysis, controls: Controls, calibration: Calibration | None) -> str:

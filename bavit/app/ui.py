@@ -63,7 +63,8 @@ def _build_demo(explorer: Explorer, examples: list[str] | None, coco_examples: l
         session_state = gr.State(None, time_to_live=3600)  # per session; dropped 1 h after the last use
         gr.Markdown(
             "# BAViT Explorer: background-aware token pruning\n"
-            "A 2-layer ViT (**BAViT**) labels each 16x16 patch foreground or background at 384 px; **YOLOS** then runs "
+            f"A {explorer.predictor.bavit.config.depth}-layer ViT (**BAViT**) labels each 16x16 patch foreground or "
+            f"background at {explorer.predictor.bavit.config.img_size} px; **YOLOS** then runs "
             "only on the foreground patches at 512 px. Raise the sparsity (or the threshold): fewer kept patches, fewer "
             "tokens, faster detection, and you see what gets lost."
         )

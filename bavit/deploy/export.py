@@ -25,8 +25,9 @@ import threading
 import warnings
 from collections import OrderedDict
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
+import numpy as np
 import torch
 
 from ..core.model import BAViT
@@ -113,6 +114,38 @@ def quantize_matmuls(graph: bytes) -> bytes:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 quantize_dynamic(source, target, op_types_to_quantize=["MatMul"], weight_type=QuantType.QInt8)
+        finally:
+            logging.disable(previous)
+        return target.read_bytes()
+
+
+def quantize_static_qdq(graph: bytes, inputs: Sequence[dict[str, np.ndarray]],
+                        op_types: Optional[Sequence[str]] = None) -> bytes:
+    """``graph`` (ONNX bytes) statically quantized by onnxruntime's ``quantize_static``: QDQ nodes around ``op_types``
+    (default: every op it can quantize), int8 weights per channel and uint8 activations whose fixed ranges are the
+    min and max seen on ``inputs`` (feeds of the graph, one call each)."""
+    import tempfile
+
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    class Feeds(CalibrationDataReader):
+        def __init__(self):
+            self.feeds = iter(inputs)
+
+        def get_next(self):
+            return next(self.feeds, None)
+
+    with tempfile.TemporaryDirectory(prefix="bavit-qdq-") as tmp:
+        source, target = Path(tmp) / "float32.onnx", Path(tmp) / "qdq.onnx"
+        source.write_bytes(graph)
+        previous = logging.root.manager.disable
+        logging.disable(logging.WARNING)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                quantize_static(source, target, Feeds(), quant_format=QuantFormat.QDQ, per_channel=True,
+                                activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                                **({"op_types_to_quantize": list(op_types)} if op_types else {}))
         finally:
             logging.disable(previous)
         return target.read_bytes()
