@@ -23,16 +23,16 @@ class PreparedImage:
     image: Image.Image  # RGB, the size the boxes refer to
     fg_prob: np.ndarray  # float32 [G, G] read-only BAViT FG probabilities (G = 24 at 384 px)
     bavit_ms: float  # BAViT latency of this call; 0.0 when the probabilities came from the cache
-    key: str  # content hash of the 384x384 resize (the cache key)
+    key: str  # content hash of the square resize BAViT reads (the cache key)
 
 
 @dataclass
 class Analysis:
     """Everything the app shows for one image and one setting. Grids are row-major, True = FG (kept)."""
 
-    fg_prob: np.ndarray  # float32 [24, 24], BAViT FG probability at 384x384
-    grid_raw: np.ndarray  # bool [24, 24], thresholded (or top-k)
-    grid_cca: np.ndarray  # bool [24, 24], after CCA (a superset of grid_raw)
+    fg_prob: np.ndarray  # float32 [G, G], BAViT FG probability
+    grid_raw: np.ndarray  # bool [G, G], thresholded (or top-k)
+    grid_cca: np.ndarray  # bool [G, G], after CCA (a superset of grid_raw)
     keep_mask: np.ndarray  # bool [32, 32], YOLOS patches computed at 512x512
     detections: Optional[list[dict]]  # dict(box=(x0, y0, x1, y1) px, label=str, score=float); None without weights
     dense_detections: Optional[list[dict]]

@@ -1,8 +1,8 @@
 """The one object the app, the CLI and the benchmarks share: image in, BAViT grids + pruned detections out.
 
 Two steps, as in SAM's ``SamPredictor``: :meth:`Predictor.set_image` runs the expensive part once (decode, the
-384x384 resize and BAViT's FG probabilities ``[24, 24]``, cached by image content); :meth:`Predictor.predict` is the
-cheap call a slider makes: the keep-mask rule (threshold, top-k or calibrated sparsity, CCA, resample to the
+square resize to BAViT's input size and its FG probabilities ``[G, G]``, 16x16 for the shipped model, cached by
+image content); :meth:`Predictor.predict` is the cheap call a slider makes: the keep-mask rule (threshold, top-k or calibrated sparsity, CCA, resample to the
 ``[32, 32]`` YOLOS grid), the pruned YOLOS at 512x512 and transformers' post-processing, boxes in image pixels.
 The evaluations and benchmarks run the same two steps on batches (:meth:`Predictor.set_images`,
 :meth:`Predictor.predict_batch`). Detections come only from real detector weights (:class:`bavit.pipeline.Pipeline`).
@@ -57,7 +57,7 @@ class Predictor(Pipeline):
 
     # --- step 1: the expensive part, once per image -------------------------------------------------------------
     def set_image(self, image: ImageInput) -> PreparedImage:
-        """Decode ``image`` and compute BAViT's ``float32 [24, 24]`` FG probabilities (cached by content, LRU).
+        """Decode ``image`` and compute BAViT's ``float32 [G, G]`` FG probabilities (cached by content, LRU).
 
         Raises:
             DataError: the image cannot be read.

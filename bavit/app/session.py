@@ -62,7 +62,7 @@ class ImageSession:
     source_size: tuple[int, int] = (0, 0)  # (width, height) px as uploaded, before any downscaling
     dense_ms: float | None = None  # this image's one dense YOLOS run (ms; for its detections), None before it
     dense_detections: list | None = None
-    gt: np.ndarray | None = None  # [24, 24] int GT grid
+    gt: np.ndarray | None = None  # [G, G] int GT grid (BAViT's grid)
     gt_source: str = ""
     coco: CocoImage | None = None
     plots: dict = field(default_factory=dict)  # cca_steps -> curve.CurvePlot

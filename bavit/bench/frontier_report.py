@@ -46,25 +46,25 @@ def format_table(report: dict) -> str:
 
 
 def plot(report: dict, path: str | os.PathLike) -> Path:
-    """Calibrated and top-k pixel recall against BAViT ms, one labelled point per design, and the line at the
-    target share of the dense detector (matplotlib's Agg canvas, PNG)."""
+    """Calibrated (circles) and top-k (squares) pixel recall against BAViT ms, one colour per point (hollow for a
+    float32 graph), and the line at the target share of the dense detector (matplotlib's Agg canvas, PNG)."""
     fig, ax = new_axes((6.4, 4.4))
     rows = sorted(report["rows"], key=lambda row: row["bavit_ms"])
-    for key, marker, name in (("calibrated_pixel_recall", "o", "calibrated threshold"), ("topk_pixel_recall", "s", "top-k")):
-        rated = [row for row in rows if row.get(key) is not None]
-        if not rated:
-            continue
-        ax.plot([row["bavit_ms"] for row in rated], [row[key] for row in rated], marker, markersize=4,
-                label=f"{name}, {report['sparsity']:.0%}")
-        for row in rated:
-            ax.annotate(row["label"], (row["bavit_ms"], row[key]), fontsize=5, xytext=(3, 2), textcoords="offset points")
+    for index, row in enumerate(rows):
+        colour = f"C{index % 10}"
+        face = "none" if row["graph"] == "float32" else colour
+        for key, marker in (("calibrated_pixel_recall", "o"), ("topk_pixel_recall", "s")):
+            if row.get(key) is not None:
+                ax.plot([row["bavit_ms"]], [row[key]], marker, markersize=6, color=colour, markerfacecolor=face,
+                        label=row["label"] if key == "calibrated_pixel_recall" else None)
     ax.axvline(report["target_share_of_dense"] * report["dense_ms"], color="0.5", linestyle=":",
                label=f"{report['target_share_of_dense']:.0%} of dense YOLOS-tiny ({report['dense_ms']:.0f} ms)")
     ax.set_xlabel("BAViT ms per image (onnxruntime, batch 1; resize and normalisation included)")
-    ax.set_ylabel("object pixel recall on the 32x32 detector grid")
-    ax.set_title(f"{report['data']}; {report['threads']} threads", fontsize=8)
+    ax.set_ylabel(f"object pixel recall at {report['sparsity']:.0%} on the 32x32 detector grid")
+    ax.set_title(f"{report['data']}; {report['threads']} threads\n"
+                 "circles: one calibrated threshold; squares: top-k per image; hollow: float32 graph", fontsize=7)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=6, loc="lower right")
+    ax.legend(fontsize=6, loc="center right")
     save_png(fig, path, f"python -m bavit frontier; load average {report['machine']['load_average_before'][0]:.2f}")
     return Path(path)
 

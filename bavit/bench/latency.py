@@ -5,7 +5,7 @@ the command line is ``python -m bavit bench`` (:mod:`bavit.cli.bench`). The tabl
 For each sparsity level (fraction of the YOLOS patches pruned) every image gets the BAViT keep ratio whose keep
 mask -- the pipeline's own rule, :func:`bavit.pruning.keep_mask.keep_mask_from_probs`: top-k, CCA, resample to
 32x32 -- keeps the number of patches closest to the level (:func:`keep_ratio_for_count`). Each pruned iteration
-runs and times every stage the pipeline runs: the 384x384 resize + BAViT, the keep-mask rule, and the pruned YOLOS
+runs and times every stage the pipeline runs: the square resize + BAViT, the keep-mask rule, and the pruned YOLOS
 forward *on the mask that rule just produced*. The dense iteration is the dense YOLOS forward. The 512x512 YOLOS
 input is prepared once and shared (both need it). Dense and pruned runs alternate after warm-up; medians are
 reported. On a busy shared CPU run it with ``OMP_WAIT_POLICY=PASSIVE`` (spinning OpenMP threads otherwise dominate

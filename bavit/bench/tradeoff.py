@@ -9,7 +9,7 @@ command puts both on one axis. For each calibrated BAViT checkpoint and each tar
   image's kept count on the ``32 x 32`` YOLOS grid, for ``bavit_calibrated`` (one threshold for all images, from
   the checkpoint's calibration) and ``bavit_topk``;
 - latency, measured in this process (:func:`.tradeoff_latency.time_pipeline`; medians, every call run in turn each
-  round): each checkpoint's BAViT forward through its :class:`~bavit.predictor.Predictor` (batch 1, the 384x384
+  round): each checkpoint's BAViT forward through its :class:`~bavit.predictor.Predictor` (batch 1, its square
   resize included), the pruned YOLOS at a grid of kept counts (:func:`.tradeoff_latency.count_grid`; shared by all
   checkpoints, it depends only on the count) and the dense YOLOS, all on the same image and backend.
 
@@ -180,7 +180,7 @@ def run_tradeoff(
         "warmup": warmup,
         "grid": grid,
         "weights": {"detector": detector_weights(timer, detector), "detector_pretrained": timer.detector_ready},
-        "end_to_end": "BAViT (384x384 resize + forward, batch 1) + pruned YOLOS forward interpolated at each image's "
+        "end_to_end": "BAViT (its square resize + forward, batch 1) + pruned YOLOS forward interpolated at each image's "
                       "kept count, mean over images; YOLOS 512x512 preprocessing and the keep-mask rule not included",
         "machine": machine_info(load_before),
     }

@@ -56,7 +56,7 @@ def time_pipeline(timer: Predictor, bavits: Mapping[str, Predictor], image: Imag
     Args:
         timer: the predictor whose detector runs (``detector_runner``: dense, or pruned on a keep mask of ``count``
             patches, ``[1, 3, 512, 512]`` pixels prepared once, as the bench does).
-        bavits: label -> predictor whose ``run_bavit`` (the 384x384 resize and the forward) is timed.
+        bavits: label -> predictor whose ``run_bavit`` (the square resize and the forward) is timed.
     Returns:
         ``{"dense_ms": float, "counts": [...], "pruned_ms": [ms per count], "bavit_ms": {label: ms}}``.
     """

@@ -11,7 +11,7 @@ GT instance masks laid over the detector grid the way the square resize lays the
 - ``sparsity_mean`` / ``sparsity_p10`` / ``sparsity_p90``: the per-image sparsity's mean and spread.
 
 Methods (all but ``oracle`` and ``random`` go through the pipeline's keep-mask rule,
-:func:`bavit.pruning.keep_mask.keep_mask_from_probs`, from a ``[24, 24]`` score grid to the detector grid):
+:func:`bavit.pruning.keep_mask.keep_mask_from_probs`, from a ``[G, G]`` score grid to the detector grid):
 
 - ``bavit_topk``: per image, the BAViT keep ratio whose mask (no CCA) comes closest to the level's patch count;
 - ``bavit_calibrated``: one threshold for every image, from the checkpoint's calibration (no CCA), as the paper's
@@ -138,7 +138,7 @@ def method_masks(fg_prob: np.ndarray, objects: Sequence[ImageObjects], level: fl
         objects: the images' objects (for the oracle).
         level: target sparsity (fraction).
         calibration: the checkpoint's calibration (``None``: the calibrated methods are left out).
-        prior: ``[24, 24]`` training FG frequency (``None``: ``centre`` is left out).
+        prior: ``[G, G]`` training FG frequency (``None``: ``centre`` is left out).
     """
     count = round(grid * grid * (1.0 - level))
     probs = (fg_prob.detach().float().clone() if isinstance(fg_prob, torch.Tensor)
