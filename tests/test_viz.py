@@ -133,6 +133,24 @@ def test_curve_plot_marks_current_point_at_data_position():
     assert 0 < mx < x < image.width
 
 
+def test_curves_drawn_from_many_threads_are_those_drawn_one_by_one(monkeypatch):
+    """matplotlib is not thread-safe and the app's events run in a thread pool: every rendering holds the lock."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    cases = [(np.linspace(0, 1, 11), 100 * np.linspace(0, 1, 11) ** power, 1 + np.linspace(0, 1, 11) * power)
+             for power in (0.5, 1.0, 2.0, 3.0)]
+    alone = [curve.curve_plot(*case).base for case in cases]
+    with ThreadPoolExecutor(8) as pool:
+        together = list(pool.map(lambda index: curve.curve_plot(*cases[index % 4]).base, range(16)))
+    assert all(np.array_equal(base, alone[index % 4]) for index, base in enumerate(together))
+
+    held = []
+    render = curve._render
+    monkeypatch.setattr(curve, "_render", lambda *args: held.append(curve._MATPLOTLIB_LOCK.locked()) or render(*args))
+    curve.curve_plot(*cases[0])
+    assert held == [True] and not curve._MATPLOTLIB_LOCK.locked()
+
+
 def test_legend_html_lists_items():
     html = viz.legend_html(viz.GRID_LEGEND)
     assert "flipped to FG by CCA" in html and "rgb(230, 0, 230)" in html

@@ -4,6 +4,7 @@ drawn cheaply on every slider move).
 """
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -13,6 +14,10 @@ from PIL import Image, ImageDraw
 from ..predictor import PreparedImage
 
 CURVE_THRESHOLDS = np.round(np.linspace(0.02, 0.98, 25), 4)  # the plot's x: FG-probability thresholds
+# matplotlib is not thread-safe (its docs: use it from one thread, or lock), and the app's events run in a thread
+# pool: every rendering takes this lock. Without it, two images loaded at once failed now and then with
+# KeyError: 'custom' from inside matplotlib's text layout.
+_MATPLOTLIB_LOCK = threading.Lock()
 
 
 def sparsity_curve(predictor, prepared: PreparedImage, cca_steps: int) -> CurvePlot:
@@ -70,10 +75,8 @@ class CurvePlot:
 
 
 def warm_up() -> None:
-    """Draw one small curve, so matplotlib's first-use set-up (its font cache, text layout) happens once, in the
-    thread that builds the app, and not in two event threads at once. (Once in five full test runs, the first
-    ``load_image`` events of a fresh app failed with ``KeyError: 'custom'``, a matplotlib font-set name; first use
-    from two threads is the suspected cause, not a proven one.)"""
+    """Draw one small curve, so matplotlib's first-use set-up (its font cache, text layout) happens while the app is
+    built, not in the first image's event."""
     thresholds = np.linspace(0.0, 1.0, 3)
     curve_plot(thresholds, thresholds * 100.0, thresholds + 1.0)
 
@@ -96,6 +99,12 @@ def curve_plot(
         speedup_max: top of the speed-up axis (default: the estimate's maximum, kept within 2x..3x so measured
             speed-ups stay readable; the curve is clipped above).
     """
+    with _MATPLOTLIB_LOCK:
+        return _render(thresholds, sparsity_pct, speedup_est, speedup_label, size, dpi, speedup_max)
+
+
+def _render(thresholds, sparsity_pct, speedup_est, speedup_label, size, dpi, speedup_max) -> CurvePlot:
+    """:func:`curve_plot`'s drawing, under its lock."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
