@@ -15,8 +15,8 @@ from ..predictor import PreparedImage
 
 CURVE_THRESHOLDS = np.round(np.linspace(0.02, 0.98, 25), 4)  # the plot's x: FG-probability thresholds
 # matplotlib is not thread-safe (its docs: use it from one thread, or lock), and the app's events run in a thread
-# pool: every rendering takes this lock. Without it, two images loaded at once failed now and then with
-# KeyError: 'custom' from inside matplotlib's text layout.
+# pool: every rendering takes this lock. (It did not stop the rare "KeyError: 'custom'" of the first large image in
+# test_app_badinput, whose cause is still open.)
 _MATPLOTLIB_LOCK = threading.Lock()
 
 
