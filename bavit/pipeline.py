@@ -41,6 +41,7 @@ from .pruning.detector import (
     yolos_pixels,
     yolos_tiny_config,
 )
+from .pruning.accounting import bavit_macs
 from .pruning.keep_mask import KeepMask, keep_mask_from_probs
 from .pruning.settings import PruningSettings
 from .pruning.yolos import patch_yolos
@@ -113,6 +114,11 @@ class Pipeline:
         # the detector's config (grid size, accounting); the YOLOS-tiny architecture without weights
         self.yolos_config = opened.model.config if opened.model is not None else yolos_tiny_config()
         yolos_grid(self.yolos_config.patch_size, self.image_size)  # a clear error for a size off the patch grid
+        # BAViT's MAC count (the token accounting of every prediction) builds a weightless copy on the meta device
+        # once per architecture, through torch code that keeps global state (torch.fx.traceback's annotations): done
+        # here, in the thread that builds the pipeline, never in an event thread beside the ONNX export (dynamo) of
+        # the app's warm-up thread. Both at once failed with "KeyError: 'custom'" (CI, test_app_badinput).
+        bavit_macs(self.bavit.config)
 
     @property
     def latency_model(self):

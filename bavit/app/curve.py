@@ -15,8 +15,8 @@ from ..predictor import PreparedImage
 
 CURVE_THRESHOLDS = np.round(np.linspace(0.02, 0.98, 25), 4)  # the plot's x: FG-probability thresholds
 # matplotlib is not thread-safe (its docs: use it from one thread, or lock), and the app's events run in a thread
-# pool: every rendering takes this lock. (It did not stop the rare "KeyError: 'custom'" of the first large image in
-# test_app_badinput, whose cause is still open.)
+# pool: every rendering takes this lock. (The rare "KeyError: 'custom'" seen in CI came from torch, not from here:
+# bavit.pipeline computes the MAC count up front.)
 _MATPLOTLIB_LOCK = threading.Lock()
 
 
