@@ -6,8 +6,11 @@ from .core.labels import labels_from_boxes, labels_from_mask
 from .core.loss import AccumulativeCrossEntropy
 from .core.model import BAViT, build_bavit
 from .errors import BAViTError, CheckpointError, ConfigError, DataError, WeightsUnavailableError
+from .predictor import Analysis, PreparedImage, Predictor, build_predictor
+from .pruning.settings import PruningSettings
 
 __all__ = [
+    "Analysis",
     "BAViT",
     "BAViTConfig",
     "AccumulativeCrossEntropy",
@@ -16,8 +19,12 @@ __all__ = [
     "CheckpointError",
     "ConfigError",
     "DataError",
+    "PreparedImage",
+    "Predictor",
+    "PruningSettings",
     "WeightsUnavailableError",
     "build_bavit",
+    "build_predictor",
     "cca",
     "labels_from_boxes",
     "labels_from_mask",

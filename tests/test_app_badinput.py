@@ -110,9 +110,9 @@ def test_bad_settings_get_one_clear_message_on_every_event(client, server):
     mode, threshold, target, cca, detect, dense = GRID_ONLY
     cases = [
         ("/set_threshold", (mode, "abc", target, cca, detect, dense), "threshold must be a number, got 'abc'"),
-        ("/load_image", (chelsea, mode, threshold, target, -1, detect, dense), "cca_steps is a whole number in 0..10, got -1"),
-        ("/set_threshold", (mode, threshold, target, 2.5, detect, dense), "cca_steps is a whole number in 0..10, got 2.5"),
-        ("/analyze", (chelsea, threshold, 2.5, 0, 0), "cca_steps is a whole number in 0..10, got 2.5"),
+        ("/load_image", (chelsea, mode, threshold, target, -1, detect, dense), "cca_steps is a whole number in 0..5, got -1"),
+        ("/set_threshold", (mode, threshold, target, 2.5, detect, dense), "cca_steps is a whole number in 0..5, got 2.5"),
+        ("/analyze", (chelsea, threshold, 2.5, 0, 0), "cca_steps is a whole number in 0..5, got 2.5"),
         ("/analyze", (chelsea, True, 3, 0, 0), "threshold must be a number, got True"),
     ]
     for api_name, args, message in cases:

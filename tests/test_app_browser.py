@@ -27,6 +27,8 @@ if not Path(apphelpers.CHROMIUM).exists():
                 allow_module_level=True)
 sync_api = pytest.importorskip("playwright.sync_api")
 
+from bavit.pruning.settings import PruningSettings  # noqa: E402  (after the skips)
+
 SHIPPED = apphelpers.ROOT / "checkpoints" / "bavit-small-coco.safetensors"
 
 
@@ -188,7 +190,7 @@ def test_upload_drag_threshold_and_screenshot(server, browser, predictor, tmp_pa
     assert selected_mode(page) == MODE_SPARSITY
     assert page.locator("#target-sparsity").is_visible() and not page.locator("#threshold").is_visible()
     calibrated = upload(page, apphelpers.EXAMPLES / "chelsea.jpg")
-    expected = predictor.analyze(apphelpers.EXAMPLES / "chelsea.jpg", sparsity=0.35, cca_steps=3, detect=False)
+    expected = predictor.analyze(apphelpers.EXAMPLES / "chelsea.jpg", PruningSettings(sparsity=0.35, cca_steps=3), detect=False)
     threshold = predictor.calibration.threshold(0.35, 3)
     assert "Mean sparsity 35% over images" in calibrated and f"threshold {threshold:.2f}" in calibrated
     assert own_sparsity(calibrated) == pytest.approx(100 * expected.accounting.sparsity, abs=0.05)
@@ -273,7 +275,7 @@ def test_two_sessions_do_not_share_images(server, browser, predictor):
         texts[name] = (value, wait_for_threshold(page, value))
     # each page's numbers are those of its own image at its own threshold (the library as reference)
     for name, (value, text) in texts.items():
-        expected = predictor.analyze(apphelpers.EXAMPLES / f"{name}.jpg", threshold=value, cca_steps=3, detect=False)
+        expected = predictor.analyze(apphelpers.EXAMPLES / f"{name}.jpg", PruningSettings(threshold=value, cca_steps=3), detect=False)
         assert f"{int(expected.keep_mask.sum())} kept" in text, name
         assert f"BAViT FG tokens: {int(expected.grid_raw.sum())} of {TOKENS}" in text, name
     first.context.close()
@@ -283,10 +285,7 @@ def test_two_sessions_do_not_share_images(server, browser, predictor):
 def test_target_slider_in_both_sparsity_modes(server, browser, predictor):
     """Calibrated mode: the target is the mean over images and the page states this image's own sparsity; top-k
     mode holds this image at the target; the same slider drives both."""
-    import torch
-
     from bavit.app.session import MODE_SPARSITY, MODE_THRESHOLD, MODE_TOPK
-    from bavit.pruning.keep_mask import keep_ratio_for_count
 
     path = apphelpers.EXAMPLES / "astronaut.jpg"
     page = open_page(browser, server.url)
@@ -297,7 +296,7 @@ def test_target_slider_in_both_sparsity_modes(server, browser, predictor):
     page.wait_for_function(
         "t => document.querySelector('#sparsity').innerText.includes('Mean sparsity ' + t + '%')", arg=str(target))
     text = page.inner_text("#sparsity")
-    expected = predictor.analyze(path, sparsity=target / 100, cca_steps=3, detect=False)
+    expected = predictor.analyze(path, PruningSettings(sparsity=target / 100, cca_steps=3), detect=False)
     assert own_sparsity(text) == pytest.approx(100 * expected.accounting.sparsity, abs=0.05)
     assert f"{int(expected.keep_mask.sum())} kept" in text
     check_consistent(page, text)
@@ -305,9 +304,8 @@ def test_target_slider_in_both_sparsity_modes(server, browser, predictor):
     # top-k: the same target, now held for this image (the count closest to it after CCA)
     text = choose_mode(page, MODE_TOPK, f"held at the target {target}%")
     assert page.locator("#target-sparsity").is_visible() and not page.locator("#threshold").is_visible()
-    prepared = predictor.set_image(path)
-    ratio = keep_ratio_for_count(torch.from_numpy(prepared.fg_prob.copy()), round(1024 * (1 - target / 100)), 32, 3)
-    kept = int(predictor.predict(prepared, keep_ratio=ratio, cca_steps=3, detect=False).keep_mask.sum())
+    kept = int(predictor.analyze(path, PruningSettings(image_sparsity=target / 100, cca_steps=3),
+                                 detect=False).keep_mask.sum())
     assert f"{kept} kept" in text
     assert own_sparsity(text) == pytest.approx(100 * (1024 - kept) / 1024, abs=0.05)
     check_consistent(page, text)
@@ -363,7 +361,7 @@ def python_view(explorer, session, mode: str, value: float, cca_steps: int) -> d
     analysis = explorer.analyze(session, controls)
     return {"raw": bits(analysis.grid_raw), "cca": bits(analysis.grid_cca), "kept": int(analysis.keep_mask.sum()),
             "sparsity": sparsity_text(analysis, controls, explorer.predictor.calibration),
-            "tokens": tokens_table(analysis), "x": effective_threshold(explorer.predictor, session, controls, analysis)}
+            "tokens": tokens_table(analysis), "x": effective_threshold(analysis)}
 
 
 def assert_same_view(page_view: dict, expected: dict, setting) -> None:
@@ -422,7 +420,7 @@ def test_page_rule_equals_python(server, browser, explorer):
     page_views = page.evaluate(JS_VIEW, [tie_settings, tied.ravel().tolist()])
     for (mode, value, steps), view in zip(tie_settings, page_views):
         assert_same_view(view, python_view(explorer, tied_session, mode, value, steps), (mode, value, steps))
-    reference = keep_mask_from_probs(torch.from_numpy(tied.copy()), threshold=0.5, cca_steps=0)
+    reference = keep_mask_from_probs(torch.from_numpy(tied.copy()), PruningSettings(threshold=0.5, cca_steps=0))
     assert page_views[-1]["raw"] == bits(reference.grid_raw)
     assert page_views[-1]["kept"] == int(reference.keep_mask.sum())
     page.context.close()

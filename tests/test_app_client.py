@@ -9,6 +9,7 @@ pytest.importorskip("gradio_client")
 import apphelpers  # noqa: E402
 from gradio_client import Client, handle_file  # noqa: E402
 
+from bavit.pruning.settings import PruningSettings
 from bavit.app.explorer import Explorer  # noqa: E402
 from bavit.app.panels import banner_text  # noqa: E402
 from bavit.app.session import MODE_THRESHOLD, MODE_TOPK, Controls  # noqa: E402
@@ -49,7 +50,7 @@ def test_analyze_endpoint_returns_numbers(client, local_predictor):
     assert "random init" in result["latency_note"]
     assert result["timings_ms"]["pruned_ms"] > 0
     # the grid equals the library's own answer for the same checkpoint and image
-    expected = local_predictor.analyze(str(CHELSEA), threshold=0.6, cca_steps=3, detect=False)
+    expected = local_predictor.analyze(str(CHELSEA), PruningSettings(threshold=0.6, cca_steps=3), detect=False)
     grid = np.array([[c == "1" for c in row] for row in result["grid_cca"]])
     np.testing.assert_array_equal(grid, expected.grid_cca)
     assert result["fg_tokens_raw"] == int(expected.grid_raw.sum())

@@ -49,18 +49,19 @@ def open_chelsea(explorer: Explorer) -> ImageSession:
 
 def slow_predict(monkeypatch, predictor, delay):
     """Make the Explorer's analyses (``predictor.predict`` calls with ``dense=``) sleep ``delay(settings)`` seconds
-    first; returns the list of their settings. The curve's points (``predict`` calls without ``dense=``) run as
-    they are."""
+    first; returns the list of their options with the threshold. The curve's points (``predict`` calls without
+    ``dense=``) run as they are."""
     original = predictor.predict
     calls = []
     lock = threading.Lock()
 
-    def predict(prepared, **settings):
-        if "dense" in settings:
+    def predict(prepared, settings=None, **options):
+        if "dense" in options:
+            call = {**options, "threshold": settings.threshold}
             with lock:
-                calls.append(settings)
-            time.sleep(delay(settings))
-        return original(prepared, **settings)
+                calls.append(call)
+            time.sleep(delay(call))
+        return original(prepared, settings, **options)
 
     monkeypatch.setattr(predictor, "predict", predict)
     return calls

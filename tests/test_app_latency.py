@@ -9,6 +9,7 @@ import threading
 import apphelpers
 import pytest
 
+from bavit.pruning.settings import PruningSettings
 from bavit.app.demo import create_demo, create_explorer
 from bavit.app.explorer import Explorer
 from bavit.app.handlers import VIEW_KEYS, build_handlers
@@ -121,7 +122,7 @@ def test_warm_up_in_background_then_page_shows_the_medians(detector_predictor, m
     assert monitor.curve() == [(k, statistics.median(v)) for k, v in sorted(samples["curve"].items())]
 
     # slider changes with the detector feed pruned runs at this image's kept count
-    kept = int(detector_predictor.predict(session.prepared, threshold=0.5, cca_steps=3, detect=False)
+    kept = int(detector_predictor.predict(session.prepared, PruningSettings(threshold=0.5, cca_steps=3), detect=False)
                .accounting.kept_patches)
     for _ in range(3):
         view = handlers.on_controls(session, *controls)

@@ -14,6 +14,7 @@ import apphelpers  # noqa: E402
 from gradio_client import handle_file  # noqa: E402
 from gradio_client.exceptions import AppError  # noqa: E402
 
+from bavit.pruning.settings import PruningSettings
 from bavit.app.explorer import Explorer  # noqa: E402
 from bavit.app.handlers import PAGE_KEYS, VIEW_KEYS, build_handlers  # noqa: E402
 from bavit.app.session import (  # noqa: E402
@@ -22,12 +23,11 @@ from bavit.app.session import (  # noqa: E402
     MODE_TOPK,
     Controls,
     effective_threshold,
-    selection,
 )
 from bavit.app.ui import build_demo  # noqa: E402
 from bavit.errors import BAViTError  # noqa: E402
 from bavit.predictor import Predictor  # noqa: E402
-from bavit.pruning.keep_mask import keep_mask_from_probs, keep_ratio_for_count  # noqa: E402
+from bavit.pruning.keep_mask import keep_mask_from_probs, top_k_for_kept  # noqa: E402
 
 CHELSEA = apphelpers.EXAMPLES / "chelsea.jpg"
 ROCKET = apphelpers.EXAMPLES / "rocket.jpg"
@@ -66,10 +66,10 @@ def test_calibrated_mode_uses_the_calibrated_threshold(calibrated, cca_steps):
     view = calibrated.update(session, controls)
     analysis = view["analysis"]
     threshold = calibration.threshold(0.35, cca_steps)
-    assert analysis.settings["threshold"] == threshold and analysis.settings["sparsity"] == 0.35
-    assert analysis.settings["keep_ratio"] is None
+    assert analysis.threshold == threshold and analysis.settings == PruningSettings(sparsity=0.35, cca_steps=cca_steps)
+    assert analysis.keep_ratio is None
     # the same grids as that one threshold applied by hand
-    reference = calibrated.predictor.predict(session.prepared, threshold=threshold, cca_steps=cca_steps, detect=False)
+    reference = calibrated.predictor.predict(session.prepared, PruningSettings(threshold=threshold, cca_steps=cca_steps), detect=False)
     np.testing.assert_array_equal(analysis.keep_mask, reference.keep_mask)
     # the panel: the target mean, the calibrated threshold, where it was calibrated, and this image's own sparsity
     text = view["sparsity"]
@@ -80,8 +80,7 @@ def test_calibrated_mode_uses_the_calibrated_threshold(calibrated, cca_steps):
     assert f"this image: {own:.1f}%" in text
     assert f"{int(analysis.accounting.kept_patches)} kept" in text
     # the curve's marker sits at the threshold used
-    assert effective_threshold(calibrated.predictor, session, controls, analysis) == threshold
-    assert effective_threshold(calibrated.predictor, session, controls) == threshold
+    assert effective_threshold(analysis) == threshold
 
 
 def test_calibrated_mean_over_the_calibration_images(calibrated):
@@ -106,16 +105,16 @@ def test_topk_mode_holds_this_image_at_the_target(calibrated, path, target, cca_
     analysis = view["analysis"]
     probs = torch.from_numpy(np.array(session.prepared.fg_prob))
     goal = round(grid * grid * (1 - target / 100))
-    ratio = keep_ratio_for_count(probs, goal, grid, cca_steps, predictor.resample_mode)
-    assert analysis.settings["keep_ratio"] == ratio and analysis.settings["threshold"] is None
+    k = top_k_for_kept(probs, goal, grid, cca_steps, predictor.resample_mode)
+    assert analysis.settings == PruningSettings(image_sparsity=target / 100, cca_steps=cca_steps)
+    assert analysis.threshold is None and analysis.keep_ratio == k / probs.numel()
     kept = int(analysis.accounting.kept_patches)
 
     def count(k: int) -> int:
-        return int(keep_mask_from_probs(probs, keep_ratio=k / probs.numel(), cca_steps=cca_steps, grid=grid,
-                                        resample=predictor.resample_mode).keep_mask.sum())
+        return int(keep_mask_from_probs(probs, PruningSettings(keep_ratio=k / probs.numel(), cca_steps=cca_steps),
+                                        grid=grid, resample=predictor.resample_mode).keep_mask.sum())
 
     # kept counts rise with k, so the closest reachable count is next to the chosen k
-    k = round(ratio * probs.numel())
     assert kept == count(k)
     window = [count(j) for j in range(max(1, k - 3), min(probs.numel(), k + 3) + 1)]
     assert window == sorted(window)
@@ -128,18 +127,19 @@ def test_topk_mode_holds_this_image_at_the_target(calibrated, path, target, cca_
     assert f"top {k} BAViT tokens" in text and f"{kept} kept" in text
     # the curve's marker: the k-th highest FG probability
     kth = float(np.sort(session.prepared.fg_prob.ravel())[::-1][k - 1])
-    assert effective_threshold(calibrated.predictor, session, controls, analysis) == kth
+    assert effective_threshold(analysis) == kth
 
 
-def test_selection_gives_one_setting_per_mode(calibrated):
-    session = open_image(calibrated, ROCKET)
-    assert selection(calibrated.predictor, session, Controls(mode=MODE_THRESHOLD, threshold=0.3)) == {"threshold": 0.3}
-    assert selection(calibrated.predictor, session, Controls(mode=MODE_SPARSITY, target_sparsity=40)) == {"sparsity": 0.4}
-    assert set(selection(calibrated.predictor, session, Controls(mode=MODE_TOPK, target_sparsity=40))) == {"keep_ratio"}
+def test_controls_give_one_setting_per_mode():
+    assert Controls(mode=MODE_THRESHOLD, threshold=0.3, cca_steps=2).settings == PruningSettings(threshold=0.3, cca_steps=2)
+    assert Controls(mode=MODE_SPARSITY, target_sparsity=40).settings == PruningSettings(sparsity=0.4)
+    assert Controls(mode=MODE_TOPK, target_sparsity="40").settings == PruningSettings(image_sparsity=0.4)
     with pytest.raises(BAViTError, match="unknown sparsity control"):
-        selection(calibrated.predictor, session, Controls(mode="Target sparsity"))
+        Controls(mode="Target sparsity")
     with pytest.raises(BAViTError, match="percentage"):
-        selection(calibrated.predictor, session, Controls(mode=MODE_TOPK, target_sparsity=120))
+        Controls(mode=MODE_TOPK, target_sparsity=120)
+    with pytest.raises(BAViTError, match="threshold"):  # the hidden slider's value is checked too
+        Controls(mode=MODE_TOPK, threshold=2)
 
 
 def radio_and_sliders(demo: gr.Blocks):
@@ -203,7 +203,7 @@ def test_analyze_endpoint_sparsity_input(client, local_calibrated):
     result = client.predict(handle_file(str(ROCKET)), 0.5, 3, 0, 0.35, api_name="/analyze")
     assert result["target_sparsity"] == 0.35 and result["keep_ratio"] is None
     assert result["threshold"] == pytest.approx(calibration.threshold(0.35, 3))
-    expected = local_calibrated.analyze(str(ROCKET), sparsity=0.35, cca_steps=3, detect=False)
+    expected = local_calibrated.analyze(str(ROCKET), PruningSettings(sparsity=0.35, cca_steps=3), detect=False)
     assert result["kept_patches"] == int(expected.keep_mask.sum())
     assert result["sparsity"] == pytest.approx(expected.accounting.sparsity)
     # 0 (and leaving it out) is the threshold mode, as before
@@ -227,7 +227,7 @@ def test_analyze_endpoint_refuses_bad_sparsity(client, server, keep_ratio, spars
 def test_page_modes_through_the_server(client, server, local_calibrated):
     """load_image and the control events in the calibrated and top-k modes, as the page sends them."""
     outputs = client.predict(handle_file(str(CHELSEA)), MODE_SPARSITY, 0.5, 35, 3, False, False, api_name="/load_image")
-    expected = local_calibrated.analyze(str(CHELSEA), sparsity=0.35, cca_steps=3, detect=False)
+    expected = local_calibrated.analyze(str(CHELSEA), PruningSettings(sparsity=0.35, cca_steps=3), detect=False)
     own = 100.0 * expected.accounting.sparsity
     assert "Mean sparsity 35% over images" in outputs[SPARSITY] and f"this image: {own:.1f}%" in outputs[SPARSITY]
     moved = client.predict(MODE_TOPK, 0.5, 50, 3, False, False, api_name="/set_threshold")

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from bavit.pruning.settings import PruningSettings
 from bavit.app import client
 from bavit.app.explorer import Explorer
 from bavit.app.handlers import PAGE_KEYS, SLIDER_KEYS, build_handlers
@@ -61,7 +62,7 @@ def test_image_message_carries_what_the_page_needs(explorer, handlers):
         assert macs[kept] == token_accounting(kept, explorer.predictor.yolos_config,
                                               explorer.predictor.bavit.config).pipeline_macs
     # the server's view of the image: the Predictor's grids at the calibrated threshold
-    expected = explorer.predictor.predict(session.prepared, sparsity=0.35, cca_steps=3, detect=False)
+    expected = explorer.predictor.predict(session.prepared, PruningSettings(sparsity=0.35, cca_steps=3), detect=False)
     view = message["view"]
     assert (view["raw"], view["cca"], view["kept"]) == (bits(expected.grid_raw), bits(expected.grid_cca),
                                                        int(expected.keep_mask.sum()))
@@ -80,15 +81,16 @@ def test_slider_event_sends_only_what_changes(explorer, handlers):
     assert all(outputs[key] == SKIP for key in ("det_pruned", "det_message", "gt_confusion", "gt_stats"))
     assert "threshold 0.40" in outputs["sparsity"] and "YOLOS pruned" in outputs["tokens"]
     view = json.loads(outputs["page_state"])
-    expected = keep_mask_from_probs(torch.from_numpy(np.array(session.prepared.fg_prob)), threshold=0.4, cca_steps=2)
+    expected = keep_mask_from_probs(torch.from_numpy(np.array(session.prepared.fg_prob)), PruningSettings(threshold=0.4, cca_steps=2))
     assert (view["raw"], view["cca"], view["kept"]) == (bits(expected.grid_raw), bits(expected.grid_cca),
                                                        int(expected.kept_patches))
     assert json.loads(second[0])["nonce"] != view["nonce"]  # the same view again is still a change for the page
 
     # top-k: the page's messages carry the curve's x (the k-th highest probability)
     view = json.loads(handlers.page_slider(session, MODE_TOPK, 0.5, 60, 3, False, False)[0])
-    controls = Controls(mode=MODE_TOPK, target_sparsity=60, detect=False)
-    assert view["curve"]["point"]["threshold"] == pytest.approx(effective_threshold(explorer.predictor, session, controls))
+    analysis = explorer.analyze(session, Controls(mode=MODE_TOPK, target_sparsity=60, detect=False))
+    kth = np.sort(analysis.fg_prob.ravel())[::-1][int(analysis.grid_raw.sum()) - 1]
+    assert view["curve"]["point"]["threshold"] == pytest.approx(effective_threshold(analysis)) == pytest.approx(kth)
     # no image yet: nothing to send
     assert handlers.page_slider(None, MODE_THRESHOLD, 0.4, 35, 2, True, False) == [SKIP] * (1 + len(SLIDER_KEYS))
 
@@ -103,7 +105,7 @@ def test_curve_request(explorer, handlers):
     np.testing.assert_allclose(message["left"], session.plots[1].left)
     assert handlers.page_curve(None, 1) == SKIP
     for bad in (-1, 11, "x"):
-        with pytest.raises(gr.Error, match="cca_steps (is a whole number in 0..10|must be a number)"):
+        with pytest.raises(gr.Error, match="cca_steps (is a whole number in 0..5|must be a number)"):
             handlers.page_curve(session, bad)
 
 

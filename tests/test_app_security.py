@@ -22,6 +22,7 @@ import apphelpers  # noqa: E402
 from gradio_client import handle_file  # noqa: E402
 from gradio_client.exceptions import AppError  # noqa: E402
 
+from bavit.pruning.settings import PruningSettings
 from bavit.app import uploads  # noqa: E402
 from bavit.bench import crafted_images as crafted  # noqa: E402
 from bavit.app.explorer import Explorer  # noqa: E402
@@ -213,7 +214,7 @@ def test_page_and_api_read_a_large_photo_alike(tmp_path):
     Image.fromarray(small).resize((8000, 6000), Image.BILINEAR).save(path, quality=90)
     explorer = Explorer(Predictor(bavit=apphelpers.random_bavit_checkpoint(), detector=None), image_roots=(tmp_path,))
     session = explorer.open_image({"path": str(path), "orig_name": "camera.jpg"})
-    page = explorer.predictor.predict(session.prepared, threshold=0.5, cca_steps=3, detect=False)
+    page = explorer.predictor.predict(session.prepared, PruningSettings(threshold=0.5, cca_steps=3), detect=False)
     api = explorer.api_result({"path": str(path)}, threshold=0.5, cca_steps=3, detect=False)
     assert session.source_size == (8000, 6000) and api["source_size"] == [8000, 6000]
     assert api["image_size"] == list(session.prepared.image.size) == [1024, 768]

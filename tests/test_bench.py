@@ -7,6 +7,7 @@ import torch
 from PIL import Image
 from transformers import YolosConfig, YolosForObjectDetection
 
+from bavit.pruning.settings import PruningSettings
 from bavit.bench.latency import run_bench, spread_counts
 from bavit.cli import main
 from bavit.core.config import SMALL
@@ -15,11 +16,11 @@ from bavit.core.model import build_bavit
 from bavit.deploy.runtime import BACKENDS
 from bavit.imageio import load_image
 from bavit.predictor import Predictor
-from bavit.pruning.keep_mask import keep_mask_from_probs, keep_ratio_for_count
+from bavit.pruning.keep_mask import keep_mask_from_probs, top_k_for_kept
 
 
 def _kept(probs, ratio, grid=32):
-    return int(keep_mask_from_probs(probs, keep_ratio=ratio, cca_steps=3, grid=grid).keep_mask.sum())
+    return int(keep_mask_from_probs(probs, PruningSettings(keep_ratio=ratio, cca_steps=3), grid=grid).keep_mask.sum())
 
 
 def test_spread_counts():
@@ -73,7 +74,7 @@ def test_bench_cli_writes_json_and_plot_and_runs_yolos_on_the_rules_mask(bavit_c
         # YOLOS ran on the masks the pipeline's rule (top-k, CCA, resample) produced, image by image
         for kept, ratio, target in zip(row["kept_per_image"], row["keep_ratio_per_image"], row["target_per_image"]):
             assert kept == _kept(probs, ratio)
-            assert kept == _kept(probs, keep_ratio_for_count(probs, target, grid=32))
+            assert kept == _kept(probs, top_k_for_kept(probs, target, grid=32) / probs.numel())
         assert row["sparsity"] == pytest.approx(1 - np.mean(row["kept_per_image"]) / 1024, abs=1e-6)
     assert report["results"][0]["kept_per_image"] == [1024]
     assert abs(report["results"][1]["kept_per_image"][0] - 666) <= 12  # the closest count CCA allows to 35%

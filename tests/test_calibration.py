@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from bavit.pruning.settings import PruningSettings
 from bavit.cli import main
 from bavit.core.checkpoint import read_checkpoint, save_checkpoint
 from bavit.core.config import SMALL, BAViTConfig
@@ -121,22 +122,23 @@ def test_predictor_calibrated_mode(tmp_path):
     image = np.random.default_rng(0).integers(0, 256, (120, 160, 3), dtype=np.uint8)
     uncalibrated = Predictor(path, detector=None)
     with pytest.raises(ConfigError, match="no calibration"):
-        uncalibrated.analyze(image, sparsity=0.35)
+        uncalibrated.analyze(image, PruningSettings(sparsity=0.35))
     prepared = uncalibrated.set_image(image)
     calibration = calibrate(prepared.fg_prob[None], levels=(0.0, 0.35, 0.5), cca_steps=(0, 3))
     saved = read_checkpoint(path)
     save_checkpoint(saved.model, path, saved.extra, calibration.to_dict())
     predictor = Predictor(path, detector=None)
     assert predictor.calibration == calibration
-    result = predictor.predict(prepared, sparsity=0.35, cca_steps=3, detect=False)
+    result = predictor.predict(prepared, PruningSettings(sparsity=0.35, cca_steps=3), detect=False)
     threshold = calibration.threshold(0.35, 3)
-    assert result.settings["threshold"] == threshold
+    assert result.threshold == threshold
     np.testing.assert_array_equal(result.keep_mask,
-                                  predictor.predict(prepared, threshold=threshold, cca_steps=3, detect=False).keep_mask)
+                                  predictor.predict(prepared, PruningSettings(threshold=threshold, cca_steps=3),
+                                                    detect=False).keep_mask)
     # calibrated on this one image: its own sparsity is the target's
     assert result.accounting.sparsity == pytest.approx(calibration.achieved[3][1])
     with pytest.raises(ConfigError, match="one of"):
-        predictor.predict(prepared, sparsity=0.35, threshold=0.5)
+        predictor.predict(prepared, PruningSettings(sparsity=0.35, threshold=0.5))
 
 
 def test_holdout_split_is_deterministic_and_disjoint(synthetic_coco):

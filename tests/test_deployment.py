@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from apphelpers import EXAMPLES, calibrated_bavit_checkpoint, tiny_yolos_dir
 
+from bavit.pruning.settings import PruningSettings
 from bavit.cli import main
 from bavit.deploy.export import FILES, MANIFEST
 
@@ -78,9 +79,9 @@ def test_docs_example_runs_without_torch_and_matches_the_predictor(export_dir, t
 
     predictor = Predictor(bavit=calibrated_bavit_checkpoint(), detector=str(tiny_yolos_dir()), score_threshold=0.0,
                           backend="torch")
-    analysis = predictor.analyze(image, sparsity=0.35, cca_steps=3)
+    analysis = predictor.analyze(image, PruningSettings(sparsity=0.35, cca_steps=3))
     kept = int(analysis.keep_mask.sum())
-    assert lines[0].startswith(f"kept {kept} of 1024 YOLOS patches (threshold {analysis.settings['threshold']:.3f})")
+    assert lines[0].startswith(f"kept {kept} of 1024 YOLOS patches (threshold {analysis.threshold:.3f})")
     printed = []
     for line in lines[1:]:
         label, score, box = re.match(r"(\S+) ([\d.]+) \[(.*)\]", line).groups()

@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from bavit.pruning.settings import PruningSettings
 from bavit.core.config import SMALL
 from bavit.core.checkpoint import save_checkpoint
 from bavit.core.model import build_bavit
@@ -112,7 +113,7 @@ def test_evaluate_keeps_a_probability_equal_to_the_threshold_as_the_predictor_do
     assert {key: result[key] for key in expected} == expected
     assert result["after_cca"] == score(cca(torch.from_numpy(at_least), steps=3).numpy(), labels, records, grid)
     predictor = Predictor(bavit=model, detector=None, backend="torch")
-    analysis = predictor.predict(predictor.set_image(records[0].image_path), threshold=threshold, cca_steps=3)
+    analysis = predictor.predict(predictor.set_image(records[0].image_path), PruningSettings(threshold=threshold, cca_steps=3))
     first = predictor.set_image(records[0].image_path).fg_prob
     assert np.array_equal(np.asarray(first), probs[0])  # the same probabilities (same preprocessing)
     assert np.array_equal(np.asarray(analysis.grid_raw), at_least[0])

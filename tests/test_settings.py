@@ -5,7 +5,6 @@ import math
 
 import numpy as np
 import pytest
-import torch
 
 import apphelpers
 from bavit.app.explorer import Explorer
@@ -13,7 +12,6 @@ from bavit.app.session import MODE_THRESHOLD, Controls
 from bavit.errors import ConfigError, DataError
 from bavit.imageio import load_image
 from bavit.predictor import Predictor
-from bavit.pruning.keep_mask import keep_mask_from_probs
 from bavit.pruning.settings import PruningSettings, cca_steps_value, number, threshold_value
 
 CHELSEA = apphelpers.EXAMPLES / "chelsea.jpg"
@@ -48,12 +46,29 @@ def test_settings_hold_one_selection():
     assert PruningSettings().selection == {"threshold": 0.5}
     assert PruningSettings(keep_ratio="0.3", cca_steps=2.0) == PruningSettings(keep_ratio=0.3, cca_steps=2)
     assert PruningSettings(sparsity=0.35).selection == {"sparsity": 0.35}
+    assert PruningSettings(image_sparsity="0.35").selection == {"image_sparsity": 0.35}
+    assert [PruningSettings(**s).top_k for s in ({}, {"keep_ratio": 0.3}, {"image_sparsity": 0.3}, {"sparsity": 0.3})] \
+        == [False, True, True, False]
     with pytest.raises(ConfigError, match="not both threshold and keep_ratio"):
         PruningSettings(threshold=0.5, keep_ratio=0.3)
+    with pytest.raises(ConfigError, match="not both keep_ratio and image_sparsity"):
+        PruningSettings(keep_ratio=0.5, image_sparsity=0.3)
     for field, bad in (("threshold", 1.5), ("keep_ratio", 0.0), ("keep_ratio", 1.2), ("sparsity", 1.0),
-                       ("sparsity", -0.1)):
+                       ("sparsity", -0.1), ("image_sparsity", 0.96), ("image_sparsity", -0.1)):
         with pytest.raises(ConfigError, match=field):
             PruningSettings(**{field: bad})
+
+
+def test_the_command_line_parses_settings_with_the_same_rules(capsys):
+    from bavit.cli import build_parser
+
+    args = build_parser().parse_args(["evaluate", "--checkpoint", "c", "--threshold", "0.4", "--cca-steps", "2.0"])
+    assert (args.threshold, args.cca_steps) == (0.4, 2)
+    assert build_parser().parse_args(["evaluate", "--checkpoint", "c"]).cca_steps == 3  # the one default
+    for bad in (["--cca-steps", "6"], ["--threshold", "1.5"]):
+        with pytest.raises(SystemExit):
+            build_parser().parse_args(["evaluate", "--checkpoint", "c", *bad])
+        assert "invalid" in capsys.readouterr().err
 
 
 def test_the_api_form_treats_zero_as_off():
@@ -70,8 +85,8 @@ def test_the_api_form_treats_zero_as_off():
 
 
 BAD = [  # (setting, value, message): each entry point gives exactly this
-    ("cca_steps", 2.5, "cca_steps is a whole number in 0..10, got 2.5"),
-    ("cca_steps", -1, "cca_steps is a whole number in 0..10, got -1"),
+    ("cca_steps", 2.5, "cca_steps is a whole number in 0..5, got 2.5"),
+    ("cca_steps", -1, "cca_steps is a whole number in 0..5, got -1"),
     ("cca_steps", math.inf, "cca_steps must be a finite number, got inf"),
     ("threshold", True, "threshold must be a number, got True"),
     ("threshold", "abc", "threshold must be a number, got 'abc'"),
@@ -86,12 +101,9 @@ def explorer():
 
 @pytest.mark.parametrize("name, value, message", BAD)
 def test_every_entry_point_refuses_alike(explorer, name, value, message):
-    probs = torch.full((24, 24), 0.6)
     settings = {"threshold": 0.5, "cca_steps": 3, name: value}
-    prepared = explorer.predictor.set_image(load_image(CHELSEA))
-    calls = {
-        "keep mask rule": lambda: keep_mask_from_probs(probs, **settings),
-        "Predictor.predict": lambda: explorer.predictor.predict(prepared, **settings, detect=False),
+    calls = {  # the Predictor and the keep-mask rule take a PruningSettings: its construction is the one parse
+        "PruningSettings": lambda: PruningSettings(**settings),
         "analyze API": lambda: explorer.api_result({"path": str(CHELSEA)}, **settings, detect=False),
         "app controls": lambda: Controls(mode=MODE_THRESHOLD, **{"threshold": 0.5, "cca_steps": 3, name: value}),
     }

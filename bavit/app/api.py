@@ -9,34 +9,34 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from ..errors import BAViTError
 from ..predictor import Analysis, Predictor
 from ..pruning.settings import PruningSettings, flag_value
 from . import uploads
 from .latency import LatencyEstimate
-from .timing import LatencyMonitor
+from .panels import latency_note
+from .timing import LatencyMonitor, time_pruned
 
 
-def analyze(predictor: Predictor, monitor: LatencyMonitor, image_roots, payload: Any, threshold: float = 0.5,
-            cca_steps: int = 3, keep_ratio: float | None = None, detect: bool = True,
-            sparsity: float | None = None) -> dict[str, Any]:
+def analyze(predictor: Predictor, monitor: LatencyMonitor, image_roots, payload: Any,
+            threshold: Any = None, cca_steps: Any = None, keep_ratio: Any = None, detect: Any = True,
+            sparsity: Any = None) -> dict[str, Any]:
     """Read the payload's image as the page does (files only under ``image_roots``), run the Predictor (timings
     to ``monitor``) and answer with :func:`result`.
 
     Settings as :meth:`~bavit.pruning.settings.PruningSettings.from_api` parses them for every entry point:
     ``keep_ratio`` in (0, 1] keeps that fraction of BAViT's tokens (top-k); ``sparsity`` (a fraction, 0.35 for 35%;
     calibrated checkpoints only) sets a calibrated mean sparsity over images (paper Table 2); ``None`` or 0 turns
-    either off, and with both off ``threshold`` is used.
+    either off, and with both off ``threshold`` is used; ``None`` is a setting's default.
     """
     setting = PruningSettings.from_api(threshold=threshold, cca_steps=cca_steps, keep_ratio=keep_ratio,
                                        sparsity=sparsity)
-    if setting.sparsity is not None and predictor.calibration is None:
-        raise BAViTError("sparsity needs a calibrated BAViT checkpoint and this one has no calibration "
-                         "(python -m bavit calibrate --checkpoint CKPT); use keep_ratio or threshold")
     detect = flag_value("detect", detect)
     image, _ = uploads.read_image(payload, image_roots)
     with monitor.measuring() as run:
-        analysis = predictor.analyze(image, **setting.selection, cca_steps=setting.cca_steps, detect=detect)
+        prepared = predictor.set_image(image)
+        analysis = predictor.predict(prepared, setting, detect=detect)
+        if detect and predictor.detector_requested and not predictor.detector_ready:
+            analysis = time_pruned(predictor, prepared.image, analysis)
     kept = int(analysis.accounting.kept_patches)
     monitor.add_timings(analysis.timings_ms, kept, run.overlapped)
     return result(predictor, setting, image, analysis, monitor.estimate(kept))
@@ -58,9 +58,8 @@ def result(predictor: Predictor, setting: PruningSettings, image: Image.Image, a
     the warm runs behind each median, ``pruned_source``, ``warming_up``, ``kept``).
     """
     acc = analysis.accounting
-    used = analysis.settings.get("threshold")
     return {
-        "threshold": None if used is None else float(used),
+        "threshold": analysis.threshold,
         "keep_ratio": setting.keep_ratio,
         "target_sparsity": setting.sparsity,
         "cca_steps": setting.cca_steps,
@@ -79,7 +78,7 @@ def result(predictor: Predictor, setting: PruningSettings, image: Image.Image, a
             {"box": [float(v) for v in d["box"]], "label": str(d["label"]), "score": float(d["score"])}
             for d in analysis.detections
         ],
-        "latency_note": analysis.latency_note or "",
+        "latency_note": latency_note(predictor),
         "speedup": estimate.speedup if analysis.timings_ms.get("pruned_ms") else None,
         "latency_ms": estimate.as_dict(),
     }

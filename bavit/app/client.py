@@ -135,7 +135,7 @@ def view_message(explorer, session: ImageSession, view: dict[str, Any], controls
     cca_steps = record.cca_steps
     point = {
         "cca": cca_steps,
-        "threshold": float(effective_threshold(explorer.predictor, session, controls, analysis)),
+        "threshold": effective_threshold(analysis),
         "sparsity": 100.0 * float(analysis.accounting.sparsity),
         "speedup": None if record.point is None else float(record.point[1]),
     }

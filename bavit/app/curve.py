@@ -12,11 +12,11 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from ..predictor import PreparedImage
+from ..pruning.settings import PruningSettings
 
 CURVE_THRESHOLDS = np.round(np.linspace(0.02, 0.98, 25), 4)  # the plot's x: FG-probability thresholds
 # matplotlib is not thread-safe (its docs: use it from one thread, or lock), and the app's events run in a thread
-# pool: every rendering takes this lock. (The rare "KeyError: 'custom'" seen in CI came from torch, not from here:
-# bavit.pipeline computes the MAC count up front.)
+# pool: every rendering takes this lock.
 _MATPLOTLIB_LOCK = threading.Lock()
 
 
@@ -25,7 +25,8 @@ def sparsity_curve(predictor, prepared: PreparedImage, cca_steps: int) -> CurveP
     :data:`CURVE_THRESHOLDS`, with the Predictor's own keep mask and token accounting (``predict(detect=False)``)."""
     sparsity, speedup = [], []
     for threshold in CURVE_THRESHOLDS:
-        analysis = predictor.predict(prepared, threshold=float(threshold), cca_steps=cca_steps, detect=False)
+        analysis = predictor.predict(prepared, PruningSettings(threshold=float(threshold), cca_steps=cca_steps),
+                                     detect=False)
         accounting = analysis.accounting
         sparsity.append(100.0 * accounting.sparsity)
         speedup.append(accounting.flop_ratio)

@@ -12,6 +12,7 @@ from typing import Any
 
 import gradio as gr
 
+from ..pruning.settings import DEFAULT_CCA_STEPS, DEFAULT_THRESHOLD
 from .explorer import Explorer
 from .handlers import CONTROL_EVENTS, VIEW_KEYS, Handlers, user_errors
 
@@ -35,8 +36,8 @@ def add_endpoints(explorer: Explorer, handlers: Handlers, session_state: gr.Stat
         load = gr.Button("load_image")
         set_threshold = gr.Button("set_threshold")
         image = gr.Image(type="filepath", label="image")
-        threshold = gr.Number(value=0.5, label="threshold")
-        cca = gr.Number(value=3, precision=0, label="cca_steps")
+        threshold = gr.Number(value=DEFAULT_THRESHOLD, label="threshold")
+        cca = gr.Number(value=DEFAULT_CCA_STEPS, precision=0, label="cca_steps")
         keep = gr.Number(value=0, label="keep_ratio (0 = off)")
         sparsity = gr.Number(value=0, label="sparsity (target mean over images, a fraction; calibrated checkpoints; "
                                             "0 = off)")
@@ -54,8 +55,7 @@ def add_endpoints(explorer: Explorer, handlers: Handlers, session_state: gr.Stat
     def on_api(payload: Any, threshold: Any, cca_steps: Any, keep_ratio: Any, sparsity: Any = None) -> dict[str, Any]:
         if payload is None:
             raise gr.Error("no image given", print_exception=False)
-        return explorer.api_result(payload, threshold=threshold if threshold is not None else 0.5,
-                                   cca_steps=3 if cca_steps is None else cca_steps, keep_ratio=keep_ratio,
+        return explorer.api_result(payload, threshold=threshold, cca_steps=cca_steps, keep_ratio=keep_ratio,
                                    sparsity=sparsity)
 
     analyze.click(on_api, [image, threshold, cca, keep, sparsity], result, api_name="analyze", preprocess=False)

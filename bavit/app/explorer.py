@@ -22,8 +22,8 @@ from . import api, panels, uploads, viz
 from .curve import CurvePlot, sparsity_curve
 from .gt import CocoGroundTruth
 from .latency import LatencyEstimate
-from .session import Controls, ImageSession, ViewRecord, effective_threshold, selection
-from .timing import LatencyMonitor
+from .session import Controls, ImageSession, ViewRecord, effective_threshold
+from .timing import LatencyMonitor, time_pruned
 
 DISPLAY_SIDE = 512  # px: overlays are drawn at this size
 
@@ -79,23 +79,23 @@ class Explorer:
             if session.dense_ms is not None:
                 return
             with self.monitor.measuring() as run:
-                analysis = self.predictor.predict(session.prepared, **selection(self.predictor, session, controls),
-                                                  cca_steps=controls.cca_steps, detect=True, dense=True)
+                analysis = self.predictor.predict(session.prepared, controls.settings, detect=True, dense=True)
             self._record(analysis, run.overlapped)
             session.dense_detections = analysis.dense_detections
             session.dense_ms = analysis.timings_ms.get("dense_ms")
 
     def analyze(self, session: ImageSession, controls: Controls) -> Analysis:
         """The keep-mask rule and (with ``controls.detect``) the pruned detector at the controls, on the session's
-        BAViT output; the timings go into :attr:`monitor`."""
-        settings = dict(**selection(self.predictor, session, controls), cca_steps=controls.cca_steps,
-                        detect=controls.detect, dense=False)
-        if not controls.detect:
-            analysis = self.predictor.predict(session.prepared, **settings)
+        BAViT output; the timings go into :attr:`monitor`. Without detector weights the detector is still timed
+        (the YOLOS-tiny architecture at random init: :func:`~bavit.app.timing.time_pruned`), so the page can show a speed-up."""
+        if not controls.detect or not self.predictor.detector_requested:
+            analysis = self.predictor.predict(session.prepared, controls.settings, detect=False, dense=False)
             self.monitor.add_cca(analysis.timings_ms["cca_ms"])  # no model ran: nothing to bracket
             return analysis
         with self.monitor.measuring() as run:
-            analysis = self.predictor.predict(session.prepared, **settings)
+            analysis = self.predictor.predict(session.prepared, controls.settings, detect=True, dense=False)
+            if not self.predictor.detector_ready:
+                analysis = time_pruned(self.predictor, session.prepared.image, analysis)
         self._record(analysis, run.overlapped)
         return analysis
 
@@ -121,7 +121,7 @@ class Explorer:
         analysis = self.analyze(session, controls)
         estimate = self.latency(analysis)
         speedup = estimate.speedup if controls.detect and analysis.timings_ms.get("pruned_ms") else None
-        x = effective_threshold(predictor, session, controls, analysis)
+        x = effective_threshold(analysis)
         base = self.curve(session, controls.cca_steps)
         point = (x, 100.0 * analysis.accounting.sparsity, speedup)
         live = predictor.detector_ready and controls.detect
@@ -133,7 +133,8 @@ class Explorer:
             "grid_cca": viz.grid_overlay(session.display, analysis.grid_cca, before=analysis.grid_raw),
             "sparsity": panels.sparsity_text(analysis, controls, predictor.calibration),
             "tokens": panels.tokens_table(analysis),
-            "latency": panels.latency_text(analysis, controls, estimate, self.monitor, predictor.detector_ready),
+            "latency": panels.latency_text(analysis, controls, estimate, self.monitor,
+                                          panels.latency_note(predictor)),
             "curve": base.with_points(point, session.measured.get(controls.cca_steps, ())),
             "gt_stats": panels.gt_text(session, analysis),
             "gt_confusion": None if session.gt is None else viz.confusion_overlay(session.display, session.gt,
@@ -179,8 +180,8 @@ class Explorer:
             session.record(view["record"])
             return view
 
-    def api_result(self, payload: Any, threshold: float = 0.5, cca_steps: int = 3, keep_ratio: float | None = None,
-                   detect: bool = True, sparsity: float | None = None) -> dict[str, Any]:
+    def api_result(self, payload: Any, threshold: Any = None, cca_steps: Any = None, keep_ratio: Any = None,
+                   detect: Any = True, sparsity: Any = None) -> dict[str, Any]:
         """The ``analyze`` API endpoint's answer for one image and its settings (:func:`bavit.app.api.analyze`)."""
         return api.analyze(self.predictor, self.monitor, self.image_roots, payload, threshold, cca_steps,
                            keep_ratio, detect, sparsity)

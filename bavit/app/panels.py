@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from ..predictor import Analysis
 from ..pruning.calibration import Calibration
+from ..pruning.detector import RANDOM_INIT_NOTE
 from .gt import grid_stats
 from .latency import MIN_DENSE_RUNS, LatencyEstimate
 from .session import Controls, ImageSession
@@ -15,7 +16,6 @@ from .timing import LatencyMonitor
 from .uploads import ANALYSIS_SIDE
 
 TINY_SIDE = 32  # px: smaller images still run, with a warning
-NO_DETECTOR_NOTE = "YOLOS-tiny architecture, random init (latency only)"
 
 
 def _percent(value: float | None) -> str:
@@ -44,18 +44,17 @@ def sparsity_text(analysis: Analysis, controls: Controls, calibration: Calibrati
     kept = int(acc.kept_patches)
     pruned = acc.yolos_patches - kept
     own = 100.0 * acc.sparsity
-    settings = analysis.settings
-    threshold = settings.get("threshold")
+    settings, threshold = analysis.settings, analysis.threshold
     raw, after = int(analysis.grid_raw.sum()), int(analysis.grid_cca.sum())
     cells = analysis.grid_raw.size
     lines = [f"### Sparsity: {own:.1f}%"]
-    if settings.get("sparsity") is not None:  # calibrated: one threshold, this image's sparsity follows its content
+    if settings.sparsity is not None:  # calibrated: one threshold, this image's sparsity follows its content
         source = f": {calibration.source}" if calibration.source else ""
-        lines.append(f"Mean sparsity {100.0 * settings['sparsity']:.0f}% over images (threshold {threshold:.2f}, "
+        lines.append(f"Mean sparsity {100.0 * settings.sparsity:.0f}% over images (threshold {threshold:.2f}, "
                      f"calibrated on {calibration.images} images{source}); **this image: {own:.1f}%**.")
         how = f"threshold {threshold:.2f}"
-    elif settings.get("keep_ratio") is not None:  # top-k: this image held at the target
-        k = max(1, round(settings["keep_ratio"] * cells))
+    elif settings.top_k:  # top-k: this image held at the target
+        k = raw
         lines.append(f"This image is held at the target {controls.target_sparsity:.0f}% by top-k: its {k} most "
                      f"probable of {cells} BAViT tokens are kept, the count closest to the target after CCA; "
                      f"**this image: {own:.1f}%**.")
@@ -81,11 +80,18 @@ def tokens_table(analysis: Analysis) -> str:
     )
 
 
+def latency_note(predictor) -> str:
+    """What the detector latency is measured on: the loaded weights, or without them the YOLOS-tiny architecture at
+    random init (:func:`bavit.app.timing.time_pruned`)."""
+    if predictor.detector_ready:
+        return "measured on the detector's weights"
+    return RANDOM_INIT_NOTE if predictor.detector_requested else "no detector"
+
+
 def latency_text(analysis: Analysis, controls: Controls, estimate: LatencyEstimate, monitor: LatencyMonitor,
-                 detector_ready: bool) -> str:
+                 note: str) -> str:
     """The latency panel: the monitor's medians of warm runs at this image's kept count (``estimate``), how many
     runs each is, and the speed-up they give; "warming up" until the monitor has enough warm runs."""
-    note = analysis.latency_note or ("" if detector_ready else NO_DETECTOR_NOTE)
     note = f"\n\n_{note}_" if note else ""
     if not controls.detect or not analysis.timings_ms.get("pruned_ms"):
         reason = ("Detector off: grid-only update (tick *Run detector* to measure latency)." if not controls.detect

@@ -2,8 +2,8 @@
 
 - :class:`ImageSession` — everything a session knows about its current image, held in ``gr.State``, and the
   changes events make to it (:meth:`~ImageSession.record`, :meth:`~ImageSession.retire`, a painted GT).
-- :class:`Controls` — the control panel's values; :func:`selection` turns them into Predictor settings,
-  :func:`effective_threshold` into the curve's x.
+- :class:`Controls` — the control panel's values, parsed once into the Predictor's settings;
+  :func:`effective_threshold` gives the curve's x.
 - :class:`ViewRecord` — what one render measured.
 """
 from __future__ import annotations
@@ -12,16 +12,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import torch
 from PIL import Image
 
 from ..core.labels import labels_from_mask
 from ..data.coco import CocoImage
 from ..errors import ConfigError
 from ..predictor import Analysis, Predictor, PreparedImage
-from ..pruning.keep_mask import keep_ratio_for_count
 from ..pruning.settings import (
-    cca_steps_value,
+    DEFAULT_CCA_STEPS,
+    DEFAULT_SPARSITY,
+    DEFAULT_THRESHOLD,
+    PruningSettings,
     flag_value,
     percent_value,
     threshold_value,
@@ -29,10 +30,10 @@ from ..pruning.settings import (
 from .gate import SessionGate
 from .gt import painted_mask
 
-# The three ways to set the sparsity (the mode Radio's choices; selection() turns each into Predictor settings).
+# The three ways to set the sparsity (the mode Radio's choices; Controls turns each into Predictor settings).
 MODE_THRESHOLD = "FG-probability threshold"  # one threshold for every image (the slider's)
 MODE_SPARSITY = "Mean sparsity (calibrated)"  # paper Table 2: the threshold giving this mean over images
-MODE_TOPK = "This image's sparsity (top-k)"  # top-k BAViT tokens, k chosen so this image hits the target
+MODE_TOPK = "This image's sparsity (top-k)"  # PruningSettings(image_sparsity=...): this image held at the target
 MODES = (MODE_THRESHOLD, MODE_SPARSITY, MODE_TOPK)
 TARGET_MODES = (MODE_SPARSITY, MODE_TOPK)  # modes set by the target-sparsity slider
 MEASURED_POINTS = 200  # speed-up points kept per CCA setting for the curve
@@ -97,24 +98,36 @@ class ImageSession:
 
 @dataclass
 class Controls:
-    """The control panel's values. ``target_sparsity`` (percent of the YOLOS patches pruned) drives both
-    :data:`TARGET_MODES`; ``threshold`` drives :data:`MODE_THRESHOLD` (see :func:`selection`)."""
+    """The control panel's values, parsed once into the Predictor's :attr:`settings`. ``target_sparsity`` (percent
+    of the YOLOS patches pruned) drives both :data:`TARGET_MODES`; ``threshold`` drives :data:`MODE_THRESHOLD`.
+
+    Raises:
+        ConfigError: an unknown mode, or a value out of range (each value is parsed here, once).
+    """
 
     mode: str = MODE_THRESHOLD
-    threshold: float = 0.5
-    target_sparsity: float = 35.0  # percent
-    cca_steps: int = 3
+    threshold: float = DEFAULT_THRESHOLD
+    target_sparsity: float = 100.0 * DEFAULT_SPARSITY  # percent
+    cca_steps: int = DEFAULT_CCA_STEPS
     detect: bool = True
     show_dense: bool = False
+    settings: PruningSettings = field(init=False)  # what the Predictor computes
 
-    def __post_init__(self) -> None:  # one validation for every event (bavit.pruning.settings)
-        self.threshold = threshold_value(self.threshold)
+    def __post_init__(self) -> None:
+        if not isinstance(self.mode, str) or self.mode not in MODES:
+            raise ConfigError(f"unknown sparsity control {self.mode!r}; use one of "
+                              + ", ".join(f'"{mode}"' for mode in MODES))
         self.target_sparsity = percent_value("target sparsity", self.target_sparsity)
-        self.cca_steps = cca_steps_value(self.cca_steps)
+        if self.mode == MODE_THRESHOLD:
+            self.settings = PruningSettings(threshold=self.threshold, cca_steps=self.cca_steps)
+            self.threshold = self.settings.threshold
+        else:
+            selection = "sparsity" if self.mode == MODE_SPARSITY else "image_sparsity"
+            self.settings = PruningSettings(**{selection: self.target_sparsity / 100.0}, cca_steps=self.cca_steps)
+            self.threshold = threshold_value(self.threshold)  # the hidden slider's value, kept for the page
+        self.cca_steps = self.settings.cca_steps
         self.detect = flag_value("detect", self.detect)
         self.show_dense = flag_value("show_dense", self.show_dense)
-        if not isinstance(self.mode, str):
-            raise ConfigError(f"the sparsity control must be one of {', '.join(MODES)}, got {self.mode!r}")
 
 
 def modes(predictor: Predictor) -> list[str]:
@@ -127,44 +140,9 @@ def default_mode(predictor: Predictor) -> str:
     return MODE_THRESHOLD if predictor.calibration is None else MODE_SPARSITY
 
 
-def selection(predictor: Predictor, session: ImageSession, controls: Controls) -> dict[str, float]:
-    """The Predictor setting for ``controls``: exactly one of ``{"threshold": t}``, ``{"sparsity": s}``
-    (calibrated mean sparsity, a fraction) or ``{"keep_ratio": r}``.
-
-    In :data:`MODE_TOPK`, ``r`` is the BAViT keep ratio whose keep mask (top-k, CCA, resample) keeps the count of
-    YOLOS patches closest to the target for this image, so this image's sparsity is the target as nearly as its
-    grid allows.
-
-    Raises:
-        ConfigError: an unknown mode, a target outside [0, 100], or the calibrated mode without a calibration.
-    """
-    if controls.mode == MODE_THRESHOLD:
-        return {"threshold": float(controls.threshold)}
-    if controls.mode not in MODES:
-        raise ConfigError(f"unknown sparsity control {controls.mode!r}; use one of "
-                          + ", ".join(f'"{mode}"' for mode in modes(predictor)))
-    target = percent_value("target sparsity", controls.target_sparsity)
-    if controls.mode == MODE_SPARSITY:
-        if predictor.calibration is None:
-            raise ConfigError(f'"{MODE_SPARSITY}" needs a calibrated BAViT checkpoint and this one has no '
-                              "calibration (python -m bavit calibrate --checkpoint CKPT); use "
-                              f'"{MODE_TOPK}" or "{MODE_THRESHOLD}"')
-        return {"sparsity": target / 100.0}
-    grid = predictor.yolos_grid
-    kept = round(grid * grid * (1.0 - target / 100.0))
-    ratio = keep_ratio_for_count(torch.from_numpy(np.array(session.prepared.fg_prob)), kept, grid,
-                                 int(controls.cca_steps), predictor.resample_mode)
-    return {"keep_ratio": ratio}
-
-
-def effective_threshold(predictor: Predictor, session: ImageSession, controls: Controls,
-                        analysis: Analysis | None = None) -> float:
-    """The threshold on the curve's x axis: the one the analysis used (the slider's or the calibrated one), or in
-    top-k mode the k-th highest FG probability. Without ``analysis``, from :func:`selection`."""
-    settings = analysis.settings if analysis is not None else selection(predictor, session, controls)
-    if settings.get("keep_ratio") is not None:
-        probs = np.sort(session.prepared.fg_prob.ravel())[::-1]
-        return float(probs[max(0, round(settings["keep_ratio"] * probs.size) - 1)])
-    if settings.get("threshold") is not None:
-        return float(settings["threshold"])
-    return predictor.calibration.threshold(float(settings["sparsity"]), int(controls.cca_steps))
+def effective_threshold(analysis: Analysis) -> float:
+    """The threshold on the curve's x axis: the one the analysis applied (the slider's or the calibrated one), or
+    for a top-k setting the lowest FG probability it kept (the k-th highest)."""
+    if analysis.threshold is not None:
+        return float(analysis.threshold)
+    return float(analysis.fg_prob[analysis.grid_raw].min())

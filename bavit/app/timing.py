@@ -13,6 +13,7 @@ answers first.
 """
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections.abc import Callable
@@ -22,7 +23,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..predictor import Predictor
+from ..predictor import Analysis, Predictor
 from .latency import SERIES, LatencyWindows
 
 DENSE_RUNS, BAVIT_RUNS, UNTIMED_RUNS = 6, 5, 2  # the warm-up's timed runs, and its untimed cold runs first
@@ -30,6 +31,21 @@ CURVE_COUNTS = (64, 192, 320, 448, 576, 704, 832, 960)  # kept patches of the st
 CURVE_RUNS = 3  # rounds over CURVE_COUNTS (interleaved, so drift hits every count alike)
 REFRESH_S = 3.0  # s: while the app is used, dense and BAViT are re-timed at most this often (about 6% of the CPU)
 SETTLE_S = 0.3  # s: background runs wait this long after the app's last measured run (its drawing and encoding)
+
+
+def time_pruned(predictor: Predictor, image: Image.Image, analysis: Analysis) -> Analysis:
+    """``analysis`` (of ``image``, made without detector weights) with the pruned detector's latency at its keep mask,
+    measured on ``predictor.latency_model``: the YOLOS-tiny architecture at random init, whose outputs are dropped,
+    never drawn. The app's latency panel and API then show a speed-up even without weights."""
+    start = time.perf_counter()
+    pixels = predictor.yolos_pixels(image)
+    preprocessed = time.perf_counter()
+    predictor.run_detector(pixels, torch.from_numpy(analysis.keep_mask)[None])
+    end = time.perf_counter()
+    timings = {**analysis.timings_ms, "preprocess_ms": (preprocessed - start) * 1000.0,
+               "pruned_ms": (end - preprocessed) * 1000.0}
+    timings["total_ms"] += (end - start) * 1000.0
+    return dataclasses.replace(analysis, timings_ms=timings)
 
 
 class LatencyMonitor(LatencyWindows):

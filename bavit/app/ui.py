@@ -23,6 +23,7 @@ from pathlib import Path
 
 import gradio as gr
 
+from ..pruning.settings import DEFAULT_CCA_STEPS, DEFAULT_SPARSITY, DEFAULT_THRESHOLD, MAX_CCA_STEPS, MAX_SPARSITY
 from . import client, panels, server, uploads, viz
 from .endpoints import add_endpoints
 from .explorer import Explorer
@@ -79,11 +80,11 @@ def _build_demo(explorer: Explorer, examples: list[str] | None, coco_examples: l
                 calibrated = explorer.predictor.calibration is not None
                 mode = gr.Radio(modes(explorer.predictor), value=default, label="Sparsity control", elem_id="mode",
                                 info=MODE_INFO if calibrated else MODE_INFO_UNCALIBRATED)
-                threshold = gr.Slider(0.01, 0.99, value=0.5, step=0.01, label="FG-probability threshold (patches above it are kept)",
+                threshold = gr.Slider(0.0, 1.0, value=DEFAULT_THRESHOLD, step=0.01, label="FG-probability threshold (patches above it are kept)",
                                       elem_id="threshold", visible=not target_mode)
-                target = gr.Slider(0, 95, value=35, step=1, label="Target sparsity (% of YOLOS patches pruned)",
+                target = gr.Slider(0, round(100 * MAX_SPARSITY), value=round(100 * DEFAULT_SPARSITY), step=1, label="Target sparsity (% of YOLOS patches pruned)",
                                    elem_id="target-sparsity", visible=target_mode)
-                cca_steps = gr.Slider(0, 5, value=3, step=1, label="CCA steps (grow FG into cells with >= 3 FG neighbours)",
+                cca_steps = gr.Slider(0, MAX_CCA_STEPS, value=DEFAULT_CCA_STEPS, step=1, label="CCA steps (grow FG into cells with >= 3 FG neighbours)",
                                       elem_id="cca-steps")
                 with gr.Row():
                     detect = gr.Checkbox(value=True, label="Run detector", elem_id="run-detector")

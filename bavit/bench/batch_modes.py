@@ -17,6 +17,7 @@ import torch
 
 from ..pruning.detector import YOLOS_SIZE, yolos_grid
 from ..pruning.detector import random_yolos_tiny
+from ..pruning.keep_mask import kept_count
 from ..pruning.yolos import patch_yolos
 from .latency import spread_counts
 
@@ -47,7 +48,7 @@ def main() -> None:
     print("sparsity  padded ms  per_image ms")
     with torch.inference_mode():
         for sparsity in args.sparsity:
-            masks = spread_keep_masks(args.batch, round(grid * grid * (1 - sparsity)), grid)
+            masks = spread_keep_masks(args.batch, kept_count(sparsity, grid), grid)
             times = {"padded": [], "per_image": []}
             for mode in times:  # warm-up
                 model(pixel_values=pixels, keep_mask=masks, batch_mode=mode)

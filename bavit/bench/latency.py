@@ -4,7 +4,7 @@ the command line is ``python -m bavit bench`` (:mod:`bavit.cli.bench`). The tabl
 
 For each sparsity level (fraction of the YOLOS patches pruned) every image gets the BAViT keep ratio whose keep
 mask -- the pipeline's own rule, :func:`bavit.pruning.keep_mask.keep_mask_from_probs`: top-k, CCA, resample to
-32x32 -- keeps the number of patches closest to the level (:func:`keep_ratio_for_count`). Each pruned iteration
+32x32 -- keeps the number of patches closest to the level (:func:`~bavit.pruning.keep_mask.top_k_for_kept`). Each pruned iteration
 runs and times every stage the pipeline runs: the square resize + BAViT, the keep-mask rule, and the pruned YOLOS
 forward *on the mask that rule just produced*. The dense iteration is the dense YOLOS forward. The 512x512 YOLOS
 input is prepared once and shared (both need it). Dense and pruned runs alternate after warm-up; medians are
@@ -29,8 +29,8 @@ from ..errors import ConfigError
 from ..predictor import Predictor
 from ..pruning.accounting import accounting_at_sparsity, token_accounting
 from ..pruning.detector import DEFAULT_DETECTOR, YOLOS_SIZE
-from ..pruning.keep_mask import DEFAULT_CCA_STEPS, keep_ratio_for_count
-from ..pruning.settings import PruningSettings
+from ..pruning.keep_mask import kept_count, top_k_for_kept
+from ..pruning.settings import DEFAULT_CCA_STEPS, PruningSettings
 from .timing import DEFAULT_IMAGES, detector_weights, find_images, machine_info, median_ms, peak_rss_mb, spread_counts
 
 DEFAULT_SPARSITIES = (0.0, 0.29, 0.35, 0.40, 0.46)  # paper Table 2 levels
@@ -46,9 +46,8 @@ def _bench_level(predictor: Predictor, images, yolos_pixels, probs, targets, rep
     """
     detector = predictor.detector_runner
     grid = predictor.yolos_grid
-    settings = [PruningSettings(keep_ratio=keep_ratio_for_count(p, count, grid, DEFAULT_CCA_STEPS,
-                                                                predictor.resample_mode))
-                for p, count in zip(probs, targets)]
+    settings = [PruningSettings(keep_ratio=top_k_for_kept(p, count, grid, DEFAULT_CCA_STEPS, predictor.resample_mode)
+                                / p.numel()) for p, count in zip(probs, targets)]
     times = {name: [] for name in ("dense", "bavit", "cca", "pruned_yolos", "pruned_total")}
     with torch.inference_mode():
         for step in range(warmup + repeats):
@@ -161,7 +160,7 @@ def run_bench(
 
     per_backend = {name: {"results": [], "batch": []} for name in backends}
     for sparsity in sparsities:
-        targets = [round(cells * (1.0 - sparsity))]
+        targets = [kept_count(sparsity, predictor.yolos_grid)]
         for name in backends:
             row = _bench_level(predictors[name], pictures[:1], pixels_all[:1], probs_by_backend[name][:1], targets,
                                repeats, warmup)
@@ -171,7 +170,7 @@ def run_bench(
     if batch > 1:
         batch_repeats = max(1, repeats // 2)
         for sparsity in sparsities:
-            targets = spread_counts(round(cells * (1.0 - sparsity)), batch, cells)
+            targets = spread_counts(kept_count(sparsity, predictor.yolos_grid), batch, cells)
             for name in backends:
                 row = _bench_level(predictors[name], pictures[:batch], pixels_all[:batch],
                                    probs_by_backend[name][:batch],

@@ -10,7 +10,7 @@ from ..engine.coco_map import DEFAULT_THRESHOLDS, map_report, markdown_table
 from ..files import write_text
 from ..core.registry import DEFAULT_BAVIT_CHECKPOINT
 from ..pruning.detector import DEFAULT_DETECTOR, YOLOS_SIZE
-from .common import add_dataset_arguments
+from .common import add_dataset_arguments, add_setting_arguments
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -25,7 +25,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="FG-probability thresholds, one row each (default %(default)s)")
     parser.add_argument("--keep-ratios", type=float, nargs="*", default=[],
                         help="target fractions of BAViT patches kept (top-k), one row each")
-    parser.add_argument("--cca-steps", type=int, default=3)
+    add_setting_arguments(parser, threshold=False)
     parser.add_argument("--limit", type=int, help="evaluate only the first N images (sorted by id)")
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--image-size", type=int, default=YOLOS_SIZE, help="square YOLOS input side (pixels)")

@@ -11,6 +11,7 @@ from typing import Callable, Optional
 from ..data.records import SUBSETS, Record, coco_records, coco_split, voc_records
 from ..data.splits import fold_split, holdout_split
 from ..errors import DataError
+from ..pruning.settings import DEFAULT_CCA_STEPS, DEFAULT_THRESHOLD, MAX_CCA_STEPS, cca_steps_value, threshold_value
 from ..files import write_text
 
 
@@ -70,6 +71,16 @@ def add_dataset_arguments(parser: argparse.ArgumentParser, default_split: str, v
         group.add_argument("--folds", type=int, default=0,
                            help="K-fold instead (cross-fitting): fit = all but fold --fold, holdout = fold --fold")
         group.add_argument("--fold", type=int, default=0, help="with --folds: which fold is held out (0..K-1)")
+
+
+def add_setting_arguments(parser, threshold: bool = True, group=None) -> None:
+    """``--cca-steps`` and (with ``threshold``) ``--threshold``, parsed by :mod:`bavit.pruning.settings` with its
+    defaults and ranges; ``--threshold`` goes into ``group`` (a mutually exclusive group) when given."""
+    if threshold:
+        (group or parser).add_argument("--threshold", type=threshold_value, default=DEFAULT_THRESHOLD,
+                                       help="BAViT FG-probability threshold in [0, 1] (default %(default)s)")
+    parser.add_argument("--cca-steps", type=cca_steps_value, default=DEFAULT_CCA_STEPS,
+                        help=f"CCA steps, 0..{MAX_CCA_STEPS} (default %(default)s)")
 
 
 def note_omp_wait_policy(command: str) -> None:

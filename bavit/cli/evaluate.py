@@ -11,7 +11,7 @@ from ..engine.budget import DEFAULT_LEVELS
 from ..engine.budget_report import format_budget, plot_budget
 from ..engine.evaluate import evaluate_checkpoint, format_sweep, format_table
 from ..files import write_text
-from .common import add_dataset_arguments, records_from_args
+from .common import add_dataset_arguments, add_setting_arguments, records_from_args
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -20,10 +20,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                                "precision/recall/IoU and object keep rate, before and after CCA.")
     parser.add_argument("--checkpoint", required=True, help="BAViT .safetensors checkpoint")
     add_dataset_arguments(parser, default_split="val2017", default_subset="all")
-    parser.add_argument("--threshold", type=float, default=0.5, help="FG probability threshold")
     parser.add_argument("--sweep", type=float, nargs="+", default=(), metavar="T",
                         help="also report these thresholds (same predictions), before and after CCA")
-    parser.add_argument("--cca-steps", type=int, default=3)
+    add_setting_arguments(parser)
     parser.add_argument("--labels", choices=["mask", "boxes"], default="mask")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--threads", type=int)

@@ -5,7 +5,7 @@ import argparse
 
 from ..engine.finetune import FinetuneConfig, finetune_coco
 from ..pruning.detector import DEFAULT_DETECTOR, YOLOS_SIZE
-from .common import add_dataset_arguments
+from .common import add_dataset_arguments, add_setting_arguments
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -17,9 +17,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_dataset_arguments(parser, default_split="train2017", voc=False)
     parser.add_argument("--bavit", help="BAViT checkpoint for the keep masks (default: ground-truth box masks)")
     sparsity = parser.add_mutually_exclusive_group()
-    sparsity.add_argument("--threshold", type=float, default=0.5, help="BAViT FG-probability threshold")
+    add_setting_arguments(parser, group=sparsity)
     sparsity.add_argument("--keep-ratio", type=float, help="keep this fraction of BAViT patches (top-k)")
-    parser.add_argument("--cca-steps", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=FinetuneConfig.epochs)
     parser.add_argument("--batch-size", type=int, default=FinetuneConfig.batch_size)
     parser.add_argument("--lr", type=float, default=FinetuneConfig.lr)

@@ -33,7 +33,8 @@ import torch
 from ..core.labels import area_fractions
 from ..data.records import Record
 from ..pruning.calibration import Calibration
-from ..pruning.keep_mask import DEFAULT_CCA_STEPS, keep_mask_from_probs, keep_ratio_for_count
+from ..pruning.keep_mask import keep_mask_from_probs, kept_count, top_k
+from ..pruning.settings import DEFAULT_CCA_STEPS, PruningSettings
 from .metrics import SIZES
 
 DEFAULT_LEVELS = (0.29, 0.35, 0.40, 0.46)  # the paper's Table 2 sparsity levels
@@ -114,18 +115,14 @@ class BudgetMetrics:
 
 
 def top_k_mask(scores: np.ndarray, count: int) -> np.ndarray:
-    """``bool [G, G]``: the ``count`` highest-scoring cells (ties: row-major order)."""
-    flat = np.asarray(scores, dtype=np.float64).ravel()
-    order = np.argsort(-flat, kind="stable")[:count]
-    keep = np.zeros(flat.shape, dtype=bool)
-    keep[order] = True
-    return keep.reshape(np.shape(scores))
+    """``bool [G, G]``: the ``count`` highest-scoring cells (ties: row-major order), by the rule's own top-k."""
+    return top_k(torch.as_tensor(np.asarray(scores, dtype=np.float64))[None], [count])[0].numpy()
 
 
-def _rule_top_k(scores: torch.Tensor, count: int, grid: int, resample: str) -> np.ndarray:
-    """The keep-mask rule with the keep ratio (no CCA) that comes closest to ``count`` patches."""
-    ratio = keep_ratio_for_count(scores, count, grid, cca_steps=0, resample=resample)
-    return keep_mask_from_probs(scores, keep_ratio=ratio, cca_steps=0, grid=grid, resample=resample).keep_mask.numpy()
+def _rule_top_k(scores: torch.Tensor, level: float, grid: int, resample: str) -> np.ndarray:
+    """The keep-mask rule (no CCA) holding this image at sparsity ``level`` as nearly as its grid allows."""
+    settings = PruningSettings(image_sparsity=level, cca_steps=0)
+    return keep_mask_from_probs(scores, settings, grid=grid, resample=resample).keep_mask.numpy()
 
 
 def method_masks(fg_prob: np.ndarray, objects: Sequence[ImageObjects], level: float, grid: int,
@@ -140,19 +137,19 @@ def method_masks(fg_prob: np.ndarray, objects: Sequence[ImageObjects], level: fl
         calibration: the checkpoint's calibration (``None``: the calibrated methods are left out).
         prior: ``[G, G]`` training FG frequency (``None``: ``centre`` is left out).
     """
-    count = round(grid * grid * (1.0 - level))
+    count = kept_count(level, grid)
     probs = (fg_prob.detach().float().clone() if isinstance(fg_prob, torch.Tensor)
              else torch.tensor(np.asarray(fg_prob), dtype=torch.float32))
     masks: dict[str, list[np.ndarray]] = {
-        "bavit_topk": [_rule_top_k(p, count, grid, resample) for p in probs],
+        "bavit_topk": [_rule_top_k(p, level, grid, resample) for p in probs],
     }
     if calibration is not None:
         for name, steps in (("bavit_calibrated", 0), ("bavit_calibrated_cca", cca_steps)):
             threshold = calibration.threshold(level, steps)
-            masks[name] = list(keep_mask_from_probs(probs, threshold=threshold, cca_steps=steps, grid=grid,
-                                                    resample=resample).keep_mask.numpy())
+            settings = PruningSettings(threshold=threshold, cca_steps=steps)
+            masks[name] = list(keep_mask_from_probs(probs, settings, grid=grid, resample=resample).keep_mask.numpy())
     if prior is not None:
-        centre = _rule_top_k(torch.as_tensor(np.asarray(prior), dtype=torch.float32), count, grid, resample)
+        centre = _rule_top_k(torch.as_tensor(np.asarray(prior), dtype=torch.float32), level, grid, resample)
         masks["centre"] = [centre] * len(probs)
     rng = np.random.default_rng(seed)
     masks["random"] = [top_k_mask(rng.random((grid, grid)), count) for _ in range(len(probs))]

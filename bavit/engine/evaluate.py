@@ -8,15 +8,15 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from ..pruning.keep_mask import keep_mask_from_probs
 from ..core.checkpoint import Checkpoint
 from ..core.labels import BOX_TAU
 from ..core.model import BAViT
 from ..data.records import Record
 from ..predictor import Predictor
 from ..pruning.calibration import Calibration
-from ..pruning.detector import yolos_grid
-from ..pruning.detector import yolos_tiny_config
+from ..pruning.detector import yolos_grid, yolos_tiny_config
+from ..pruning.keep_mask import keep_mask_from_probs
+from ..pruning.settings import DEFAULT_CCA_STEPS, DEFAULT_THRESHOLD, PruningSettings
 from .budget import DEFAULT_LEVELS, PLOT_LEVELS, evaluate_budget
 from .metrics import TokenMetrics
 
@@ -61,12 +61,13 @@ def select_grids(probs: np.ndarray, threshold: float, cca_steps: int) -> tuple[n
     """``(raw, after CCA)`` bool FG grids of ``probs`` ``[N, G, G]`` by the one keep-mask rule
     (:func:`bavit.pruning.keep_mask.keep_mask_from_probs`: ``prob >= threshold``, validated), as the Predictor
     selects them."""
-    selected = keep_mask_from_probs(torch.from_numpy(probs), threshold=threshold, cca_steps=cca_steps,
+    selected = keep_mask_from_probs(torch.from_numpy(probs), PruningSettings(threshold=threshold, cca_steps=cca_steps),
                                     grid=probs.shape[-1])
     return selected.grid_raw.numpy(), selected.grid_cca.numpy()
 
 
-def evaluate(model: BAViT, records: list[Record], threshold: float = 0.5, cca_steps: int = 3,
+def evaluate(model: BAViT, records: list[Record], threshold: float = DEFAULT_THRESHOLD,
+             cca_steps: int = DEFAULT_CCA_STEPS,
              prior: np.ndarray | None = None, batch_size: int = 16, label_source: str = "mask",
              sweep: tuple[float, ...] = (), levels: Sequence[float] = DEFAULT_LEVELS,
              calibration: Calibration | None = None, grid: int = 32, curve_levels: Sequence[float] = (),
@@ -146,8 +147,8 @@ def format_table(result: dict, title: str = "") -> str:
     return "\n".join(lines)
 
 
-def evaluate_checkpoint(checkpoint: Checkpoint, records: list[Record], threshold: float = 0.5,
-                        cca_steps: int = 3, batch_size: int = 16, label_source: str = "mask",
+def evaluate_checkpoint(checkpoint: Checkpoint, records: list[Record], threshold: float = DEFAULT_THRESHOLD,
+                        cca_steps: int = DEFAULT_CCA_STEPS, batch_size: int = 16, label_source: str = "mask",
                         sweep: Sequence[float] = (), levels: Sequence[float] = DEFAULT_LEVELS, curve: bool = False,
                         backend: str = "torch", float32: bool = False) -> tuple[dict, Calibration | None, int]:
     """:func:`evaluate` of the model of ``checkpoint`` (:func:`~bavit.core.checkpoint.read_checkpoint`), with that

@@ -23,10 +23,10 @@ import torch
 from ..core.checkpoint import Checkpoint
 from ..errors import CheckpointError, ConfigError
 from .keep_mask import closest_index, keep_mask_from_probs
-from .settings import cca_steps_value, sparsity_value
+from .settings import MAX_CCA_STEPS, MAX_SPARSITY, PruningSettings, cca_steps_value, sparsity_value
 
-LEVELS = tuple(round(0.01 * i, 2) for i in range(96))  # target mean sparsity: 0%, 1%, ..., 95%
-CCA_STEPS = (0, 1, 2, 3, 4, 5)  # every setting of the app's CCA slider
+LEVELS = tuple(round(0.01 * i, 2) for i in range(round(100 * MAX_SPARSITY) + 1))  # target mean sparsity: 0%, 1%, ..., 95%
+CCA_STEPS = tuple(range(MAX_CCA_STEPS + 1))  # every setting of the app's CCA slider
 
 
 @dataclass(frozen=True)
@@ -139,7 +139,7 @@ def sparsity_at(fg_prob: torch.Tensor, threshold: float, cca_steps: int, grid: i
     Args:
         fg_prob: ``[N, G, G]`` FG probabilities.
     """
-    masks = keep_mask_from_probs(fg_prob, threshold=threshold, cca_steps=cca_steps, grid=grid,
+    masks = keep_mask_from_probs(fg_prob, PruningSettings(threshold=threshold, cca_steps=cca_steps), grid=grid,
                                  resample=resample).keep_mask
     return 1.0 - masks.flatten(1).float().mean(1)
 

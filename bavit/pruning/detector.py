@@ -144,14 +144,12 @@ RANDOM_INIT_NOTE = "YOLOS-tiny architecture, random init (latency only; no detec
 class OpenedDetector:
     """A detector as the Predictor holds it: the patched model and its processor, or none where weights are missing.
 
-    ``status`` says which in words (shown by the app); ``latency_note`` says what the detector latency is measured
-    on (the weights, or the YOLOS-tiny architecture at random init).
+    ``status`` says which in words (shown by the app).
     """
 
     model: Optional[YolosForObjectDetection]  # patched (bavit.pruning.yolos.patch_yolos); None without weights
     processor: Optional[object]  # transformers' YolosImageProcessor of those weights
     status: str
-    latency_note: str
 
 
 def _processor(source: Optional[str]):
@@ -175,18 +173,18 @@ def open_detector(source: Union[str, os.PathLike, YolosForObjectDetection, None]
         ConfigError: ``source`` is not a YOLOS model.
     """
     if source is None:
-        return OpenedDetector(None, None, "No detector: BAViT grids only.", "no detector")
+        return OpenedDetector(None, None, "No detector: BAViT grids only.")
     if isinstance(source, torch.nn.Module):
         saved = getattr(source, "name_or_path", "")  # its own preprocessor config when saved with one
         return OpenedDetector(patch_yolos(source), _processor(saved if saved and os.path.isdir(saved) else None),
-                              "Detector: a loaded YOLOS model (its weights as given).", "the loaded detector")
+                              "Detector: a loaded YOLOS model (its weights as given).")
     try:
         model = patch_yolos(load_yolos_model(source))
     except WeightsUnavailableError as exc:
         status = f"Detector weights unavailable, detections are off. {exc}"
         if HOW_TO_GET_WEIGHTS not in str(exc):
             status += " " + HOW_TO_GET_WEIGHTS
-        return OpenedDetector(None, None, status, RANDOM_INIT_NOTE)
+        return OpenedDetector(None, None, status)
     except ValueError as exc:
         raise ConfigError(f"detector {source}: {exc}") from None
-    return OpenedDetector(model, _processor(source), f"Detector: {source} (pretrained weights).", f"{source} weights")
+    return OpenedDetector(model, _processor(source), f"Detector: {source} (pretrained weights).")

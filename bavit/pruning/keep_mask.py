@@ -1,19 +1,21 @@
 """The one keep-mask rule (paper §3.5 and appendix): FG probabilities -> FG grid -> CCA -> YOLOS keep mask.
 
-``[.., G, G]`` BAViT FG probabilities (``G = 24`` at 384 px) become a boolean FG grid by a probability threshold or
-by keeping the top-k cells; CCA grows that grid on BAViT's own grid; the result is resampled to the detector's
-patch grid (``32x32`` for YOLOS at 512 px), which is the keep mask the pruned YOLOS computes. The Predictor, the
-latency bench, the mAP harness, sparse fine-tuning and the app all call :func:`keep_mask_from_probs`.
+``[.., G, G]`` BAViT FG probabilities (``G = 16`` at the shipped 256 px) become a boolean FG grid by a probability
+threshold or by keeping the top-k cells (k given, or chosen per image for a target sparsity); CCA grows that grid
+on BAViT's own grid; the result is resampled to the detector's patch grid (``32x32`` for YOLOS at 512 px), which is
+the keep mask the pruned YOLOS computes. The Predictor, the benchmarks, the evaluations and sparse fine-tuning all
+call :func:`keep_mask_from_probs`.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable
 
 import torch
 
 from ..core.cca import cca, resample_grid
-from .settings import DEFAULT_CCA_STEPS, DEFAULT_THRESHOLD, PruningSettings, cca_steps_value
+from ..errors import ConfigError
+from .settings import DEFAULT_CCA_STEPS, PruningSettings
 
 
 @dataclass(frozen=True)
@@ -30,46 +32,68 @@ class KeepMask:
         return self.keep_mask.flatten(-2).sum(-1)
 
 
-def select_patches(fg_prob: torch.Tensor, threshold: Optional[float] = None,
-                   keep_ratio: Optional[float] = None) -> torch.Tensor:
-    """FG grid from probabilities: ``prob >= threshold``, or the top ``round(keep_ratio * cells)`` cells per image.
+def kept_count(sparsity: float, grid: int) -> int:
+    """The detector patches of a ``grid x grid`` grid kept at ``sparsity`` (the fraction pruned), rounded: the one
+    conversion from a sparsity to a kept count."""
+    return round(grid * grid * (1.0 - sparsity))
 
-    Args:
-        fg_prob: ``[G, G]`` or ``[B, G, G]`` FG probabilities.
-        threshold: probability in [0, 1] (default :data:`DEFAULT_THRESHOLD` when ``keep_ratio`` is not given).
-        keep_ratio: fraction (0, 1] of cells to keep, highest probability first (ties: row-major order).
-    Returns:
-        bool grid of the same shape.
-    Raises:
-        ConfigError: both given, or a value out of range.
-    """
-    setting = PruningSettings(threshold=threshold, keep_ratio=keep_ratio)  # validated in bavit.pruning.settings
-    if setting.keep_ratio is None:
-        return fg_prob >= setting.threshold
-    keep_ratio = setting.keep_ratio
+
+def top_k(fg_prob: torch.Tensor, counts: list[int]) -> torch.Tensor:
+    """The ``counts[b]`` most probable cells of each image ``b`` of ``[B, G, G]`` (ties: row-major order)."""
     flat = fg_prob.reshape(-1, fg_prob.shape[-2] * fg_prob.shape[-1])
-    count = max(1, round(keep_ratio * flat.shape[1]))
-    order = torch.sort(-flat, dim=1, stable=True).indices[:, :count]
-    grid = torch.zeros_like(flat, dtype=torch.bool).scatter_(1, order, True)
-    return grid.reshape(fg_prob.shape)
+    order = torch.sort(-flat, dim=1, stable=True).indices
+    rank = torch.empty_like(order).scatter_(1, order, torch.arange(flat.shape[1]).expand_as(order))
+    return (rank < torch.tensor(counts)[:, None]).reshape(fg_prob.shape)
 
 
-def keep_mask_from_probs(fg_prob: torch.Tensor, *, threshold: Optional[float] = None,
-                         keep_ratio: Optional[float] = None, cca_steps: int = DEFAULT_CCA_STEPS,
-                         grid: int = 32, resample: str = "nearest") -> KeepMask:
-    """The rule: select (threshold or top-k), CCA on BAViT's grid, resample to the detector's ``grid x grid``.
+def _grow(grid_raw: torch.Tensor, cca_steps: int, grid: int, resample: str) -> KeepMask:
+    grid_cca = cca(grid_raw, steps=cca_steps)
+    return KeepMask(grid_raw, grid_cca, resample_grid(grid_cca, (grid, grid), mode=resample))
+
+
+def top_k_for_kept(fg_prob: torch.Tensor, kept: int, grid: int, cca_steps: int = DEFAULT_CCA_STEPS,
+                   resample: str = "nearest") -> int:
+    """The number k of BAViT cells whose keep mask (top-k, CCA, resample) keeps the count closest to ``kept`` of the
+    ``grid x grid`` detector patches, for one image's ``[G, G]`` probabilities.
+
+    The kept count never falls as k grows (top-k sets are nested; CCA and resampling are monotone), so
+    :func:`closest_index` searches over k; a tie keeps more patches.
+    """
+    def count(k: int) -> int:
+        return int(_grow(top_k(fg_prob[None], [k])[0], cca_steps, grid, resample).keep_mask.sum())
+
+    return closest_index(count, 1, fg_prob.numel(), kept, ties="high")
+
+
+def keep_mask_from_probs(fg_prob: torch.Tensor, settings: PruningSettings, *, grid: int = 32,
+                         resample: str = "nearest") -> KeepMask:
+    """The rule: select BAViT's cells (threshold or top-k), CCA on BAViT's grid, resample to the detector's grid.
 
     Args:
         fg_prob: ``[G, G]`` or ``[B, G, G]`` FG probabilities (a tensor or array).
-        threshold / keep_ratio: see :func:`select_patches` (threshold 0.5 when neither is given).
-        cca_steps: CCA iterations (0 = none).
+        settings: the selection and CCA steps; a calibrated ``sparsity`` must have been resolved to its threshold
+            first (:meth:`bavit.predictor.Predictor.select` does). ``threshold`` keeps ``prob >= threshold``;
+            ``keep_ratio`` keeps the top ``round(keep_ratio * G * G)`` cells of each image; ``image_sparsity`` keeps
+            each image's top-k with k from :func:`top_k_for_kept` at :func:`kept_count`.
         grid: the detector's patch grid side (``YOLOS_SIZE // patch_size``, 32 for YOLOS-tiny at 512 px).
         resample: ``"nearest"`` (cell centres) or ``"any"`` (never loses FG area), see ``resample_grid``.
+    Raises:
+        ConfigError: a calibrated ``sparsity`` (it needs a calibration to become a threshold).
     """
     probs = torch.as_tensor(fg_prob)
-    grid_raw = select_patches(probs, threshold, keep_ratio)
-    grid_cca = cca(grid_raw, steps=cca_steps_value(cca_steps))
-    return KeepMask(grid_raw, grid_cca, resample_grid(grid_cca, (grid, grid), mode=resample))
+    if settings.sparsity is not None:
+        raise ConfigError("a calibrated mean sparsity needs the checkpoint's calibration to become a threshold: "
+                          "use Predictor.select, or give the threshold")
+    if not settings.top_k:
+        return _grow(probs >= settings.threshold, settings.cca_steps, grid, resample)
+    batch = probs.reshape(-1, *probs.shape[-2:])
+    cells = batch.shape[1] * batch.shape[2]
+    if settings.keep_ratio is not None:
+        counts = [max(1, round(settings.keep_ratio * cells))] * batch.shape[0]
+    else:
+        target = kept_count(settings.image_sparsity, grid)
+        counts = [top_k_for_kept(p, target, grid, settings.cca_steps, resample) for p in batch]
+    return _grow(top_k(batch, counts).reshape(probs.shape), settings.cca_steps, grid, resample)
 
 
 def closest_index(value: Callable[[int], float], low: int, high: int, target: float, ties: str = "low") -> int:
@@ -90,26 +114,4 @@ def closest_index(value: Callable[[int], float], low: int, high: int, target: fl
     return low
 
 
-def keep_ratio_for_count(fg_prob: torch.Tensor, kept: int, grid: int, cca_steps: int = DEFAULT_CCA_STEPS,
-                         resample: str = "nearest") -> float:
-    """The BAViT keep ratio whose keep mask (top-k, CCA, resample) keeps the count closest to ``kept`` patches.
-
-    The kept count never falls as k grows (top-k sets are nested; CCA and resampling are monotone), so
-    :func:`closest_index` searches over k.
-
-    Args:
-        fg_prob: ``[G, G]`` FG probabilities of one image.
-        kept: target number of the ``grid x grid`` detector patches.
-    """
-    cells = fg_prob.numel()
-
-    def count(k: int) -> int:
-        return int(keep_mask_from_probs(fg_prob, keep_ratio=k / cells, cca_steps=cca_steps, grid=grid,
-                                        resample=resample).keep_mask.sum())
-
-    low = closest_index(count, 1, cells, kept, ties="high")  # a tie keeps more patches
-    return low / cells
-
-
-__all__ = ["KeepMask", "select_patches", "keep_mask_from_probs", "keep_ratio_for_count", "closest_index",
-           "DEFAULT_THRESHOLD", "DEFAULT_CCA_STEPS"]
+__all__ = ["KeepMask", "closest_index", "keep_mask_from_probs", "kept_count", "top_k", "top_k_for_kept"]

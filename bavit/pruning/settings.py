@@ -1,8 +1,11 @@
 """The pruning settings and their one validation: every entry point (the keep-mask rule, the Predictor, the
 calibration, the app's events, the ``analyze`` API and the CLI) parses user values through here.
 
-A setting is one of three selections -- an FG-probability ``threshold``, a per-image ``keep_ratio`` (top-k) or a
-calibrated mean ``sparsity`` over images (paper Table 2) -- plus the CCA steps. Values from a user (a JSON client,
+A setting is one of four selections -- an FG-probability ``threshold``, a ``keep_ratio`` of BAViT's cells (top-k),
+this image's ``image_sparsity`` (top-k, k chosen per image so that the detector prunes that fraction of its patches)
+or a calibrated mean ``sparsity`` over images (paper Table 2) -- plus the CCA steps. A setting is parsed once, where
+a value enters (the CLI, the API, a page event), and passed on as a :class:`PruningSettings`; nothing below parses it
+again. Every default and range of the controls is here. Values from a user (a JSON client,
 a form, a command line) are parsed strictly: numbers only (``true`` and ``"abc"`` are refused, so are NaN and
 infinities), CCA steps a whole number (2.5 is refused, never truncated), each in its documented range.
 """
@@ -16,8 +19,11 @@ from typing import Any, Optional
 from ..errors import ConfigError
 
 DEFAULT_THRESHOLD = 0.5
-DEFAULT_CCA_STEPS = 3
-MAX_CCA_STEPS = 10  # the rule's bound; CCA on a 24x24 grid stops changing long before
+DEFAULT_CCA_STEPS = 3  # the paper's
+MAX_CCA_STEPS = 5  # the bound of the rule, the app's slider and the calibration's table
+DEFAULT_SPARSITY = 0.35  # the target sparsity the paper's Table 2 reports and the app starts at
+MAX_SPARSITY = 0.95  # the largest target sparsity of a top-k setting, the app's slider and the calibration's table
+SELECTIONS = ("threshold", "keep_ratio", "image_sparsity", "sparsity")
 
 
 def number(name: str, value: Any) -> float:
@@ -69,6 +75,16 @@ def sparsity_value(value: Any) -> float:
     return result
 
 
+def image_sparsity_value(value: Any) -> float:
+    """This image's sparsity as a fraction in [0, :data:`MAX_SPARSITY`] of the detector's patches pruned (top-k at
+    that target)."""
+    result = number("image_sparsity", value)
+    if not 0.0 <= result <= MAX_SPARSITY:
+        raise ConfigError(f"image_sparsity is a fraction in [0, {MAX_SPARSITY:g}] of the detector's patches pruned, "
+                          f"got {result:g}")
+    return result
+
+
 def percent_value(name: str, value: Any) -> float:
     """A percentage in [0, 100]."""
     result = number(name, value)
@@ -96,8 +112,8 @@ def flag_value(name: str, value: Any) -> bool:
 
 @dataclass(frozen=True)
 class PruningSettings:
-    """One validated setting of the keep-mask rule: at most one of ``threshold``, ``keep_ratio`` and ``sparsity``
-    (the threshold :data:`DEFAULT_THRESHOLD` when none is given) and ``cca_steps``.
+    """One validated setting of the keep-mask rule: at most one of :data:`SELECTIONS` (the threshold
+    :data:`DEFAULT_THRESHOLD` when none is given) and ``cca_steps``.
 
     Construction parses and checks every value (:func:`number` and friends), so holding one means it is valid;
     ``sparsity`` still has to fall in a checkpoint's calibrated range (:meth:`Calibration.threshold`).
@@ -110,12 +126,14 @@ class PruningSettings:
     keep_ratio: Optional[float] = None
     sparsity: Optional[float] = None
     cca_steps: int = DEFAULT_CCA_STEPS
+    image_sparsity: Optional[float] = None
 
     def __post_init__(self) -> None:
-        given = [name for name in ("threshold", "keep_ratio", "sparsity") if getattr(self, name) is not None]
+        given = [name for name in SELECTIONS if getattr(self, name) is not None]
         if len(given) > 1:
-            raise ConfigError(f"give one of threshold, keep_ratio and sparsity, not both {given[0]} and {given[1]}")
-        parse = {"threshold": threshold_value, "keep_ratio": keep_ratio_value, "sparsity": sparsity_value}
+            raise ConfigError(f"give one of {', '.join(SELECTIONS)}, not both {given[0]} and {given[1]}")
+        parse = {"threshold": threshold_value, "keep_ratio": keep_ratio_value, "sparsity": sparsity_value,
+                 "image_sparsity": image_sparsity_value}
         for name in given:
             object.__setattr__(self, name, parse[name](getattr(self, name)))
         if not given:
@@ -124,18 +142,25 @@ class PruningSettings:
 
     @property
     def selection(self) -> dict[str, float]:
-        """The one selection as keyword arguments: ``{"threshold": t}``, ``{"keep_ratio": r}`` or ``{"sparsity": s}``."""
-        for name in ("threshold", "keep_ratio", "sparsity"):
+        """The one selection as keyword arguments: ``{"threshold": t}``, ``{"keep_ratio": r}``,
+        ``{"image_sparsity": s}`` or ``{"sparsity": s}``."""
+        for name in SELECTIONS:
             value = getattr(self, name)
             if value is not None:
                 return {name: value}
         raise AssertionError("unreachable: __post_init__ sets a threshold when nothing is given")
 
+    @property
+    def top_k(self) -> bool:
+        """True when the cells are chosen by rank (``keep_ratio`` or ``image_sparsity``), not by a threshold."""
+        return self.keep_ratio is not None or self.image_sparsity is not None
+
     @classmethod
-    def from_api(cls, threshold: Any = DEFAULT_THRESHOLD, cca_steps: Any = DEFAULT_CCA_STEPS, keep_ratio: Any = None,
+    def from_api(cls, threshold: Any = None, cca_steps: Any = None, keep_ratio: Any = None,
                  sparsity: Any = None) -> "PruningSettings":
         """The ``analyze`` API's form: ``keep_ratio`` / ``sparsity`` of ``None`` or 0 are off (a form's empty
-        number field); with both off, ``threshold`` selects (``None`` is the default 0.5)."""
+        number field); with both off, ``threshold`` selects. ``None`` is the default (a form's empty field)."""
+        cca_steps = DEFAULT_CCA_STEPS if cca_steps is None else cca_steps
         off = lambda value: value is None or (not isinstance(value, bool) and isinstance(value, numbers.Real)  # noqa: E731
                                               and value == 0)
         if not off(keep_ratio):
@@ -147,5 +172,6 @@ class PruningSettings:
         return cls(threshold=DEFAULT_THRESHOLD if threshold is None else threshold, cca_steps=cca_steps)
 
 
-__all__ = ["DEFAULT_CCA_STEPS", "DEFAULT_THRESHOLD", "MAX_CCA_STEPS", "PruningSettings", "cca_steps_value",
-           "flag_value", "keep_ratio_value", "number", "percent_value", "sparsity_value", "threshold_value"]
+__all__ = ["DEFAULT_CCA_STEPS", "DEFAULT_SPARSITY", "DEFAULT_THRESHOLD", "MAX_CCA_STEPS", "MAX_SPARSITY", "SELECTIONS", "PruningSettings",
+           "cca_steps_value", "flag_value", "image_sparsity_value", "keep_ratio_value", "number", "percent_value",
+           "sparsity_value", "threshold_value"]

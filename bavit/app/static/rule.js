@@ -2,7 +2,7 @@
  * The keep-mask rule in the page: ports of the Python originals, checked against them bit for bit and string for
  * string by tests/test_app_browser.py (so grid-only slider moves are answered without a server round trip):
  *   - bavit/pruning/keep_mask.py (select_patches: prob >= threshold, compared in float32 as torch does, or top-k
- *     with ties in row-major order; closest_index; keep_ratio_for_count) and bavit/core/cca.py (cca: a BG cell with
+ *     with ties in row-major order; closest_index; top_k_for_kept) and bavit/core/cca.py (cca: a BG cell with
  *     >= 3 FG neighbours becomes FG, `steps` times; resample_grid "nearest": nearest-exact);
  *   - Calibration.threshold (bavit/pruning/calibration.py: numpy.interp over the calibrated levels);
  *   - selection and effective_threshold (bavit/app/session.py);
@@ -121,7 +121,7 @@ function closestIndex(value, low, high, target, ties) {
   return low;
 }
 
-/** keep_ratio_for_count: the BAViT keep ratio whose keep mask keeps the count closest to `kept`. */
+/** top_k_for_kept (as a keep ratio): the BAViT keep ratio whose keep mask keeps the count closest to `kept`. */
 function keepRatioForCount(p, kept, steps) {
   const cells = p.probs.length;
   const memo = new Map();
