@@ -1,6 +1,6 @@
 """Padded vs per-image pruned YOLOS runs for a batch with different kept counts per image (CPU timings in ms).
 
-    OMP_WAIT_POLICY=PASSIVE OMP_NUM_THREADS=2 .venv/bin/python -m bavit.bench.batch_modes \
+    OMP_WAIT_POLICY=PASSIVE OMP_NUM_THREADS=2 .venv/bin/python -m benchmarks.batch_modes \
         [--threads 2] [--batch 8] [--repeats 5]
 
 (Without ``OMP_WAIT_POLICY=PASSIVE`` on a busy shared CPU, spinning OpenMP threads dominate the timings.)
@@ -10,15 +10,14 @@ The numbers chose ``bavit.pruning.yolos.DEFAULT_BATCH_MODE``; see that module's 
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
+import sys
 
 import torch
 
-from ..pruning.detector import YOLOS_SIZE, yolos_grid
-from ..pruning.detector import random_yolos_tiny
-from ..pruning.yolos import patch_yolos
-from .latency import spread_counts
+from bavit.bench.timing import interleaved_medians, spread_counts
+from bavit.cli import run_script
+from bavit.pruning.detector import YOLOS_SIZE, random_yolos_tiny, yolos_grid
+from bavit.pruning.yolos import patch_yolos
 
 
 def spread_keep_masks(batch: int, kept_mean: int, grid: int, spread: float = 0.10, seed: int = 0) -> torch.Tensor:
@@ -31,14 +30,9 @@ def spread_keep_masks(batch: int, kept_mean: int, grid: int, spread: float = 0.1
     return masks.reshape(batch, grid, grid)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--sparsity", type=float, nargs="+", default=[0.29, 0.35, 0.46])
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+def run(args: argparse.Namespace) -> int:
+    """Median ms of both batch modes at each ``--sparsity``, run in turn after one untimed round
+    (:func:`~bavit.bench.timing.interleaved_medians`); torch's threads are set by :func:`bavit.cli.run_command`."""
     model = patch_yolos(random_yolos_tiny())
     grid = yolos_grid(model.config.patch_size)
     pixels = torch.randn(args.batch, 3, YOLOS_SIZE, YOLOS_SIZE)
@@ -48,16 +42,25 @@ def main() -> None:
     with torch.inference_mode():
         for sparsity in args.sparsity:
             masks = spread_keep_masks(args.batch, round(grid * grid * (1 - sparsity)), grid)
-            times = {"padded": [], "per_image": []}
-            for mode in times:  # warm-up
-                model(pixel_values=pixels, keep_mask=masks, batch_mode=mode)
-            for _ in range(args.repeats):
-                for mode in times:
-                    start = time.perf_counter()
-                    model(pixel_values=pixels, keep_mask=masks, batch_mode=mode)
-                    times[mode].append((time.perf_counter() - start) * 1000)
-            print(f"{sparsity:8.2f}  {statistics.median(times['padded']):9.0f}  {statistics.median(times['per_image']):12.0f}")
+            runs = {mode: lambda mode=mode: model(pixel_values=pixels, keep_mask=masks, batch_mode=mode)
+                    for mode in ("padded", "per_image")}
+            medians = interleaved_medians(runs, args.repeats, warmup=1)
+            print(f"{sparsity:8.2f}  {medians['padded']:9.0f}  {medians['per_image']:12.0f}")
+    return 0
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """This bench's options."""
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--sparsity", type=float, nargs="+", default=[0.29, 0.35, 0.46])
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m benchmarks.batch_modes``; its help is this module's docstring."""
+    return run_script("benchmarks.batch_modes", __doc__, add_arguments, run, argv)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
