@@ -246,7 +246,7 @@ def test_app_use_re_times_dense_and_bavit_in_the_background(detector_predictor, 
 
 
 def test_app_bench_verdict():
-    from bavit.bench.app_bench import compare
+    from benchmarks.app_agreement import compare
 
     bench = {"speedup": 1.40, "kept_patches": 520.0}
     agree = compare({"speedup": 1.50, "kept_patches": 520}, bench)

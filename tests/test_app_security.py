@@ -24,7 +24,7 @@ from gradio_client.exceptions import AppError  # noqa: E402
 
 from bavit.pruning.settings import PruningSettings
 from bavit.app import uploads  # noqa: E402
-from bavit.bench import crafted_images as crafted  # noqa: E402
+from benchmarks import crafted_images as crafted  # noqa: E402
 from bavit.app.explorer import Explorer  # noqa: E402
 from bavit.app.panels import tiny_warning  # noqa: E402
 from bavit.app.session import MODE_THRESHOLD  # noqa: E402
@@ -262,7 +262,7 @@ def test_at_most_two_images_decode_at_once(monkeypatch, tmp_path):
 
 @pytest.mark.parametrize("kind", ["rgb", "rgba", "gray16"])
 def test_the_memory_bench_images_are_the_largest_accepted(kind, tmp_path):
-    from bavit.bench.upload_memory import largest_image
+    from benchmarks.upload_memory import largest_image
 
     path = largest_image(kind, tmp_path)
     width, height = Image.open(path).size

@@ -1,4 +1,4 @@
-"""The browser slider bench (bavit/bench/browser_bench.py) end to end: a real app on tiny models, Debian's chromium,
+"""The browser slider bench (benchmarks/browser_bench.py) end to end: a real app on tiny models, Debian's chromium,
 three timed changes per mode, then the gradio_client line."""
 from __future__ import annotations
 
@@ -8,8 +8,7 @@ from pathlib import Path
 import apphelpers
 import pytest
 
-from bavit.bench import browser_bench
-from bavit.cli import app_bench
+from benchmarks import browser_bench
 
 if not Path(apphelpers.CHROMIUM).exists():
     pytest.skip(f"{apphelpers.CHROMIUM} not found (install Debian's chromium: apt-get install chromium)",
@@ -19,7 +18,7 @@ pytest.importorskip("playwright.sync_api")
 
 def parse(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser()
-    app_bench.add_arguments(parser)  # python -m bavit app-bench's options, --chromium included
+    browser_bench.add_arguments(parser)  # python -m benchmarks.browser_bench's options, --chromium included
     return parser.parse_args(argv)
 
 
@@ -28,7 +27,7 @@ def test_browser_bench_end_to_end(capsys):
     args = parse(["--changes", "3", "--threads", "1", "--bavit", str(apphelpers.calibrated_bavit_checkpoint()),
                   "--detector", str(apphelpers.tiny_yolos_dir())])
     assert args.chromium == apphelpers.CHROMIUM
-    results = app_bench.browser_results(args)  # browser_bench.run_browser with those options
+    results = browser_bench.browser_results(args)  # browser_bench.run_browser with those options
 
     browser = results["browser"]
     assert browser["mode"] == "Mean sparsity (calibrated)"  # the page's default with a calibrated checkpoint
@@ -42,7 +41,7 @@ def test_browser_bench_end_to_end(capsys):
     assert "YOLOS pruned" in browser["latency_panel"]  # the detector changes ran the server path
     assert results["detector_status"].startswith("Detector:")  # the tiny YOLOS loaded
 
-    app_bench.print_browser(results)
+    browser_bench.print_browser(results)
     out = capsys.readouterr().out
     assert "3 changes in the default mode (Mean sparsity (calibrated))" in out
     assert "target <= 50 ms" in out and "target <= 200 ms" in out
@@ -52,6 +51,6 @@ def test_browser_bench_end_to_end(capsys):
 def test_missing_browser_is_a_clear_error(tmp_path):
     args = parse(["--changes", "3", "--chromium", str(tmp_path / "no-chromium")])
     with pytest.raises(SystemExit, match="no browser at"):
-        app_bench.browser_results(args)
+        browser_bench.browser_results(args)
     with pytest.raises(SystemExit, match="--changes must be >= 1"):
-        app_bench.browser_results(parse(["--changes", "0"]))
+        browser_bench.browser_results(parse(["--changes", "0"]))

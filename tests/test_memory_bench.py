@@ -1,4 +1,4 @@
-"""The memory bench's pure parts (``python -m bavit memory-bench``): its crafted files are what they claim, its event
+"""The memory bench's pure parts (``python -m benchmarks.upload_memory``): its crafted files are what they claim, its event
 lookup and its table. No server, no timing, no memory figures here (those are the bench's output)."""
 from __future__ import annotations
 
@@ -12,10 +12,9 @@ import pytest
 from PIL import IcnsImagePlugin, IcoImagePlugin, Image
 
 from bavit.app.uploads import MAX_IMAGE_PIXELS, MAX_UPLOAD
-from bavit.bench import crafted_images as crafted
-from bavit.bench.app_requests import Refused, Server
-from bavit.bench.upload_memory import CASES, RUNS, Files, measure
-from bavit.cli.upload_memory import table_row
+from benchmarks import crafted_images as crafted
+from benchmarks.app_requests import Refused, Server
+from benchmarks.upload_memory import CASES, RUNS, Files, measure, table_row
 
 
 def png_size(png: bytes) -> tuple[int, int]:

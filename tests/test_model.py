@@ -8,7 +8,7 @@ from bavit.core.config import LARGE, SMALL, BAViTConfig
 from bavit.core.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
 from bavit.core.model import build_bavit, grow_from
 from bavit.core.pretrained import copy_from_yolos
-from bavit.engine.train_parts import init_bavit
+from bavit.engine.train import init_bavit
 from bavit.errors import CheckpointError, ConfigError
 
 

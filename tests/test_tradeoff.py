@@ -7,9 +7,8 @@ import numpy as np
 import pytest
 from apphelpers import random_bavit_checkpoint, tiny_yolos_dir
 
-from bavit.bench import tradeoff_latency
-from bavit.bench.tradeoff import BAVIT_METHODS, run_tradeoff
-from bavit.bench.tradeoff_latency import count_grid, mean_pruned_ms
+from bavit.bench import tradeoff
+from bavit.bench.tradeoff import BAVIT_METHODS, count_grid, mean_pruned_ms, run_tradeoff
 from bavit.cli import main
 from bavit.core.checkpoint import read_checkpoint, save_checkpoint
 from bavit.data.records import coco_records, coco_split
@@ -74,7 +73,7 @@ def test_run_tradeoff_quality_is_evaluate_budget_and_latency_is_composed_per_ima
                                                                                     monkeypatch):
     records = coco_records(*coco_split(synthetic_coco, "val2017"))
     calls = []
-    monkeypatch.setattr(tradeoff_latency, "interleaved_medians", _timing_table(calls))
+    monkeypatch.setattr(tradeoff, "interleaved_medians", _timing_table(calls))
     levels = (0.2, 0.35, 0.5)
     report = run_tradeoff(checkpoints, records, labels=["a", "b"], levels=levels, methods=BAVIT_METHODS,
                           backend="torch", detector=str(tiny_yolos_dir()), log=lambda _: None)

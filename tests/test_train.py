@@ -148,7 +148,7 @@ def test_train_cli_bad_dataset_is_a_clear_error(tmp_path):
 def test_block_mask_hides_whole_blocks_and_hide_patches_zeroes_exactly_them():
     import numpy as np
 
-    from bavit.engine.train_parts import block_mask, hide_patches
+    from bavit.engine.train import block_mask, hide_patches
 
     mask = block_mask(3, 4, 0.5, np.random.default_rng(0))  # 4x4 tokens = 2x2 blocks of 2x2; 2 blocks hidden
     assert mask.shape == (3, 4, 4) and mask.dtype == torch.bool
@@ -164,7 +164,7 @@ def test_block_mask_hides_whole_blocks_and_hide_patches_zeroes_exactly_them():
 
 
 def test_mim_pretraining_uses_no_labels_learns_and_resumes_exactly(records, tmp_path):
-    from bavit.engine.train_parts import init_bavit
+    from bavit.engine.train import init_bavit
 
     records = records[:4]
     cfg = TrainConfig(epochs=3, batch_size=2, lr=2e-3, step_size=10, cache_size=80, seed=2, objective="mim",
@@ -190,7 +190,7 @@ def test_mim_pretraining_uses_no_labels_learns_and_resumes_exactly(records, tmp_
 
 
 def test_distillation_pulls_the_student_to_its_teacher_and_passes_on_its_images(records, tmp_path):
-    from bavit.engine.train_parts import teacher_prob
+    from bavit.engine.train import teacher_prob
     from bavit.errors import ConfigError
 
     teacher_cfg = TrainConfig(epochs=3, batch_size=2, lr=3e-3, step_size=10, cache_size=64, augment=False, seed=4)

@@ -6,9 +6,7 @@ import torch
 from transformers import ViTConfig, ViTModel, YolosConfig, YolosForObjectDetection
 from transformers.models.yolos.modeling_yolos import YolosSelfAttention
 
-from bavit.pruning.tokens import sequence_index
-from bavit.pruning.attention import PrunedSelfAttentionMixin
-from bavit.pruning.yolos import patch_yolos
+from bavit.pruning.yolos import PrunedSelfAttentionMixin, patch_yolos, sequence_index
 
 GRID = (4, 6)  # 64x96 input, 16 px patches
 NUM_DET = 5

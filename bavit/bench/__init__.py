@@ -1,22 +1,19 @@
-"""Benchmarks that print figures and ratios (never timed tests): what the pruning buys on this machine. The commands
-named below are in :mod:`bavit.cli`; ``batch_modes`` is a script of its own. Measured figures are in
-``docs/results.md``.
+"""Benchmarks of the pipeline that print figures and ratios (never timed tests): what the pruning buys on this
+machine (§4.3). The commands named below are in :mod:`bavit.cli`; ``static_int8`` is a script of its own. Measured
+figures are in ``docs/results.md``. The app's benchmarks (slider round trips, browser, memory under uploads) and the
+batch-mode script are not part of the library: they are in the repository's ``benchmarks/`` folder.
 
-- :mod:`.latency` — ``python -m bavit bench``: dense vs BAViT + CCA + pruned YOLOS per stage (§4.3); its tables,
-  verdicts and plot are in :mod:`.latency_report`.
+- :mod:`.latency` — ``python -m bavit bench``: dense vs BAViT + CCA + pruned YOLOS per stage, its tables, the
+  deployable-speed targets' verdicts and the speed-up plot.
 - :mod:`.tradeoff` — ``python -m bavit tradeoff``: object pixel recall vs end-to-end latency (BAViT included)
-  per BAViT checkpoint; the detector's timing and the per-image interpolation in :mod:`.tradeoff_latency`, the
-  table and plot in :mod:`.tradeoff_report`.
-- :mod:`.timing` — what the in-process benches share: interleaved medians, peak RSS, the machine and weights notes,
-  the images and the kept-count spread.
-- :mod:`.batch_modes` — ``python -m bavit.bench.batch_modes``: padded vs per-image pruned batches.
-- :mod:`.app_bench` — ``python -m bavit app-bench``: the app's slider round trip; the app's shown speed-up against
-  the bench's in :mod:`.app_agreement`; starting ``python app.py`` in :mod:`.app_process` (shared with
-  :mod:`.browser_bench` and :mod:`.upload_memory`).
-- :mod:`.browser_bench` — ``python -m bavit app-bench --browser``: the slider in a real browser.
-- :mod:`.upload_memory` — ``python -m bavit memory-bench``: the app's memory under the largest and the crafted
-  uploads (the attacks of docs/deployment.md's limits); the crafted files in :mod:`.crafted_images`, the raw
-  requests (uploads, queue joins, direct POSTs) in :mod:`.app_requests`.
+  per BAViT checkpoint, the detector timed at a grid of kept counts and interpolated per image; table and plot.
+- :mod:`.frontier` — ``python -m bavit frontier``: BAViT designs' cost next to the detector against their quality;
+  table and plot.
+- :mod:`.static_int8` — ``python -m bavit.bench.static_int8``: BAViT's static int8 graphs against dynamic int8
+  and float32.
+- :mod:`.timing` — what the benches share: the one timing of calls (warm-up, interleaved medians), peak RSS, the
+  machine and weights notes, the images and the kept-count spread.
+- :mod:`.figures` — the one figure convention of the bench plots.
 """
 from pathlib import Path
 

@@ -1,6 +1,6 @@
-"""The one figure convention of the bench plots (:mod:`.latency_report`, :mod:`.tradeoff_report`): matplotlib's Agg
-canvas on a figure of its own (no global backend), one set of axes, a small footnote at the bottom left, written as a
-PNG atomically.
+"""The one figure convention of the bench plots (:mod:`.latency`, :mod:`.tradeoff`, :mod:`.frontier`):
+matplotlib's Agg canvas on a figure of its own (no global backend), one set of axes, a small footnote at the bottom
+left, written as a PNG atomically.
 """
 from __future__ import annotations
 

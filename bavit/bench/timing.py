@@ -1,7 +1,8 @@
-"""What the in-process benches (:mod:`.latency`, :mod:`.tradeoff_latency`, :mod:`.batch_modes`) share: timing
-calls in turn (:func:`interleaved_medians`, medians in ms), peak RSS, the notes a report carries about the machine and
+"""What the benches share: the one way a call is timed (:func:`timed_ms`, after untimed warm-up calls) and calls
+timed in turn (:func:`interleaved_medians`, medians in ms), peak RSS, the notes a report carries about the machine and
 the detector weights, the images a bench runs on (:func:`find_images`) and the kept-count spread of a batch
-(:func:`spread_counts`).
+(:func:`spread_counts`). Used by :mod:`.latency`, :mod:`.tradeoff`, :mod:`.frontier`, :mod:`.static_int8` and the
+app benchmarks in the repository's ``benchmarks/`` (``app_bench``, ``batch_modes``).
 """
 from __future__ import annotations
 
@@ -35,18 +36,23 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+def timed_ms(calls: Sequence[Callable[[], object]], warmup: int = 0) -> list[float]:
+    """ms of each of ``calls``, run in order, but for the first ``warmup`` (run, not timed)."""
+    timings = []
+    for index, call in enumerate(calls):
+        start = time.perf_counter()
+        call()
+        if index >= warmup:
+            timings.append((time.perf_counter() - start) * 1000.0)
+    return timings
+
+
 def interleaved_medians(runs: Mapping[str, Callable[[], object]], repeats: int, warmup: int = 2) -> dict[str, float]:
     """Median ms of each call in ``runs``, run in turn round after round (``warmup`` untimed rounds first), so that
     load on a shared machine falls on every call alike rather than on whichever ran during a busy spell."""
-    samples: dict[str, list[float]] = {name: [] for name in runs}
-    for step in range(warmup + repeats):
-        for name, call in runs.items():
-            start = time.perf_counter()
-            call()
-            elapsed = time.perf_counter() - start
-            if step >= warmup:
-                samples[name].append(elapsed)
-    return {name: median_ms(values) for name, values in samples.items()}
+    names = list(runs)
+    timings = timed_ms([runs[name] for _ in range(warmup + repeats) for name in names], warmup * len(names))
+    return {name: float(statistics.median(timings[index::len(names)])) for index, name in enumerate(names)}
 
 
 def detector_weights(predictor: Predictor, detector: str) -> str:

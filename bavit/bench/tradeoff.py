@@ -8,48 +8,50 @@ command puts both on one axis. For each calibrated BAViT checkpoint and each tar
   then :func:`bavit.engine.budget.budget_metrics`): object pixel recall, instance keep rate, mean sparsity, and each
   image's kept count on the ``32 x 32`` YOLOS grid, for ``bavit_calibrated`` (one threshold for all images, from
   the checkpoint's calibration) and ``bavit_topk``;
-- latency, measured in this process (:func:`.tradeoff_latency.time_pipeline`; medians, every call run in turn each
+- latency, measured in this process (:func:`time_pipeline`; medians, every call run in turn each
   round): each checkpoint's BAViT forward through its :class:`~bavit.predictor.Predictor` (batch 1, its square
-  resize included), the pruned YOLOS at a grid of kept counts (:func:`.tradeoff_latency.count_grid`; shared by all
+  resize included), the pruned YOLOS at a grid of kept counts (:func:`count_grid`; shared by all
   checkpoints, it depends only on the count) and the dense YOLOS, all on the same image and backend.
 
 End-to-end ms at a level = BAViT ms + the mean over images of the pruned-YOLOS ms interpolated (piecewise linear)
-at each image's own kept count (:func:`.tradeoff_latency.mean_pruned_ms`); the cost is not linear in tokens
+at each image's own kept count (:func:`mean_pruned_ms`); the cost is not linear in tokens
 (attention is quadratic), so the mean kept count would not give the mean cost. Not included, for every checkpoint
 alike: the 512x512 YOLOS preprocessing (the dense detector needs it too) and the keep-mask rule (well under a
 millisecond). Latency does not depend on the weights, so without detector weights the YOLOS-tiny architecture at
 random init is timed, and the report says which weights ran.
 
-This module holds the quality rows (:func:`pruning_quality`) and the run that joins them to the latency
-(:func:`run_tradeoff`); the table and plot are in :mod:`.tradeoff_report`, the measured figures in
-``docs/results.md``.
+Below: the quality rows (:func:`pruning_quality`), the latency (:func:`time_pipeline`), the run that joins them
+(:func:`run_tradeoff`), and its markdown table (:func:`format_table`) and plot (:func:`plot`); the measured figures
+are in ``docs/results.md``.
 """
 from __future__ import annotations
 
 import json
 import os
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Callable, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
+from PIL import Image
 
 from ..core.checkpoint import read_checkpoint
 from ..data.records import Record
 from ..deploy.runtime import DEFAULT_BACKEND, check_backend
-from ..engine.budget import budget_metrics, image_objects
+from ..engine.budget import budget_metrics, image_objects, top_k_mask
 from ..engine.evaluate import predict_probs
 from ..errors import ConfigError, DataError
 from ..predictor import Predictor
 from ..pruning.calibration import Calibration
 from ..pruning.detector import DEFAULT_DETECTOR
 from ..pruning.settings import sparsity_value
-from .timing import detector_weights, machine_info
-from .tradeoff_latency import count_grid, mean_pruned_ms, time_pipeline
+from .figures import new_axes, save_png
+from .timing import detector_weights, interleaved_medians, machine_info
 
 DEFAULT_LEVELS = (0.10, 0.20, 0.29, 0.35, 0.40, 0.46, 0.55)
 BAVIT_METHODS = ("bavit_calibrated", "bavit_topk", "bavit_calibrated_cca")  # bavit.engine.budget's BAViT methods
 DEFAULT_METHODS = BAVIT_METHODS[:2]
+COUNT_STEPS = 8  # the pruned YOLOS is timed at cells * j / COUNT_STEPS kept patches, j = 1..COUNT_STEPS
 
 
 def pruning_quality(fg_prob: np.ndarray, records: Sequence[Record], levels: Sequence[float],
@@ -72,6 +74,63 @@ def pruning_quality(fg_prob: np.ndarray, records: Sequence[Record], levels: Sequ
             rows.append({"level": float(level), "method": method, **metrics[method].summary(),
                          "kept_per_image": metrics[method].kept_patches})
     return rows
+
+
+def count_grid(cells: int, observed: Sequence[int] = (), counts: Optional[Sequence[int]] = None) -> list[int]:
+    """Ascending kept counts at which to time the pruned detector.
+
+    Args:
+        cells: detector patches (1024 on the 32x32 grid).
+        observed: the images' kept counts; the smallest and largest are added, so interpolating never extrapolates.
+        counts: the grid to start from (default ``cells * j / 8``: 128, 256, ..., 1024 on 32x32).
+    Raises:
+        ConfigError: a count outside ``1..cells``.
+    """
+    grid = set(counts if counts is not None else (round(cells * j / COUNT_STEPS) for j in range(1, COUNT_STEPS + 1)))
+    if any(not 1 <= count <= cells for count in grid):
+        raise ConfigError(f"kept counts to time must lie in 1..{cells}, got {sorted(grid)}")
+    if len(observed):  # at least one patch: an image that keeps none is costed as one that keeps one
+        grid |= {max(1, int(min(observed))), max(1, int(max(observed)))}
+    return sorted(grid)
+
+
+def mean_pruned_ms(kept_per_image: Sequence[int], counts: Sequence[int], pruned_ms: Sequence[float]) -> float:
+    """Mean over images of the pruned detector's ms, interpolated piecewise linearly over the measured ``(counts,
+    pruned_ms)`` at each image's own kept count (clamped to the end points outside them).
+
+    Args:
+        kept_per_image: detector patches each image keeps.
+        counts: ascending kept counts the detector was timed at; pruned_ms: its median ms at each.
+    """
+    return float(np.mean(np.interp(np.asarray(kept_per_image, dtype=np.float64), counts, pruned_ms)))
+
+
+def time_pipeline(timer: Predictor, bavits: Mapping[str, Predictor], image: Image.Image, counts: Sequence[int],
+                  repeats: int, warmup: int) -> dict:
+    """Median ms of the dense detector, each BAViT and the pruned detector at each kept count, all run in turn
+    (:func:`~bavit.bench.timing.interleaved_medians`), batch 1, on one image.
+
+    Args:
+        timer: the predictor whose detector runs (``detector_runner``: dense, or pruned on a keep mask of ``count``
+            patches, ``[1, 3, 512, 512]`` pixels prepared once, as the bench does).
+        bavits: label -> predictor whose ``run_bavit`` (the square resize and the forward) is timed.
+    Returns:
+        ``{"dense_ms": float, "counts": [...], "pruned_ms": [ms per count], "bavit_ms": {label: ms}}``.
+    """
+    grid = timer.yolos_grid
+    pixels = timer.yolos_pixels(image)
+    rng = np.random.default_rng(0)  # which patches are kept does not change the cost, only how many
+    masks = {count: torch.from_numpy(top_k_mask(rng.random((grid, grid)), count))[None] for count in counts}
+    detector_run = timer.detector_runner
+    runs: dict[str, Callable[[], object]] = {"dense": lambda: detector_run(pixels)}
+    for label, predictor in bavits.items():
+        runs[f"bavit {label}"] = lambda predictor=predictor: predictor.run_bavit(image)
+    for count, mask in masks.items():
+        runs[f"pruned {count}"] = lambda mask=mask: detector_run(pixels, mask)
+    medians = interleaved_medians(runs, repeats, warmup)
+    return {"dense_ms": medians["dense"], "counts": list(counts),
+            "pruned_ms": [medians[f"pruned {count}"] for count in counts],
+            "bavit_ms": {label: medians[f"bavit {label}"] for label in bavits}}
 
 
 def _load(path: str | os.PathLike, methods: Sequence[str], backend: str, detector: Optional[str]):
@@ -106,7 +165,7 @@ def run_tradeoff(
         records: the images to score (with instance masks); the first is the one timed.
         levels: target sparsities (fractions); methods: of :data:`BAVIT_METHODS`.
         backend: runs BAViT (probabilities and latency) and the detector; detector: YOLOS id or directory.
-        counts: kept counts to time the pruned detector at (default :func:`.tradeoff_latency.count_grid`'s).
+        counts: kept counts to time the pruned detector at (default :func:`count_grid`'s).
         repeats / warmup: timed / untimed rounds of :func:`~bavit.bench.timing.interleaved_medians`.
     Returns:
         ``{"rows": [{checkpoint, level, method, pixel_recall, keep_rate, sparsity_mean, kept_per_image, bavit_ms,
@@ -184,3 +243,55 @@ def run_tradeoff(
                       "kept count, mean over images; YOLOS 512x512 preprocessing and the keep-mask rule not included",
         "machine": machine_info(load_before),
     }
+
+
+def format_table(report: dict) -> str:
+    """Markdown: the detector's ms per kept count, then one row per checkpoint, level and method."""
+
+    def cell(value, spec: str = ".3f") -> str:
+        return "-" if value is None else format(value, spec)
+
+    latency = report["latency"]
+    lines = [(f"{report['images']} images {report['dataset']}; backend {report['backend']}, {report['threads']} "
+              f"threads; medians of {report['repeats']} interleaved rounds; detector: {report['weights']['detector']}"),
+             "", f"dense YOLOS: {latency['dense_ms']:.1f} ms", "",
+             "| kept patches | " + " | ".join(str(count) for count in latency["counts"]) + " |",
+             "|---|" + "---|" * len(latency["counts"]),
+             "| pruned YOLOS ms | " + " | ".join(f"{ms:.1f}" for ms in latency["pruned_ms"]) + " |", "",
+             ("| checkpoint | target sparsity | method | mean sparsity | object pixel recall | instance keep rate "
+              "| BAViT ms | end-to-end ms | speed-up vs dense |"), "|---|---|---|---|---|---|---|---|---|"]
+    for row in report["rows"]:
+        lines.append(f"| {row['checkpoint']} | {row['level']:.0%} | {row['method']} "
+                     f"| {cell(row['sparsity_mean'], '.1%')} | {cell(row['pixel_recall'])} | {cell(row['keep_rate'])} "
+                     f"| {row['bavit_ms']:.1f} | {row['end_to_end_ms']:.1f} | {row['speedup']:.2f}x |")
+    lines += ["", f"end-to-end: {report['end_to_end']}"]
+    return "\n".join(lines)
+
+
+def plot(report: dict, path: str | os.PathLike) -> Path:
+    """Object pixel recall against mean end-to-end ms, one line per checkpoint and method, and dense YOLOS at
+    recall 1 (matplotlib's Agg canvas, PNG; no global backend)."""
+    fig, ax = new_axes((6.4, 4.4))
+    styles = {"bavit_calibrated": ("-", "o"), "bavit_topk": ("--", "s"), "bavit_calibrated_cca": (":", "^")}
+    for index, entry in enumerate(report["checkpoints"]):
+        for method in report["methods"]:
+            points = sorted((row["end_to_end_ms"], row["pixel_recall"], row["level"]) for row in report["rows"]
+                            if row["checkpoint"] == entry["label"] and row["method"] == method
+                            and row["pixel_recall"] is not None)
+            if not points:
+                continue
+            style, marker = styles[method]
+            ax.plot([ms for ms, _, _ in points], [recall for _, recall, _ in points], color=f"C{index}",
+                    linestyle=style, marker=marker, markersize=3, label=f"{entry['label']}, {method}")
+            if method == report["methods"][0]:
+                for ms, recall, level in points:
+                    ax.annotate(f"{level:.0%}", (ms, recall), fontsize=5, xytext=(2, 2), textcoords="offset points")
+    ax.plot([report["latency"]["dense_ms"]], [1.0], "k*", markersize=9, label="dense YOLOS")
+    ax.set_xlabel("mean end-to-end latency (ms): BAViT + pruned YOLOS")
+    ax.set_ylabel("object pixel recall")
+    ax.set_title(f"{report['images']} images {report['dataset']}; {report['backend']}, {report['threads']} threads, "
+                 "batch 1 (labels: target sparsity)", fontsize=8)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=6, loc="lower right")
+    save_png(fig, path, f"detector: {report['weights']['detector']}")
+    return Path(path)

@@ -3,22 +3,23 @@
 Each command is one module of this package (:data:`COMMAND_MODULES`) holding its ``register(subparsers)`` (the
 argparse) and ``run(args)`` (maps the arguments to library calls and prints the result); the library (``bavit.engine``,
 ``bavit.bench``, ``bavit.deploy`` ...) never imports from here. :mod:`.common` holds what several commands share.
+:func:`run_command` is the one way a parsed command runs (settings, output checks, errors); a command of its own (the
+app benchmarks in the repository's ``benchmarks/``) runs through it with :func:`run_script`.
 """
 from __future__ import annotations
 
 import argparse
 import sys
+from typing import Callable
 
 from ..deploy.export import check_out_dir
 from ..errors import BAViTError
 from ..files import check_output_dir, check_output_file
 from ..imageio import allow_large_images
-from . import (app_bench, bench, calibrate, coco_map, evaluate, export, finetune, frontier, tradeoff, train,
-               upload_memory)
+from . import bench, calibrate, coco_map, evaluate, export, finetune, frontier, tradeoff, train
 
 # Each module exposes ``register(subparsers)`` that adds its sub-command and sets ``func(args) -> int``; in this order.
-COMMAND_MODULES = (train, evaluate, calibrate, bench, tradeoff, frontier, coco_map, finetune, app_bench, upload_memory,
-                   export)
+COMMAND_MODULES = (train, evaluate, calibrate, bench, tradeoff, frontier, coco_map, finetune, export)
 
 # What each command writes, checked before it starts (bavit.files.check_output_*: the write's first step is tried),
 # so that a path that cannot be written fails at once in one line, not in a traceback after minutes of work.
@@ -43,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def check_outputs(args: argparse.Namespace) -> None:
     """Raise a one-line :class:`BAViTError` if any path the command in ``args`` writes cannot be written."""
-    for dest, kind in {**REPORTS, **OUTPUTS.get(args.command, {})}.items():
+    for dest, kind in {**REPORTS, **OUTPUTS.get(getattr(args, "command", None), {})}.items():
         path = getattr(args, dest, None)
         if path is None:
             continue
@@ -57,8 +58,26 @@ def check_outputs(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    return run_command(build_parser(), argv)
+
+
+def run_script(prog: str, description: str, add_arguments: Callable[[argparse.ArgumentParser], None],
+               run: Callable[[argparse.Namespace], int], argv: list[str] | None = None) -> int:
+    """A command of its own, ``python -m PROG`` (a benchmark of ``benchmarks/``): its parser, with ``description`` as
+    written (a module docstring) and the options ``add_arguments`` adds, run by :func:`run_command` with ``run`` as
+    its work."""
+    parser = argparse.ArgumentParser(prog=f"python -m {prog}", description=description,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(parser)
+    parser.set_defaults(func=run)
+    return run_command(parser, argv)
+
+
+def run_command(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> int:
+    """Parse ``argv`` with ``parser`` and run the ``func(args) -> int`` it sets: the process-wide settings first (large
+    images allowed, ``--threads``), then the output checks (:func:`check_outputs`), then the work; a user error is one
+    line on stderr and exit code 2."""
     allow_large_images()
-    parser = build_parser()
     args = parser.parse_args(argv)
     threads = getattr(args, "threads", None)
     if threads is not None:  # every command's --threads: a process-wide setting, made here only

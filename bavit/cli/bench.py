@@ -5,8 +5,7 @@ import argparse
 from pathlib import Path
 
 from ..bench import latency
-from ..bench.latency import DEFAULT_SPARSITIES
-from ..bench.latency_report import format_table, plot
+from ..bench.latency import DEFAULT_SPARSITIES, format_table, plot
 from ..bench.timing import DEFAULT_IMAGES
 from ..deploy.runtime import BACKENDS, DEFAULT_BACKEND
 from ..errors import ConfigError

@@ -7,8 +7,7 @@ import json
 from pathlib import Path
 
 from ..core.checkpoint import read_checkpoint
-from ..engine.budget import DEFAULT_LEVELS
-from ..engine.budget_report import format_budget, plot_budget
+from ..engine.budget import DEFAULT_LEVELS, format_budget, plot_budget
 from ..engine.evaluate import evaluate_checkpoint, format_sweep, format_table
 from ..files import write_text
 from .common import add_dataset_arguments, add_setting_arguments, records_from_args

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..bench.frontier import DEFAULT_SPARSITY, GRAPHS, frontier_points, run_frontier
-from ..bench.frontier_report import format_table, plot
+from ..bench.frontier import DEFAULT_SPARSITY, GRAPHS, format_table, frontier_points, plot, run_frontier
 from ..errors import ConfigError
 from .common import add_dataset_arguments, note_omp_wait_policy, print_and_write, records_from_args, subset_description
 

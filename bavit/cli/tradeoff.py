@@ -6,8 +6,7 @@ import argparse
 from pathlib import Path
 
 from ..bench import tradeoff
-from ..bench.tradeoff import BAVIT_METHODS, DEFAULT_LEVELS, DEFAULT_METHODS
-from ..bench.tradeoff_report import format_table, plot
+from ..bench.tradeoff import BAVIT_METHODS, DEFAULT_LEVELS, DEFAULT_METHODS, format_table, plot
 from ..deploy.runtime import BACKENDS, DEFAULT_BACKEND
 from ..errors import ConfigError
 from ..pruning.detector import DEFAULT_DETECTOR

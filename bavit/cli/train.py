@@ -6,8 +6,7 @@ from pathlib import Path
 
 from ..core.config import PRESETS, STEMS
 from ..data.ade20k import CLASS_SETS, OTHER, ade20k_records
-from ..engine.train import TrainConfig, train_and_copy
-from ..engine.train_parts import model_config_for
+from ..engine.train import TrainConfig, model_config_for, train_and_copy
 from .common import add_dataset_arguments, records_from_args, subset_description
 
 

@@ -1,7 +1,8 @@
 """ONNX export of the pipeline's two models; the command line is ``python -m bavit export``
 (:mod:`bavit.cli.export`).
 
-Three graphs (:mod:`bavit.deploy.graphs`), each exported with ``torch.onnx.export`` (the dynamo exporter, torch's
+Three graphs, each an export-ready ``nn.Module`` view of a model (:class:`BAViTGraph`, :class:`PrunedYolosGraph`,
+:class:`DenseYolosGraph`; no weights copied), exported with ``torch.onnx.export`` (the dynamo exporter, torch's
 default) and checked with ``onnx.checker``:
 
 - ``bavit.onnx``: ``pixels float32 [B, 3, 384, 384]`` -> ``fg_prob float32 [B, 24, 24]`` (B dynamic), and
@@ -29,12 +30,13 @@ from typing import Optional, Sequence
 
 import numpy as np
 import torch
+from torch import nn
 
 from ..core.model import BAViT
 from ..errors import CheckpointError
 from ..files import atomic_dir, check_output_dir
 from ..pruning.detector import YOLOS_SIZE, yolos_grid
-from .graphs import BAViTGraph, DenseYolosGraph, PrunedYolosGraph
+from ..pruning.yolos import patch_yolos
 
 OPSET = 18
 FILES = {"bavit": "bavit.onnx", "bavit_int8": "bavit_int8.onnx", "yolos_pruned": "yolos_pruned.onnx",
@@ -47,6 +49,48 @@ WRITTEN = (*FILES.values(), MANIFEST, README)  # everything an export puts in it
 _CACHE: OrderedDict[tuple, bytes] = OrderedDict()  # (graph, weights digest, args) -> exported bytes, this process
 _CACHE_SIZE = 8
 _CACHE_LOCK = threading.Lock()
+
+
+class BAViTGraph(nn.Module):
+    """``pixels [B, 3, S, S] -> fg_prob [B, G, G]`` (``BAViT.fg_prob``)."""
+
+    def __init__(self, model: BAViT):
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.model.fg_prob(pixels)
+
+
+class DenseYolosGraph(nn.Module):
+    """``pixels -> (logits, pred_boxes)`` of an unmodified ``YolosForObjectDetection``."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixels: torch.Tensor):
+        out = self.model(pixel_values=pixels, keep_mask=None) if hasattr(self.model, "pruned_batch_mode") \
+            else self.model(pixel_values=pixels)
+        return out.logits, out.pred_boxes
+
+
+class PrunedYolosGraph(nn.Module):
+    """``(pixels [1, 3, H, W], keep_index int64 [K]) -> (logits, pred_boxes)``: YOLOS on the kept patches only, by
+    the patch's own :meth:`~bavit.pruning.yolos.PrunedYolosMixin.forward_kept` (no second implementation): tokens
+    are gathered *before* the encoder, so every layer runs on ``1 + K + 100`` tokens; at batch 1 no key mask is
+    needed.
+
+    Args:
+        model: a ``YolosForObjectDetection`` (patched here with :func:`bavit.pruning.yolos.patch_yolos` if it is not).
+    """
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = patch_yolos(model)
+
+    def forward(self, pixels: torch.Tensor, keep_index: torch.Tensor):
+        return self.model.forward_kept(pixels, keep_index)
 
 
 def weights_digest(module: torch.nn.Module) -> str:

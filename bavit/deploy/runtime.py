@@ -15,7 +15,7 @@ without knowing which:
 Pre- and post-processing stay with the callers (``imageio.to_tensor``, ``detector.yolos_pixels``, the keep-mask rule,
 the processor): one copy for both backends. onnxruntime runs the pruned graph per image (its kept count is part of
 the graph's input shape); a batch whose images keep different counts runs image by image (measured against padding
-in the torch backend: ``python -m bavit.bench.batch_modes``). Thread counts are read from torch's setting when a
+in the torch backend: ``python -m benchmarks.batch_modes``). Thread counts are read from torch's setting when a
 runner is built (entry points set it: ``--threads``), never set here.
 """
 from __future__ import annotations
@@ -154,7 +154,7 @@ class OrtDetector:
                     if self.int8 else [self.dense.run(None, {"pixel_values": pixels})])
             return DetectorOutput(torch.from_numpy(np.concatenate([run[0] for run in runs])),
                                   torch.from_numpy(np.concatenate([run[1] for run in runs])))
-        from ..pruning.tokens import check_keep_mask
+        from ..pruning.yolos import check_keep_mask
 
         keep = check_keep_mask(keep_mask, pixels.shape[0], (self.grid, self.grid), torch.device("cpu"))
         logits, boxes = [], []

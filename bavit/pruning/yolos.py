@@ -3,7 +3,7 @@
 ``patch_yolos(model)`` swaps the model's class for a subclass whose ``forward`` also takes a ``keep_mask``
 (``bool [B, H/16, W/16]``, True = FG patch to compute). Nothing is copied: the embeddings, encoder layers, final
 layer norm, heads and loss are transformers' own modules, called on a shorter sequence. As in ToMe, the patch also
-swaps the class of every self-attention module (:mod:`bavit.pruning.attention`): they read a padded batch's key
+swaps the class of every self-attention module (:class:`PrunedSelfAttentionMixin`): they read a padded batch's key
 mask from a per-thread state the patch owns (``model._bavit_info``), so two threads (the Predictor's) can run
 pruned forwards on one model at the same time; with no mask set, they are transformers' unmodified forward.
 
@@ -21,22 +21,157 @@ Batches whose images keep different numbers of patches run in one of two ways (`
 * ``"per_image"``: one run per image, no padding and no mask.
 
 ``"per_image"`` is the default (fewer FLOPs, faster on this project's CPU: docs/results.md,
-``python -m bavit.bench.batch_modes``). Batches whose images all keep the same count always run batched without
+``python -m benchmarks.batch_modes``). Batches whose images all keep the same count always run batched without
 padding, through the model's own attention implementation.
 """
 from __future__ import annotations
 
+import threading
+from dataclasses import dataclass
 from typing import Optional
 
+import numpy as np
 import torch
 from transformers import YolosForObjectDetection
+from transformers.models.yolos.modeling_yolos import YolosObjectDetectionOutput, YolosSelfAttention
 
 from ..errors import ConfigError
-from .attention import PruningState, patch_attention
-from .tokens import PrunedYolosOutput, check_keep_mask, gather_tokens, sequence_index
 
 BATCH_MODES = ("per_image", "padded")
 DEFAULT_BATCH_MODE = "per_image"
+
+
+@dataclass
+class PrunedYolosOutput(YolosObjectDetectionOutput):
+    """YOLOS output plus ``kept_patches`` (``LongTensor [B]``, patch tokens each image kept).
+
+    ``last_hidden_state`` (after the final layer norm) is ``[B, 1 + N + 100, D]`` with zeros at pruned patch
+    positions when ``output_full_hidden_state=True`` (paper §3.5), else the compact ``[B, 1 + K_max + 100, D]``
+    sequence ``[CLS, kept patches, zero pads, detection tokens]``.
+    """
+
+    kept_patches: Optional[torch.LongTensor] = None
+
+
+def check_keep_mask(keep_mask, batch_size: int, grid: tuple[int, int], device: torch.device) -> torch.Tensor:
+    """Validate a keep mask and flatten it to ``bool [B, gh * gw]`` (row-major, like YOLOS' patch order).
+
+    Raises:
+        ValueError: wrong shape (the message gives the expected and the given shape) or a float mask.
+    """
+    mask = torch.as_tensor(np.asarray(keep_mask) if not isinstance(keep_mask, torch.Tensor) else keep_mask)
+    expected = (batch_size, grid[0], grid[1])
+    if tuple(mask.shape) != expected:
+        raise ValueError(
+            f"keep_mask must have shape [B, H/patch, W/patch] = {list(expected)} for this input, "
+            f"got {list(mask.shape)}"
+        )
+    if mask.is_floating_point() or mask.is_complex():
+        raise ValueError(f"keep_mask must be boolean (True = keep the patch), got dtype {mask.dtype}")
+    return mask.to(device=device).bool().reshape(batch_size, -1)
+
+
+def sequence_index(keep: torch.Tensor, num_patches: int, num_det: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Positions in the dense ``[CLS, N patches, det]`` sequence that the pruned sequence takes.
+
+    Args:
+        keep: ``bool [B, N]`` flattened keep mask.
+        num_patches: ``N``.
+        num_det: detection tokens (100).
+    Returns:
+        ``index`` ``long [B, 1 + K_max + num_det]`` (pads point at CLS) and ``valid`` ``bool`` of the same shape
+        (False at pads). Layout per row: CLS, kept patches in row-major order, pads, detection tokens.
+    """
+    batch, _ = keep.shape
+    counts = keep.sum(1)
+    k_max = int(counts.max()) if batch else 0
+    # Stable sort puts kept patches first, in their original (row-major) order.
+    order = torch.sort((~keep).to(torch.uint8), dim=1, stable=True).indices[:, :k_max]
+    slot_valid = torch.arange(k_max, device=keep.device)[None] < counts[:, None]
+    patch_index = torch.where(slot_valid, order + 1, torch.zeros_like(order))
+    cls_index = torch.zeros(batch, 1, dtype=torch.long, device=keep.device)
+    det_index = (1 + num_patches + torch.arange(num_det, device=keep.device)).expand(batch, -1)
+    index = torch.cat([cls_index, patch_index, det_index], dim=1)
+    ones = torch.ones(batch, 1, dtype=torch.bool, device=keep.device)
+    valid = torch.cat([ones, slot_valid, ones.expand(batch, num_det)], dim=1)
+    return index, valid
+
+
+def gather_tokens(tokens: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``tokens [B or 1, S, D]`` gathered at ``index [B, S']`` -> ``[B, S', D]``."""
+    tokens = tokens.expand(index.shape[0], -1, -1)
+    return torch.gather(tokens, 1, index[..., None].expand(-1, -1, tokens.shape[-1]))
+
+
+_PATCHED_ATTENTION_CLASSES: dict[type, type] = {}
+
+
+class PruningState(threading.local):
+    """The patch's state, shared by a patched model and all its self-attention modules (``_bavit_info``).
+
+    ``key_mask`` (``bool [b, 1, 1, S]``, True = attend, or None) is per thread: :meth:`PrunedYolosMixin._encode`
+    sets it around the encoder layers in the calling thread, so concurrent forwards on one model never see each
+    other's masks. Copies (``copy.deepcopy``, pickle) get a fresh state with no mask set. The flip side: layers
+    run outside the forward's own call in its own thread (``torch.nn.DataParallel`` replicas, gradient-checkpointing
+    recomputation during backward) would not see the mask; the patch supports neither.
+    """
+
+    key_mask: Optional[torch.Tensor] = None
+
+    def __reduce__(self):
+        return (type(self), ())
+
+
+class PrunedSelfAttentionMixin:
+    """Mixed in front of ``YolosSelfAttention`` (or a subclass) by :func:`patch_yolos`."""
+
+    _bavit_info: PruningState
+
+    def forward(self, hidden_states: torch.Tensor, *args, **kwargs):
+        """Copied from transformers.models.yolos.modeling_yolos.YolosSelfAttention.forward, with modifications:
+        when the patch's state holds a key mask (``bool [b, 1, 1, S]``, True = attend), attention runs through
+        ``torch.nn.functional.scaled_dot_product_attention`` with that mask, so pads are hidden from every query;
+        without one, this is transformers' own forward.
+
+        Returns:
+            ``(context [b, S, all_head_size], None)`` with a key mask (no attention probabilities), else whatever
+            transformers' forward returns.
+        """
+        key_mask = self._bavit_info.key_mask
+        if key_mask is None:
+            return super().forward(hidden_states, *args, **kwargs)
+        if any(arg is not None for arg in args) or any(value is not None for value in kwargs.values()):
+            raise ValueError("pruned YOLOS attention with a padding key mask takes no head mask or other arguments")
+        batch_size = hidden_states.shape[0]
+        new_shape = batch_size, -1, self.num_attention_heads, self.attention_head_size
+
+        key_layer = self.key(hidden_states).view(*new_shape).transpose(1, 2)
+        value_layer = self.value(hidden_states).view(*new_shape).transpose(1, 2)
+        query_layer = self.query(hidden_states).view(*new_shape).transpose(1, 2)
+
+        context_layer = torch.nn.functional.scaled_dot_product_attention(
+            query_layer,
+            key_layer,
+            value_layer,
+            attn_mask=key_mask,
+            dropout_p=self.dropout_prob if self.training else 0.0,
+            scale=self.scaling,
+        )
+        context_layer = context_layer.transpose(1, 2).reshape(batch_size, -1, self.all_head_size)
+        return context_layer, None
+
+
+def patch_attention(model: torch.nn.Module, state: PruningState) -> None:
+    """Swap every self-attention module's class for its pruned subclass, all sharing ``state``."""
+    for module in model.modules():
+        if not isinstance(module, YolosSelfAttention):
+            continue
+        if not isinstance(module, PrunedSelfAttentionMixin):
+            base = module.__class__
+            if base not in _PATCHED_ATTENTION_CLASSES:
+                _PATCHED_ATTENTION_CLASSES[base] = type(f"Pruned{base.__name__}", (PrunedSelfAttentionMixin, base), {})
+            module.__class__ = _PATCHED_ATTENTION_CLASSES[base]
+        module._bavit_info = state
 
 
 class PrunedYolosMixin:
@@ -230,4 +365,5 @@ def patch_yolos(model: YolosForObjectDetection, batch_mode: str = DEFAULT_BATCH_
     return model
 
 
-__all__ = ["patch_yolos", "PrunedYolosMixin", "BATCH_MODES"]
+__all__ = ["patch_yolos", "PrunedYolosMixin", "BATCH_MODES", "PrunedYolosOutput", "check_keep_mask", "sequence_index",
+           "gather_tokens", "PruningState", "PrunedSelfAttentionMixin", "patch_attention"]

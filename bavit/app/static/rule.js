@@ -1,7 +1,7 @@
 /*
  * The keep-mask rule in the page: ports of the Python originals, checked against them bit for bit and string for
  * string by tests/test_app_browser.py (so grid-only slider moves are answered without a server round trip):
- *   - bavit/pruning/keep_mask.py (select_patches: prob >= threshold, compared in float32 as torch does, or top-k
+ *   - bavit/pruning/keep_mask.py (keep_mask_from_probs: prob >= threshold, compared in float32 as torch does, or top-k
  *     with ties in row-major order; closest_index; top_k_for_kept) and bavit/core/cca.py (cca: a BG cell with
  *     >= 3 FG neighbours becomes FG, `steps` times; resample_grid "nearest": nearest-exact);
  *   - Calibration.threshold (bavit/pruning/calibration.py: numpy.interp over the calibrated levels);
@@ -31,7 +31,7 @@ function pyFixed(x, digits) {
 }
 
 // ------------------------------------------------------------------ the keep-mask rule
-/** select_patches with a threshold: prob >= threshold, the threshold cast to float32 as torch does. */
+/** The rule's selection by a threshold: prob >= threshold, the threshold cast to float32 as torch does. */
 function selectThreshold(probs, threshold) {
   const t = Math.fround(threshold);
   const grid = new Uint8Array(probs.length);
@@ -46,7 +46,7 @@ function rankCells(probs) {
   return order;
 }
 
-/** select_patches with a keep ratio: the top max(1, round(ratio * cells)) cells. */
+/** The rule's selection by a keep ratio (top_k): the top max(1, round(ratio * cells)) cells. */
 function selectTopK(order, keepRatio) {
   const count = Math.max(1, pyRound(keepRatio * order.length));
   const grid = new Uint8Array(order.length);

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from . import ROOT
+from bavit.bench import ROOT
 
 
 def _free_port() -> int:

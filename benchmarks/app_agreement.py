@@ -14,7 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from ..deploy.runtime import DEFAULT_BACKEND
+from bavit.deploy.runtime import DEFAULT_BACKEND
 
 AGREEMENT = 0.10  # the app's shown speed-up and the bench's agree when their ratio is within 1 +- this
 SHOWN_KEEP_RATIO = 0.5  # the shown speed-up is read with BAViT's top half kept (top-k, CCA 3): a mid-range count
@@ -52,8 +52,8 @@ def bench_speedup(image: str | os.PathLike, kept: int, threads: int, repeats: in
     """``python -m bavit bench``'s batch-1 row at ``kept`` patches for ``image`` (in-process, same threads and
     backend as the app; ``repeats`` timed runs): :func:`bavit.bench.latency.run_bench` on a folder holding only
     that image."""
-    from ..pruning.detector import DEFAULT_DETECTOR
-    from .latency import run_bench
+    from bavit.bench.latency import run_bench
+    from bavit.pruning.detector import DEFAULT_DETECTOR
 
     with tempfile.TemporaryDirectory(prefix="bavit-app-bench-") as folder:
         shutil.copyfile(image, Path(folder) / Path(image).name)

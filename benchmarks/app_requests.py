@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..app.session import MODE_THRESHOLD
+from bavit.app.session import MODE_THRESHOLD
 
 ANALYZE = (0.5, 3, 0, 0)  # analyze's threshold, cca_steps, keep_ratio, sparsity
 CONTROLS = [MODE_THRESHOLD, 0.5, 35, 3, False, False]  # mode, threshold, target %, CCA, detect, show dense

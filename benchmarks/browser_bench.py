@@ -1,7 +1,7 @@
-"""Slider latency in a real browser; the command line is ``python -m bavit app-bench --browser``
-(:mod:`bavit.cli.app_bench`).
+"""Slider latency in a real browser: ``python -m benchmarks.browser_bench [--changes N] [--chromium PATH] ...``
+(:func:`main`; the options of :mod:`.app_bench` but ``--bench-repeats``, and ``--chromium``).
 
-Starts ``python app.py`` on a free port (:func:`bavit.bench.app_process.running_app`), waits for its background latency
+Starts ``python app.py`` on a free port (:func:`.app_process.running_app`), waits for its background latency
 warm-up to finish, opens it in Debian's chromium through Playwright, uploads ``--image`` and times ``--changes``
 slider changes in the page's default sparsity mode (the calibrated mean sparsity with the shipped checkpoint: the
 target slider), first grid-only (detector unticked), then with the pruned detector. One change: type a value in the
@@ -11,19 +11,25 @@ slider's number box and press Enter, then wait until the sparsity text shows it.
 (``bavit/app/static/grid.js``); with the detector each is a server round trip (queue, CCA, pruned YOLOS, texts). The
 first two changes of each mode warm up and are not timed.
 
-The same app's ``gradio_client`` round trips (:func:`bavit.bench.app_bench.time_changes`: the ``set_threshold`` API,
+The same app's ``gradio_client`` round trips (:func:`.app_bench.time_changes`: the ``set_threshold`` API,
 threshold mode, all view images) are measured afterwards as a second line.
 
 Targets (issue 9, reported, not asserted): grid-only <= 50 ms, with the pruned detector <= 200 ms (medians).
 """
 from __future__ import annotations
 
+import argparse
+import json
 import os
+import sys
 import time
 from pathlib import Path
 
-from ..app.session import MODE_THRESHOLD, MODE_TOPK
-from .app_bench import summary, time_changes
+from bavit.app.session import MODE_THRESHOLD, MODE_TOPK
+from bavit.cli import run_script
+from bavit.files import write_text
+
+from .app_bench import add_app_arguments, summary, time_changes
 from .app_process import running_app
 
 CHROMIUM = "/usr/bin/chromium"  # Debian's chromium (apt-get install chromium), as tests/test_app_browser.py
@@ -158,7 +164,7 @@ def wait_for_warm_up(client, image: Path, timeout: float = WARM_UP_TIMEOUT_S) ->
 
 
 def client_timings(client, image: Path, changes: int) -> dict:
-    """The same app through ``gradio_client`` (``set_threshold``, threshold mode), as ``app-bench`` measures it."""
+    """The same app through ``gradio_client`` (``set_threshold``, threshold mode), as :mod:`.app_bench` measures it."""
     from gradio_client import handle_file
 
     client.predict(handle_file(str(image)), MODE_THRESHOLD, 0.5, 35, 3, True, False, api_name="/load_image")
@@ -188,3 +194,61 @@ def run_browser(image: str | os.PathLike, changes: int, threads: int, bavit: str
     results["targets_ms"] = dict(TARGETS_MS)
     results["load_average"] = os.getloadavg()
     return results
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """This bench's options: :func:`.app_bench.add_app_arguments` and ``--chromium``."""
+    add_app_arguments(parser)
+    parser.add_argument("--chromium", default=CHROMIUM, help=f"chromium executable for Playwright (default {CHROMIUM})")
+
+
+def browser_results(args: argparse.Namespace) -> dict:
+    """:func:`run_browser` with the options :func:`add_arguments` parsed."""
+    return run_browser(args.image, args.changes, args.threads, bavit=args.bavit, detector=args.detector,
+                       backend=getattr(args, "backend", None), chromium=getattr(args, "chromium", CHROMIUM))
+
+
+def _row(label: str, row: dict, target: float | None = None) -> str:
+    line = (f"  {label:30s} median {row['median_ms']:7.1f} ms   p90 {row['p90_ms']:7.1f} ms   "
+            f"min {row['min_ms']:7.1f} ms")
+    if target is not None:
+        line += f"   target <= {target:.0f} ms: {'met' if row['median_ms'] <= target else 'MISSED'}"
+    return line
+
+
+def print_browser(results: dict) -> None:
+    """The browser figures with their targets, then the ``gradio_client`` line."""
+    browser, client = results["browser"], results["gradio_client"]
+    print(f"slider in chromium (Playwright), {results['changes']} changes in the default mode ({browser['mode']}), "
+          f"torch threads={results['threads']}, image {Path(results['image']).name}")
+    print(f"detector: {results['latency_note']}; load average {results['load_average'][0]:.1f} on "
+          f"{os.cpu_count()} CPUs")
+    print("type a value in the slider's box and press Enter, until the sparsity text shows it (performance.now in "
+          "the page):")
+    print(_row("grid only (detector off)", browser["grid_only"], TARGETS_MS["grid_only"])
+          + f"   [{browser['grid_only_in_page']} answered in the page]")
+    print(_row("with the pruned detector", browser["with_detector"], TARGETS_MS["with_detector"]))
+    if "with_detector_topk" in browser:
+        print(_row("  same, top-k (held at 30-70%)", browser["with_detector_topk"], TARGETS_MS["with_detector"]))
+    print("gradio_client round trip, same app (set_threshold API, threshold mode, grid and curve images):")
+    print(_row("grid only (detector off)", client["grid_only"]))
+    print(_row("with the pruned detector", client["with_detector"]))
+
+
+def run(args: argparse.Namespace) -> int:
+    """:func:`browser_results`, printed (and written as JSON with ``--json``)."""
+    results = browser_results(args)
+    print_browser(results)
+    if args.json:
+        write_text(args.json, json.dumps(results, indent=2))
+        print(f"wrote {args.json}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m benchmarks.browser_bench``; its help is this module's docstring."""
+    return run_script("benchmarks.browser_bench", __doc__, add_arguments, run, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,5 +1,5 @@
-"""Slider round-trip benchmark of the app; the command line is ``python -m bavit app-bench``
-(:mod:`bavit.cli.app_bench`).
+"""Slider round-trip benchmark of the app: ``python -m benchmarks.app_bench [--changes N] [--threads N] ...``
+(:func:`main`; the figures are printed, and written as JSON with ``--json``).
 
 Starts ``python app.py`` on a free port (torch on ``--threads`` threads), loads one image through ``gradio_client``
 the way the page does, then times ``--changes`` threshold changes (the ``set_threshold`` event the slider fires),
@@ -14,23 +14,29 @@ the handler's work in-process (``Explorer.render`` on the same image and setting
 Targets from the app issue (reported, not asserted): <= 250 ms with the pruned detector, <= 50 ms grid-only.
 
 The app's shown speed-up is compared with ``python -m bavit bench``'s at the same kept count by
-:mod:`.app_agreement`; the app is started by :mod:`.app_process`. The measured figures are in ``docs/results.md``.
+:mod:`.app_agreement`; the app is started by :mod:`.app_process`. The slider in a real browser is
+:mod:`.browser_bench`. The measured figures are in ``docs/results.md``.
 """
 from __future__ import annotations
 
+import argparse
+import json
 import os
 import statistics
+import sys
 import threading
-import time
 from functools import partial
 from pathlib import Path
-from typing import Callable, Sequence
 
-from ..app.session import MODE_THRESHOLD
-from ..deploy.runtime import DEFAULT_BACKEND
-from ..errors import ConfigError
-from . import EXAMPLES
-from .app_agreement import bench_speedup, compare, shown_speedup
+from bavit.app.session import MODE_THRESHOLD
+from bavit.bench import EXAMPLES
+from bavit.bench.timing import timed_ms
+from bavit.cli import run_script
+from bavit.deploy.runtime import BACKENDS, DEFAULT_BACKEND
+from bavit.errors import ConfigError
+from bavit.files import write_text
+
+from .app_agreement import AGREEMENT, SHOWN_KEEP_RATIO, bench_speedup, compare, shown_speedup
 from .app_process import running_app
 
 DEFAULT_IMAGE = EXAMPLES / "chelsea.jpg"
@@ -43,27 +49,16 @@ def slider_thresholds(changes: int) -> list[float]:
     return [round(0.30 + 0.40 * (i % 9) / 8, 2) for i in range(changes + WARMUP_CHANGES)]
 
 
-def timed_ms(calls: Sequence[Callable[[], object]]) -> list[float]:
-    """ms of each of ``calls``, run in order, but for the first :data:`WARMUP_CHANGES` (untimed)."""
-    timings = []
-    for i, call in enumerate(calls):
-        start = time.perf_counter()
-        call()
-        if i >= WARMUP_CHANGES:
-            timings.append((time.perf_counter() - start) * 1000.0)
-    return timings
-
-
 def time_changes(client, changes: int, detect: bool, cca_steps: int = 3) -> list[float]:
     """Round-trip ms of ``changes`` threshold changes (:func:`slider_thresholds`, after the untimed ones)."""
     return timed_ms([partial(client.predict, MODE_THRESHOLD, threshold, 35, cca_steps, detect, False,
-                             api_name="/set_threshold") for threshold in slider_thresholds(changes)])
+                             api_name="/set_threshold") for threshold in slider_thresholds(changes)], WARMUP_CHANGES)
 
 
 def time_floor(client, changes: int) -> list[float]:
     """Round trips of ``set_threshold`` with no image loaded: the handler returns immediately."""
     floor = partial(client.predict, MODE_THRESHOLD, 0.5, 35, 3, False, False, api_name="/set_threshold")
-    return timed_ms([floor] * (changes + WARMUP_CHANGES))
+    return timed_ms([floor] * (changes + WARMUP_CHANGES), WARMUP_CHANGES)
 
 
 def time_in_process(image: str | os.PathLike, changes: int, threads: int, bavit: str | None = None,
@@ -75,10 +70,10 @@ def time_in_process(image: str | os.PathLike, changes: int, threads: int, bavit:
     """
     import torch
 
-    from ..app.explorer import Controls, Explorer
-    from ..core.registry import DEFAULT_BAVIT_CHECKPOINT
-    from ..predictor import Predictor
-    from ..pruning.detector import DEFAULT_DETECTOR
+    from bavit.app.explorer import Controls, Explorer
+    from bavit.core.registry import DEFAULT_BAVIT_CHECKPOINT
+    from bavit.predictor import Predictor
+    from bavit.pruning.detector import DEFAULT_DETECTOR
 
     torch.set_num_threads(threads)
     predictor = Predictor(bavit=bavit or DEFAULT_BAVIT_CHECKPOINT, detector=detector or DEFAULT_DETECTOR,
@@ -92,7 +87,7 @@ def time_in_process(image: str | os.PathLike, changes: int, threads: int, bavit:
         explorer.measure_dense(session, Controls())
         for key, detect in (("with_detector", True), ("grid_only", False)):
             results[key] = timed_ms([partial(explorer.render, session, Controls(threshold=threshold, detect=detect))
-                                     for threshold in slider_thresholds(changes)])
+                                     for threshold in slider_thresholds(changes)], WARMUP_CHANGES)
 
     worker = threading.Thread(target=work)
     worker.start()
@@ -161,3 +156,81 @@ def run_app_bench(image: str | os.PathLike = DEFAULT_IMAGE, changes: int = 20, t
         results["agreement"] = compare(shown, results["bench"])
     results["load_average"] = os.getloadavg()
     return results
+
+
+def add_app_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of a bench against a fresh ``python app.py`` (this one's and :mod:`.browser_bench`'s)."""
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads in the app (default 2)")
+    parser.add_argument("--changes", type=int, default=20, help="threshold changes timed per mode (default 20)")
+    parser.add_argument("--image", type=Path, default=DEFAULT_IMAGE, help="image to load (default chelsea.jpg)")
+    parser.add_argument("--bavit", default=None, help="BAViT checkpoint (default: the app's)")
+    parser.add_argument("--detector", default=None, help="YOLOS id or dir (default: the app's; random-init latency without weights)")
+    parser.add_argument("--backend", default=None, choices=BACKENDS,
+                        help=f"backend of the app and the bench (default: the Predictor's, {DEFAULT_BACKEND})")
+    parser.add_argument("--json", default=None, help="write the results here")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """This bench's options: :func:`add_app_arguments` and ``--bench-repeats``."""
+    add_app_arguments(parser)
+    parser.add_argument("--bench-repeats", type=int, default=15,
+                        help="bench runs for the shown-vs-bench speed-up comparison (default 15; 0 skips it)")
+
+
+def run(args: argparse.Namespace) -> int:
+    """:func:`run_app_bench` with the options :func:`add_arguments` parsed; its figures printed (and written)."""
+    results = run_app_bench(args.image, args.changes, args.threads, bavit=args.bavit, detector=args.detector,
+                            backend=args.backend, bench_repeats=args.bench_repeats)
+    shown = results.get("shown")
+    print(f"slider round trip through gradio_client, {args.changes} changes, torch threads={args.threads}, image {Path(args.image).name}")
+    print(f"detector: {results['latency_note']}; load average {results['load_average'][0]:.1f} on {os.cpu_count()} CPUs")
+    rows = (("with_detector", "CCA + pruned YOLOS + drawing"), ("grid_only", "grid only (detector off)"),
+            ("transport_floor", "no image loaded (transport floor)"))
+    for key, label in rows:
+        row = results[key]
+        print(f"  {label:34s} median {row['median_ms']:7.1f} ms   p90 {row['p90_ms']:7.1f} ms   min {row['min_ms']:7.1f} ms")
+    print("same work in-process (Explorer.render in a worker thread, no Gradio):")
+    for key, label in rows[:2]:
+        row = results["in_process"][key]
+        print(f"  {label:34s} median {row['median_ms']:7.1f} ms   p90 {row['p90_ms']:7.1f} ms   min {row['min_ms']:7.1f} ms")
+    print("targets (deployable-speed issue, measured in a browser by python -m benchmarks.browser_bench): <= 200 ms "
+          "with the pruned detector, <= 50 ms grid only")
+    if shown is not None:
+        print_agreement(results)
+    if args.json:
+        write_text(args.json, json.dumps(results, indent=2))
+        print(f"wrote {args.json}")
+    return 0
+
+
+def print_agreement(results: dict) -> None:
+    """The app's shown speed-up next to the bench's at the same kept count, their ratio and the verdict."""
+    shown, bench, agreement = results["shown"], results["bench"], results["agreement"]
+    medians = shown["latency_ms"]
+
+    def ms(key: str) -> str:
+        return "n/a" if medians.get(key) is None else f"{medians[key]:.1f}"
+
+    print(f"speed-up at {agreement['app_kept']} kept patches ({shown['sparsity']:.0%} sparsity; top "
+          f"{SHOWN_KEEP_RATIO:.0%} of BAViT's tokens, CCA 3), backend {bench['backend']}:")
+    app = "warming up (no number)" if agreement["app_speedup"] is None else f"{agreement['app_speedup']:.2f}x"
+    print(f"  app shows  {app:>8s}   dense {ms('dense')} ms ({medians.get('dense_runs')} warm runs), BAViT "
+          f"{ms('bavit')} ms ({medians.get('bavit_runs')}), CCA {ms('cca')} ms, pruned {ms('pruned')} ms "
+          f"({medians.get('pruned_runs')} warm runs; {medians.get('pruned_source') or 'none'})")
+    print(f"  bench      {agreement['bench_speedup']:7.2f}x   dense {bench['dense_ms']:.1f} ms, BAViT "
+          f"{bench['bavit_ms']:.1f} ms, CCA {bench['cca_ms']:.2f} ms, pruned {bench['pruned_yolos_ms']:.1f} ms ({bench['kept_patches']:.0f} kept, "
+          f"medians of {bench['repeats']} interleaved runs)")
+    if agreement["ratio"] is None:
+        print("  verdict: NO NUMBER (the app was still warming up)")
+    else:
+        verdict = "agree" if agreement["agree"] else "DISAGREE"
+        print(f"  ratio app / bench {agreement['ratio']:.3f}: {verdict} (within +-{AGREEMENT:.0%})")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m benchmarks.app_bench``; its help is this module's docstring."""
+    return run_script("benchmarks.app_bench", __doc__, add_arguments, run, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

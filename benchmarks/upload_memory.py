@@ -1,4 +1,5 @@
-"""Server memory under the largest and the crafted uploads: ``python -m bavit memory-bench [--cases ...]``.
+"""Server memory under the largest and the crafted uploads: ``python -m benchmarks.upload_memory [--cases ...]``
+(:func:`main`: a markdown table, one row as each case is measured; ``--json`` writes them too).
 
 Each case starts ``python app.py`` afresh (:func:`~.app_process.running_app`), warms it up (one small image through
 the ``analyze`` API and one through the page's upload event), resets the server's peak-RSS counter
@@ -31,8 +32,11 @@ Cases:
 """
 from __future__ import annotations
 
+import argparse
+import json
 import math
 import os
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -44,7 +48,10 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from ..app.uploads import MAX_IMAGE_PIXELS
+from bavit.app.uploads import MAX_IMAGE_PIXELS
+from bavit.cli import run_script
+from bavit.files import write_text
+
 from . import crafted_images as crafted
 from .app_bench import DEFAULT_IMAGE as WARM_UP_IMAGE
 from .app_process import running_app
@@ -53,6 +60,8 @@ from .app_requests import ANALYZE, CONTROLS, Server, new_session, queue_call, ru
 KINDS = ("rgb", "rgba", "gray16")
 CASES = (*KINDS, "ico", "icns", "paint", "corrupt", "run-predict", "sessions")
 ICON_CALLS, PAINT_LAYERS, CORRUPT_CALLS, BURST, SESSIONS, SESSIONS_AT_ONCE = 6, 4, 3, 16, 300, 8
+COLUMNS = ("case", "calls", "RSS before", "peak", "peak increase", "held", "s", "ok", "refused", "load",
+           "first refusal")
 
 
 def largest_image(kind: str, folder: Path, pixels: int = MAX_IMAGE_PIXELS) -> Path:
@@ -238,3 +247,51 @@ def memory_bench(cases: Sequence[str] = CASES, concurrent: int = 3, threads: int
                 if report:
                     report(row)
     return rows
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """This bench's options."""
+    parser.add_argument("--cases", nargs="+", choices=CASES, default=list(CASES), help="cases to run (default all)")
+    parser.add_argument("--concurrent", type=int, default=3,
+                        help="analyze calls at once in the rgb, rgba and gray16 cases (default 3)")
+    parser.add_argument("--settle", type=float, default=3.0,
+                        help="seconds after the last call before the held memory is read (default 3)")
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads in the app (default 2)")
+    parser.add_argument("--bavit", default=None, help="BAViT checkpoint (default: the app's)")
+    parser.add_argument("--detector", default=None, help="YOLOS id or dir (default: the app's)")
+    parser.add_argument("--json", default=None, help="write the results here")
+
+
+def table_row(row: dict) -> str:
+    """One markdown row of a :func:`memory_bench` row."""
+    if "error" in row:
+        return f"| {row['case']} | bench error: {row['error']} |"
+    refusal = row["first_refusal"].replace("|", "\\|")
+    refusal = refusal if len(refusal) <= 160 else refusal[:157] + "..."
+    return (f"| {row['case']} | {row['calls']} | {row['rss_before_mib']:.0f} | {row['peak_mib']:.0f} | "
+            f"{row['peak_increase_mib']:+.0f} | {row['held_mib']:+.0f} | {row['seconds']:.1f} | {row['ok']} | "
+            f"{row['refused']} | {row['load']:.2f} | {refusal} |")
+
+
+def run(args: argparse.Namespace) -> int:
+    print(f"server RSS in MiB, a freshly started app per row ({args.threads} torch threads); peak: VmHWM during the "
+          f"calls; held: RSS {args.settle:g} s after the last call - RSS before; load: 1-min load average at the "
+          f"start; largest accepted image {MAX_IMAGE_PIXELS / 1e6:.0f} MP")
+    print("| " + " | ".join(COLUMNS) + " |")
+    print("|" + "---|" * len(COLUMNS), flush=True)
+    rows = memory_bench(args.cases, args.concurrent, args.threads, args.bavit, args.detector, args.settle,
+                        report=lambda row: print(table_row(row), flush=True))
+    if args.json:
+        write_text(args.json, json.dumps({"max_image_pixels": MAX_IMAGE_PIXELS, "rows": rows}, indent=2))
+        print(f"wrote {args.json}")
+    return 0 if all("error" not in row for row in rows) else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m benchmarks.upload_memory``; its help is this module's docstring (what each case sends, and how
+    memory is measured)."""
+    return run_script("benchmarks.upload_memory", __doc__, add_arguments, run, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
