@@ -225,6 +225,17 @@ class Predictor:
                     self._runners[kind] = runner
         return runner
 
+    @property
+    def bavit_runner(self):
+        """BAViT on this backend: ``pixels [B, 3, S, S] -> fg_prob [B, G, G]`` (torch tensors)."""
+        return self._runner("bavit")
+
+    @property
+    def detector_runner(self):
+        """The detector on this backend: ``(pixels [B, 3, 512, 512], keep_mask [B, 32, 32] | None) ->
+        DetectorOutput``; without weights, :attr:`latency_model` (timing only)."""
+        return self._runner("detector")
+
     def bavit_pixels(self, images: Sequence[Image.Image]) -> torch.Tensor:
         """The one BAViT preprocessing: RGB images -> ``float32 [B, 3, S, S]`` (square resize to the config's
         ``img_size``, normalised with its ``mean`` / ``std``)."""

@@ -119,7 +119,7 @@ def test_pipeline_time_is_exactly_the_sum_of_its_stages(bavit_ckpt, tmp_path, mo
         clock.advance(1.0)
         return rule(*args, **kwargs)
 
-    predictor._bavit_runner, predictor._detector_runner = timed_bavit, timed_detector  # Predictor._runner's cache
+    predictor._runners.update(bavit=timed_bavit, detector=timed_detector)  # Predictor._runner's cache
     monkeypatch.setattr(predictor, "select", timed_rule)
     images = [load_image(np.random.default_rng(seed).integers(0, 256, (300, 400, 3), dtype=np.uint8)) for seed in (1, 2)]
     probs = torch.from_numpy(np.stack([predictor.set_image(image).fg_prob for image in images]))
