@@ -10,9 +10,12 @@ detections out (paper §3.5), in two steps as SAM's ``SamPredictor``, and built 
 - :meth:`Predictor.set_images` / :meth:`Predictor.predict_batch` run the same two steps on batches.
 - :func:`build_predictor` builds one from a config preset name and its shipped checkpoint.
 
-Each stage is written once here: the two preprocessings (:meth:`Predictor.bavit_pixels`,
-:meth:`Predictor.yolos_pixels`), the models on their backend (:meth:`Predictor.run_bavit`,
-:meth:`Predictor.run_detector`), the keep-mask rule (:meth:`Predictor.select`) and the post-processing.
+Each stage is one method here, calling that stage's one implementation: the two preprocessings
+(:meth:`Predictor.bavit_pixels`, :meth:`Predictor.yolos_pixels`: :func:`bavit.core.model.bavit_pixels`,
+:func:`bavit.pruning.detector.yolos_pixels`), the models on their backend (:meth:`Predictor.run_bavit`,
+:meth:`Predictor.run_detector`: :mod:`bavit.deploy.runtime`), the keep-mask rule (:meth:`Predictor.select`:
+:func:`bavit.pruning.keep_mask.keep_mask_from_probs`) and transformers' post-processing
+(:meth:`Predictor.post_process`).
 Detections only ever come from real detector weights: without them ``detector_ready`` is False, ``predict`` returns
 no detections and runs no detector, and :meth:`Predictor.run_detector` times the YOLOS-tiny architecture at random
 init (for the benchmarks and the app's latency, which say so). Nothing here sets process-wide state.
