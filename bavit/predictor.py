@@ -200,10 +200,10 @@ class Predictor:
         # BAViT's MAC count (the token accounting of every prediction) builds a weightless copy on the meta device
         # once per architecture, through torch code that keeps global state (torch.fx.traceback's annotations): done
         # here, in the thread that builds the Predictor, never in an event thread beside an ONNX export (dynamo) in
-        # another thread. Both at once failed with "KeyError: 'custom'".
+        # another thread. Both at once raise "KeyError: 'custom'".
         bavit_macs(self.bavit.config)
 
-    # --- the stages, each written once --------------------------------------------------------------------------
+    # --- the stages, one method each ---------------------------------------------------------------------------
     @property
     def latency_model(self):
         """The detector, or without weights the YOLOS-tiny architecture at random init (timing only: its outputs

@@ -41,7 +41,7 @@ from .timing import detector_weights, find_images, interleaved_medians, machine_
 
 GRAPHS = ("int8", "float32")
 DEFAULT_SPARSITY = 0.35
-TARGET_SHARE_OF_DENSE = 0.05  # issue 23: a BAViT at about a twentieth of the detector
+TARGET_SHARE_OF_DENSE = 0.05  # the target: a BAViT at about a twentieth of the detector
 
 
 @dataclass(frozen=True)
