@@ -10,9 +10,12 @@ detections out (paper §3.5), in two steps as SAM's ``SamPredictor``, and built 
 - :meth:`Predictor.set_images` / :meth:`Predictor.predict_batch` run the same two steps on batches.
 - :func:`build_predictor` builds one from a config preset name and its shipped checkpoint.
 
-Each stage is written once here: the two preprocessings (:meth:`Predictor.bavit_pixels`,
-:meth:`Predictor.yolos_pixels`), the models on their backend (:meth:`Predictor.run_bavit`,
-:meth:`Predictor.run_detector`), the keep-mask rule (:meth:`Predictor.select`) and the post-processing.
+Each stage is one method here, calling that stage's one implementation: the two preprocessings
+(:meth:`Predictor.bavit_pixels`, :meth:`Predictor.yolos_pixels`: :func:`bavit.core.model.bavit_pixels`,
+:func:`bavit.pruning.detector.yolos_pixels`), the models on their backend (:meth:`Predictor.run_bavit`,
+:meth:`Predictor.run_detector`: :mod:`bavit.deploy.runtime`), the keep-mask rule (:meth:`Predictor.select`:
+:func:`bavit.pruning.keep_mask.keep_mask_from_probs`) and transformers' post-processing
+(:meth:`Predictor.post_process`).
 Detections only ever come from real detector weights: without them ``detector_ready`` is False, ``predict`` returns
 no detections and runs no detector, and :meth:`Predictor.run_detector` times the YOLOS-tiny architecture at random
 init (for the benchmarks and the app's latency, which say so). Nothing here sets process-wide state.
@@ -197,10 +200,10 @@ class Predictor:
         # BAViT's MAC count (the token accounting of every prediction) builds a weightless copy on the meta device
         # once per architecture, through torch code that keeps global state (torch.fx.traceback's annotations): done
         # here, in the thread that builds the Predictor, never in an event thread beside an ONNX export (dynamo) in
-        # another thread. Both at once failed with "KeyError: 'custom'".
+        # another thread. Both at once raise "KeyError: 'custom'".
         bavit_macs(self.bavit.config)
 
-    # --- the stages, each written once --------------------------------------------------------------------------
+    # --- the stages, one method each ---------------------------------------------------------------------------
     @property
     def latency_model(self):
         """The detector, or without weights the YOLOS-tiny architecture at random init (timing only: its outputs

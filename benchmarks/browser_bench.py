@@ -14,7 +14,7 @@ first two changes of each mode warm up and are not timed.
 The same app's ``gradio_client`` round trips (:func:`.app_bench.time_changes`: the ``set_threshold`` API,
 threshold mode, all view images) are measured afterwards as a second line.
 
-Targets (issue 9, reported, not asserted): grid-only <= 50 ms, with the pruned detector <= 200 ms (medians).
+Targets (reported, not asserted): grid-only <= 50 ms, with the pruned detector <= 200 ms (medians).
 """
 from __future__ import annotations
 

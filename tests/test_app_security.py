@@ -274,7 +274,7 @@ def test_the_memory_bench_images_are_the_largest_accepted(kind, tmp_path):
         load_image(path, max_side=1024, max_pixels=width * height - 1)
 
 
-# Second pass (issue 22): the ways around the limits, each sent as an attacker would.
+# The ways around the limits, each sent as an attacker would.
 
 def icon_files(folder: Path, side: int) -> dict[str, Path]:
     """An ICO and an ICNS file, each holding one all-zero PNG of ``side x side`` (small files, large decodes)."""
@@ -324,8 +324,8 @@ def test_an_event_error_carries_no_traceback_of_the_failure(tmp_path):
 
 
 def test_concurrent_decodes_leave_no_warning_filter_and_the_same_answer(tmp_path, monkeypatch):
-    """Two decodes interleaved as A starts, B starts, A ends, B ends: ``warnings.catch_warnings`` (not thread-safe)
-    used to leave its "error" filter installed, and a JPEG in PIL's warning zone was refused from then on."""
+    """Two decodes interleaved as A starts, B starts, A ends, B ends leave no "error" warning filter installed
+    (``warnings.catch_warnings`` is not thread-safe), so a JPEG in PIL's warning zone is still decoded after them."""
     import threading
     import time
     import warnings

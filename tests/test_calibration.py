@@ -106,8 +106,8 @@ NAN, INF = float("nan"), float("inf")
     ({"source": ["x"]}, "source must be a string"),
 ])
 def test_a_stored_calibration_that_is_not_finite_or_not_one_is_refused_by_the_predictor(tmp_path, change, message):
-    """Issue 22, item 9: a NaN threshold (or levels out of order) was accepted and gave NaN settings; every one is
-    now the one-line checkpoint error, from Predictor(...) as from Calibration.from_checkpoint."""
+    """A stored calibration that is not finite or not well-formed (a NaN threshold, levels out of order, ...) is the
+    one-line checkpoint error, from Predictor(...) as from Calibration.from_checkpoint, never NaN settings."""
     model = build_bavit(BAViTConfig(img_size=64, depth=1))
     path = save_checkpoint(model, tmp_path / "m.safetensors", calibration={**GOOD, **change})
     with pytest.raises(CheckpointError, match=f"stored calibration is invalid .*{message}"):

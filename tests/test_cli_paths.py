@@ -168,7 +168,7 @@ def test_a_checkpoint_config_asking_for_a_huge_model_is_refused_without_building
     from bavit.core.config import SMALL
     from bavit.errors import CheckpointError
 
-    config = {**json.loads(SMALL.to_json()), "embed_dim": 192000}  # 3 heads divide it: passed the old checks
+    config = {**json.loads(SMALL.to_json()), "embed_dim": 192000}  # 3 heads divide it: only the size bounds refuse it
     path = tmp_path / "huge.safetensors"
     save_file({"head.weight": torch.zeros(2, 1)}, str(path),
               metadata={checkpoint.FORMAT_KEY: checkpoint.FORMAT, checkpoint.CONFIG_KEY: json.dumps(config)})
@@ -191,7 +191,7 @@ def test_a_checkpoint_config_asking_for_a_huge_model_is_refused_without_building
     ({"num_heads": 3, "embed_dim": "192"}, "integer"),
     ({"mlp_ratio": 1000.0}, "mlp_ratio"),
     ({"mean": [0.5, 0.5]}, "mean"),
-    # Issue 22, item 9: each of these gave 576/576 NaN probabilities (and NaN in export.json)
+    # each of these would give 576/576 NaN probabilities (and NaN in export.json)
     ({"std": [0, 0, 0]}, r"std must be 3 numbers \(R, G, B\), each finite and > 0"),
     ({"std": [0.2, 0.2, -0.2]}, "std must be 3 numbers"),
     ({"std": [1e-45, 1e-45, 1e-45]}, "std must be 3 numbers"),  # > 0, but 0 in float32
@@ -241,8 +241,8 @@ EXPORT_MODELS = ["--bavit", str(random_bavit_checkpoint()), "--detector", str(ti
 
 
 def test_export_keeps_a_file_added_to_its_folder_during_the_export(tmp_path, monkeypatch, capsys):
-    """Issue 22, item 8a: the swap replaced the folder whole, so a file the user put there while the export ran was
-    deleted. Now the swap checks the folder again and refuses in one line, leaving it as it was."""
+    """A file the user puts in the output folder while the export runs is never deleted: the swap checks the folder
+    again and refuses in one line, leaving it as it was."""
     out = tmp_path / "onnx"
     stub_graphs(monkeypatch, b"v1")
     assert main(["export", "--out", str(out), *EXPORT_MODELS]) == 0, capsys.readouterr().err
@@ -268,8 +268,8 @@ def test_export_keeps_a_file_added_to_its_folder_during_the_export(tmp_path, mon
 
 
 def test_export_never_touches_a_users_folder_named_like_its_old_copy(tmp_path, monkeypatch, capsys):
-    """Issue 22, item 8b: ``--out exp`` kept the old export as ``.exp.old``, a fixed name: a user's folder of that
-    name was taken for it and deleted (even by the first export, when exp did not exist)."""
+    """``--out exp`` never takes a user's folder ``.exp.old`` for its old copy, nor deletes it (the first export,
+    when exp does not exist, included)."""
     mine = {".onnx.old": "/", ".onnx.old/notes.txt": "mine\n"}
     (tmp_path / ".onnx.old").mkdir()
     (tmp_path / ".onnx.old" / "notes.txt").write_text("mine\n")
@@ -297,8 +297,8 @@ def test_an_export_left_aside_by_a_killed_swap_comes_back_before_the_check(tmp_p
 
 
 def test_export_json_never_holds_nan(tmp_path, monkeypatch):
-    """Issue 22, item 9: export.json was written with NaN (json.dumps allows it). Strict JSON now: a setting that is
-    not finite is refused before any graph is exported, and nothing is written."""
+    """export.json is strict JSON, never NaN (json.dumps allows it): a setting that is not finite is refused before
+    any graph is exported, and nothing is written."""
     from types import SimpleNamespace
 
     from bavit.core.config import SMALL
@@ -377,8 +377,8 @@ def test_the_real_cli_prints_one_line_and_exits_2(argv, fragment, tmp_path):
     ({"std": [0, 0, 0]}, "std must be 3 numbers"),
 ], ids=["extra", "calibration", "config", "std-zero"])
 def test_export_of_a_broken_checkpoint_prints_one_line_and_exits_2(tmp_path, metadata, fragment):
-    """Issue 22, item 9: ``python -m bavit export --bavit`` a checkpoint whose JSON nests 100,000 deep was a
-    RecursionError, 30 lines and exit 1; one with std 0 was exported with NaN everywhere."""
+    """``python -m bavit export --bavit`` a checkpoint whose JSON nests 100,000 deep, or one with std 0, prints one
+    line and exits 2 (no RecursionError traceback, no export full of NaN)."""
     import torch
     from safetensors.torch import save_file
 

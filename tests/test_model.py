@@ -247,8 +247,8 @@ def nested(depth: int, inner: str = "1") -> str:
     return "[" * depth + inner + "]" * depth
 
 
-# Issue 22, item 9: broken checkpoints that got past read_checkpoint (or out of it as a RecursionError, a
-# 30-line traceback and exit 1). name -> (safetensors metadata changes, what the one-line error says)
+# Broken checkpoints that read_checkpoint refuses with one line (not a RecursionError, a traceback or a model built
+# from them). name -> (safetensors metadata changes, what the one-line error says)
 BROKEN = {
     "config nested 100000 deep": ({"bavit_config": nested(100_000)}, "nested too deeply"),
     "config nested 500 deep": ({"bavit_config": nested(500)}, "not a JSON object"),

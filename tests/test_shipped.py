@@ -34,7 +34,7 @@ def test_the_shipped_model_is_a_small_bavit_on_the_lite0_trunk_and_loads_without
     model = read_checkpoint(SHIPPED).model
     config = model.config
     assert (config.name, config.stem, config.depth, config.embed_dim, config.num_heads) == ("bavit-small", "lite0", 2, 192, 3)
-    # 256 px (a 16x16 grid) since issue 23: the frontier in docs/training.md, "A BAViT at a twentieth of the detector"
+    # 256 px (a 16x16 grid): the frontier in docs/training.md, "A BAViT at a twentieth of the detector"
     assert (config.img_size, config.patch_size, config.grid_size) == (256, 16, 16)
     assert config.mean == (127 / 255,) * 3 and config.std == (128 / 255,) * 3  # (x - 127) / 128 on 0-255 RGB
     with torch.no_grad():

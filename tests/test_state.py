@@ -225,8 +225,8 @@ def _listing(root: Path) -> dict[str, str]:
 
 @pytest.mark.parametrize("owned", [None, ("a.txt", "m.json")], ids=["whole folder", "owned names"])
 def test_atomic_dir_never_touches_a_users_folder_named_like_the_old_copy(tmp_path, owned):
-    """Issue 22, item 8: the old copy was kept as ``.NAME.old``, a fixed name, so a user's ``.exp.old`` next to
-    ``exp`` was moved in as ``exp`` and deleted at the swap. Now the holder is a folder that atomic_dir creates."""
+    """The old copy is held in a folder that atomic_dir creates (``.NAME.old-XXXXXXXX``), so a user's ``.exp.old``
+    next to ``exp``, or a folder that only looks like a holder, is never moved in as ``exp`` or deleted at the swap."""
     mine = {".exp.old": "/", ".exp.old/notes.txt": "mine", ".exp.old-a1b2c3d4": "/",
             ".exp.old-a1b2c3d4/notes.txt": "mine too", ".exp.old-short": "/"}
     (tmp_path / ".exp.old").mkdir()
@@ -254,8 +254,8 @@ def _write(folder: Path, content: str) -> None:
 
 
 def test_atomic_dir_with_owned_names_refuses_a_folder_that_got_other_files_and_deletes_nothing(tmp_path, monkeypatch):
-    """Issue 22, item 8: a file a user adds to the folder while the new one is written was deleted at the swap.
-    With ``owned`` the swap checks the folder again, and refuses: the folder stays as it was, the new one goes."""
+    """A file a user adds to the folder while the new one is written is never deleted at the swap: with ``owned``
+    the swap checks the folder again, and refuses: the folder stays as it was, the new one goes."""
     target = tmp_path / "exp"
     with atomic_dir(target, owned=OWNED, marker=MARKER) as tmp:
         _write(tmp, "old")
@@ -383,7 +383,7 @@ def test_a_kill_at_any_stage_of_a_swap_with_owned_names_keeps_the_old_folder_and
 
 
 def test_a_training_state_with_json_nested_thousands_deep_is_a_checkpoint_error(tmp_path):
-    """A RecursionError from json.loads was not caught: now the one damaged-state error."""
+    """JSON nested thousands deep (a RecursionError in json.loads) is the one damaged-state error."""
     path, _ = _saved(tmp_path)
     from safetensors import safe_open
     from safetensors.torch import save_file

@@ -104,7 +104,7 @@ def test_resume_rewrites_a_lagging_checkpoint_from_the_state_and_refuses_what_it
     train(records[:2], CONFIG, cfg, tmp_path, resume=True, progress=False)  # epoch 1 of 1: nothing left to train
     assert read_checkpoint(last).extra == extra and load_checkpoint(last).config == CONFIG
     assert all(torch.equal(tensor, trained[name]) for name, tensor in load_checkpoint(last).state_dict().items())
-    # A training state without the weights (as written before they moved into it) cannot resume.
+    # A training state without the model weights in it (as save_training_state alone writes one) cannot resume.
     optimizer = torch.optim.Adam(build_bavit(CONFIG).parameters())
     save_training_state(state, optimizer, torch.optim.lr_scheduler.StepLR(optimizer, 1), epoch=1)
     with pytest.raises(CheckpointError, match="holds no model weights"):

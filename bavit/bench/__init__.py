@@ -4,7 +4,7 @@ figures are in ``docs/results.md``. The app's benchmarks (slider round trips, br
 batch-mode script are not part of the library: they are in the repository's ``benchmarks/`` folder.
 
 - :mod:`.latency` — ``python -m bavit bench``: dense vs BAViT + CCA + pruned YOLOS per stage, its tables, the
-  deployable-speed targets' verdicts and the speed-up plot.
+  speed targets' verdicts and the speed-up plot.
 - :mod:`.tradeoff` — ``python -m bavit tradeoff``: object pixel recall vs end-to-end latency (BAViT included)
   per BAViT checkpoint, the detector timed at a grid of kept counts and interpolated per image; table and plot.
 - :mod:`.frontier` — ``python -m bavit frontier``: BAViT designs' cost next to the detector against their quality;

@@ -5,7 +5,7 @@ what it keeps, measured in one run (``python -m bavit frontier``), with its tabl
 A *point* is a checkpoint on one BAViT graph: ``int8`` (onnxruntime with int8 MatMuls, what the app runs) or
 ``float32`` (its float graph). For every point:
 
-- **cost**: BAViT's median ms for one image (square resize, normalisation and the graph: :meth:`Pipeline.run_bavit`,
+- **cost**: BAViT's median ms for one image (square resize, normalisation and the graph: :meth:`Predictor.run_bavit`,
   onnxruntime, batch 1), timed in turn with every other point, the dense YOLOS-tiny and the pruned YOLOS-tiny at the
   target sparsity (:func:`~.timing.interleaved_medians`), so that load on a shared machine falls on all alike; its
   share of the dense detector, and the speed-up the parts give, ``dense / (BAViT + pruned YOLOS)`` (the keep-mask
@@ -41,7 +41,7 @@ from .timing import detector_weights, find_images, interleaved_medians, machine_
 
 GRAPHS = ("int8", "float32")
 DEFAULT_SPARSITY = 0.35
-TARGET_SHARE_OF_DENSE = 0.05  # issue 23: a BAViT at about a twentieth of the detector
+TARGET_SHARE_OF_DENSE = 0.05  # the target: a BAViT at about a twentieth of the detector
 
 
 @dataclass(frozen=True)

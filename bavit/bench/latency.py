@@ -1,6 +1,6 @@
 """CPU latency of dense YOLOS-tiny vs BAViT-small + CCA + pruned YOLOS-tiny at 512x512, measured (:func:`run_bench`);
 the command line is ``python -m bavit bench`` (:mod:`bavit.cli.bench`). Its report rendered: markdown tables
-(:func:`format_table`), the deployable-speed targets' verdicts (:func:`verdicts`) and the speed-up plot (:func:`plot`);
+(:func:`format_table`), the speed targets' verdicts (:func:`verdicts`) and the speed-up plot (:func:`plot`);
 the measured figures are in ``docs/results.md``.
 
 For each sparsity level (fraction of the YOLOS patches pruned) every image gets the BAViT keep ratio whose keep
@@ -36,7 +36,7 @@ from .figures import new_axes, save_png
 from .timing import DEFAULT_IMAGES, detector_weights, find_images, machine_info, median_ms, peak_rss_mb, spread_counts
 
 DEFAULT_SPARSITIES = (0.0, 0.29, 0.35, 0.40, 0.46)  # paper Table 2 levels
-TARGET_SPEEDUP_AT_35 = 1.50  # deployable-speed issue: default backend, batch 1, 2 threads
+TARGET_SPEEDUP_AT_35 = 1.50  # the speed target: default backend, batch 1, 2 threads
 TARGET_FRACTION_OF_FLOP_RATIO = 0.95  # ... and at every level >= 29%, this fraction of the FLOP ratio
 
 
@@ -264,7 +264,7 @@ def format_table(report: dict) -> str:
 
 
 def verdicts(report: dict) -> list[str]:
-    """The deployable-speed targets against the primary backend's batch-1 rows: >= 1.50x at 35%, and at every level
+    """The speed targets against the primary backend's batch-1 rows: >= 1.50x at 35%, and at every level
     >= 29% at least 95% of the FLOP ratio."""
     target, name = report["target"], report.get("backend", "torch")
     lines = []

@@ -7,8 +7,8 @@ float32: how many tokens each flips at 0.5 against float32, and its ms (one imag
 The tokens are those of fold ``--fold`` of train2017 (images the fold models did not train on); the static ranges
 come from ``--calibration-count`` images of ``--calibration-images`` from ``--calibration-start`` on (by default
 ADE20K scenes 1000-1063: the shipped recipe trains on the first 291). Static int8 quantizes what dynamic int8
-leaves in float32 (the Lite0 trunk's convolutions), so it can be faster, but its ranges are fixed in advance: the
-issue that asked for it accepts at most 0.3 points of tokens changed, else quantization-aware fine-tuning.
+leaves in float32 (the Lite0 trunk's convolutions), so it can be faster, but its ranges are fixed in advance: it is
+accepted only if it changes at most 0.3 points of tokens; beyond that, quantization-aware fine-tuning is the way.
 """
 from __future__ import annotations
 

@@ -3,8 +3,12 @@ functions only: the commands named below are in :mod:`bavit.cli`.
 
 - :mod:`.train` — ``python -m bavit train`` (accumulative CE, Adam + StepLR, DDP under torchrun).
 - :mod:`.evaluate` — ``python -m bavit evaluate`` (token metrics before and after CCA, with baselines).
+- :mod:`.calibrate` — ``python -m bavit calibrate`` (the checkpoint's thresholds per target mean sparsity).
+- :mod:`.budget` — pruning quality at a compute budget (object pixel recall per sparsity, against baselines),
+  its table and plot.
 - :mod:`.metrics` — the one confusion count and the token metrics built on it.
 - :mod:`.finetune` — ``python -m bavit finetune`` (YOLOS fine-tuned on FG tokens only, §4.2).
-- :mod:`.coco_map` — ``python -m bavit map`` (COCOeval mAP of dense and pruned YOLOS, Table 2).
+- :mod:`.coco_map` — ``python -m bavit map`` (COCOeval mAP of dense and pruned YOLOS, Table 2), with
+  :mod:`.cocoeval`, the ``COCOeval`` wrapper.
 - :mod:`.state` — the one way training state (optimizer, scheduler, progress) is saved and restored.
 """
