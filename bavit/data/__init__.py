@@ -1,6 +1,6 @@
 """Datasets: images with the annotations that give patch labels and detection targets (§4.1).
 
-- :mod:`.records` — COCO (pycocotools) and VOC records, ``load_coco``, the evaluation ``PatchDataset``.
+- :mod:`.records` — COCO (pycocotools) and VOC records, ``load_coco``.
 - :mod:`.augment` — training cache and augmentation that move the labels with the image.
 - :mod:`.coco` — COCO detection data for YOLOS (mAP and fine-tuning): targets and label-id mapping.
 """
