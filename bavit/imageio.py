@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .errors import DataError
+from .errors import ConfigError, DataError
 
 ImageInput = Union[str, os.PathLike, bytes, np.ndarray, Image.Image]
 
@@ -196,12 +196,37 @@ def load_painted(path: str | os.PathLike, max_pixels: int) -> np.ndarray:
 
 
 def square_resize(image: Image.Image, size: int) -> Image.Image:
-    """The square resize (aspect not kept) that BAViT (384) and the pruned YOLOS (512) apply."""
+    """The square resize (aspect not kept) that BAViT (its config's ``img_size``) and the pruned YOLOS (512) apply:
+    PIL's bilinear filter, which widens with the scale when shrinking (antialiased). Resizing to the size an image
+    already has returns an unchanged copy."""
     return image.resize((size, size), Image.BILINEAR)
 
 
-def to_tensor(image: Image.Image, size: int, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
-    """RGB PIL image -> ``[3, size, size]`` float tensor, square-resized and normalised."""
+def rgb_from_tensor(pixels: torch.Tensor) -> Image.Image:
+    """``uint8 [3, H, W]`` RGB tensor -> PIL RGB image (the same pixels).
+
+    Raises:
+        ConfigError: another dtype or shape.
+    """
+    if pixels.dtype != torch.uint8 or pixels.dim() != 3 or pixels.shape[0] != 3:
+        raise ConfigError(f"an RGB image tensor is uint8 [3, H, W], got {pixels.dtype} {list(pixels.shape)}")
+    return Image.fromarray(pixels.permute(1, 2, 0).contiguous().numpy())
+
+
+def to_tensor(image: Image.Image | torch.Tensor, size: int, mean: tuple[float, ...],
+              std: tuple[float, ...]) -> torch.Tensor:
+    """An 8-bit RGB image at any size -> ``float32 [3, size, size]``: :func:`square_resize`, then
+    ``(x / 255 - mean) / std`` per channel.
+
+    The one preprocessing of the models' inputs: BAViT's (:func:`bavit.core.model.bavit_pixels`: the Predictor, and
+    training's views after their augmentation) and YOLOS's (:func:`bavit.pruning.detector.yolos_pixels`).
+
+    Args:
+        image: a PIL RGB image, or a ``uint8 [3, H, W]`` tensor (training's cached and augmented views), which goes
+            through the same PIL resize.
+    """
+    if isinstance(image, torch.Tensor):
+        image = rgb_from_tensor(image)
     array = np.asarray(square_resize(image, size), dtype=np.float32) / 255.0
     pixels = torch.from_numpy(array).permute(2, 0, 1)
     mean_t = torch.tensor(mean, dtype=torch.float32)[:, None, None]

@@ -76,6 +76,41 @@ def test_calibration_survives_a_checkpoint_round_trip(tmp_path):
     assert list(tmp_path.iterdir()) == [path]  # no temp file left
 
 
+def test_a_calibration_records_its_backend_and_older_ones_read_as_torch_float32(tmp_path):
+    from bavit.deploy.runtime import bavit_graph_name
+    from bavit.pruning.calibration import DEFAULT_CALIBRATION_BACKEND
+
+    assert bavit_graph_name("torch") == "torch float32" == DEFAULT_CALIBRATION_BACKEND
+    assert bavit_graph_name("onnxruntime") == "onnxruntime int8 MatMuls"  # what the app serves
+    assert bavit_graph_name("onnxruntime", int8=False) == "onnxruntime float32"
+    probs = blob_probs(6)
+    served = calibrate(probs, levels=(0.0, 0.35), cca_steps=(0,), source="t", backend="onnxruntime int8 MatMuls")
+    assert served.to_dict()["backend"] == "onnxruntime int8 MatMuls"
+    assert Calibration.from_dict(served.to_dict()) == served
+    path = save_checkpoint(build_bavit(BAViTConfig(img_size=64, depth=1)), tmp_path / "m.safetensors",
+                           calibration=served.to_dict())
+    assert Calibration.from_checkpoint(read_checkpoint(path)).backend == "onnxruntime int8 MatMuls"
+    assert calibrate(probs, levels=(0.0, 0.35), cca_steps=(0,)).backend == "torch float32"
+    older = Calibration.from_dict(GOOD)  # stored before calibrations recorded their backend
+    assert "backend" not in GOOD and older.backend == "torch float32"
+    assert older.threshold(0.25, 3) == 0.25
+
+
+@pytest.mark.slow
+def test_calibrate_on_the_served_backend_stores_it_and_its_thresholds(tmp_path, synthetic_coco):
+    # An untrained model (no training images recorded: calibrate warns and goes on) on the 6 synthetic images.
+    torch.manual_seed(0)
+    model = build_bavit(BAViTConfig(img_size=64, depth=1))
+    path = save_checkpoint(model, tmp_path / "m.safetensors")
+    common = ["--coco-root", str(synthetic_coco), "--split", "train2017", "--subset", "all"]
+    assert main(["calibrate", "--checkpoint", str(path), *common, "--backend", "onnxruntime"]) == 0
+    stored = Calibration.from_checkpoint(read_checkpoint(path))
+    records = coco_records(*coco_split(synthetic_coco, "train2017"))
+    served = predict_probs(model, records, backend="onnxruntime")[0]  # the int8 graph, as the app runs it
+    assert stored.backend == "onnxruntime int8 MatMuls"
+    assert stored.thresholds == calibrate(served, LEVELS, grid=stored.grid).thresholds
+
+
 def test_an_invalid_stored_calibration_is_a_checkpoint_error(tmp_path):
     path = save_checkpoint(build_bavit(SMALL), tmp_path / "m.safetensors", calibration={"levels": [0.0, 0.5]})
     with pytest.raises(CheckpointError, match="stored calibration is invalid"):
@@ -104,6 +139,7 @@ NAN, INF = float("nan"), float("inf")
     ({"grid": 0}, "grid must be a positive whole number"),
     ({"images": 2.5}, "images must be a positive whole number"),
     ({"source": ["x"]}, "source must be a string"),
+    ({"backend": 8}, "backend must be a string"),
 ])
 def test_a_stored_calibration_that_is_not_finite_or_not_one_is_refused_by_the_predictor(tmp_path, change, message):
     """A stored calibration that is not finite or not well-formed (a NaN threshold, levels out of order, ...) is the

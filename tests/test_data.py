@@ -2,7 +2,8 @@ import pytest
 import torch
 
 from bavit.core.config import SMALL
-from bavit.data.records import PatchDataset, coco_records, coco_split, voc_records
+from bavit.core.model import bavit_pixels
+from bavit.data.records import coco_records, coco_split, voc_records
 from bavit.errors import DataError
 
 
@@ -11,25 +12,26 @@ def test_coco_val_subset(coco_root):
     assert len(records) == 206
     assert sum(len(r.instances) for r in records) == 1786
     assert sum(i.iscrowd for r in records for i in r.instances) == 21
-    dataset = PatchDataset(records[:3], SMALL)
-    pixels, labels = dataset[0]
+    pixels, labels = bavit_pixels(records[0].load_image(), SMALL), records[0].labels((24, 24))
     assert pixels.shape == (3, 384, 384) and pixels.dtype == torch.float32
     assert labels.shape == (24, 24) and set(labels.unique().tolist()) <= {0, 1}
 
 
 def test_training_data_and_the_predictor_share_one_bavit_preprocessing(coco_root):
-    """What BAViT is trained and evaluated on (PatchDataset) is bit for bit what the app's Predictor feeds it, and
-    the hand-written form of the rule (square resize to 384, then (x/255 - mean) / std) is what both compute."""
+    """What BAViT is trained on without augmentation (augment.plain_sample) is bit for bit what the app's Predictor
+    feeds it, and the hand-written form of the rule (square resize to 384, then (x/255 - mean) / std) is what both
+    compute."""
     import numpy as np
     from PIL import Image
 
     from bavit.core.model import build_bavit
+    from bavit.data.augment import CachedSamples, plain_sample
     from bavit.predictor import Predictor
 
     record = coco_records(*coco_split(coco_root, "val2017"))[0]
     image = record.load_image()
     predictor = Predictor(bavit=build_bavit(SMALL), detector=None, backend="torch")
-    pixels = PatchDataset([record], SMALL)[0][0]
+    pixels = plain_sample(CachedSamples([record], SMALL), 0)[0]
     assert torch.equal(pixels, predictor.bavit_pixels([image])[0])
     array = np.asarray(image.resize((384, 384), Image.BILINEAR), dtype=np.float32) / 255.0
     by_hand = (array - np.array(SMALL.mean, np.float32)) / np.array(SMALL.std, np.float32)

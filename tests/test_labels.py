@@ -190,14 +190,13 @@ def test_the_box_threshold_is_defined_once():
 
     from bavit.cli import build_parser
     from bavit.data.augment import CachedSamples
-    from bavit.data.records import PatchDataset
     from bavit.engine.evaluate import predict_probs
     from bavit.engine.finetune import FinetuneConfig
     from bavit.engine.train import TrainConfig
 
     assert BOX_TAU == 0.5
     assert inspect.signature(labels_from_boxes).parameters["tau"].default is BOX_TAU
-    for function in (Record.labels, PatchDataset, CachedSamples, predict_probs):
+    for function in (Record.labels, CachedSamples, predict_probs):
         assert inspect.signature(function).parameters["box_tau"].default is BOX_TAU, function
     assert TrainConfig().box_tau is BOX_TAU and FinetuneConfig().box_tau is BOX_TAU
     assert build_parser().parse_args(["train"]).box_tau is BOX_TAU

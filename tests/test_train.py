@@ -11,7 +11,7 @@ import torch
 
 from bavit.core.checkpoint import load_checkpoint, read_checkpoint
 from bavit.core.config import BAViTConfig
-from bavit.core.model import build_bavit
+from bavit.core.model import bavit_pixels, build_bavit
 from bavit.data.records import coco_records, coco_split
 from bavit.engine.state import load_training_state, save_training_state
 from bavit.engine.train import TrainConfig, train
@@ -202,9 +202,7 @@ def test_distillation_pulls_the_student_to_its_teacher_and_passes_on_its_images(
     torch.manual_seed(cfg.seed)
     before = build_bavit(CONFIG).eval()
     student = train(student_records, CONFIG, cfg, tmp_path / "student", progress=False)
-    from bavit.data.records import PatchDataset
-
-    pixels = torch.stack([PatchDataset(student_records, CONFIG)[i][0] for i in range(3)])
+    pixels = torch.stack([bavit_pixels(record.load_image(), CONFIG) for record in student_records])
     target = teacher_prob([teacher.eval()], pixels)
     with torch.no_grad():
         gap_before = (before.fg_prob(pixels) - target).abs().mean()

@@ -1,5 +1,5 @@
 """Benchmarks of the pipeline that print figures and ratios (never timed tests): what the pruning buys on this
-machine (§4.3). The commands named below are in :mod:`bavit.cli`; ``static_int8`` is a script of its own. Measured
+machine (§4.3). The commands named below are in :mod:`bavit.cli`; ``static_int8`` and ``skew`` are scripts of their own. Measured
 figures are in ``docs/results.md``. The app's benchmarks (slider round trips, browser, memory under uploads) and the
 batch-mode script are not part of the library: they are in the repository's ``benchmarks/`` folder.
 
@@ -11,6 +11,9 @@ batch-mode script are not part of the library: they are in the repository's ``be
   table and plot.
 - :mod:`.static_int8` — ``python -m bavit.bench.static_int8``: BAViT's static int8 graphs against dynamic int8
   and float32.
+- :mod:`.skew` — ``python -m bavit.bench.skew``: what differs between training or calibration and serving: token
+  accuracy with the earlier training preprocessing against the served one, and calibrations from torch float32
+  against onnxruntime int8 probabilities.
 - :mod:`.timing` — what the benches share: the one timing of calls (warm-up, interleaved medians), peak RSS, the
   machine and weights notes, the images and the kept-count spread.
 - :mod:`.figures` — the one figure convention of the bench plots.

@@ -25,6 +25,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="cross-fitted calibration: each image's probabilities come from the first of these models "
                              "that did not train on it (e.g. K models trained with --folds K --fold i --subset fit), "
                              "so all images of --subset all can calibrate a checkpoint trained on all of them")
+    parser.add_argument("--backend", choices=("torch", "onnxruntime"), default="torch",
+                        help="run BAViT in torch (float32) or as the app serves it: its ONNX graph with int8 MatMuls "
+                             "in onnxruntime (default %(default)s; the calibration records which)")
     parser.add_argument("--allow-trained-images", action="store_true",
                         help="calibrate even on images the checkpoint was trained on (biased: less sparsity on new "
                              "images than asked)")
@@ -42,8 +45,8 @@ def run(args: argparse.Namespace) -> int:
     records = records_from_args(args)
     source = calibration_source(args)
     calibration, probs = calibrate_checkpoint(checkpoint, records, source, args.batch_size, args.fold_models or (),
-                                              args.allow_trained_images)
-    print(f"calibrated {args.checkpoint} on {len(records)} images ({source})")
+                                              args.allow_trained_images, args.backend)
+    print(f"calibrated {args.checkpoint} on {len(records)} images ({source}; BAViT in {calibration.backend})")
     grid = calibration.grid
 
     def error(steps: int, index: int) -> str:

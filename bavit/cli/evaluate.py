@@ -47,7 +47,8 @@ def run(args: argparse.Namespace) -> int:
     if result["sweep"]:
         print("\n" + format_sweep(result))
     note = ("no calibration in this checkpoint (python -m bavit calibrate adds one): calibrated methods left out"
-            if calibration is None else f"calibration: {calibration.images} images, {calibration.source}")
+            if calibration is None
+            else f"calibration: {calibration.images} images, {calibration.source}, BAViT in {calibration.backend}")
     print(f"\n## Pruning quality at a budget ({grid}x{grid} YOLOS grid; {note})\n")
     print(format_budget(result["budget"]))
     if args.plot:

@@ -123,9 +123,11 @@ class BAViT(nn.Module):
 
 
 def bavit_pixels(image, config: BAViTConfig) -> torch.Tensor:
-    """BAViT's input for an RGB PIL image: ``[3, S, S]`` float32, the paper's square resize to ``config.img_size``,
-    normalised with the config's ``mean`` / ``std`` (the one preprocessing of BAViT: Predictor, training data,
-    evaluation and fine-tuning)."""
+    """BAViT's input for an 8-bit RGB image at any size (PIL, or a ``uint8 [3, H, W]`` tensor): ``float32 [3, S, S]``,
+    the paper's square resize to ``config.img_size`` then normalised with the config's ``mean`` / ``std``
+    (:func:`bavit.imageio.to_tensor`). The one preprocessing of BAViT: the Predictor (app, CLI, evaluation,
+    calibration), fine-tuning, and training, where it is the last step of every view, after the augmentation
+    (:mod:`bavit.data.augment`)."""
     return to_tensor(image, config.img_size, config.mean, config.std)
 
 

@@ -4,8 +4,13 @@ A sample is ``(pixels [3, S, S], labels [G, G], fractions [G, G])``: the binary 
 and each token's object-pixel fraction (non-void pixels; -1 where the label is ignored), which ranking losses use.
 
 Images are decoded once and kept as square uint8 tensors ``[3, R, R]`` with their FG-coverage and void maps
-``[R, R]`` (area fractions at the cache resolution R). An augmented sample crops the same window from all three,
-resizes the crop to the model input and recomputes the token labels from the cropped coverage map.
+``[R, R]`` (area fractions at the cache resolution R), and as the un-augmented view ``uint8 [3, S, S]`` (the
+original image square-resized to the model input). An augmented sample crops the same window from the image and
+the maps (or takes the whole un-augmented view), recomputes the token labels from the cropped coverage map, flips
+and colour-jitters the uint8 pixels, and only then makes the model input with BAViT's one preprocessing
+(:func:`bavit.core.model.bavit_pixels`: PIL's bilinear square resize and the config's normalisation), the
+function the Predictor calls. So the un-augmented view is, bit for bit, what the Predictor feeds BAViT for the
+same image.
 """
 from __future__ import annotations
 
@@ -26,6 +31,8 @@ from ..core.labels import (
     fg_from_box_scores,
     fg_from_fractions,
 )
+from ..core.model import bavit_pixels
+from ..imageio import square_resize
 from .records import Record
 
 # Boxes are rasterised at the cache resolution R: a cache pixel is inside a box when at least half of it is
@@ -43,7 +50,9 @@ class AugmentConfig:
 
 
 class CachedSamples:
-    """Decoded training images + coverage maps + exact un-augmented labels, held in memory."""
+    """Decoded training images (``uint8 [3, R, R]`` at ``cache_size`` R, and the un-augmented view ``uint8 [3, S,
+    S]`` at the model input S, each square-resized from the decoded image by PIL's bilinear filter) + coverage maps
+    + exact un-augmented labels, held in memory."""
 
     def __init__(self, records: list[Record], config: BAViTConfig, cache_size: int = 512, label_source: str = "mask",
                  box_rule: str = "coverage", box_tau: float = BOX_TAU, progress: bool = False):
@@ -51,10 +60,11 @@ class CachedSamples:
 
         self.config = config
         grid = (config.grid_size, config.grid_size)
-        images, coverage, void, labels, fractions = [], [], [], [], []
+        images, plain, coverage, void, labels, fractions = [], [], [], [], [], []
         for record in tqdm(records, desc="decoding", disable=not progress, leave=False):
-            image = record.load_image().resize((cache_size, cache_size), Image.BILINEAR)
-            images.append(torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1))
+            decoded = record.load_image()
+            images.append(_uint8_tensor(square_resize(decoded, cache_size)))
+            plain.append(_uint8_tensor(square_resize(decoded, config.img_size)))
             if label_source == "mask":
                 cover = area_fractions(record.fg_mask(), (cache_size, cache_size))
             else:  # boxes: coverage of box interiors, rasterised at the cache resolution
@@ -67,7 +77,8 @@ class CachedSamples:
                 void.append(None)
             labels.append(record.labels(grid, label_source, fg_frac=config.fg_frac, box_rule=box_rule, box_tau=box_tau))
             fractions.append(_fractions(torch.from_numpy(cover).float(), void[-1], config, labels[-1]))
-        self.images, self.coverage, self.void, self.labels = images, coverage, void, torch.stack(labels)
+        self.images, self.plain, self.coverage, self.void = images, plain, coverage, void
+        self.labels = torch.stack(labels)
         self.fractions = torch.stack(fractions)
         self.label_source = label_source
         self.box_rule, self.box_tau = box_rule, box_tau
@@ -93,29 +104,28 @@ def _fractions(coverage: torch.Tensor, void: torch.Tensor | None, config: BAViTC
     return torch.where(labels == IGNORE_INDEX, torch.full_like(fg, -1.0), fg.clamp(0.0, 1.0))
 
 
-def _normalise(pixels: torch.Tensor, config: BAViTConfig) -> torch.Tensor:
-    mean = torch.tensor(config.mean)[:, None, None]
-    std = torch.tensor(config.std)[:, None, None]
-    return (pixels - mean) / std
+def _uint8_tensor(image: Image.Image) -> torch.Tensor:
+    """RGB PIL image -> ``uint8 [3, H, W]``."""
+    return torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1)
 
 
 def plain_sample(cache: CachedSamples, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The un-augmented view: whole image resized to the input, exact labels, object fractions."""
-    size = cache.config.img_size
-    pixels = F.interpolate(cache.images[index][None].float() / 255.0, size=(size, size), mode="bilinear",
-                           antialias=True, align_corners=False)[0]
-    return _normalise(pixels, cache.config), cache.labels[index], cache.fractions[index]
+    """The un-augmented view: the whole image through :func:`~bavit.core.model.bavit_pixels` (equal to the
+    Predictor's input for the same image), exact labels, object fractions."""
+    return bavit_pixels(cache.plain[index], cache.config), cache.labels[index], cache.fractions[index]
 
 
 def augmented_sample(cache: CachedSamples, index: int, aug: AugmentConfig,
                      rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One augmented ``(pixels [3, S, S], labels [G, G], fractions [G, G])``."""
+    """One augmented ``(pixels [3, S, S], labels [G, G], fractions [G, G])``: a crop of the cached image (or the
+    whole un-augmented view), a flip and colour jitter on its uint8 pixels, then BAViT's one preprocessing
+    (:func:`~bavit.core.model.bavit_pixels`)."""
     config = cache.config
     if rng.random() < aug.no_crop_prob:
-        pixels, labels, fractions = (tensor.clone() for tensor in plain_sample(cache, index))
+        image, labels, fractions = cache.plain[index], cache.labels[index].clone(), cache.fractions[index].clone()
     else:
-        image = cache.images[index].float() / 255.0
-        full = image.shape[-1]
+        cached = cache.images[index]
+        full = cached.shape[-1]
         area = full * full
         for _ in range(10):
             target = area * rng.uniform(*aug.scale)
@@ -129,9 +139,7 @@ def augmented_sample(cache: CachedSamples, index: int, aug: AugmentConfig,
         y0 = int(rng.integers(0, full - h + 1))
         x0 = int(rng.integers(0, full - w + 1))
         size = config.img_size
-        window = image[:, y0 : y0 + h, x0 : x0 + w]
-        pixels = F.interpolate(window[None], size=(size, size), mode="bilinear", antialias=True, align_corners=False)[0]
-        pixels = _normalise(pixels, config)
+        image = cached[:, y0 : y0 + h, x0 : x0 + w]
 
         def cell_fraction(map_: torch.Tensor) -> torch.Tensor:
             window_map = map_[y0 : y0 + h, x0 : x0 + w].float()[None, None]
@@ -151,22 +159,26 @@ def augmented_sample(cache: CachedSamples, index: int, aug: AugmentConfig,
         labels[void > VOID_IGNORE_FRAC] = IGNORE_INDEX
         fractions = torch.where(labels == IGNORE_INDEX, torch.full_like(fraction, -1.0), fraction.clamp(0.0, 1.0))
     if rng.random() < aug.hflip_prob:
-        pixels, labels, fractions = pixels.flip(-1), labels.flip(-1), fractions.flip(-1)
+        image, labels, fractions = image.flip(-1), labels.flip(-1), fractions.flip(-1)
     if aug.color > 0:
-        pixels = _color_jitter(pixels, config, aug.color, rng)
-    return pixels, labels, fractions
+        image = _color_jitter(image, aug.color, rng)
+    return bavit_pixels(image, config), labels, fractions
 
 
-def _color_jitter(pixels: torch.Tensor, config: BAViTConfig, strength: float, rng: np.random.Generator) -> torch.Tensor:
-    mean = torch.tensor(config.mean)[:, None, None]
-    std = torch.tensor(config.std)[:, None, None]
-    rgb = pixels * std + mean
-    rgb = rgb * rng.uniform(1 - strength, 1 + strength)  # brightness
-    grey = rgb.mean()
-    rgb = (rgb - grey) * rng.uniform(1 - strength, 1 + strength) + grey  # contrast
-    luma = (0.299 * rgb[0] + 0.587 * rgb[1] + 0.114 * rgb[2])[None]
-    rgb = (rgb - luma) * rng.uniform(1 - strength, 1 + strength) + luma  # saturation
-    return (rgb.clamp(0, 1) - mean) / std
+def _color_jitter(image: torch.Tensor, strength: float, rng: np.random.Generator) -> torch.Tensor:
+    """Brightness ``b``, contrast ``c`` and saturation ``s`` jitter of ``uint8 [3, H, W]`` RGB ``x``, rounded back to
+    uint8 (an 8-bit image, as the Predictor receives).
+
+    In turn: ``y = b x``; ``y = c (y - mean(y)) + mean(y)``; ``y = s (y - luma(y)) + luma(y)``, clamped to the 8-bit
+    range. The three are affine, so they are applied at once: ``y = b c s x + b c (1 - s) luma(x) + b (1 - c)
+    mean(x)`` (fewer passes over a crop that can be the whole 512 px cache)."""
+    brightness, contrast, saturation = (rng.uniform(1 - strength, 1 + strength) for _ in range(3))
+    rgb = image.float()
+    grey = float(rgb.mean())
+    luma = 0.299 * rgb[0] + 0.587 * rgb[1] + 0.114 * rgb[2]
+    offset = luma.mul_(brightness * contrast * (1 - saturation)).add_(brightness * (1 - contrast) * grey)
+    jittered = rgb.mul_(brightness * contrast * saturation).add_(offset)
+    return jittered.clamp_(0.0, 255.0).round_().to(torch.uint8)
 
 
 class AugmentedDataset(torch.utils.data.Dataset):

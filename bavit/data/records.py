@@ -1,7 +1,8 @@
 """Datasets with per-token FG/BG labels: COCO-format (pycocotools) and Pascal VOC (SegmentationObject PNGs).
 
-A *record* is one image plus what is needed to rasterise its labels; :class:`PatchDataset` turns records into
-``(pixels [3, S, S], labels [G, G])`` pairs exactly as the model sees them.
+A *record* is one image plus what is needed to rasterise its labels (:meth:`Record.labels`); BAViT's input for it
+is :func:`bavit.core.model.bavit_pixels` of :meth:`Record.load_image` (the Predictor's preprocessing), and training's
+views are :mod:`bavit.data.augment`'s.
 """
 from __future__ import annotations
 
@@ -16,7 +17,6 @@ import torch
 from PIL import Image
 
 from ..box_ops import box_xywh_to_xyxy
-from ..core.config import BAViTConfig
 from ..core.labels import (
     BOX_TAU,
     FG_FRAC,
@@ -26,7 +26,6 @@ from ..core.labels import (
     labels_from_boxes,
     labels_from_mask,
 )
-from ..core.model import bavit_pixels
 from ..errors import DataError
 from ..imageio import load_image
 
@@ -221,22 +220,3 @@ def voc_records(voc_root: str | Path, image_set: str = "val", year: str = "VOC20
 
 
 SUBSETS = ("all", "fit", "holdout")
-
-
-class PatchDataset(torch.utils.data.Dataset):
-    """``(pixels [3, S, S], labels [G, G])`` for each record, without augmentation (evaluation)."""
-
-    def __init__(self, records: Sequence[Record], config: BAViTConfig, label_source: str = "mask",
-                 box_rule: str = "coverage", box_tau: float = BOX_TAU):
-        self.records = list(records)
-        self.config = config
-        self.label_kwargs = dict(source=label_source, fg_frac=config.fg_frac, box_rule=box_rule, box_tau=box_tau)
-
-    def __len__(self) -> int:
-        return len(self.records)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        record = self.records[index]
-        grid = (self.config.grid_size, self.config.grid_size)
-        pixels = bavit_pixels(record.load_image(), self.config)
-        return pixels, record.labels(grid, **self.label_kwargs)

@@ -166,6 +166,14 @@ class OrtDetector:
         return DetectorOutput(torch.from_numpy(np.concatenate(logits)), torch.from_numpy(np.concatenate(boxes)))
 
 
+def bavit_graph_name(backend: str, int8: bool = True) -> str:
+    """What :func:`bavit_runner` runs on ``backend``, in words (a calibration records it): ``"torch float32"``,
+    ``"onnxruntime int8 MatMuls"`` (the app's) or ``"onnxruntime float32"``."""
+    if check_backend(backend) == "torch":
+        return "torch float32"
+    return f"{backend} {'int8 MatMuls' if int8 else 'float32'}"
+
+
 def bavit_runner(model, backend: str, threads: Optional[int] = None, int8: bool = True):
     """BAViT on ``backend``: the torch model itself, or its ONNX export made in memory (with int8 MatMuls unless
     ``int8=False``, see :func:`bavit.deploy.export.quantize_bavit`)."""

@@ -8,6 +8,8 @@ Images the checkpoint records as trained on are refused: thresholds from them gi
 With ``--fold-models`` the probabilities are cross-fitted instead: each image is scored by a model that did not
 train on it (K models, each trained without one fold: ``train --folds K --fold i --subset fit``), so a checkpoint
 trained on all images can be calibrated on all of them, with a much smaller standard error than a small holdout.
+BAViT runs in torch float32 by default, or as the app serves it (``--backend onnxruntime``: the ONNX graph with
+int8 MatMuls); the calibration records which (:attr:`bavit.pruning.calibration.Calibration.backend`).
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ import torch
 
 from ..core.checkpoint import Checkpoint, read_checkpoint, save_checkpoint
 from ..data.records import Record
+from ..deploy.runtime import bavit_graph_name
 from ..errors import DataError
 from ..pruning.calibration import LEVELS, Calibration, calibrate
 from ..pruning.detector import yolos_grid
@@ -41,9 +44,11 @@ def check_unseen(checkpoint: Checkpoint, records: list[Record], allow: bool = Fa
                         "--subset fit, or --fold-models)")
 
 
-def out_of_fold_probs(paths: list[str], records: list[Record], grid: int, batch_size: int = 16) -> np.ndarray:
+def out_of_fold_probs(paths: list[str], records: list[Record], grid: int, batch_size: int = 16,
+                      backend: str = "torch") -> np.ndarray:
     """``[N, G, G]`` FG probabilities of ``records``, each from the first model in ``paths`` that did not train on
-    it (cross-fitting: every image is new to the model that scores it).
+    it (cross-fitting: every image is new to the model that scores it), run on ``backend`` (``"torch"``, or
+    ``"onnxruntime"`` with int8 MatMuls as the app runs BAViT: :func:`~bavit.engine.evaluate.predict_probs`).
 
     Raises:
         DataError: a model that does not record its training images or predicts another grid, or an image that
@@ -70,20 +75,16 @@ def out_of_fold_probs(paths: list[str], records: list[Record], grid: int, batch_
         side = fold.config.grid_size
         if side != grid:
             raise DataError(f"fold model {fold.path} predicts a {side}x{side} grid, not {grid}x{grid}")
-        probs[mine] = predict_probs(fold.model, [records[k] for k in mine], batch_size)[0]
+        probs[mine] = predict_probs(fold.model, [records[k] for k in mine], batch_size, backend=backend)[0]
     return probs
 
 
-def calibrate_checkpoint(checkpoint: Checkpoint, records: list[Record], source: str, batch_size: int = 16,
-                         fold_models: Sequence[str] = (),
-                         allow_trained_images: bool = False) -> tuple[Calibration, torch.Tensor]:
-    """Calibrate the model of ``checkpoint`` (:func:`bavit.core.checkpoint.read_checkpoint`) on ``records`` and
-    store the result in its file (rewritten with the same weights, config and ``extra``).
-
-    The probabilities come from the model itself (refused on images it trained on, :func:`check_unseen`, unless
-    ``allow_trained_images``) or, with ``fold_models``, out of fold (:func:`out_of_fold_probs`). ``source`` says
-    where the images come from (stored in the calibration). Returns the calibration and the probabilities
-    ``[N, G, G]`` it was computed from.
+def calibration_probs(checkpoint: Checkpoint, records: list[Record], batch_size: int = 16,
+                      fold_models: Sequence[str] = (), allow_trained_images: bool = False,
+                      backend: str = "torch") -> np.ndarray:
+    """The ``[N, G, G]`` FG probabilities a calibration of ``checkpoint`` on ``records`` is computed from: the
+    model's own (refused on images it trained on, :func:`check_unseen`, unless ``allow_trained_images``) or, with
+    ``fold_models``, out of fold (:func:`out_of_fold_probs`); BAViT run on ``backend``.
 
     Raises:
         DataError: no images, or images the model (or every fold model) trained on.
@@ -91,10 +92,27 @@ def calibrate_checkpoint(checkpoint: Checkpoint, records: list[Record], source: 
     if not records:
         raise DataError("no calibration images")
     if fold_models:
-        probs = out_of_fold_probs(list(fold_models), records, checkpoint.config.grid_size, batch_size)
-    else:
-        check_unseen(checkpoint, records, allow_trained_images)
-        probs, _ = predict_probs(checkpoint.model, records, batch_size)
-    calibration = calibrate(probs, LEVELS, grid=yolos_grid(yolos_tiny_config().patch_size), source=source)
+        return out_of_fold_probs(list(fold_models), records, checkpoint.config.grid_size, batch_size, backend)
+    check_unseen(checkpoint, records, allow_trained_images)
+    return predict_probs(checkpoint.model, records, batch_size, backend=backend)[0]
+
+
+def calibrate_checkpoint(checkpoint: Checkpoint, records: list[Record], source: str, batch_size: int = 16,
+                         fold_models: Sequence[str] = (), allow_trained_images: bool = False,
+                         backend: str = "torch") -> tuple[Calibration, torch.Tensor]:
+    """Calibrate the model of ``checkpoint`` (:func:`bavit.core.checkpoint.read_checkpoint`) on ``records`` and
+    store the result in its file (rewritten with the same weights, config and ``extra``).
+
+    The probabilities are :func:`calibration_probs`' (the model's own, or out of fold with ``fold_models``; BAViT
+    on ``backend``: ``"torch"`` float32, or ``"onnxruntime"`` with int8 MatMuls as the app serves it). ``source``
+    says where the images come from; it and the backend are stored in the calibration. Returns the calibration
+    and the probabilities ``[N, G, G]`` it was computed from.
+
+    Raises:
+        DataError: no images, or images the model (or every fold model) trained on.
+    """
+    probs = calibration_probs(checkpoint, records, batch_size, fold_models, allow_trained_images, backend)
+    calibration = calibrate(probs, LEVELS, grid=yolos_grid(yolos_tiny_config().patch_size), source=source,
+                            backend=bavit_graph_name(backend))
     save_checkpoint(checkpoint.model, checkpoint.path, checkpoint.extra, calibration.to_dict())
     return calibration, torch.from_numpy(probs)

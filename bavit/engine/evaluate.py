@@ -102,7 +102,8 @@ def evaluate(model: BAViT, records: list[Record], threshold: float = DEFAULT_THR
     result["budget"] = evaluate_budget(probs, records, levels, calibration, prior_cells, grid, cca_steps)
     if curve_levels:
         result["budget_curve"] = evaluate_budget(probs, records, curve_levels, calibration, prior_cells, grid, cca_steps)
-    result["calibration"] = None if calibration is None else {"images": calibration.images, "source": calibration.source}
+    result["calibration"] = None if calibration is None else {"images": calibration.images, "source": calibration.source,
+                                                              "backend": calibration.backend}
     result["sweep"] = []
     for value in sweep:
         grid_raw, grid_cca = select_grids(probs, value, cca_steps)

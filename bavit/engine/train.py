@@ -68,7 +68,7 @@ class TrainConfig:
     label_source: str = "mask"
     box_rule: str = "coverage"
     box_tau: float = BOX_TAU
-    cache_size: int = 512
+    cache_size: int = 512  # side of the square uint8 images crops are cut from (bavit.data.augment)
     seed: int = 0
     workers: int = 0
     init: str = "random"

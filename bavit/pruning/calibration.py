@@ -9,7 +9,9 @@ on the YOLOS grid). The result is stored in the BAViT checkpoint (:mod:`bavit.co
 
 Calibrate on images the model did not train on: a model is more confident on its training images, so thresholds
 taken from them give less sparsity on new images than asked (``python -m bavit calibrate`` refuses images the
-checkpoint records as trained on).
+checkpoint records as trained on). A calibration records which backend computed its probabilities
+(:attr:`Calibration.backend`: torch float32, or onnxruntime with int8 MatMuls as the app serves BAViT); those
+stored before it did were all computed in torch float32.
 """
 from __future__ import annotations
 
@@ -21,12 +23,16 @@ import numpy as np
 import torch
 
 from ..core.checkpoint import Checkpoint
+from ..deploy.runtime import bavit_graph_name
 from ..errors import CheckpointError, ConfigError
 from .keep_mask import closest_index, keep_mask_from_probs
 from .settings import MAX_CCA_STEPS, MAX_SPARSITY, PruningSettings, cca_steps_value, sparsity_value
 
 LEVELS = tuple(round(0.01 * i, 2) for i in range(round(100 * MAX_SPARSITY) + 1))  # target mean sparsity: 0%, 1%, ..., 95%
 CCA_STEPS = tuple(range(MAX_CCA_STEPS + 1))  # every setting of the app's CCA slider
+# The backend of calibrations stored without one: `python -m bavit calibrate` ran BAViT in torch float32 until it had
+# --backend.
+DEFAULT_CALIBRATION_BACKEND = bavit_graph_name("torch")
 
 
 @dataclass(frozen=True)
@@ -41,6 +47,8 @@ class Calibration:
         resample: BAViT grid -> detector grid resampling of the keep-mask rule.
         images: how many calibration images.
         source: which images (for the reader), e.g. ``"train2017 holdout (15%, seed 0)"``.
+        backend: what computed the probabilities (:func:`bavit.deploy.runtime.bavit_graph_name`): ``"torch
+            float32"`` (also read for calibrations stored without it) or ``"onnxruntime int8 MatMuls"``.
     """
 
     levels: tuple[float, ...]
@@ -50,6 +58,7 @@ class Calibration:
     resample: str
     images: int
     source: str = ""
+    backend: str = DEFAULT_CALIBRATION_BACKEND
 
     def threshold(self, sparsity: float, cca_steps: int) -> float:
         """The threshold for a target mean ``sparsity`` (fraction) with ``cca_steps`` CCA steps, interpolated
@@ -82,7 +91,9 @@ class Calibration:
         Raises:
             ValueError (:class:`~bavit.errors.ConfigError`), KeyError, TypeError: data that is not one: levels that
                 are not ascending fractions, a threshold list per CCA setting that is not one finite number per
-                level, a grid that is not a positive whole number, a source or resample that is not a string.
+                level, a grid that is not a positive whole number, a source, resample or backend that is not a
+                string. Data without a ``backend`` (stored before calibrations recorded it) reads as
+                :data:`DEFAULT_CALIBRATION_BACKEND`.
         """
         levels = _numbers("levels", data["levels"])
         if not levels or list(levels) != sorted(levels) or not all(0.0 <= v < 1.0 for v in levels):
@@ -97,11 +108,12 @@ class Calibration:
         for name, value in (("grid", grid), ("images", images)):
             if not isinstance(value, int) or isinstance(value, bool) or not 0 < value <= 1_000_000_000:
                 raise ConfigError(f"{name} must be a positive whole number")
-        for name in ("resample", "source"):
+        for name in ("resample", "source", "backend"):
             if not isinstance(data.get(name, ""), str):
                 raise ConfigError(f"{name} must be a string")
         return cls(levels=levels, thresholds=tables["thresholds"], achieved=tables["achieved"], grid=grid,
-                   resample=data["resample"], images=images, source=data.get("source", ""))
+                   resample=data["resample"], images=images, source=data.get("source", ""),
+                   backend=data.get("backend", DEFAULT_CALIBRATION_BACKEND))
 
     @classmethod
     def from_checkpoint(cls, checkpoint: Checkpoint) -> "Calibration | None":
@@ -179,7 +191,7 @@ def _threshold_for(fg_prob: torch.Tensor, candidates: torch.Tensor, target: floa
 
 def calibrate(fg_prob: np.ndarray | torch.Tensor, levels: Sequence[float] = LEVELS,
               cca_steps: Sequence[int] = CCA_STEPS, grid: int = 32, resample: str = "nearest",
-              source: str = "") -> Calibration:
+              source: str = "", backend: str = DEFAULT_CALIBRATION_BACKEND) -> Calibration:
     """Thresholds for each target mean sparsity on the calibration images' FG probabilities.
 
     Args:
@@ -187,6 +199,7 @@ def calibrate(fg_prob: np.ndarray | torch.Tensor, levels: Sequence[float] = LEVE
         levels: target mean sparsities (fractions in [0, 1)), ascending.
         cca_steps: the CCA settings to calibrate.
         grid: detector patch grid side; resample: the keep-mask rule's resampling.
+        source, backend: where the images come from and what computed ``fg_prob``, in words (stored with it).
     """
     probs = (fg_prob.detach().float().clone() if isinstance(fg_prob, torch.Tensor)
              else torch.tensor(np.asarray(fg_prob), dtype=torch.float32))
@@ -201,7 +214,8 @@ def calibrate(fg_prob: np.ndarray | torch.Tensor, levels: Sequence[float] = LEVE
         pairs = [_threshold_for(probs, candidates, level, int(steps), grid, resample) for level in levels]
         thresholds[int(steps)] = tuple(threshold for threshold, _ in pairs)
         achieved[int(steps)] = tuple(mean for _, mean in pairs)
-    return Calibration(levels, thresholds, achieved, grid, resample, len(probs), source)
+    return Calibration(levels, thresholds, achieved, grid, resample, len(probs), source, backend)
 
 
-__all__ = ["Calibration", "calibrate", "sparsity_at", "sparsity_standard_error", "LEVELS", "CCA_STEPS"]
+__all__ = ["Calibration", "calibrate", "sparsity_at", "sparsity_standard_error", "LEVELS", "CCA_STEPS",
+           "DEFAULT_CALIBRATION_BACKEND"]
