@@ -16,7 +16,7 @@ if __name__ == "__main__":  # only as the entry point (a Space runs `python app.
 import sys  # noqa: E402
 
 from bavit.app import server  # noqa: E402
-from bavit.app.demo import create_demo  # noqa: E402
+from bavit.app.ui import create_demo  # noqa: E402
 from bavit.errors import BAViTError  # noqa: E402
 from bavit.imageio import allow_large_images  # noqa: E402
 

@@ -2,7 +2,7 @@
 (:func:`main`; the figures are printed, and written as JSON with ``--json``).
 
 Starts ``python app.py`` on a free port (torch on ``--threads`` threads), loads one image through ``gradio_client``
-the way the page does, then times ``--changes`` threshold changes (the ``set_threshold`` event the slider fires),
+the way the page does, then times ``--changes`` threshold changes (``page_slider``, the server event a slider move fires),
 once with the pruned detector and once grid-only (detector off). A round trip is one ``Client.predict`` call:
 request, queue, CCA (+ pruned YOLOS), drawing the overlays, encoding the images, response. Medians are reported,
 with p90 and the per-change numbers in the JSON.
@@ -53,12 +53,12 @@ def slider_thresholds(changes: int) -> list[float]:
 def time_changes(client, changes: int, detect: bool, cca_steps: int = 3) -> list[float]:
     """Round-trip ms of ``changes`` threshold changes (:func:`slider_thresholds`, after the untimed ones)."""
     return timed_ms([partial(client.predict, MODE_THRESHOLD, threshold, 35, cca_steps, detect, False,
-                             api_name="/set_threshold") for threshold in slider_thresholds(changes)], WARMUP_CHANGES)
+                             api_name="/page_slider") for threshold in slider_thresholds(changes)], WARMUP_CHANGES)
 
 
 def time_floor(client, changes: int) -> list[float]:
-    """Round trips of ``set_threshold`` with no image loaded: the handler returns immediately."""
-    floor = partial(client.predict, MODE_THRESHOLD, 0.5, 35, 3, False, False, api_name="/set_threshold")
+    """Round trips of ``page_slider`` with no image loaded: the handler returns immediately."""
+    floor = partial(client.predict, MODE_THRESHOLD, 0.5, 35, 3, False, False, api_name="/page_slider")
     return timed_ms([floor] * (changes + WARMUP_CHANGES), WARMUP_CHANGES)
 
 
@@ -114,7 +114,7 @@ def client_bench(image: str | os.PathLike, changes: int, threads: int, bavit: st
     with running_app(threads, bavit, detector, backend, stop_timeout=20) as (_process, url, _log):
         client = Client(url, download_files=False, verbose=False)
         floor = summary(time_floor(client, changes))
-        client.predict(handle_file(str(image)), MODE_THRESHOLD, 0.5, 35, 3, True, False, api_name="/load_image")
+        client.predict(handle_file(str(image)), MODE_THRESHOLD, 0.5, 35, 3, True, False, api_name="/page_image")
         info = client.predict(handle_file(str(image)), 0.5, 3, 0, api_name="/analyze")
         results = {
             "threads": threads,

@@ -11,7 +11,7 @@ slider's number box and press Enter, then wait until the sparsity text shows it.
 (``bavit/app/static/grid.js``); with the detector each is a server round trip (queue, CCA, pruned YOLOS, texts). The
 first two changes of each mode warm up and are not timed.
 
-The same app's ``gradio_client`` round trips (:func:`.app_bench.time_changes`: the ``set_threshold`` API,
+The same app's ``gradio_client`` round trips (:func:`.app_bench.time_changes`: the ``page_slider`` event,
 threshold mode, all view images) are measured afterwards as a second line.
 
 Targets (reported, not asserted): grid-only <= 50 ms, with the pruned detector <= 200 ms (medians).
@@ -164,10 +164,10 @@ def wait_for_warm_up(client, image: Path, timeout: float = WARM_UP_TIMEOUT_S) ->
 
 
 def client_timings(client, image: Path, changes: int) -> dict:
-    """The same app through ``gradio_client`` (``set_threshold``, threshold mode), as :mod:`.app_bench` measures it."""
+    """The same app through ``gradio_client`` (``page_slider``, threshold mode), as :mod:`.app_bench` measures it."""
     from gradio_client import handle_file
 
-    client.predict(handle_file(str(image)), MODE_THRESHOLD, 0.5, 35, 3, True, False, api_name="/load_image")
+    client.predict(handle_file(str(image)), MODE_THRESHOLD, 0.5, 35, 3, True, False, api_name="/page_image")
     return {"grid_only": summary(time_changes(client, changes, detect=False)),
             "with_detector": summary(time_changes(client, changes, detect=True))}
 
@@ -230,7 +230,7 @@ def print_browser(results: dict) -> None:
     print(_row("with the pruned detector", browser["with_detector"], TARGETS_MS["with_detector"]))
     if "with_detector_topk" in browser:
         print(_row("  same, top-k (held at 30-70%)", browser["with_detector_topk"], TARGETS_MS["with_detector"]))
-    print("gradio_client round trip, same app (set_threshold API, threshold mode, grid and curve images):")
+    print("gradio_client round trip, same app (page_slider event, threshold mode):")
     print(_row("grid only (detector off)", client["grid_only"]))
     print(_row("with the pruned detector", client["with_detector"]))
 

@@ -7,7 +7,7 @@ the ``analyze`` API and one through the page's upload event), resets the server'
 during the calls (``VmHWM``) and the increase, what it still holds ``--settle`` seconds after the last call (RSS
 after - before), the seconds the calls took, how many calls succeeded or were refused (and the first refusal's
 text), and the 1-minute load average when the case began. Linux only (``/proc``). Calls are made as a client or an
-attacker would: ``gradio_client`` for the ``analyze`` and ``load_image`` APIs; raw uploads (``/gradio_api/upload``)
+attacker would: ``gradio_client`` for the ``analyze`` API and the page's ``page_image`` event; raw uploads (``/gradio_api/upload``)
 and queue joins (``/gradio_api/queue/join``) for the page's events; raw POSTs for the rest. The crafted files
 (:mod:`.crafted_images`) are written to a new temporary folder.
 
@@ -17,7 +17,7 @@ Cases:
   that kind (a 50 MP PNG under the upload limit; RGBA needs the alpha composite, 16-bit gray a wide decode).
 - ``ico``, ``icns``: a ~650 KB ``.ico`` / ``.icns`` whose one icon is a 15000x15000 PNG of zeros (225 MP; its
   header says 256x256 / 1024x1024, and Pillow decodes the PNG to learn more); 6 at once, 2 each through
-  ``analyze``, ``load_image`` and the page's upload event (the ``change`` of ``#input-image``).
+  ``analyze``, ``page_image`` through a client and the page's upload event (the ``change`` of ``#input-image``).
 - ``paint``: the "Compare with painted GT" event (the ``click`` of ``#gt-apply``) once, in a session with a small
   image loaded; its ``gr.ImageEditor`` value is an uploaded 15000x15000 zero PNG as background, as each of 4
   layers and as composite, as a 15000x15000 canvas would send it (Gradio decodes each into an RGBA array before
@@ -134,7 +134,7 @@ def icon_calls(kind: str, server: Server, files: Files, _concurrent: int) -> lis
     payload = upload(server.url, path)  # the page's calls send it as uploaded; the clients upload it themselves
     calls = []
     for _ in range(ICON_CALLS // 3):
-        calls += [server.api("/analyze", path), server.api("/load_image", path, CONTROLS),
+        calls += [server.api("/analyze", path), server.api("/page_image", path, CONTROLS),
                   partial(server.page_image, payload)]
     return calls
 

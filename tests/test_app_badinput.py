@@ -3,6 +3,7 @@ the server stays up throughout."""
 from __future__ import annotations
 
 import io
+import json
 
 import numpy as np
 import pytest
@@ -14,12 +15,24 @@ from gradio_client import handle_file  # noqa: E402
 from gradio_client.exceptions import AppError  # noqa: E402
 
 from bavit.app.session import MODE_THRESHOLD  # noqa: E402
+from bavit.app.ui import PAGE_KEYS, SLIDER_KEYS  # noqa: E402
 
 GRID_ONLY = [MODE_THRESHOLD, 0.5, 35, 3, False, False]  # detector off: keeps these tests fast
 
 
+SPARSITY = 1 + PAGE_KEYS.index("sparsity")  # in an image event's outputs, after #page-state
+
+
 def load(client, path):
-    return client.predict(handle_file(str(path)), *GRID_ONLY, api_name="/load_image")
+    """The page's image event through the client: ``(page_state, *PAGE_KEYS, gt_grid, editor)``."""
+    return client.predict(handle_file(str(path)), *GRID_ONLY, api_name="/page_image")
+
+
+def grids(outputs) -> tuple[str, str]:
+    """The grid bits before and after CCA that an event's ``#page-state`` message gives the page to draw."""
+    message = json.loads(outputs[0])
+    view = message.get("view", message)  # an image message carries its view
+    return view["raw"], view["cca"]
 
 
 def write(path, data: bytes):
@@ -83,9 +96,9 @@ def _png(image: Image.Image) -> bytes:
 def test_odd_but_valid_images_work(client, server, tmp_path):
     for path, size in odd_images(tmp_path):
         outputs = load(client, path)
-        sparsity_text = outputs[5]  # [grid_raw, grid_cca, det_pruned, det_dense, det_message, sparsity, ...] (no state)
-        assert "Sparsity:" in sparsity_text, path.name
-        assert outputs[0] is not None and outputs[1] is not None, path.name  # both grid images
+        assert "Sparsity:" in outputs[SPARSITY], path.name
+        raw, cca = grids(outputs)  # both grids, every cell 0 or 1
+        assert len(raw) == len(cca) > 0 and set(raw + cca) <= {"0", "1"}, path.name
         result = client.predict(handle_file(str(path)), 0.5, 3, 0, api_name="/analyze")
         assert tuple(result["image_size"]) == size, path.name
         assert 0 <= result["kept_patches"] <= 1024
@@ -96,10 +109,10 @@ def test_app_stays_up_after_errors(client, tmp_path):
     with pytest.raises(AppError):
         load(client, write(tmp_path / "bad.jpg", b"\xff\xd8\xff garbage"))
     outputs = load(client, apphelpers.EXAMPLES / "coffee.jpg")
-    assert "Sparsity:" in outputs[5]
+    assert "Sparsity:" in outputs[SPARSITY]
     # and the slider still answers for this session's image
-    moved = client.predict(MODE_THRESHOLD, 0.9, 35, 3, False, False, api_name="/set_threshold")
-    assert "threshold 0.90" in moved[5]
+    moved = client.predict(MODE_THRESHOLD, 0.9, 35, 3, False, False, api_name="/page_slider")
+    assert "threshold 0.90" in moved[1 + SLIDER_KEYS.index("sparsity")]
 
 
 def test_bad_settings_get_one_clear_message_on_every_event(client, server):
@@ -109,9 +122,9 @@ def test_bad_settings_get_one_clear_message_on_every_event(client, server):
     chelsea = handle_file(str(apphelpers.EXAMPLES / "chelsea.jpg"))
     mode, threshold, target, cca, detect, dense = GRID_ONLY
     cases = [
-        ("/set_threshold", (mode, "abc", target, cca, detect, dense), "threshold must be a number, got 'abc'"),
-        ("/load_image", (chelsea, mode, threshold, target, -1, detect, dense), "cca_steps is a whole number in 0..5, got -1"),
-        ("/set_threshold", (mode, threshold, target, 2.5, detect, dense), "cca_steps is a whole number in 0..5, got 2.5"),
+        ("/page_slider", (mode, "abc", target, cca, detect, dense), "threshold must be a number, got 'abc'"),
+        ("/page_image", (chelsea, mode, threshold, target, -1, detect, dense), "cca_steps is a whole number in 0..5, got -1"),
+        ("/page_slider", (mode, threshold, target, 2.5, detect, dense), "cca_steps is a whole number in 0..5, got 2.5"),
         ("/analyze", (chelsea, threshold, 2.5, 0, 0), "cca_steps is a whole number in 0..5, got 2.5"),
         ("/analyze", (chelsea, True, 3, 0, 0), "threshold must be a number, got True"),
     ]

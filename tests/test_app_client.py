@@ -11,9 +11,9 @@ from gradio_client import Client, handle_file  # noqa: E402
 
 from bavit.pruning.settings import PruningSettings
 from bavit.app.explorer import Explorer  # noqa: E402
-from bavit.app.panels import banner_text  # noqa: E402
+from bavit.app.page import banner_text  # noqa: E402
 from bavit.app.session import MODE_THRESHOLD, MODE_TOPK, Controls  # noqa: E402
-from bavit.app.ui import build_demo  # noqa: E402
+from bavit.app.ui import SLIDER_KEYS, build_demo  # noqa: E402
 from bavit.predictor import Predictor  # noqa: E402
 
 CHELSEA = apphelpers.EXAMPLES / "chelsea.jpg"
@@ -86,12 +86,12 @@ def test_sessions_are_isolated(server):
     first = Client(server.url, download_files=False, verbose=False)
     second = Client(server.url, download_files=False, verbose=False)
     controls = [MODE_THRESHOLD, 0.5, 35, 3, False, False]
-    first.predict(handle_file(str(CHELSEA)), *controls, api_name="/load_image")
-    second.predict(handle_file(str(ROCKET)), *controls, api_name="/load_image")
+    first.predict(handle_file(str(CHELSEA)), *controls, api_name="/page_image")
+    second.predict(handle_file(str(ROCKET)), *controls, api_name="/page_image")
     texts = {}
     for name, session in (("chelsea", first), ("rocket", second)):
-        outputs = session.predict(MODE_THRESHOLD, 0.65, 35, 2, False, False, api_name="/set_threshold")
-        texts[name] = outputs[5]  # the sparsity panel
+        outputs = session.predict(MODE_THRESHOLD, 0.65, 35, 2, False, False, api_name="/page_slider")
+        texts[name] = outputs[1 + SLIDER_KEYS.index("sparsity")]  # after #page-state
     for name, path in (("chelsea", CHELSEA), ("rocket", ROCKET)):
         expected = first.predict(handle_file(str(path)), 0.65, 2, 0, api_name="/analyze")
         assert f"{expected['kept_patches']} kept" in texts[name]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import pickle
 import threading
 import time
@@ -19,8 +20,9 @@ import pytest
 from PIL import Image
 
 from bavit.app.explorer import Explorer
-from bavit.app.gate import SessionGate
-from bavit.app.handlers import PAGE_KEYS, SLIDER_KEYS, VIEW_KEYS, build_handlers
+from bavit.app.session import SessionGate
+from bavit.app.page import grid_bits
+from bavit.app.ui import PAGE_KEYS, SLIDER_KEYS, build_handlers
 from bavit.app.session import MODE_SPARSITY, MODE_THRESHOLD, MODE_TOPK, Controls, ImageSession
 from bavit.predictor import Predictor
 
@@ -47,24 +49,32 @@ def open_chelsea(explorer: Explorer) -> ImageSession:
     return explorer.open_image({"path": str(CHELSEA), "orig_name": "chelsea.jpg"})
 
 
-def slow_predict(monkeypatch, predictor, delay):
-    """Make the Explorer's analyses (``predictor.predict`` calls with ``dense=``) sleep ``delay(settings)`` seconds
-    first; returns the list of their options with the threshold. The curve's points (``predict`` calls without
-    ``dense=``) run as they are."""
+def held_predict(monkeypatch, predictor, release_when):
+    """Make the first of the Explorer's analyses (``predictor.predict`` calls with ``dense=``) wait until
+    ``release_when()`` holds (the later events have arrived): without the session's gate the held event would finish
+    last. Returns the list of the analyses' options, with their settings. The curve's points (``predict`` calls
+    without ``dense=``) run as they are. No clock: the held call waits for a condition, not for a time."""
     original = predictor.predict
     calls = []
     lock = threading.Lock()
 
     def predict(prepared, settings=None, **options):
         if "dense" in options:
-            call = {**options, "threshold": settings.threshold}
             with lock:
-                calls.append(call)
-            time.sleep(delay(call))
+                calls.append({**options, "settings": settings})
+                first = len(calls) == 1
+            if first:
+                assert wait_until(release_when, timeout=60), "the later events never arrived"
         return original(prepared, settings, **options)
 
     monkeypatch.setattr(predictor, "predict", predict)
     return calls
+
+
+def arrived(session: ImageSession, count: int):
+    """A condition: ``count`` more events than now have taken a ticket of ``session``'s gate."""
+    target = session.gate.issued + count
+    return lambda: session.gate.issued >= target
 
 
 def wait_until(condition, timeout=2.0) -> bool:
@@ -100,7 +110,8 @@ def fire(session: ImageSession, calls):
         thread = threading.Thread(target=run, args=(index, function, args))
         thread.start()
         threads.append(thread)
-        wait_until(lambda issued=issued, index=index: session.gate.issued > issued or index in finished)
+        assert wait_until(lambda issued=issued, index=index: session.gate.issued > issued or index in finished), \
+            "an event neither took a ticket nor finished"
     for thread in threads:
         thread.join(timeout=60)
         assert not thread.is_alive(), "an event never finished (deadlock?)"
@@ -122,6 +133,10 @@ def value_of(output):
     return output["value"] if isinstance(output, dict) and "__type__" in output else output
 
 
+EVENT_KEYS = ("state", *PAGE_KEYS)  # what a control event answers: #page-state, then the panels
+SLIDER_EVENT_KEYS = ("state", *SLIDER_KEYS)
+
+
 def test_last_control_event_wins(grid_predictor, monkeypatch):
     explorer = Explorer(grid_predictor)
     handlers = build_handlers(explorer)
@@ -129,20 +144,21 @@ def test_last_control_event_wins(grid_predictor, monkeypatch):
     thresholds = [0.2, 0.3, 0.4, 0.5, 0.6, 0.7]
     for cca_steps in (2, 3):  # curves drawn once: keeps the timings below apart
         explorer.update(session, Controls(cca_steps=cca_steps, detect=False))
-    # the earlier the event, the slower its predict: without the gate the first event would finish last
-    calls = slow_predict(monkeypatch, grid_predictor, lambda s: 0.05 * (1 + thresholds[::-1].index(s["threshold"])))
-    events = [(handlers.on_controls, (session, MODE_THRESHOLD, t, 35, 3 if i % 2 else 2, False, False))
+    # the first event's predict waits until every event has arrived: without the gate it would finish last
+    calls = held_predict(monkeypatch, grid_predictor, arrived(session, len(thresholds)))
+    events = [(handlers.page_controls, (session, MODE_THRESHOLD, t, 35, 3 if i % 2 else 2, False, False))
               for i, t in enumerate(thresholds)]
     results, finished = fire(session, events)
 
     # the page ends at the last event's settings
-    page = apply_to_page(results, finished, VIEW_KEYS)
+    page = apply_to_page(results, finished, EVENT_KEYS)
     last = Controls(threshold=thresholds[-1], cca_steps=3, detect=False)
     expected = explorer.render(session, last)
     assert page["sparsity"] == expected["sparsity"] and "threshold 0.70" in page["sparsity"]
     assert page["tokens"] == expected["tokens"]
-    np.testing.assert_array_equal(np.asarray(page["grid_raw"]), np.asarray(expected["grid_raw"]))
-    np.testing.assert_array_equal(np.asarray(page["grid_cca"]), np.asarray(expected["grid_cca"]))
+    state = json.loads(page["state"])  # the grids the page draws
+    assert state["raw"] == grid_bits(expected["analysis"].grid_raw)
+    assert state["cca"] == grid_bits(expected["analysis"].grid_cca)
     # an event returns all of its outputs or gr.skip() for all; stale ones are skipped and did no work
     skipped = [i for i, out in enumerate(results) if all(value == SKIP for value in out)]
     rendered = [i for i, out in enumerate(results) if not any(value == SKIP for value in out)]
@@ -151,7 +167,7 @@ def test_last_control_event_wins(grid_predictor, monkeypatch):
     assert len(calls) < len(events)  # events superseded before their turn did not call the Predictor
     assert [i for i in finished if i in rendered] == rendered  # rendered views leave in arrival order
     for i in rendered:
-        assert f"threshold {thresholds[i]:.2f}" in results[i][VIEW_KEYS.index("sparsity")]
+        assert f"threshold {thresholds[i]:.2f}" in results[i][EVENT_KEYS.index("sparsity")]
 
 
 def test_mode_events_keep_slider_visibility_in_order(grid_predictor, monkeypatch):
@@ -159,9 +175,8 @@ def test_mode_events_keep_slider_visibility_in_order(grid_predictor, monkeypatch
     handlers = build_handlers(explorer)
     session = open_chelsea(explorer)
     explorer.update(session, Controls(detect=False))  # the curve is drawn once: keeps the timings below apart
-    # the earlier the mode, the slower its predict: without the gate the events would finish in the wrong order
-    slow_predict(monkeypatch, grid_predictor,
-                 lambda s: 0.4 if s.get("keep_ratio") is not None else 0.2 if s.get("sparsity") is not None else 0.02)
+    # the first event's predict waits until every event has arrived: without the gate the events would finish in
+    # the wrong order
     events = [
         (handlers.page_mode, (session, MODE_TOPK, 0.5, 60, 3, False, False)),  # to top-k (slowest)
         (handlers.page_slider, (session, MODE_TOPK, 0.5, 70, 3, False, False)),  # target slider
@@ -170,6 +185,7 @@ def test_mode_events_keep_slider_visibility_in_order(grid_predictor, monkeypatch
         (handlers.page_mode, (session, MODE_THRESHOLD, 0.4, 40, 3, False, False)),  # back to threshold
         (handlers.page_slider, (session, MODE_THRESHOLD, 0.45, 40, 3, False, False)),  # threshold slider
     ]
+    held_predict(monkeypatch, grid_predictor, arrived(session, len(events)))
     results, finished = fire(session, events)
     modes = (0, 2, 4)
     page = {}
@@ -197,9 +213,9 @@ def test_mode_events_keep_slider_visibility_in_order(grid_predictor, monkeypatch
 def test_dense_detector_is_measured_once(detector_predictor, monkeypatch):
     explorer = Explorer(detector_predictor)
     handlers = build_handlers(explorer)
-    calls = slow_predict(monkeypatch, detector_predictor, lambda s: 0.1)
     # direct calls from several threads: the check and the measurement are one step
     session = open_chelsea(explorer)
+    calls = held_predict(monkeypatch, detector_predictor, arrived(session, 4))
     threads = [threading.Thread(target=explorer.measure_dense, args=(session, Controls())) for _ in range(4)]
     for thread in threads:
         thread.start()
@@ -207,12 +223,13 @@ def test_dense_detector_is_measured_once(detector_predictor, monkeypatch):
         thread.join()
     assert sum(call["dense"] for call in calls) == 1 and session.dense_ms > 0
     # through the handlers (a fresh session of the same image: BAViT comes from the cache)
-    calls.clear()
+    monkeypatch.undo()
     session = open_chelsea(explorer)
-    events = [(handlers.on_controls, (session, MODE_THRESHOLD, t, 35, 3, True, True)) for t in (0.3, 0.4, 0.5, 0.6)]
+    calls = held_predict(monkeypatch, detector_predictor, arrived(session, 4))
+    events = [(handlers.page_controls, (session, MODE_THRESHOLD, t, 35, 3, True, True)) for t in (0.3, 0.4, 0.5, 0.6)]
     results, finished = fire(session, events)
     assert sum(call["dense"] for call in calls) == 1
-    page = apply_to_page(results, finished, VIEW_KEYS)
+    page = apply_to_page(results, finished, EVENT_KEYS)
     assert "threshold 0.60" in page["sparsity"] and "Speed-up: warming up" in page["latency"]  # monitor not started
     assert value_of(page["det_dense"]) is not None
 
@@ -297,7 +314,7 @@ def test_gate_runs_holders_in_arrival_order_and_retire_skips_waiting_events(grid
     with session.gate.hold():  # an event is running on the old image
         issued = session.gate.issued
         waiting = threading.Thread(target=lambda: outcome.update(
-            view=handlers.on_controls(session, MODE_THRESHOLD, 0.3, 35, 3, False, False)))
+            view=handlers.page_controls(session, MODE_THRESHOLD, 0.3, 35, 3, False, False)))
         waiting.start()
         assert wait_until(lambda: session.gate.issued > issued)
         retiring = threading.Thread(target=session.retire)
@@ -305,25 +322,25 @@ def test_gate_runs_holders_in_arrival_order_and_retire_skips_waiting_events(grid
         assert wait_until(lambda: session.gate.issued > issued + 1)
     waiting.join()
     retiring.join()
-    assert outcome["view"] == [SKIP] * len(VIEW_KEYS)
+    assert outcome["view"] == [SKIP] * len(EVENT_KEYS)
 
 
 def test_client_burst_on_one_session(server):
-    """Overlapping set_threshold calls from one gradio_client session: each answer is its own or a skip."""
+    """Overlapping slider events from one gradio_client session: each answer is its own or a skip."""
     from gradio_client import Client, handle_file
 
     client = Client(server.url, download_files=False, verbose=False)
-    client.predict(handle_file(str(CHELSEA)), MODE_THRESHOLD, 0.5, 35, 3, False, False, api_name="/load_image")
+    client.predict(handle_file(str(CHELSEA)), MODE_THRESHOLD, 0.5, 35, 3, False, False, api_name="/page_image")
     thresholds = [0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8]
-    jobs = [client.submit(MODE_THRESHOLD, t, 35, 3, False, False, api_name="/set_threshold") for t in thresholds]
+    jobs = [client.submit(MODE_THRESHOLD, t, 35, 3, False, False, api_name="/page_slider") for t in thresholds]
     answers = [job.result(timeout=120) for job in jobs]
     shown = 0
     for threshold, outputs in zip(thresholds, answers):
         if all(value == SKIP for value in outputs):  # superseded by a newer call: gr.skip() for every output
             continue
-        assert f"threshold {threshold:.2f}" in outputs[VIEW_KEYS.index("sparsity")]  # its own settings
+        assert f"threshold {threshold:.2f}" in outputs[SLIDER_EVENT_KEYS.index("sparsity")]  # its own settings
         shown += 1
     assert shown >= 1
-    final = client.predict(MODE_THRESHOLD, 0.65, 35, 3, False, False, api_name="/set_threshold")
-    assert "threshold 0.65" in final[VIEW_KEYS.index("sparsity")]
+    final = client.predict(MODE_THRESHOLD, 0.65, 35, 3, False, False, api_name="/page_slider")
+    assert "threshold 0.65" in final[SLIDER_EVENT_KEYS.index("sparsity")]
     assert server.alive()

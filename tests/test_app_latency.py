@@ -5,17 +5,18 @@ from __future__ import annotations
 import importlib.util
 import statistics
 import threading
+import time
 
 import apphelpers
 import pytest
 
 from bavit.pruning.settings import PruningSettings
-from bavit.app.demo import create_demo, create_explorer
+from bavit.app.ui import create_demo, create_explorer
 from bavit.app.explorer import Explorer
-from bavit.app.handlers import VIEW_KEYS, build_handlers
+from bavit.app.ui import PAGE_KEYS, build_handlers
 from bavit.app.latency import KEPT_TOLERANCE, MIN_DENSE_RUNS, WINDOW, LatencyWindows, interpolate
 from bavit.app.session import MODE_THRESHOLD, Controls
-from bavit.app.timing import CURVE_COUNTS
+from bavit.app.latency import CURVE_COUNTS, LatencyMonitor
 from bavit.errors import BAViTError
 from bavit.predictor import Predictor
 
@@ -102,14 +103,14 @@ def test_warm_up_in_background_then_page_shows_the_medians(detector_predictor, m
     handlers = build_handlers(explorer)
     release = threading.Event()
     monkeypatch.setattr(detector_predictor, "run_detector", release_when(release, detector_predictor.run_detector))
-    monkeypatch.setattr("bavit.app.timing.REFRESH_S", float("inf"))  # no background refresh between the checks
+    monkeypatch.setattr("bavit.app.latency.REFRESH_S", float("inf"))  # no background refresh between the checks
     controls = (MODE_THRESHOLD, 0.5, 35, 3, True, False)
     try:
         assert monitor.start() is monitor and monitor.warming_up
         # the page answers while the warm-up is held mid-way: no number yet, it says "warming up"
-        outputs = handlers.on_image({"path": str(CHELSEA), "orig_name": "chelsea.jpg"}, None, *controls)
+        outputs = handlers.page_image({"path": str(CHELSEA), "orig_name": "chelsea.jpg"}, None, *controls)
         session = outputs[0]
-        latency = outputs[1 + VIEW_KEYS.index("latency")]
+        latency = outputs[2 + PAGE_KEYS.index("latency")]  # after the session and #page-state
         assert "**Speed-up: warming up**" in latency and f"0 of {MIN_DENSE_RUNS} warm dense runs" in latency
         assert explorer.api_result({"path": str(CHELSEA)}, threshold=0.5)["speedup"] is None
         assert monitor.warming_up and monitor.samples()["dense"] == []
@@ -125,8 +126,8 @@ def test_warm_up_in_background_then_page_shows_the_medians(detector_predictor, m
     kept = int(detector_predictor.predict(session.prepared, PruningSettings(threshold=0.5, cca_steps=3), detect=False)
                .accounting.kept_patches)
     for _ in range(3):
-        view = handlers.on_controls(session, *controls)
-    latency = view[VIEW_KEYS.index("latency")]
+        view = handlers.page_controls(session, *controls)
+    latency = view[1 + PAGE_KEYS.index("latency")]
     samples = monitor.samples()
     near = [ms for count, ms in reversed(samples["pruned"]) if abs(count - kept) <= KEPT_TOLERANCE][:WINDOW]
     assert len(near) >= 3  # the three requests (none overlapped another run: nothing else ran)
@@ -147,8 +148,8 @@ def test_warm_up_in_background_then_page_shows_the_medians(detector_predictor, m
     assert (medians["dense"], medians["bavit"], medians["dense_runs"]) == (dense, bavit, 6)
     assert medians["pruned_source"] == "warm runs" and medians["pruned_runs"] == len(near)
     # grid-only: no latency claim
-    view = handlers.on_controls(session, MODE_THRESHOLD, 0.5, 35, 3, False, False)
-    assert view[VIEW_KEYS.index("latency")].startswith("Detector off")
+    view = handlers.page_controls(session, MODE_THRESHOLD, 0.5, 35, 3, False, False)
+    assert view[1 + PAGE_KEYS.index("latency")].startswith("Detector off")
 
 
 def test_create_demo_starts_the_warm_up_without_waiting(monkeypatch):
@@ -218,23 +219,24 @@ def test_medians_prefer_the_last_half_minute():
     assert _pool(many, MIN_DENSE_RUNS, now) == [float(ms) for ms in range(20 - WINDOW, 20)]  # the newest WINDOW
 
 
-def test_app_use_re_times_dense_and_bavit_in_the_background(detector_predictor, monkeypatch):
+def test_app_use_re_times_dense_and_bavit_in_the_background(detector_predictor):
     """While the app is used, dense and BAViT get fresh runs (the speed-up's medians share the pruned runs' load);
     a monitor whose warm-up never started runs nothing in the background."""
-    import bavit.app.timing as timing
+    import bavit.app.latency as timing
 
     idle = Explorer(detector_predictor)
     session = idle.open_image({"path": str(CHELSEA), "orig_name": "chelsea.jpg"})
     idle.update(session, Controls(threshold=0.5))
     assert idle.monitor._refresher is None and idle.monitor.samples()["dense"] == []
 
-    explorer = Explorer(detector_predictor)
+    ahead = [0.0]  # a clock the test moves on: the monitor's samples age without waiting
+    monitor = LatencyMonitor(detector_predictor, clock=lambda: time.monotonic() + ahead[0])
+    explorer = Explorer(detector_predictor, monitor=monitor)
     assert explorer.monitor.start().join(60) and explorer.monitor.error is None
     before = explorer.monitor.samples()
     explorer.update(session, Controls(threshold=0.5))
     assert explorer.monitor._refresher is None  # the warm-up's runs are fresh: no refresh yet
-    monkeypatch.setattr(timing, "REFRESH_S", 0.0)  # as if they were old
-    monkeypatch.setattr(timing, "SETTLE_S", 0.0)
+    ahead[0] = timing.REFRESH_S + 1.0  # now they are old
     explorer.update(session, Controls(threshold=0.5))
     refresher = explorer.monitor._refresher
     assert refresher is not None and refresher.daemon

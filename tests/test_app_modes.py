@@ -1,7 +1,7 @@
 """The three sparsity controls of the app: FG-probability threshold, calibrated mean sparsity over images (paper
 Table 2: one threshold from the checkpoint's calibration, each image's own sparsity follows its content) and this
 image's sparsity held at the target by top-k. In-process through the Explorer and the page's handlers, and through
-the ``analyze`` / ``load_image`` API of the shared app server (a random BAViT calibrated on the gallery images)."""
+the ``analyze`` API and the page's events on the shared app server (a random BAViT calibrated on the gallery images)."""
 from __future__ import annotations
 
 import gradio as gr
@@ -16,7 +16,7 @@ from gradio_client.exceptions import AppError  # noqa: E402
 
 from bavit.pruning.settings import PruningSettings
 from bavit.app.explorer import Explorer  # noqa: E402
-from bavit.app.handlers import PAGE_KEYS, VIEW_KEYS, build_handlers  # noqa: E402
+from bavit.app.ui import PAGE_KEYS, build_handlers  # noqa: E402
 from bavit.app.session import (  # noqa: E402
     MODE_SPARSITY,
     MODE_THRESHOLD,
@@ -31,7 +31,7 @@ from bavit.pruning.keep_mask import keep_mask_from_probs, top_k_for_kept  # noqa
 
 CHELSEA = apphelpers.EXAMPLES / "chelsea.jpg"
 ROCKET = apphelpers.EXAMPLES / "rocket.jpg"
-SPARSITY = VIEW_KEYS.index("sparsity")
+EVENT_SPARSITY = 1 + PAGE_KEYS.index("sparsity")  # page_image (through a client) and page_controls: the page state, PAGE_KEYS
 MODE_EVENT_SPARSITY = 3 + PAGE_KEYS.index("sparsity")  # page_mode: two slider visibilities, the page state, PAGE_KEYS
 
 
@@ -166,18 +166,18 @@ def test_calibrated_mode_without_a_calibration_is_a_clear_error(uncalibrated):
     session = open_image(uncalibrated, CHELSEA)
     controls = (MODE_SPARSITY, 0.5, 35, 3, False, False)
     with pytest.raises(gr.Error, match="needs a calibrated BAViT checkpoint"):
-        handlers.on_controls(session, *controls)
+        handlers.page_controls(session, *controls)
     with pytest.raises(gr.Error, match="needs a calibrated BAViT checkpoint"):
         handlers.page_mode(session, *controls)
     with pytest.raises(gr.Error, match="needs a calibrated BAViT checkpoint"):
-        handlers.on_image({"path": str(ROCKET), "orig_name": "rocket.jpg"}, None, *controls)
+        handlers.page_image({"path": str(ROCKET), "orig_name": "rocket.jpg"}, None, *controls)
     with pytest.raises(BAViTError, match="calibrat"):
         uncalibrated.api_result({"path": str(ROCKET)}, sparsity=0.35, detect=False)
     # the other modes still answer for this session
     shown = handlers.page_mode(session, MODE_TOPK, 0.5, 35, 3, False, False)
     assert shown[0]["visible"] is False and shown[1]["visible"] is True
     assert "held at the target 35%" in shown[MODE_EVENT_SPARSITY]
-    assert "threshold 0.40" in handlers.on_controls(session, MODE_THRESHOLD, 0.4, 35, 3, False, False)[SPARSITY]
+    assert "threshold 0.40" in handlers.page_controls(session, MODE_THRESHOLD, 0.4, 35, 3, False, False)[EVENT_SPARSITY]
 
 
 def test_mode_event_sets_the_sliders(calibrated):
@@ -225,13 +225,14 @@ def test_analyze_endpoint_refuses_bad_sparsity(client, server, keep_ratio, spars
 
 
 def test_page_modes_through_the_server(client, server, local_calibrated):
-    """load_image and the control events in the calibrated and top-k modes, as the page sends them."""
-    outputs = client.predict(handle_file(str(CHELSEA)), MODE_SPARSITY, 0.5, 35, 3, False, False, api_name="/load_image")
+    """The page's image and mode events in the calibrated and top-k modes, as the page sends them."""
+    outputs = client.predict(handle_file(str(CHELSEA)), MODE_SPARSITY, 0.5, 35, 3, False, False, api_name="/page_image")
     expected = local_calibrated.analyze(str(CHELSEA), PruningSettings(sparsity=0.35, cca_steps=3), detect=False)
     own = 100.0 * expected.accounting.sparsity
-    assert "Mean sparsity 35% over images" in outputs[SPARSITY] and f"this image: {own:.1f}%" in outputs[SPARSITY]
-    moved = client.predict(MODE_TOPK, 0.5, 50, 3, False, False, api_name="/set_threshold")
-    assert "held at the target 50%" in moved[SPARSITY]
+    text = outputs[EVENT_SPARSITY]
+    assert "Mean sparsity 35% over images" in text and f"this image: {own:.1f}%" in text
+    moved = client.predict(MODE_TOPK, 0.5, 50, 3, False, False, api_name="/page_mode")
+    assert "held at the target 50%" in moved[MODE_EVENT_SPARSITY]
     with pytest.raises(AppError, match="unknown sparsity control"):
-        client.predict(handle_file(str(CHELSEA)), "Target sparsity", 0.5, 35, 3, False, False, api_name="/load_image")
+        client.predict(handle_file(str(CHELSEA)), "Target sparsity", 0.5, 35, 3, False, False, api_name="/page_image")
     assert server.alive()

@@ -1,5 +1,5 @@
 """The page's server events (bavit/app/ui.py page_* handlers) and the messages they send to static/grid.js
-(bavit/app/client.py), called like Gradio's workers do, without a browser."""
+(bavit/app/page.py), called like Gradio's workers do, without a browser."""
 from __future__ import annotations
 
 import base64
@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from bavit.pruning.settings import PruningSettings
-from bavit.app import client
+from bavit.app import page
 from bavit.app.explorer import Explorer
-from bavit.app.handlers import PAGE_KEYS, SLIDER_KEYS, build_handlers
+from bavit.app.ui import PAGE_KEYS, SLIDER_KEYS, build_handlers
 from bavit.app.session import MODE_SPARSITY, MODE_THRESHOLD, MODE_TOPK, Controls, effective_threshold
 from bavit.predictor import Predictor
 from bavit.pruning.accounting import token_accounting
@@ -118,5 +118,5 @@ def test_clearing_sends_a_clear_message(handlers):
 
 
 def test_head_loads_the_static_files():
-    head = client.head_html()
+    head = page.head_html()
     assert head.count("<script>") == 1 and "window.bavitGrid" in head and ".bavit-hidden" in head

@@ -1,7 +1,7 @@
 """What a request can make the app read and allocate: only its own uploads and examples, within size limits.
 
 Sent as an attacker would, to the running app (``python app.py``): raw REST calls and queue joins with hand-written
-file payloads, for every event that takes an image (``analyze``, ``load_image`` and the page's upload event).
+file payloads, for every event that takes an image (``analyze`` and the page's upload event, ``page_image``).
 """
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ from bavit.pruning.settings import PruningSettings
 from bavit.app import uploads  # noqa: E402
 from benchmarks import crafted_images as crafted  # noqa: E402
 from bavit.app.explorer import Explorer  # noqa: E402
-from bavit.app.panels import tiny_warning  # noqa: E402
+from bavit.app.page import tiny_warning  # noqa: E402
 from bavit.app.session import MODE_THRESHOLD  # noqa: E402
 from bavit.errors import DataError  # noqa: E402
 from bavit.imageio import load_image  # noqa: E402
@@ -116,7 +116,7 @@ def test_rest_analyze_refuses_every_outside_path_alike(server, tmp_path):
     assert "event: complete" in ok and "event: error" not in ok
 
 
-@pytest.mark.parametrize("event", ["analyze", "load_image", "page upload"])
+@pytest.mark.parametrize("event", ["analyze", "page upload"])
 def test_queue_events_refuse_every_outside_path_with_one_message(server, tmp_path, event):
     fn_index = dependency(server, elem_id="input-image") if event == "page upload" else dependency(server, api_name=event)
     for name, payload in outside_payloads(tmp_path).items():
@@ -145,7 +145,7 @@ def test_a_small_png_with_many_pixels_is_refused_before_decoding(server, client,
     bomb = crafted.zero_png(tmp_path / "bomb.png", 15000, 15000)  # 225 MP: 675 MB decoded
     assert bomb.stat().st_size < 1_000_000
     before = peak_rss_mib(server.process.pid)
-    for api_name, args in (("/analyze", (0.5, 3, 0, 0)), ("/load_image", CONTROLS)):
+    for api_name, args in (("/analyze", (0.5, 3, 0, 0)), ("/page_image", CONTROLS)):
         with pytest.raises(AppError, match=r"'bomb\.png' is 15000x15000 px \(225 MP\); the limit here is 50 MP"):
             client.predict(handle_file(str(bomb)), *args, api_name=api_name)
     assert peak_rss_mib(server.process.pid) - before < 100  # nothing was decoded: the server's peak barely moved
@@ -235,29 +235,49 @@ def test_tiny_warning_gives_the_size_as_uploaded(tmp_path):
 
 
 def test_at_most_two_images_decode_at_once(monkeypatch, tmp_path):
+    """Five reads at once: two hold the decode slots (held here until released) and three wait at the slots, seen
+    by counting who reached them and who got in; no clock involved."""
     import threading
-    import time
 
-    active, most, lock = [0], [0], threading.Lock()
-    real = uploads.load_image
+    real_slots, real_load = uploads._DECODING, uploads.load_image
+    state = {"arrived": 0, "inside": 0, "most": 0}
+    changed, release = threading.Condition(), threading.Event()
 
-    def counting_load(*args, **kwargs):
-        with lock:
-            active[0] += 1
-            most[0] = max(most[0], active[0])
-        time.sleep(0.2)  # hold the slot long enough for the other threads to queue up behind it
-        with lock:
-            active[0] -= 1
-        return real(*args, **kwargs)
+    class CountedSlots:  # the real semaphore, counting the threads that reach it
+        def __enter__(self):
+            with changed:
+                state["arrived"] += 1
+                changed.notify_all()
+            return real_slots.__enter__()
 
-    monkeypatch.setattr(uploads, "load_image", counting_load)
+        def __exit__(self, *exc):
+            return real_slots.__exit__(*exc)
+
+    def held_load(*args, **kwargs):
+        with changed:
+            state["inside"] += 1
+            state["most"] = max(state["most"], state["inside"])
+            changed.notify_all()
+        release.wait(60)
+        with changed:
+            state["inside"] -= 1
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(uploads, "_DECODING", CountedSlots())
+    monkeypatch.setattr(uploads, "load_image", held_load)
     payload, roots = {"path": str(apphelpers.EXAMPLES / "rocket.jpg")}, (apphelpers.EXAMPLES,)
     threads = [threading.Thread(target=uploads.read_image, args=(payload, roots)) for _ in range(5)]
     for thread in threads:
         thread.start()
+    try:
+        with changed:  # every thread at the slots, two of them inside: the other three are blocked there
+            assert changed.wait_for(lambda: state["arrived"] == 5 and state["inside"] == 2, timeout=60), state
+            assert state["inside"] == 2
+    finally:
+        release.set()
     for thread in threads:
-        thread.join()
-    assert most[0] == uploads.DECODE_SLOTS == 2
+        thread.join(60)
+    assert state["most"] == uploads.DECODE_SLOTS == 2 and state["inside"] == 0
 
 
 @pytest.mark.parametrize("kind", ["rgb", "rgba", "gray16"])
@@ -310,7 +330,7 @@ def test_a_refused_image_keeps_no_decoding_frame_alive(tmp_path):
 def test_an_event_error_carries_no_traceback_of_the_failure(tmp_path):
     import gradio as gr
 
-    from bavit.app.handlers import user_errors
+    from bavit.app.ui import user_errors
 
     path = crafted.truncated_png(tmp_path / "broken.png", 120_000)
 
@@ -407,7 +427,7 @@ def session_controls():
 
 
 def test_the_queue_is_the_only_way_in(server):
-    for name in ("analyze", "load_image", "set_threshold", "page_image", "page_slider", "page_paint"):
+    for name in ("analyze", "page_image", "page_slider", "page_mode", "page_paint"):
         request = urllib.request.Request(f"{server.url}gradio_api/run/{name}", method="POST",
                                          data=json.dumps({"data": [{"path": "x"}, 0.5, 3, 0, 0]}).encode(),
                                          headers={"content-type": "application/json"})
@@ -431,7 +451,7 @@ def test_every_event_a_client_may_call_has_a_name_whatever_the_data(tmp_path):
     root = write_tiny_coco(tmp_path, with_images=True)
     images = sorted(str(p) for p in Path(root).rglob("*.png"))
     assert named(None) == named(images)
-    assert {"analyze", "load_image", "set_threshold", "page_image", "page_slider", "page_paint"} <= set(named(None))
+    assert {"analyze", "page_image", "page_slider", "page_mode", "page_paint"} <= set(named(None))
 
 
 def test_sweep_uploads_deletes_what_is_older_than_the_lifetime(tmp_path):

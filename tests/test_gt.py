@@ -5,7 +5,7 @@ import pytest
 from PIL import Image
 
 from bavit.app.explorer import Explorer
-from bavit.app.gt import CocoGroundTruth, grid_stats, painted_mask
+from bavit.app.session import CocoGroundTruth, grid_stats, painted_mask
 from bavit.app.session import Controls
 from bavit.core.labels import labels_from_mask
 

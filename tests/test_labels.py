@@ -181,8 +181,15 @@ def test_corrupt_image_is_a_clear_error(tmp_path):
         record.load_image()
 
 
-def test_the_fg_threshold_is_defined_once():
-    assert FG_FRAC == 0.10 and BAViTConfig().fg_frac is FG_FRAC
+def test_a_patch_is_fg_above_ten_percent_by_default():
+    """Three 20x20 patches with 40 (exactly 10%), 41 and 0 object pixels: only the middle one is FG, by the rule's
+    default and by a config's default alike."""
+    mask = np.zeros((20, 60), dtype=bool)
+    mask.flat[np.flatnonzero(np.ones((20, 20)))[:40]] = True  # 40 pixels of the first patch (its first two rows)
+    mask[:2, 20:40] = True
+    mask[2, 20] = True  # 41 pixels of the second patch
+    assert labels_from_mask(mask, (1, 3)).tolist() == [[0, 1, 0]]
+    assert labels_from_mask(mask, (1, 3), fg_frac=BAViTConfig().fg_frac).tolist() == [[0, 1, 0]]
 
 
 def test_the_box_threshold_is_defined_once():

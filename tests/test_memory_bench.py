@@ -111,7 +111,7 @@ def test_events_are_found_by_api_name_or_by_trigger():
     assert server.fn(elem_id="input-image") == 5
     assert server.fn(elem_id="gt-apply", trigger="click") == 6
     with pytest.raises(LookupError):
-        server.fn(api_name="load_image")
+        server.fn(api_name="no_such_event")
 
 
 @pytest.mark.skipif(not Path(f"/proc/{os.getpid()}/clear_refs").exists(), reason="Linux /proc")

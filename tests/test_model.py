@@ -185,13 +185,6 @@ def test_failing_save_leaves_no_temp_file_and_the_old_checkpoint(tmp_path, monke
     assert path.read_bytes() == before and read_checkpoint(path).extra == {"epoch": 1}
 
 
-def test_module_exports_only_what_it_defines():
-    import bavit.core.model as module
-
-    for name in module.__all__:
-        assert getattr(module, name).__module__ == module.__name__, name
-
-
 def test_presets_are_immutable_and_loaders_leave_them_alone(tmp_path):
     import dataclasses
 

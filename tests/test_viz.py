@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bavit.app import curve, viz
+from bavit.app import viz
 from bavit.engine.metrics import FN, FP, IGNORED, TN, TP, confusion_cells
 
 
@@ -119,7 +119,7 @@ def test_label_color_is_stable_across_processes_and_distinct():
 
 def test_curve_plot_marks_current_point_at_data_position():
     thresholds = np.linspace(0, 1, 11)
-    plot = curve.curve_plot(thresholds, 100 * thresholds, 1 + thresholds)
+    plot = viz.curve_plot(thresholds, 100 * thresholds, 1 + thresholds)
     assert plot.base.dtype == np.uint8 and plot.base.ndim == 3
     image = plot.with_points((0.5, 30.0, 1.5), measured=[(0.2, 1.2)])
     assert image.size == (plot.base.shape[1], plot.base.shape[0])
@@ -139,16 +139,16 @@ def test_curves_drawn_from_many_threads_are_those_drawn_one_by_one(monkeypatch):
 
     cases = [(np.linspace(0, 1, 11), 100 * np.linspace(0, 1, 11) ** power, 1 + np.linspace(0, 1, 11) * power)
              for power in (0.5, 1.0, 2.0, 3.0)]
-    alone = [curve.curve_plot(*case).base for case in cases]
+    alone = [viz.curve_plot(*case).base for case in cases]
     with ThreadPoolExecutor(8) as pool:
-        together = list(pool.map(lambda index: curve.curve_plot(*cases[index % 4]).base, range(16)))
+        together = list(pool.map(lambda index: viz.curve_plot(*cases[index % 4]).base, range(16)))
     assert all(np.array_equal(base, alone[index % 4]) for index, base in enumerate(together))
 
     held = []
-    render = curve._render
-    monkeypatch.setattr(curve, "_render", lambda *args: held.append(curve._MATPLOTLIB_LOCK.locked()) or render(*args))
-    curve.curve_plot(*cases[0])
-    assert held == [True] and not curve._MATPLOTLIB_LOCK.locked()
+    render = viz._render
+    monkeypatch.setattr(viz, "_render", lambda *args: held.append(viz._MATPLOTLIB_LOCK.locked()) or render(*args))
+    viz.curve_plot(*cases[0])
+    assert held == [True] and not viz._MATPLOTLIB_LOCK.locked()
 
 
 def test_legend_html_lists_items():

@@ -1,31 +1,46 @@
-"""The app's logic: one :class:`Explorer` around the shared :class:`~bavit.predictor.Predictor`; no Gradio here.
+"""The app's logic: one :class:`Explorer` around the shared :class:`~bavit.predictor.Predictor`, and the ``analyze``
+API's answer (:func:`analyze`, :func:`result`); no Gradio here.
 
-The handlers (:mod:`bavit.app.handlers`) call it with a session and the controls; it runs the Predictor and returns
-the page as plain values (images drawn by :mod:`.viz` and :mod:`.curve`, markdown from :mod:`.panels`, ``None`` for
-a hidden panel), so everything here is testable without a browser. Per-session data lives in a ``gr.State`` holding
-an :class:`~bavit.app.session.ImageSession`; moving a control reruns only the keep-mask rule and the pruned detector.
+The events (:mod:`bavit.app.ui`) call it with a session and the controls; it runs the Predictor and returns the page
+as plain values (images drawn by :mod:`.viz`, markdown from :mod:`.page`, ``None`` for a hidden panel), so
+everything here is testable without a browser. Per-session data lives in a ``gr.State`` holding an
+:class:`~bavit.app.session.ImageSession`; moving a control reruns only the keep-mask rule and the pruned detector.
 
 Thread safety: every event that reads or changes a session runs alone, in arrival order, under the session's
-:class:`~bavit.app.gate.SessionGate`; a control event superseded by a newer one skips its work (:meth:`Explorer.update`
-returns ``None``), so the page shows the last event's settings. :meth:`Explorer.render` only reads the session.
+:class:`~bavit.app.session.SessionGate`; a control event superseded by a newer one skips its work
+(:meth:`Explorer.update` returns ``None``), so the page shows the last event's settings. :meth:`Explorer.render`
+only reads the session.
 
 Latency: every model run of a request is bracketed by ``monitor.measuring()`` and its timings feed the shared
-:class:`~bavit.app.timing.LatencyMonitor`; the page shows its medians of warm runs, never a single timing.
+:class:`~bavit.app.latency.LatencyMonitor`; the page shows its medians of warm runs, never a single timing.
 """
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+from PIL import Image
+
 from ..predictor import Analysis, Predictor
-from . import api, panels, uploads, viz
-from .curve import CurvePlot, sparsity_curve
-from .gt import CocoGroundTruth
-from .latency import LatencyEstimate
-from .session import Controls, ImageSession, ViewRecord, effective_threshold
-from .timing import LatencyMonitor, time_pruned
+from ..pruning.settings import PruningSettings, flag_value
+from . import page, uploads, viz
+from .latency import LatencyEstimate, LatencyMonitor, time_pruned
+from .page import latency_note
+from .session import (
+    CocoGroundTruth,
+    Controls,
+    ImageSession,
+    ViewRecord,
+    effective_threshold,
+)
+from .viz import CurvePlot, sparsity_curve
 
 DISPLAY_SIDE = 512  # px: overlays are drawn at this size
+# The page's panels a server event can send (besides #page-state), in the order the page's events answer with them;
+# the grids and the curve are drawn by the page itself (static/draw.js).
+PAGE_KEYS = ("det_pruned", "det_dense", "det_message", "sparsity", "tokens", "latency", "gt_confusion", "gt_stats")
 
 
 class Explorer:
@@ -87,7 +102,7 @@ class Explorer:
     def analyze(self, session: ImageSession, controls: Controls) -> Analysis:
         """The keep-mask rule and (with ``controls.detect``) the pruned detector at the controls, on the session's
         BAViT output; the timings go into :attr:`monitor`. Without detector weights the detector is still timed
-        (the YOLOS-tiny architecture at random init: :func:`~bavit.app.timing.time_pruned`), so the page can show a speed-up."""
+        (the YOLOS-tiny architecture at random init: :func:`~bavit.app.latency.time_pruned`), so the page can show a speed-up."""
         if not controls.detect or not self.predictor.detector_requested:
             analysis = self.predictor.predict(session.prepared, controls.settings, detect=False, dense=False)
             self.monitor.add_cca(analysis.timings_ms["cca_ms"])  # no model ran: nothing to bracket
@@ -109,44 +124,42 @@ class Explorer:
         plot = session.plots.get(cca_steps)
         return sparsity_curve(self.predictor, session.prepared, cca_steps) if plot is None else plot
 
-    def render(self, session: ImageSession, controls: Controls) -> dict[str, Any]:
-        """Everything the page shows for the current image and controls; reads the session, never changes it.
+    def render(self, session: ImageSession, controls: Controls, keys: Iterable[str] = PAGE_KEYS) -> dict[str, Any]:
+        """What the page shows for the current image and controls, for the panels in ``keys`` only (the others are
+        not computed); reads the session, never changes it.
 
-        Returns a dict of plain values: ``grid_raw``, ``grid_cca``, ``curve`` (PIL images); ``det_pruned``,
+        Returns a dict of plain values: ``analysis`` (the Predictor's Analysis), ``record`` (a
+        :class:`~bavit.app.session.ViewRecord` for ``session.record``) and each key of ``keys``: ``det_pruned``,
         ``det_dense``, ``gt_confusion`` (PIL image, or ``None`` = hide); ``det_message``, ``sparsity``, ``tokens``,
-        ``latency``, ``gt_stats`` (markdown); ``analysis`` (the Predictor's Analysis); ``record`` (a
-        :class:`~bavit.app.session.ViewRecord` for ``session.record``).
+        ``latency``, ``gt_stats`` (markdown).
         """
         predictor = self.predictor
         analysis = self.analyze(session, controls)
         estimate = self.latency(analysis)
         speedup = estimate.speedup if controls.detect and analysis.timings_ms.get("pruned_ms") else None
-        x = effective_threshold(analysis)
         base = self.curve(session, controls.cca_steps)
-        point = (x, 100.0 * analysis.accounting.sparsity, speedup)
         live = predictor.detector_ready and controls.detect
         dense = predictor.detector_ready and controls.show_dense and session.dense_detections is not None
-        return {
-            "analysis": analysis,
-            "record": ViewRecord(controls.cca_steps, base, None if speedup is None else (x, speedup)),
-            "grid_raw": viz.grid_overlay(session.display, analysis.grid_raw),
-            "grid_cca": viz.grid_overlay(session.display, analysis.grid_cca, before=analysis.grid_raw),
-            "sparsity": panels.sparsity_text(analysis, controls, predictor.calibration),
-            "tokens": panels.tokens_table(analysis),
-            "latency": panels.latency_text(analysis, controls, estimate, self.monitor,
-                                          panels.latency_note(predictor)),
-            "curve": base.with_points(point, session.measured.get(controls.cca_steps, ())),
-            "gt_stats": panels.gt_text(session, analysis),
-            "gt_confusion": None if session.gt is None else viz.confusion_overlay(session.display, session.gt,
-                                                                                  analysis.grid_cca),
-            "det_message": panels.detections_text(predictor, controls, analysis.detections),
-            "det_pruned": viz.draw_detections(session.display, analysis.detections or [], analysis.image_size)
-            if live else None,
-            "det_dense": viz.draw_detections(session.display, session.dense_detections, analysis.image_size)
-            if dense else None,
+        panels = {
+            "sparsity": lambda: page.sparsity_text(analysis, controls, predictor.calibration),
+            "tokens": lambda: page.tokens_table(analysis),
+            "latency": lambda: page.latency_text(analysis, controls, estimate, self.monitor,
+                                                 page.latency_note(predictor)),
+            "gt_stats": lambda: page.gt_text(session, analysis),
+            "gt_confusion": lambda: None if session.gt is None else viz.confusion_overlay(
+                session.display, session.gt, analysis.grid_cca),
+            "det_message": lambda: page.detections_text(predictor, controls, analysis.detections),
+            "det_pruned": lambda: viz.draw_detections(session.display, analysis.detections or [],
+                                                      analysis.image_size) if live else None,
+            "det_dense": lambda: viz.draw_detections(session.display, session.dense_detections,
+                                                     analysis.image_size) if dense else None,
         }
+        point = None if speedup is None else (effective_threshold(analysis), speedup)
+        return {"analysis": analysis, "record": ViewRecord(controls.cca_steps, base, point),
+                **{key: panels[key]() for key in keys}}
 
-    def update(self, session: ImageSession, controls: Controls) -> dict[str, Any] | None:
+    def update(self, session: ImageSession, controls: Controls,
+               keys: Iterable[str] = PAGE_KEYS) -> dict[str, Any] | None:
         """One control event: the page for ``controls``, or ``None`` when a newer control event of this session
         superseded this one (the caller leaves the page as it is; the newer event renders).
 
@@ -157,7 +170,7 @@ class Explorer:
                 return None
             if controls.show_dense and self.predictor.detector_ready and session.dense_ms is None:
                 self.measure_dense(session, controls)
-            view = self.render(session, controls)
+            view = self.render(session, controls, keys)
             session.record(view["record"])
             return None if session.gate.superseded(ticket) else view
 
@@ -176,15 +189,82 @@ class Explorer:
         with session.gate.hold():
             if not session.set_painted_gt({"layers": layers}):
                 return None
-            view = self.render(session, controls)
+            view = self.render(session, controls, ("gt_confusion", "gt_stats"))
             session.record(view["record"])
             return view
 
     def api_result(self, payload: Any, threshold: Any = None, cca_steps: Any = None, keep_ratio: Any = None,
                    detect: Any = True, sparsity: Any = None) -> dict[str, Any]:
-        """The ``analyze`` API endpoint's answer for one image and its settings (:func:`bavit.app.api.analyze`)."""
-        return api.analyze(self.predictor, self.monitor, self.image_roots, payload, threshold, cca_steps,
+        """The ``analyze`` API endpoint's answer for one image and its settings (:func:`bavit.app.explorer.analyze`)."""
+        return analyze(self.predictor, self.monitor, self.image_roots, payload, threshold, cca_steps,
                            keep_ratio, detect, sparsity)
 
     def _record(self, analysis: Analysis, overlapped: bool) -> None:
         self.monitor.add_timings(analysis.timings_ms, int(analysis.accounting.kept_patches), overlapped)
+
+
+def analyze(predictor: Predictor, monitor: LatencyMonitor, image_roots, payload: Any,
+            threshold: Any = None, cca_steps: Any = None, keep_ratio: Any = None, detect: Any = True,
+            sparsity: Any = None) -> dict[str, Any]:
+    """Read the payload's image as the page does (files only under ``image_roots``), run the Predictor (timings
+    to ``monitor``) and answer with :func:`result`.
+
+    Settings as :meth:`~bavit.pruning.settings.PruningSettings.from_api` parses them for every entry point:
+    ``keep_ratio`` in (0, 1] keeps that fraction of BAViT's tokens (top-k); ``sparsity`` (a fraction, 0.35 for 35%;
+    calibrated checkpoints only) sets a calibrated mean sparsity over images (paper Table 2); ``None`` or 0 turns
+    either off, and with both off ``threshold`` is used; ``None`` is a setting's default.
+    """
+    setting = PruningSettings.from_api(threshold=threshold, cca_steps=cca_steps, keep_ratio=keep_ratio,
+                                       sparsity=sparsity)
+    detect = flag_value("detect", detect)
+    image, _ = uploads.read_image(payload, image_roots)
+    with monitor.measuring() as run:
+        prepared = predictor.set_image(image)
+        analysis = predictor.predict(prepared, setting, detect=detect)
+        if detect and predictor.detector_requested and not predictor.detector_ready:
+            analysis = time_pruned(predictor, prepared.image, analysis)
+    kept = int(analysis.accounting.kept_patches)
+    monitor.add_timings(analysis.timings_ms, kept, run.overlapped)
+    return result(predictor, setting, image, analysis, monitor.estimate(kept))
+
+
+def result(predictor: Predictor, setting: PruningSettings, image: Image.Image, analysis: Analysis,
+           estimate: LatencyEstimate) -> dict[str, Any]:
+    """The API's answer for ``analysis`` of ``image`` at ``setting``, with the latency ``estimate`` the page would
+    show at its kept count.
+
+    Keys: ``threshold`` (the one used: given or calibrated; ``None`` with ``keep_ratio``), ``keep_ratio``,
+    ``target_sparsity`` (the ``sparsity`` asked for, or ``None``), ``cca_steps``, ``sparsity`` (this image's:
+    fraction of the 1024 YOLOS patches pruned), ``kept_patches``, ``tokens`` (Table 2 accounting), ``timings_ms``,
+    ``image_size`` ([w, h] analysed), ``source_size`` ([w, h] as uploaded), ``fg_tokens_raw`` / ``fg_tokens_cca``
+    (of BAViT's G x G tokens), ``grid_cca`` (G strings of 0/1), ``detector_ready``, ``detector_status``, ``detections`` (list, or
+    ``None`` without detector weights), ``latency_note``; ``speedup`` (what the page shows at this kept count:
+    medians of warm runs; ``None`` while warming up or with ``detect`` off) and ``latency_ms`` (what it used:
+    :meth:`~bavit.app.latency.LatencyEstimate.as_dict`: ``dense``, ``bavit``, ``cca``, ``pruned``, ``pipeline`` ms,
+    the warm runs behind each median, ``pruned_source``, ``warming_up``, ``kept``).
+    """
+    acc = analysis.accounting
+    return {
+        "threshold": analysis.threshold,
+        "keep_ratio": setting.keep_ratio,
+        "target_sparsity": setting.sparsity,
+        "cca_steps": setting.cca_steps,
+        "sparsity": float(acc.sparsity),
+        "kept_patches": int(acc.kept_patches),
+        "tokens": {k: (v.item() if hasattr(v, "item") else v) for k, v in acc.as_dict().items()},
+        "timings_ms": {k: float(v) for k, v in analysis.timings_ms.items()},
+        "image_size": [int(v) for v in analysis.image_size],
+        "source_size": [int(v) for v in image.info["source_size"]],
+        "fg_tokens_raw": int(analysis.grid_raw.sum()),
+        "fg_tokens_cca": int(analysis.grid_cca.sum()),
+        "grid_cca": ["".join("1" if v else "0" for v in row) for row in np.asarray(analysis.grid_cca)],
+        "detector_ready": bool(predictor.detector_ready),
+        "detector_status": predictor.detector_status,
+        "detections": None if analysis.detections is None else [
+            {"box": [float(v) for v in d["box"]], "label": str(d["label"]), "score": float(d["score"])}
+            for d in analysis.detections
+        ],
+        "latency_note": latency_note(predictor),
+        "speedup": estimate.speedup if analysis.timings_ms.get("pruned_ms") else None,
+        "latency_ms": estimate.as_dict(),
+    }

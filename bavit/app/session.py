@@ -1,22 +1,31 @@
-"""One browser session's state and controls (no Gradio here).
+"""One browser session: its image, its ground truth, its controls and the order its events run in (no Gradio here).
 
 - :class:`ImageSession` — everything a session knows about its current image, held in ``gr.State``, and the
   changes events make to it (:meth:`~ImageSession.record`, :meth:`~ImageSession.retire`, a painted GT).
 - :class:`Controls` — the control panel's values, parsed once into the Predictor's settings;
-  :func:`effective_threshold` gives the curve's x.
-- :class:`ViewRecord` — what one render measured.
+  :func:`effective_threshold` gives the curve's x. :class:`ViewRecord` — what one render measured.
+- :class:`SessionGate` — the order of one session's events: a FIFO, re-entrant lock with numbered tickets; a control
+  event superseded by a newer one skips its work, so the last event wins.
+- Ground truth: :class:`CocoGroundTruth` (a COCO-format dataset's instance masks, for its images) and
+  :func:`painted_mask` (the user's painting), as patch grids by the label rule of :mod:`bavit.core.labels` laid over
+  the image the way BAViT sees it; :func:`grid_stats` compares a grid with them.
 """
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
 from ..core.labels import labels_from_mask
-from ..data.coco import CocoImage
-from ..errors import ConfigError
+from ..data.coco import CocoImage, load_coco, resolve_paths
+from ..engine.metrics import confusion_counts, rates
+from ..errors import ConfigError, DataError
 from ..predictor import Analysis, Predictor, PreparedImage
 from ..pruning.settings import (
     DEFAULT_CCA_STEPS,
@@ -27,8 +36,202 @@ from ..pruning.settings import (
     percent_value,
     threshold_value,
 )
-from .gate import SessionGate
-from .gt import painted_mask
+
+
+class SessionGate:
+    """The order in which one session's events run: a FIFO, re-entrant lock with numbered tickets.
+
+    :meth:`hold` takes the next ticket and waits until every earlier ticket's holder is done, so events run one at a
+    time in the order they arrived (a plain ``threading.Lock`` wakes waiters in any order). A ticket can supersede
+    *topics*, the outputs its event will set (``"view"``: the page's panels, ``"mode"``: the sliders' visibility);
+    :meth:`superseded` tells a holder that a newer event will set a topic too, so its own value would be stale and
+    need not be sent. Re-entrant: a nested ``hold`` in the holding thread runs at once under the outer ticket.
+
+    Deep copies and pickles get a fresh gate (a lock cannot be copied, and a copy shares no state to guard), so an
+    :class:`ImageSession` can live in ``gr.State``.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._issued = 0  # tickets handed out
+        self._serving = 0  # the ticket whose turn it is
+        self._newest: dict[str, int] = {}  # topic -> newest ticket that supersedes it
+        self._abandoned: set[int] = set()  # tickets whose wait was interrupted (skipped when their turn comes)
+        self._owner: int | None = None  # thread id of the holder
+        self._owner_ticket = -1
+
+    def __deepcopy__(self, memo: dict) -> SessionGate:
+        return SessionGate()
+
+    def __reduce__(self) -> tuple[type[SessionGate], tuple[()]]:
+        return SessionGate, ()
+
+    def __repr__(self) -> str:
+        with self._cond:
+            return f"SessionGate(issued={self._issued}, serving={self._serving}, newest={self._newest})"
+
+    @property
+    def issued(self) -> int:
+        """Tickets handed out so far."""
+        with self._cond:
+            return self._issued
+
+    def superseded(self, ticket: int, topic: str = "view") -> bool:
+        """True when a ticket taken after ``ticket`` supersedes ``topic``."""
+        with self._cond:
+            return self._newest.get(topic, -1) > ticket
+
+    def _advance(self) -> None:  # with self._cond held
+        self._serving += 1
+        while self._serving in self._abandoned:
+            self._abandoned.discard(self._serving)
+            self._serving += 1
+        self._cond.notify_all()
+
+    @contextmanager
+    def hold(self, supersede: Iterable[str] = ()) -> Iterator[int]:
+        """Take a ticket, wait for its turn and hold the session until the block ends; yields the ticket.
+
+        Args:
+            supersede: topics this event sets (control events: ``("view",)``); older holders then see them
+                :meth:`superseded`. Events that only change the session (measuring, painting GT) supersede nothing.
+        """
+        topics = (supersede,) if isinstance(supersede, str) else tuple(supersede)  # before a ticket is issued
+        if self._owner == threading.get_ident():  # only this thread can have set it to its own id
+            yield self._owner_ticket
+            return
+        with self._cond:
+            ticket = self._issued
+            self._issued += 1
+            for topic in topics:
+                self._newest[topic] = ticket
+            try:
+                self._cond.wait_for(lambda: self._serving == ticket)
+            except BaseException:  # interrupted while waiting: never block the tickets behind this one
+                if self._serving == ticket:
+                    self._advance()
+                else:
+                    self._abandoned.add(ticket)
+                raise
+            self._owner, self._owner_ticket = threading.get_ident(), ticket
+        try:
+            yield ticket
+        finally:
+            with self._cond:
+                self._owner, self._owner_ticket = None, -1
+                self._advance()
+
+
+class CocoGroundTruth:
+    """A COCO-format dataset root (``annotations/instances_SPLIT.json`` + ``SPLIT/``), indexed by file name.
+
+    Only reads from the dataset; nothing is copied. Raises :class:`DataError` when no split is found.
+    """
+
+    def __init__(self, root: str | Path, splits: tuple[str, ...] = ("val2017", "train2017")):
+        self.root = Path(root).expanduser()
+        self._coco: dict[str, Any] = {}
+        self._dirs: dict[str, Path] = {}
+        self._by_name: dict[str, CocoImage] = {}
+        for split in splits:
+            ann_file, images_dir = resolve_paths(self.root, split)
+            if not ann_file.is_file() or not images_dir.is_dir():
+                continue
+            coco = self._coco[split] = load_coco(ann_file)
+            self._dirs[split] = images_dir
+            for image_id in coco.imgs:
+                entry = CocoImage.listed(coco, image_id, images_dir, split)
+                if entry.path.is_file():
+                    self._by_name.setdefault(entry.file_name, entry)
+        if not self._coco:
+            raise DataError(f"no COCO annotations found under {self.root} (expected annotations/instances_SPLIT.json and SPLIT/)")
+
+    def __len__(self) -> int:
+        return len(self._by_name)
+
+    def image_dirs(self) -> tuple[Path, ...]:
+        """The image folders of the loaded splits (``ROOT/SPLIT``): the app may read its images from them."""
+        return tuple(self._dirs.values())
+
+    def lookup(self, file_name: str) -> CocoImage | None:
+        """The dataset image with this file name (any directory part is ignored), or ``None``."""
+        return self._by_name.get(Path(file_name).name)
+
+    def match(self, file_name: str, image: Image.Image) -> CocoImage | None:
+        """The dataset image that ``image`` (decoded without EXIF rotation) is, or ``None``.
+
+        A match needs the same file name, the same size and nearly the same pixels (a 16x16 grey thumbnail within
+        8 grey levels on average), so an unrelated upload that happens to share a COCO file name gets no GT.
+        """
+        entry = self.lookup(file_name)
+        if entry is None or image.size != (entry.width, entry.height):
+            return None
+        theirs = Image.open(entry.path).convert("L").resize((16, 16), Image.BILINEAR)
+        ours = image.convert("L").resize((16, 16), Image.BILINEAR)
+        diff = np.abs(np.asarray(theirs, dtype=np.float32) - np.asarray(ours, dtype=np.float32)).mean()
+        return entry if diff <= 8.0 else None
+
+    def fg_mask(self, entry: CocoImage) -> np.ndarray:
+        """``[H, W]`` bool union of the image's instance masks (polygons and crowd RLE)."""
+        coco = self._coco[entry.split]
+        mask = np.zeros((entry.height, entry.width), dtype=bool)
+        for ann in coco.loadAnns(coco.getAnnIds(imgIds=[entry.image_id], iscrowd=None)):
+            if ann.get("segmentation"):
+                mask |= coco.annToMask(ann).astype(bool)
+        return mask
+
+    def labels(self, entry: CocoImage, grid: tuple[int, int]) -> np.ndarray:
+        """``[gh, gw]`` int64 GT grid (1 = FG, 0 = BG) from the instance masks."""
+        return labels_from_mask(self.fg_mask(entry), grid=grid).numpy()
+
+    def examples(self, count: int = 4, split: str = "val2017") -> list[Path]:
+        """``count`` dataset images with objects covering 10-60% of the image, spread over the split by id."""
+        coco = self._coco.get(split) or next(iter(self._coco.values()))
+        chosen = []
+        for image_id in sorted(coco.imgs):
+            info = coco.imgs[image_id]
+            anns = coco.loadAnns(coco.getAnnIds(imgIds=[image_id], iscrowd=False))
+            fraction = sum(a.get("area", 0.0) for a in anns) / float(info["width"] * info["height"])
+            entry = self.lookup(info["file_name"])
+            if entry is not None and 2 <= len(anns) <= 12 and 0.10 <= fraction <= 0.60:
+                chosen.append(entry.path)
+        if len(chosen) <= count:
+            return chosen
+        step = len(chosen) / count
+        return [chosen[int(i * step)] for i in range(count)]
+
+
+def painted_mask(editor_value: Mapping[str, Any] | None) -> np.ndarray | None:
+    """``[H, W]`` bool mask of what the user painted in a ``gr.ImageEditor(type="numpy")``, or ``None`` if nothing.
+
+    A pixel is painted when any layer has alpha > 0 there. ``H, W`` is the editor's canvas (its background image).
+    """
+    if not editor_value:
+        return None
+    painted = None
+    for layer in editor_value.get("layers") or []:
+        if layer is None:
+            continue
+        layer = np.asarray(layer)
+        alpha = layer[..., 3] > 0 if layer.ndim == 3 and layer.shape[2] == 4 else np.any(layer > 0, axis=-1) if layer.ndim == 3 else layer > 0
+        painted = alpha if painted is None else (painted | alpha if painted.shape == alpha.shape else painted)
+    if painted is None or not painted.any():
+        return None
+    return painted
+
+
+def grid_stats(gt: np.ndarray, pred: np.ndarray) -> dict[str, float | int | None]:
+    """Confusion counts and rates of a predicted grid against a GT grid of one image.
+
+    Args:
+        gt: ``[gh, gw]`` int in {0, 1, IGNORE_INDEX} (or bool).
+        pred: ``[gh, gw]`` bool.
+    Returns:
+        counts ``tp, fp, fn, tn`` and :func:`bavit.engine.metrics.rates` (fractions; ``None`` when undefined).
+    """
+    counts = confusion_counts(pred, gt)
+    return {**counts, **rates(**counts)}
+
 
 # The three ways to set the sparsity (the mode Radio's choices; Controls turns each into Predictor settings).
 MODE_THRESHOLD = "FG-probability threshold"  # one threshold for every image (the slider's)
@@ -44,7 +247,7 @@ class ViewRecord:
     """What one ``Explorer.render`` measured, for :meth:`ImageSession.record` to keep."""
 
     cca_steps: int
-    curve: Any  # curve.CurvePlot drawn for this CCA setting (cached in ``session.plots`` if it was new)
+    curve: Any  # viz.CurvePlot drawn for this CCA setting (cached in ``session.plots`` if it was new)
     point: tuple[float, float] | None  # (threshold, measured speed-up), or None without a measurement
 
 

@@ -1,34 +1,274 @@
-"""The Gradio page, layout and event wiring only: :func:`build_demo` lays out the components around an
-:class:`~bavit.app.explorer.Explorer` and wires them to :mod:`bavit.app.handlers` (:mod:`bavit.app.demo` loads the
-Explorer). Stable ``elem_id``s for tests and embedding: ``input-image``, ``threshold``, ``cca-steps``,
-``grid-raw``, ``grid-cca``, ``detections``, ``tokens``, ``latency``, ``sparsity``, ``gt-compare`` (plus ``mode``,
+"""The Gradio page: :func:`create_demo` loads the Predictor (and the optional COCO ground truth) once, starts the
+background latency timing and lays out the page (:func:`build_demo`); :func:`build_handlers` gives the event
+functions, thin adapters from component values to :class:`~bavit.app.explorer.Explorer` calls and back to component
+updates; :func:`add_api` adds the ``analyze`` API. ``app.py`` queues and launches the ``gr.Blocks``.
+
+Stable ``elem_id``s for tests and embedding: ``input-image``, ``threshold``, ``cca-steps``, ``grid-raw``,
+``grid-cca``, ``detections``, ``tokens``, ``latency``, ``sparsity``, ``gt-compare`` (plus ``mode``,
 ``target-sparsity``, ``run-detector``, ``show-dense``, ``curve``, ``banner``, ``gt-editor``, ``gt-apply``).
 
 Drawing in the browser. The two grid overlays and the curve are canvases that ``static/*.js`` draws (loaded with
 ``gr.Blocks(head=...)``); the server sends them data, not pictures, through the hidden ``#page-state`` textbox
-(:mod:`bavit.app.client`). A slider move calls ``grid.js`` first (a ``js=`` event without a Python function): with the
+(:mod:`bavit.app.page`). A slider move calls ``grid.js`` first (a ``js=`` event without a Python function): with the
 detector off it applies the keep-mask rule in the page and sets the sparsity text and token table itself, with no
 server round trip; with the detector on it clicks the hidden ``#server-update`` button, whose event runs the pruned
-YOLOS and sends only what a slider changes. The server stays the source of truth for every other event. The
-``gradio_client`` endpoints are :mod:`bavit.app.endpoints`'.
+YOLOS and sends only what a slider changes. The server stays the source of truth for every other event.
 
-Event order: the control events share one Gradio concurrency group (:data:`~bavit.app.handlers.CONTROL_EVENTS`), so
-the queue starts them in arrival order; per session, :meth:`Explorer.update` runs them one at a time and skips an
-event once a newer one is waiting.
+Events take the components' raw values (no Gradio preprocessing: a client's values are parsed once, by
+:class:`~bavit.app.session.Controls`) and show input problems as a ``gr.Error`` toast. A superseded event
+(``Explorer.update`` returned ``None``) answers ``gr.skip()`` for every output, so the page keeps the newest. The
+control events share one Gradio concurrency group (:data:`CONTROL_EVENTS`), so the queue starts them in arrival
+order; per session, :meth:`Explorer.update` runs them one at a time and skips an event once a newer one is waiting.
+
+The API: ``analyze(image, threshold, cca_steps, keep_ratio, sparsity)`` answers with
+:func:`bavit.app.explorer.result`'s dict. The page's own events are callable too (``/page_image``,
+``/page_slider``, ``/page_mode`` ...; kept off the API page): ``gr.State`` inputs and outputs are not part of their
+signature, the session is the client's.
 """
 from __future__ import annotations
 
+import functools
+import logging
 import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import gradio as gr
+from PIL import Image
 
-from ..pruning.settings import DEFAULT_CCA_STEPS, DEFAULT_SPARSITY, DEFAULT_THRESHOLD, MAX_CCA_STEPS, MAX_SPARSITY
-from . import client, panels, server, uploads, viz
-from .endpoints import add_endpoints
-from .explorer import Explorer
-from .handlers import CONTROL_EVENTS, PAGE_KEYS, SLIDER_KEYS, build_handlers
-from .session import TARGET_MODES, default_mode, modes
+from ..errors import BAViTError
+from ..predictor import Predictor
+from ..pruning.detector import DEFAULT_DETECTOR
+from ..pruning.settings import (
+    DEFAULT_CCA_STEPS,
+    DEFAULT_SPARSITY,
+    DEFAULT_THRESHOLD,
+    MAX_CCA_STEPS,
+    MAX_SPARSITY,
+    cca_steps_value,
+)
+from . import page, server, uploads, viz
+from .explorer import PAGE_KEYS, Explorer
+from .server import ERRORS
+from .session import (
+    MODE_THRESHOLD,
+    TARGET_MODES,
+    CocoGroundTruth,
+    Controls,
+    ImageSession,
+    ViewRecord,
+    default_mode,
+    modes,
+)
+
+log = logging.getLogger(__name__)
+
+HIDEABLE = {"det_pruned", "det_dense", "gt_confusion"}
+SLIDER_KEYS = tuple(key for key in PAGE_KEYS if key != "det_dense")  # a slider never changes the dense panel
+# How every control event is queued. One concurrency group: one FIFO queue (arrival order) instead of several, its
+# limit the queue's default_concurrency_limit; per-session order and last-event-wins are Explorer.update's job.
+# Raw values (preprocess=False): a client's "abc" or 2.5 CCA steps gets the same clear error on every event.
+CONTROL_EVENTS: dict[str, Any] = {"trigger_mode": "always_last", "concurrency_id": "controls", "preprocess": False}
+
+
+def user_errors(fn: Callable) -> Callable:
+    """An event function that shows input problems (BAViTError) as a gr.Error toast, and unexpected failures too,
+    after logging them.
+
+    The toast is raised after the ``except`` block with no traceback of the failure attached: the failure's frames
+    (a refused image's pixels among their locals) are freed now, not when Gradio lets go of the error."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except gr.Error as exc:
+            error = exc
+        except BAViTError as exc:
+            error = gr.Error(str(exc), print_exception=False)
+        except MemoryError:
+            error = gr.Error("out of memory while processing this image; try a smaller one", print_exception=False)
+        except Exception as exc:  # keep the app up and say what happened
+            log.exception("handler %s failed", fn.__name__)
+            error = gr.Error(f"internal error ({exc.__class__.__name__}: {exc})", print_exception=False)
+        error.__traceback__ = error.__context__ = error.__cause__ = None
+        ERRORS.remember(error.message)  # for the /call stream's error event (bavit.app.server)
+        raise error
+
+    return wrapper
+
+
+def _controls(mode: Any, threshold: Any, target: Any, cca_steps: Any, detect: Any, show_dense: Any) -> Controls:
+    """The controls' raw values as validated :class:`Controls`."""
+    return Controls(mode=mode or MODE_THRESHOLD, threshold=threshold, target_sparsity=target, cca_steps=cca_steps,
+                    detect=detect, show_dense=show_dense)
+
+
+def _view_updates(view: dict[str, Any] | None, keys: tuple[str, ...] = PAGE_KEYS,
+                  unchanged: frozenset[str] = frozenset()) -> list[Any]:
+    """The view outputs in ``keys`` order; ``None`` (a superseded event) leaves them all as they are, and so does
+    ``gr.skip()`` for the keys in ``unchanged`` (values the page already shows)."""
+    if view is None:
+        return [gr.skip() for _ in keys]
+    return [gr.skip() if key in unchanged
+            else gr.update(value=view[key], visible=view[key] is not None) if key in HIDEABLE else view[key]
+            for key in keys]
+
+
+def _unchanged_by_slider(explorer: Explorer, session: ImageSession, controls: Controls) -> frozenset[str]:
+    """Page outputs a slider move cannot change: the detection panel unless live detections are drawn, the GT
+    comparison when the image has no GT."""
+    unchanged = set()
+    if not (explorer.predictor.detector_ready and controls.detect):
+        unchanged |= {"det_pruned", "det_message"}
+    if session.gt is None:
+        unchanged |= {"gt_confusion", "gt_stats"}
+    return frozenset(unchanged)
+
+
+def _gt_grid(session: ImageSession) -> Image.Image | None:
+    """The GT patch grid over the image, or ``None`` without GT."""
+    return None if session.gt is None else viz.grid_overlay(session.display, session.gt == 1)
+
+
+@dataclass(frozen=True)
+class Handlers:
+    """The event functions :mod:`bavit.app.ui` wires (callable without a browser, e.g. from tests).
+
+    Arguments are the components' values in wiring order; ``*controls`` is ``mode, threshold, target, cca_steps,
+    detect, show_dense`` (``target``, in percent, drives both target modes). The events answer with ``#page-state``
+    (a :mod:`bavit.app.page` message, JSON) and the outputs in :data:`PAGE_KEYS` order (:data:`SLIDER_KEYS` for
+    ``page_slider``); through ``gradio_client`` (``api_name`` ``/page_image`` and so on) the session is the client's:
+
+    - ``page_image(payload, previous_session, *controls)`` -> ``[session, page_state, *outputs, gt_grid, editor]``;
+    - ``page_controls``, ``page_slider(session, *controls)`` -> ``[page_state, *outputs]``;
+    - ``page_mode(session, *controls)`` -> ``[threshold visibility, target visibility, page_state, *outputs]``;
+    - ``page_paint(session, editor, *controls)`` -> ``[gt_grid, gt_confusion, gt_stats, page_state]``;
+    - ``page_curve(session, cca_steps)`` -> page_state (the base plot of that CCA setting).
+    """
+
+    page_image: Callable[..., list]
+    page_controls: Callable[..., list]
+    page_slider: Callable[..., list]
+    page_mode: Callable[..., list]
+    page_curve: Callable[..., Any]
+    page_paint: Callable[..., list]
+
+
+def build_handlers(explorer: Explorer) -> Handlers:
+    """The app's event functions around ``explorer``."""
+
+    def page_state(session: ImageSession, view: dict[str, Any] | None, controls: Controls) -> Any:
+        return gr.skip() if view is None else page.encode(page.view_message(explorer, session, view, controls))
+
+    @user_errors
+    def page_image(payload: Any, previous: ImageSession | None, *values: Any) -> list[Any]:
+        """A new image (or none: cleared): the new session, then the previous one retired (control events still on
+        it skip; a running one finishes first)."""
+        if payload is None:
+            if previous is not None:
+                previous.retire()
+            empty = {key: None for key in PAGE_KEYS}
+            empty.update(sparsity="", tokens="", latency="", gt_stats="",
+                         det_message=page.detections_text(explorer.predictor))
+            return [None, page.encode(page.clear_message()), *_view_updates(empty),
+                    gr.update(value=None, visible=False), None]
+        controls = _controls(*values)
+        session = explorer.open_image(payload)
+        warning = page.tiny_warning(session, explorer.predictor.bavit.config.img_size)
+        if warning:
+            gr.Warning(warning)
+        view = explorer.update(session, controls)  # a new session: no other event can hold or supersede it yet
+        gt_grid = _gt_grid(session)
+        if previous is not None:
+            previous.retire()
+        return [session, page.encode(page.image_message(explorer, session, view, controls)), *_view_updates(view),
+                gr.update(value=gt_grid, visible=gt_grid is not None),
+                {"background": session.display, "layers": [], "composite": None}]
+
+    def control_event(keys: tuple[str, ...], session: ImageSession | None, *values: Any) -> list[Any]:
+        """A control event; a slider's (:data:`SLIDER_KEYS`) leaves out what a slider cannot change. The controls
+        are parsed even without an image, so a bad value is refused alike."""
+        controls = _controls(*values)
+        if session is None:
+            return [gr.skip()] * (1 + len(keys))
+        unchanged = _unchanged_by_slider(explorer, session, controls) if keys == SLIDER_KEYS else frozenset()
+        view = explorer.update(session, controls, [key for key in keys if key not in unchanged])
+        return [page_state(session, view, controls), *_view_updates(view, keys, unchanged)]
+
+    @user_errors
+    def page_controls(session: ImageSession | None, *controls: Any) -> list[Any]:
+        return control_event(PAGE_KEYS, session, *controls)
+
+    @user_errors
+    def page_slider(session: ImageSession | None, *controls: Any) -> list[Any]:
+        return control_event(SLIDER_KEYS, session, *controls)
+
+    @user_errors
+    def page_mode(session: ImageSession | None, *values: Any) -> list[Any]:
+        # The sliders' visibility is skipped only when a newer *mode* event sets it: a newer slider move carries
+        # this mode but does not set the visibility.
+        mode = values[0]
+        visibility = [gr.update(visible=mode not in TARGET_MODES), gr.update(visible=mode in TARGET_MODES)]
+        if session is None:
+            return visibility + [gr.skip()] * (1 + len(PAGE_KEYS))
+        controls = _controls(*values)
+        show_mode, view = explorer.change_mode(session, controls)
+        return ((visibility if show_mode else [gr.skip(), gr.skip()]) + [page_state(session, view, controls)]
+                + _view_updates(view, PAGE_KEYS))
+
+    @user_errors
+    def page_curve(session: ImageSession | None, cca_steps: Any) -> Any:
+        if session is None:
+            return gr.skip()
+        steps = cca_steps_value(cca_steps)
+        with session.gate.hold():  # in this session's turn order; supersedes no control event
+            plot = explorer.curve(session, steps)
+            session.record(ViewRecord(cca_steps=steps, curve=plot, point=None))
+            return page.encode(page.curve_message(session, plot, steps))
+
+    @user_errors
+    def page_paint(session: ImageSession | None, editor_value: Any, *values: Any) -> list[Any]:
+        controls = _controls(*values)
+        if session is None:
+            raise gr.Error("Load an image first, then paint its objects.", print_exception=False)
+        view = explorer.paint_gt(session, editor_value, controls)
+        if view is None:
+            raise gr.Error("Nothing painted yet: paint the objects with the brush, then compare.",
+                           print_exception=False)
+        # the page now has GT: its sliders ask the server
+        return [gr.update(value=_gt_grid(session), visible=True), gr.update(value=view["gt_confusion"], visible=True),
+                view["gt_stats"], page_state(session, view, controls)]
+
+    return Handlers(page_image=page_image, page_controls=page_controls, page_slider=page_slider, page_mode=page_mode,
+                    page_curve=page_curve, page_paint=page_paint)
+
+
+def add_api(explorer: Explorer) -> None:
+    """Add the ``analyze`` API (hidden components and their event) to the page being built:
+    ``analyze(image, threshold, cca_steps, keep_ratio, sparsity)`` answers with :func:`bavit.app.explorer.result`'s
+    dict (settings as :meth:`~bavit.pruning.settings.PruningSettings.from_api` parses them)."""
+    with gr.Row(visible=False):
+        image = gr.Image(type="filepath", label="image")
+        threshold = gr.Number(value=DEFAULT_THRESHOLD, label="threshold")
+        cca = gr.Number(value=DEFAULT_CCA_STEPS, precision=0, label="cca_steps")
+        keep = gr.Number(value=0, label="keep_ratio (0 = off)")
+        sparsity = gr.Number(value=0, label="sparsity (target mean over images, a fraction; calibrated checkpoints; "
+                                            "0 = off)")
+        result = gr.JSON(label="result")
+        analyze = gr.Button("analyze")
+
+    @user_errors
+    def on_api(payload: Any, threshold: Any, cca_steps: Any, keep_ratio: Any, sparsity: Any = None) -> dict[str, Any]:
+        if payload is None:
+            raise gr.Error("no image given", print_exception=False)
+        return explorer.api_result(payload, threshold=threshold, cca_steps=cca_steps, keep_ratio=keep_ratio,
+                                   sparsity=sparsity)
+
+    analyze.click(on_api, [image, threshold, cca, keep, sparsity], result, api_name="analyze", preprocess=False)
+
 
 IMAGE_HEIGHT = 340  # px: output images are scaled to fit, so portrait photos do not stretch the page
 MODE_INFO = ("Mean sparsity: one calibrated threshold for all images, so each image's sparsity follows its content "
@@ -59,7 +299,7 @@ def _build_demo(explorer: Explorer, examples: list[str] | None, coco_examples: l
     handlers = build_handlers(explorer)
 
     explorer.allow_images_from(gr.utils.get_upload_folder())  # the one folder requests may name, with the examples
-    with gr.Blocks(title="BAViT Explorer", css=CSS, head=client.head_html(), analytics_enabled=False,
+    with gr.Blocks(title="BAViT Explorer", css=CSS, head=page.head_html(), analytics_enabled=False,
                    delete_cache=(uploads.CACHE_LIFETIME, uploads.CACHE_LIFETIME)) as demo:
         session_state = gr.State(None, time_to_live=3600)  # per session; dropped 1 h after the last use
         gr.Markdown(
@@ -69,7 +309,7 @@ def _build_demo(explorer: Explorer, examples: list[str] | None, coco_examples: l
             "only on the foreground patches at 512 px. Raise the sparsity (or the threshold): fewer kept patches, fewer "
             "tokens, faster detection, and you see what gets lost."
         )
-        gr.Markdown(panels.banner_text(explorer.predictor), elem_id="banner", visible=not ready)
+        gr.Markdown(page.banner_text(explorer.predictor), elem_id="banner", visible=not ready)
         with gr.Row():
             with gr.Column(scale=1, min_width=320):
                 image = gr.Image(label="Input image", type="filepath", elem_id="input-image", sources=["upload", "clipboard"],
@@ -106,7 +346,7 @@ def _build_demo(explorer: Explorer, examples: list[str] | None, coco_examples: l
                             elem_id="curve-view", padding=False)
         with gr.Column(elem_id="detections"):
             gr.Markdown("## Detections")
-            det_message = gr.Markdown(panels.detections_text(explorer.predictor), elem_id="detections-message")
+            det_message = gr.Markdown(page.detections_text(explorer.predictor), elem_id="detections-message")
             with gr.Row():
                 det_pruned = gr.Image(label="Pruned YOLOS", elem_id="detections-pruned", format="jpeg", height=IMAGE_HEIGHT, interactive=False, visible=False)
                 det_dense = gr.Image(label="Dense YOLOS", elem_id="detections-dense", format="jpeg", height=IMAGE_HEIGHT, interactive=False, visible=False)
@@ -159,7 +399,7 @@ def _build_demo(explorer: Explorer, examples: list[str] | None, coco_examples: l
         gt_apply.click(handlers.page_paint, [session_state, editor, *control_inputs],
                        [gt_grid, gt_confusion, gt_stats, page_state], api_name="page_paint", show_api=False,
                        preprocess=False)
-        add_endpoints(explorer, handlers, session_state, control_inputs, shown, [gt_grid, editor])
+        add_api(explorer)
     return demo
 
 
@@ -169,3 +409,39 @@ def _figures(*figures: tuple[str, str]) -> str:
         f'<div class="bavit-figure" id="{elem_id}"><div class="bavit-caption">{caption}</div><canvas></canvas>'
         '<div class="bavit-placeholder">Load an image to see it here.</div></div>' for elem_id, caption in figures
     ) + "</div>"
+
+
+def create_explorer(bavit: str | Path | None = None, detector: str | None = None, data: str | Path | None = None,
+                    backend: str | None = None) -> Explorer:
+    """Load the Predictor (and the optional COCO GT) once: the :class:`Explorer` :func:`create_demo` lays out.
+
+    Args:
+        bavit: BAViT checkpoint path (default: the shipped ``checkpoints/bavit-small-coco.safetensors``).
+        detector: YOLOS hub id or local directory (default ``hustvl/yolos-tiny``); missing weights -> banner.
+        data: COCO-format root for GT comparison of its images (``annotations/instances_*.json`` + split dirs).
+        backend: ``"torch"``, ``"onnxruntime"`` or ``"onnxruntime-int8"`` (default: the Predictor's).
+    """
+    kwargs: dict[str, Any] = {"detector": detector or DEFAULT_DETECTOR}
+    if bavit:
+        kwargs["bavit"] = str(bavit)
+    if backend:
+        kwargs["backend"] = backend
+    predictor = Predictor(**kwargs)
+    coco = CocoGroundTruth(data) if data else None
+    return Explorer(predictor, coco=coco)
+
+
+def create_demo(bavit: str | Path | None = None, detector: str | None = None, data: str | Path | None = None,
+                coco_examples: int = 4, backend: str | None = None) -> gr.Blocks:
+    """Load the Predictor once (:func:`create_explorer`), start the latency warm-up in the background (the page is
+    built and served meanwhile; the latency panel says "warming up" until it has medians) and build the page.
+
+    Args:
+        bavit, detector, data, backend: as :func:`create_explorer`.
+        coco_examples: how many COCO images to add to the examples when ``data`` is given.
+    """
+    explorer = create_explorer(bavit=bavit, detector=detector, data=data, backend=backend)
+    viz.warm_up()
+    explorer.monitor.start()
+    coco = explorer.coco
+    return build_demo(explorer, coco_examples=[str(p) for p in coco.examples(coco_examples)] if coco else None)

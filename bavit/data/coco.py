@@ -83,7 +83,7 @@ def yolos_targets(anns: list[dict], width: int, height: int, category_to_label: 
 @dataclass(frozen=True)
 class CocoImage:
     """One image of a COCO-format dataset as its annotation file lists it; the items of :class:`CocoDetection`
-    also carry its decoded pixels and annotations (the app's GT index, :mod:`bavit.app.gt`, needs neither)."""
+    also carry its decoded pixels and annotations (the app's GT index, :mod:`bavit.app.session`, needs neither)."""
 
     image_id: int
     file_name: str

@@ -16,6 +16,7 @@ const state = {
   gt: false,  // the image has a GT grid: its comparison panel follows the grid, so the server answers sliders
   localChanges: 0,  // slider changes answered here (for tests and the bench)
   received: 0,  // server messages applied (for tests and the bench)
+  idleMoves: 0,  // slider moves with no image: nothing computed, nothing asked (for tests)
   last: null,  // the last local result {sparsity, tokens} (markdown strings)
 };
 
@@ -141,13 +142,18 @@ function receive(text) {
 }
 
 /**
- * A slider moved (threshold, target sparsity or CCA steps). Grid-only with an image's data here (and no GT to
- * compare with): compute and draw in the page, and return the new sparsity and token texts (the event's outputs).
+ * A slider moved (threshold, target sparsity or CCA steps). Without an image there is nothing to compute: the
+ * texts stay as they are (counted in state.idleMoves). Grid-only with an image's data here (and no GT to compare
+ * with): compute and draw in the page, and return the new sparsity and token texts (the event's outputs).
  * Otherwise ask the server (click the hidden #server-update button, whose event sends the same controls) and return
  * the texts unchanged.
  */
 function slider(mode, threshold, target, ccaSteps, detect, showDense, sparsityMd, tokensMd) {
   const p = state.payload;
+  if (!p) {
+    state.idleMoves += 1;
+    return [sparsityMd, tokensMd];
+  }
   const controls = {mode, threshold, target, ccaSteps};
   let result = null;
   try {

@@ -1,0 +1,325 @@
+"""What the page shows, as data (no Gradio here): its text panels as markdown (sparsity, tokens of paper Table 2,
+latency, the GT comparison, the detection messages, the banner), the page's script (:func:`head_html`: the files of
+``bavit/app/static/``) and the messages the events send it through the hidden ``#page-state`` textbox.
+
+While the detector is off, a slider move is answered in the page: ``rule.js`` applies the keep-mask rule to the
+image's FG probabilities (sent once per image), draws both grid overlays, the sparsity text and the token table
+(``texts.js`` ports :func:`sparsity_text` and :func:`tokens_table`; tests/test_app_browser.py checks the ports
+against them, string for string) and the curve's marker, and asks the server nothing. The server stays the source
+of truth: every server event sends its own grids (``"view"``), which the page draws as they are. Messages (JSON
+objects, ``kind`` first):
+
+- ``"image"``: a new image: ``payload`` (:func:`image_payload`), its server ``view`` and the ``curve`` base plot;
+- ``"view"``: one server render: grid bits, kept count, whether the image has GT, the curve's point
+  (:func:`view_message`);
+- ``"curve"``: the base plot of one CCA setting, for the page to draw markers on (:func:`curve_message`);
+- ``"clear"``: the image was removed.
+
+Every message has a fresh ``nonce``, so the textbox's value always changes and the page always applies it.
+"""
+from __future__ import annotations
+
+import base64
+import io
+import itertools
+import json
+import weakref
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from ..predictor import Analysis
+from ..pruning.accounting import token_accounting
+from ..pruning.calibration import Calibration
+from ..pruning.detector import RANDOM_INIT_NOTE
+from . import viz
+from .latency import MIN_DENSE_RUNS, LatencyEstimate, LatencyMonitor
+from .session import (
+    MODE_SPARSITY,
+    MODE_THRESHOLD,
+    MODE_TOPK,
+    Controls,
+    ImageSession,
+    effective_threshold,
+    grid_stats,
+)
+from .uploads import ANALYSIS_SIDE
+from .viz import CurvePlot
+
+TINY_SIDE = 32  # px: smaller images still run, with a warning
+
+
+def _percent(value: float | None) -> str:
+    return "n/a" if value is None else format(value, ".1%")
+
+
+def _ms(value: float | None) -> str:
+    return "…" if value is None else format(value, ".1f")
+
+
+def tiny_warning(session: ImageSession, bavit_size: int) -> str | None:
+    """A warning for an image whose shorter side is under :data:`TINY_SIDE` px (as uploaded, or as analysed after a
+    very long side was fitted into :data:`~bavit.app.uploads.ANALYSIS_SIDE`), else ``None``; BAViT stretches it to
+    ``bavit_size`` px square."""
+    width, height = session.source_size
+    analysed = session.prepared.image.size
+    if min(width, height, *analysed) >= TINY_SIDE:
+        return None
+    fitted = "" if analysed == (width, height) else f", {analysed[0]}x{analysed[1]} px once fitted into {ANALYSIS_SIDE} px"
+    return f"This image is tiny ({width}x{height} px{fitted}): it is stretched to {bavit_size}x{bavit_size}, so the grid says little."
+
+
+def sparsity_text(analysis: Analysis, controls: Controls, calibration: Calibration | None) -> str:
+    """The sparsity panel: this image's sparsity (the heading), how it was set and the kept counts."""
+    acc = analysis.accounting
+    kept = int(acc.kept_patches)
+    pruned = acc.yolos_patches - kept
+    own = 100.0 * acc.sparsity
+    settings, threshold = analysis.settings, analysis.threshold
+    raw, after = int(analysis.grid_raw.sum()), int(analysis.grid_cca.sum())
+    cells = analysis.grid_raw.size
+    lines = [f"### Sparsity: {own:.1f}%"]
+    if settings.sparsity is not None:  # calibrated: one threshold, this image's sparsity follows its content
+        source = f": {calibration.source}" if calibration.source else ""
+        lines.append(f"Mean sparsity {100.0 * settings.sparsity:.0f}% over images (threshold {threshold:.2f}, "
+                     f"calibrated on {calibration.images} images{source}); **this image: {own:.1f}%**.")
+        how = f"threshold {threshold:.2f}"
+    elif settings.top_k:  # top-k: this image held at the target
+        k = raw
+        lines.append(f"This image is held at the target {controls.target_sparsity:.0f}% by top-k: its {k} most "
+                     f"probable of {cells} BAViT tokens are kept, the count closest to the target after CCA; "
+                     f"**this image: {own:.1f}%**.")
+        how = f"top {k} BAViT tokens"
+    else:
+        how = f"threshold {threshold:.2f}"
+    lines.append(f"{pruned} of {acc.yolos_patches} YOLOS patches pruned, {kept} kept ({how}, CCA "
+                 f"{controls.cca_steps} steps). BAViT FG tokens: {raw} of {cells} before CCA, {after} after.")
+    return "\n\n".join(lines)
+
+
+def tokens_table(analysis: Analysis) -> str:
+    """The token panel: paper Table 2's counts and Eq. 4's reduction for this image's kept patches, and the MACs."""
+    acc = analysis.accounting
+    return (
+        "| Tokens (paper Table 2) | count |\n|---|---:|\n"
+        f"| BAViT ({acc.bavit_patches} × {acc.bavit_layers} layers) | {acc.bavit_tokens} |\n"
+        f"| YOLOS dense ({acc.yolos_patches} × {acc.yolos_layers} layers) | {acc.yolos_dense_tokens} |\n"
+        f"| YOLOS pruned ({int(acc.kept_patches)} kept × {acc.yolos_layers} layers) | {acc.yolos_pruned_tokens} |\n"
+        f"| Total (BAViT + YOLOS pruned) | {acc.total_tokens} |\n"
+        f"| Reduction vs dense (Eq. 4) | {acc.reduction_pct:.2f}% |\n"
+        f"| GMACs: YOLOS dense → BAViT + YOLOS pruned | {acc.dense_macs / 1e9:.2f} → {acc.pipeline_macs / 1e9:.2f} |"
+    )
+
+
+def latency_note(predictor) -> str:
+    """What the detector latency is measured on: the loaded weights, or without them the YOLOS-tiny architecture at
+    random init (:func:`bavit.app.latency.time_pruned`)."""
+    if predictor.detector_ready:
+        return "measured on the detector's weights"
+    return RANDOM_INIT_NOTE if predictor.detector_requested else "no detector"
+
+
+def latency_text(analysis: Analysis, controls: Controls, estimate: LatencyEstimate, monitor: LatencyMonitor,
+                 note: str) -> str:
+    """The latency panel: the monitor's medians of warm runs at this image's kept count (``estimate``), how many
+    runs each is, and the speed-up they give; "warming up" until the monitor has enough warm runs."""
+    note = f"\n\n_{note}_" if note else ""
+    if not controls.detect or not analysis.timings_ms.get("pruned_ms"):
+        reason = ("Detector off: grid-only update (tick *Run detector* to measure latency)." if not controls.detect
+                  else "No detector: grids only, no latency to compare.")
+        return reason + note
+    est = estimate
+    curve = est.pruned_source == "start-up curve"
+    text = "\n".join([
+        "| Latency (this machine) | median ms | warm runs |", "|---|---:|---:|",
+        f"| BAViT | {_ms(est.bavit_ms)} | {est.bavit_runs} |",
+        f"| CCA | {est.cca_ms:.2f} | {est.cca_runs} |",
+        f"| YOLOS pruned, {est.kept} kept | {_ms(est.pruned_ms)} | {'start-up curve' if curve else est.pruned_runs} |",
+        f"| **BAViT + CCA + YOLOS pruned** | **{_ms(est.pipeline_ms)}** | |",
+        f"| YOLOS dense | {_ms(est.dense_ms)} | {est.dense_runs} |",
+    ])
+    if est.speedup is not None:
+        source = "the start-up latency curve, interpolated" if curve else "recent warm runs at about this kept count"
+        text += (f"\n\n**Speed-up: {est.speedup:.2f}x** for this image ({est.kept} of "
+                 f"{analysis.accounting.yolos_patches} patches kept): dense / (BAViT + CCA + pruned), medians of warm "
+                 f"runs; pruned from {source}.")
+    elif monitor.error:
+        text += f"\n\n**Speed-up: not available**: the latency warm-up failed ({monitor.error})."
+    else:
+        text += (f"\n\n**Speed-up: warming up** (timing the models in the background: {est.dense_runs} of "
+                 f"{MIN_DENSE_RUNS} warm dense runs so far).")
+    points = monitor.curve()
+    if points:
+        text += "\n\nStart-up curve, YOLOS pruned ms by kept patches: " + " · ".join(f"{k}: {v:.0f}" for k, v in points) + "."
+    return text + note
+
+
+def gt_text(session: ImageSession, analysis: Analysis) -> str:
+    """The GT panel: token accuracy, FG recall and IoU of the grid before and after CCA, or how to get a GT."""
+    if session.gt is None:
+        return ("No ground truth for this image. Open *Paint your own ground truth* below, paint the objects and press "
+                "**Compare with painted GT** (or pick a COCO example when a COCO dataset is configured).")
+    raw, after = grid_stats(session.gt, analysis.grid_raw), grid_stats(session.gt, analysis.grid_cca)
+    return (
+        f"GT: {session.gt_source}; {int((session.gt == 1).sum())} of {session.gt.size} tokens FG.\n\n"
+        "| | token accuracy | FG recall | FG IoU |\n|---|---:|---:|---:|\n"
+        f"| before CCA | {_percent(raw['token_accuracy'])} | {_percent(raw['fg_recall'])} | {_percent(raw['fg_iou'])} |\n"
+        f"| after CCA | {_percent(after['token_accuracy'])} | {_percent(after['fg_recall'])} | {_percent(after['fg_iou'])} |"
+    )
+
+
+def detections_text(predictor, controls: Controls | None = None, detections: list | None = None) -> str:
+    """The detection panel's message: no detector weights; no image yet (``controls`` ``None``); the detector off;
+    or how many ``detections`` the pruned YOLOS made."""
+    if not predictor.detector_ready:
+        return f"**No detections shown: no detector weights.** {predictor.detector_status}"
+    if controls is None:
+        return "Load an image to see the pruned YOLOS detections."
+    if not controls.detect:
+        return "Detector off: tick *Run detector* to see detections and latency."
+    return f"{len(detections or [])} detections from the pruned YOLOS (score threshold of the Predictor)."
+
+
+def banner_text(predictor) -> str:
+    """The banner above the page: empty with detector weights, else why detections are off."""
+    if predictor.detector_ready:
+        return ""
+    return ("⚠️ **Detections are off: no detector weights.** Grids, sparsity, token counts and latency still work; "
+            "latency is measured on the YOLOS-tiny architecture with random weights.\n\n"
+            f"{predictor.detector_status}")
+
+
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+# The page's script, in load order: the ports of the Python rules and texts (tested against Python by
+# tests/test_app_browser.py), the drawing, then the state and the events that use them.
+SCRIPTS = ("rule.js", "texts.js", "draw.js", "grid.js")
+DISPLAY_QUALITY = 90  # JPEG quality of the display image the page draws its overlays on (sent once per image)
+_NONCES = itertools.count(1)
+_PIPELINE_MACS: weakref.WeakKeyDictionary[Any, list[int]] = weakref.WeakKeyDictionary()
+
+
+def head_html() -> str:
+    """``<style>`` and ``<script>`` for ``gr.Blocks(head=...)``: ``static/grid.css``, and the :data:`SCRIPTS` in
+    order as one script, in one function scope (they share their functions, and only ``window.bavitGrid`` leaves it)."""
+    css = (STATIC_DIR / "grid.css").read_text(encoding="utf-8")
+    js = "\n".join((STATIC_DIR / name).read_text(encoding="utf-8") for name in SCRIPTS)
+    return f'<style>\n{css}</style>\n<script>\n(() => {{\n"use strict";\n{js}}})();\n</script>\n'
+
+
+def grid_bits(grid: np.ndarray) -> str:
+    """``[G, G]`` bool grid -> ``G*G`` characters ``0``/``1``, row-major."""
+    return "".join("1" if value else "0" for value in np.asarray(grid, dtype=bool).ravel())
+
+
+def data_url(image: Image.Image | np.ndarray, fmt: str = "JPEG", **options: Any) -> str:
+    """An RGB image as a ``data:`` URL (``fmt`` ``"JPEG"`` or ``"PNG"``)."""
+    if isinstance(image, np.ndarray):
+        image = Image.fromarray(image)
+    buffer = io.BytesIO()
+    image.convert("RGB").save(buffer, fmt, **options)
+    return f"data:image/{fmt.lower()};base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def pipeline_macs(predictor) -> list[int]:
+    """``[Y*Y + 1]`` BAViT + pruned-YOLOS MACs for each kept-patch count (the token table's last row), per
+    predictor (computed once)."""
+    macs = _PIPELINE_MACS.get(predictor)
+    if macs is None:
+        patches = predictor.yolos_grid ** 2
+        macs = [int(token_accounting(kept, predictor.yolos_config, predictor.bavit.config).pipeline_macs)
+                for kept in range(patches + 1)]
+        _PIPELINE_MACS[predictor] = macs
+    return macs
+
+
+def image_payload(predictor, session: ImageSession) -> dict[str, Any]:
+    """Everything the page's script needs to run the keep-mask rule and draw the overlays for this image.
+
+    Keys: ``key`` (the image's content hash), ``probs`` (base64 of the ``[G, G]`` float32 FG probabilities,
+    little-endian, row-major), ``side`` (G), ``yolos_grid``, ``resample``, ``image`` (the display image, a JPEG data
+    URL), ``width``/``height`` (its size), ``calibration`` (``levels``, ``thresholds`` per CCA steps, ``images``,
+    ``source``; ``None`` without one), ``modes``, ``accounting`` (token-table constants and ``pipeline_macs`` per
+    kept count), ``palette`` (``[[rgb, alpha]]`` for BG / FG / flipped, :data:`viz.GRID_PALETTE`) and ``line``.
+    """
+    probs = np.ascontiguousarray(session.prepared.fg_prob, dtype="<f4")
+    calibration = predictor.calibration
+    probe = token_accounting(0, predictor.yolos_config, predictor.bavit.config)
+    return {
+        "key": session.prepared.key,
+        "probs": base64.b64encode(probs.tobytes()).decode("ascii"),
+        "side": int(probs.shape[-1]),
+        "yolos_grid": int(predictor.yolos_grid),
+        "resample": predictor.resample_mode,
+        "image": data_url(session.display, "JPEG", quality=DISPLAY_QUALITY),
+        "width": session.display.width,
+        "height": session.display.height,
+        "calibration": None if calibration is None else {
+            "levels": list(calibration.levels),
+            "thresholds": {str(steps): list(values) for steps, values in calibration.thresholds.items()},
+            "images": calibration.images,
+            "source": calibration.source,
+        },
+        "modes": {"threshold": MODE_THRESHOLD, "sparsity": MODE_SPARSITY, "topk": MODE_TOPK},
+        "accounting": {
+            "bavit_patches": probe.bavit_patches, "bavit_layers": probe.bavit_layers,
+            "yolos_patches": probe.yolos_patches, "yolos_layers": probe.yolos_layers,
+            "dense_macs": int(probe.dense_macs), "pipeline_macs": pipeline_macs(predictor),
+        },
+        "palette": [[list(rgb), alpha]
+                    for rgb, alpha in (viz.GRID_PALETTE[cls] for cls in (viz.BG, viz.FG, viz.FLIPPED))],
+        "line": [list(viz.LINE_COLOR), viz.LINE_ALPHA],
+    }
+
+
+def _measured(session: ImageSession, cca_steps: int) -> list[list[float]]:
+    return [[float(threshold), float(speedup)] for threshold, speedup in session.measured.get(cca_steps, ())]
+
+
+def view_message(explorer, session: ImageSession, view: dict[str, Any], controls: Controls) -> dict[str, Any]:
+    """One server render (:meth:`Explorer.render`'s ``view``) for the page: grid bits before / after CCA, the
+    YOLOS patches kept, ``gt`` (the image has a GT grid: its comparison follows the grid, so the page leaves slider
+    moves to the server), and the curve's current point ``{cca, threshold, sparsity (%), speedup (x or None)}``
+    with the speed-ups measured so far for that CCA setting."""
+    analysis, record = view["analysis"], view["record"]
+    cca_steps = record.cca_steps
+    point = {
+        "cca": cca_steps,
+        "threshold": effective_threshold(analysis),
+        "sparsity": 100.0 * float(analysis.accounting.sparsity),
+        "speedup": None if record.point is None else float(record.point[1]),
+    }
+    return {"kind": "view", "nonce": next(_NONCES), "key": session.prepared.key,
+            "raw": grid_bits(analysis.grid_raw), "cca": grid_bits(analysis.grid_cca),
+            "kept": int(analysis.accounting.kept_patches), "gt": session.gt is not None,
+            "curve": {"cca": cca_steps, "point": point, "measured": _measured(session, cca_steps)}}
+
+
+def curve_message(session: ImageSession, plot: CurvePlot, cca_steps: int) -> dict[str, Any]:
+    """The base plot of one CCA setting (PNG data URL) and its data -> pixel maps, for the page's markers."""
+    height, width = plot.base.shape[:2]
+    return {"kind": "curve", "nonce": next(_NONCES), "key": session.prepared.key, "cca": int(cca_steps),
+            "base": data_url(plot.base, "PNG", compress_level=1), "width": int(width), "height": int(height),
+            "left": np.asarray(plot.left, dtype=float).tolist(), "right": np.asarray(plot.right, dtype=float).tolist(),
+            "measured": _measured(session, cca_steps)}
+
+
+def image_message(explorer, session: ImageSession, view: dict[str, Any], controls: Controls) -> dict[str, Any]:
+    """A new image: its payload, the server's view of it and the base plot of the view's CCA setting."""
+    record = view["record"]
+    return {"kind": "image", "nonce": next(_NONCES), "payload": image_payload(explorer.predictor, session),
+            "view": view_message(explorer, session, view, controls),
+            "curve": curve_message(session, record.curve, record.cca_steps)}
+
+
+def clear_message() -> dict[str, Any]:
+    return {"kind": "clear", "nonce": next(_NONCES)}
+
+
+def encode(message: dict[str, Any]) -> str:
+    """The message as the ``#page-state`` textbox's value (compact JSON)."""
+    return json.dumps(message, separators=(",", ":"))
+
+
+__all__ = ["clear_message", "curve_message", "data_url", "encode", "grid_bits", "head_html", "image_message", "image_payload", "pipeline_macs", "view_message"]
