@@ -4,7 +4,7 @@ latency, the GT comparison, the detection messages, the banner), the page's scri
 
 While the detector is off, a slider move is answered in the page: ``rule.js`` applies the keep-mask rule to the
 image's FG probabilities (sent once per image), draws both grid overlays, the sparsity text and the token table
-(``texts.js`` ports :func:`sparsity_text` and :func:`tokens_table`; tests/test_app_browser.py checks the ports
+(``texts.js`` ports :func:`sparsity_text` and :func:`tokens_table`; tests/test_page_rule.py (V8) and tests/test_app_browser.py check the ports
 against them, string for string) and the curve's marker, and asks the server nothing. The server stays the source
 of truth: every server event sends its own grids (``"view"``), which the page draws as they are. Messages (JSON
 objects, ``kind`` first):

@@ -1,6 +1,6 @@
 /*
  * Drawing in the page: the grid overlays (bavit/app/viz.py overlay_cells: the blend lookup table, grid lines) and the
- * curve's markers (bavit/app/curve.py CurvePlot.with_points), on the figures' canvases. Each grid figure (#grid-raw,
+ * curve's markers (bavit/app/viz.py CurvePlot.with_points), on the figures' canvases. Each grid figure (#grid-raw,
  * #grid-cca) carries data-bits (row-major 0/1 of the 24x24 grid), data-kept (YOLOS patches kept) and data-source
  * ("client" or "server"), for tests and embedding.
  */

@@ -1,5 +1,5 @@
 /*
- * BAViT Explorer in the browser: the page's state and its events. Data comes from the server (bavit/app/client.py)
+ * BAViT Explorer in the browser: the page's state and its events. Data comes from the server (bavit/app/page.py)
  * as JSON in the hidden #page-state textbox, one message per server event: "image" (a new image: its FG
  * probabilities, display image, calibration, accounting, and the server's view of it), "view" (a server render: grid
  * bits and the curve's points), "curve" (the base plot of one CCA setting) and "clear". The server stays the source

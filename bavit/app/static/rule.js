@@ -1,13 +1,13 @@
 /*
  * The keep-mask rule in the page: ports of the Python originals, checked against them bit for bit and string for
- * string by tests/test_app_browser.py (so grid-only slider moves are answered without a server round trip):
+ * string by tests/test_page_rule.py (V8, random grids) and tests/test_app_browser.py (so grid-only slider moves are answered without a server round trip):
  *   - bavit/pruning/keep_mask.py (keep_mask_from_probs: prob >= threshold, compared in float32 as torch does, or top-k
  *     with ties in row-major order; closest_index; top_k_for_kept) and bavit/core/cca.py (cca: a BG cell with
  *     >= 3 FG neighbours becomes FG, `steps` times; resample_grid "nearest": nearest-exact);
  *   - Calibration.threshold (bavit/pruning/calibration.py: numpy.interp over the calibrated levels);
  *   - selection and effective_threshold (bavit/app/session.py);
  *   - Python's round() and format() (pyRound, pyFixed).
- * Part of the page script: bavit/app/client.py (head_html) joins rule.js, texts.js, draw.js and grid.js, in that
+ * Part of the page script: bavit/app/page.py (head_html) joins rule.js, texts.js, draw.js and grid.js, in that
  * order, into one function scope.
  */
 // ------------------------------------------------------------------ Python-compatible numbers

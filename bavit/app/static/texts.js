@@ -1,6 +1,6 @@
 /*
- * The sparsity text and the token table in the page: ports of bavit/app/panels.py's sparsity_text and tokens_table,
- * checked against them string for string by tests/test_app_browser.py. Uses rule.js (pyFixed, pyRound, count).
+ * The sparsity text and the token table in the page: ports of bavit/app/page.py's sparsity_text and tokens_table,
+ * checked against them string for string by tests/test_page_rule.py and tests/test_app_browser.py. Uses rule.js (pyFixed, pyRound, count).
  */
 function sparsityText(p, result, controls) {
   const acc = p.accounting;
