@@ -72,7 +72,7 @@ def test_harness_rows_are_the_predictors_single_image_results(coco_root, tmp_pat
     settings = make_settings([threshold], [0.3])
     report = run_map(predictor, dataset, settings, batch_size=2, progress=False)
     for setting, row in zip(settings[1:], report["rows"][1:]):
-        single = [predictor.predict(predictor.set_image(image), **setting.selection, cca_steps=3) for image in images]
+        single = [predictor.predict(predictor.set_image(image), setting) for image in images]
         kept = [int(analysis.keep_mask.sum()) for analysis in single]
         assert all(0 < k < 1024 for k in kept) and len(set(kept)) > 1  # the images differ, so a mix-up would show
         assert row["kept_patches"] == pytest.approx(np.mean(kept), abs=1e-9)

@@ -8,7 +8,8 @@ import pytest
 from apphelpers import random_bavit_checkpoint, tiny_yolos_dir
 
 from bavit.bench import frontier
-from bavit.bench.frontier import FrontierPoint, format_table, frontier_points, kept_count, pareto, run_frontier
+from bavit.bench.frontier import FrontierPoint, format_table, frontier_points, pareto, run_frontier
+from bavit.pruning.keep_mask import kept_count
 from bavit.cli import main
 from bavit.core.checkpoint import read_checkpoint, save_checkpoint
 from bavit.data.records import coco_records, coco_split

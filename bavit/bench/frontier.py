@@ -36,6 +36,7 @@ from ..errors import ConfigError
 from ..predictor import Predictor
 from ..pruning.accounting import bavit_macs
 from ..pruning.detector import YOLOS_SIZE
+from ..pruning.keep_mask import kept_count
 from .figures import new_axes, save_png
 from .timing import detector_weights, find_images, interleaved_medians, machine_info
 
@@ -96,15 +97,10 @@ def point_quality(point: FrontierPoint, records: list[Record], sparsity: float) 
     }
 
 
-def kept_count(sparsity: float, grid: int) -> int:
-    """Detector patches kept at ``sparsity`` on a ``grid x grid`` detector grid."""
-    return int(round((1.0 - sparsity) * grid * grid))
-
-
 def point_costs(points: Sequence[FrontierPoint], sparsity: float, repeats: int, images: list,
                 detector: str | os.PathLike | None = None) -> dict:
     """Median ms of every point's BAViT (one image per call, cycling through ``images``), the dense detector and
-    the pruned one keeping :func:`kept_count` patches (the same random mask every call), timed in turn on torch's
+    the pruned one keeping :func:`~bavit.pruning.keep_mask.kept_count` patches (the same random mask every call), timed in turn on torch's
     thread count. The detector is ``detector`` (a YOLOS hub id or folder), by default the YOLOS-tiny architecture at
     random init: weights do not change its cost."""
     predictors = {point.label: Predictor(bavit=read_checkpoint(point.checkpoint).model, detector=None,
@@ -258,4 +254,4 @@ def plot(report: dict, path: str | os.PathLike) -> Path:
 
 
 __all__ = ["FrontierPoint", "GRAPHS", "frontier_points", "point_quality", "point_costs", "run_frontier", "pareto",
-           "kept_count", "format_table", "plot"]
+           "format_table", "plot"]
