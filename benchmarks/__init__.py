@@ -1,4 +1,4 @@
-"""Benchmarks of the app and of the pruned detector's batch modes: scripts that start ``python app.py`` (or build a
+"""Benchmarks of the app, of the pruned detector's batch modes and of the training/serving skews: scripts that start ``python app.py`` (or build a
 model), time or measure it, and print figures (never timed tests). Each runs from the repository root as
 ``python -m benchmarks.NAME [flags]`` (``--help`` lists them); the measured figures are in ``docs/results.md`` and
 ``docs/deployment.md``. They import the library (``bavit``); the library never imports them.
@@ -12,6 +12,9 @@ model), time or measure it, and print figures (never timed tests). Each runs fro
   requests (uploads, queue joins, direct POSTs) in :mod:`.app_requests`.
 - :mod:`.app_process` — starting ``python app.py`` on a free port for the three above, and stopping it.
 - :mod:`.batch_modes` — ``python -m benchmarks.batch_modes``: padded vs per-image pruned batches (no app).
+- :mod:`.skew` — ``python -m benchmarks.skew``: what differs between training or calibration and serving: token
+  accuracy with the training preprocessing the shipped model was trained with against the served one, and
+  calibrations from torch float32 against onnxruntime int8 probabilities (no app).
 
 Calls timed in Python are timed by :mod:`bavit.bench.timing` (:func:`~bavit.bench.timing.timed_ms`,
 :func:`~bavit.bench.timing.interleaved_medians`), as the library's benches are (the browser bench's times are taken in

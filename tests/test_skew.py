@@ -1,11 +1,11 @@
-"""bavit.bench.skew: the earlier training preprocessing it measures against the served one, and the calibration
+"""benchmarks.skew: the earlier training preprocessing it measures against the served one, and the calibration
 backend comparison, on hand-made images and probabilities (the measured figures are in docs/training.md)."""
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from bavit.bench.skew import (
+from benchmarks.skew import (
     PREPROCESSINGS,
     compare_calibration_backends,
     compare_preprocessing,

@@ -11,9 +11,6 @@ batch-mode script are not part of the library: they are in the repository's ``be
   table and plot.
 - :mod:`.static_int8` — ``python -m bavit.bench.static_int8``: BAViT's static int8 graphs against dynamic int8
   and float32.
-- :mod:`.skew` — ``python -m bavit.bench.skew``: what differs between training or calibration and serving: token
-  accuracy with the earlier training preprocessing against the served one, and calibrations from torch float32
-  against onnxruntime int8 probabilities.
 - :mod:`.timing` — what the benches share: the one timing of calls (warm-up, interleaved medians), peak RSS, the
   machine and weights notes, the images and the kept-count spread.
 - :mod:`.figures` — the one figure convention of the bench plots.

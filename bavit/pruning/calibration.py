@@ -23,16 +23,15 @@ import numpy as np
 import torch
 
 from ..core.checkpoint import Checkpoint
-from ..deploy.runtime import bavit_graph_name
 from ..errors import CheckpointError, ConfigError
 from .keep_mask import closest_index, keep_mask_from_probs
 from .settings import MAX_CCA_STEPS, MAX_SPARSITY, PruningSettings, cca_steps_value, sparsity_value
 
 LEVELS = tuple(round(0.01 * i, 2) for i in range(round(100 * MAX_SPARSITY) + 1))  # target mean sparsity: 0%, 1%, ..., 95%
 CCA_STEPS = tuple(range(MAX_CCA_STEPS + 1))  # every setting of the app's CCA slider
-# The backend of calibrations stored without one: `python -m bavit calibrate` ran BAViT in torch float32 until it had
-# --backend.
-DEFAULT_CALIBRATION_BACKEND = bavit_graph_name("torch")
+# The backend of a calibration stored without one: torch float32, as bavit.deploy.runtime.bavit_graph_name("torch")
+# names it (a test holds the two equal; the detector side does not import the deployment side).
+DEFAULT_CALIBRATION_BACKEND = "torch float32"
 
 
 @dataclass(frozen=True)

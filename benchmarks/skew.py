@@ -1,19 +1,18 @@
 """Training-serving skew of BAViT, measured (never timed): what differs between the way a checkpoint was trained or
 calibrated and the way the app serves it.
 
-- ``preprocessing``: token accuracy with the inputs made the way training made its un-augmented view before
-  2026-12-06 (PIL bilinear to the 512 px cache, then torch's antialiased bilinear to the input size, normalised:
-  :func:`training_pixels_before`) against the one preprocessing the Predictor serves and training now uses
-  (:func:`bavit.core.model.bavit_pixels`: PIL bilinear straight to the input size, normalised). Checkpoints trained
-  before then saw the first during training and see the second in the app.
-- ``calibration``: a calibration's probabilities computed in torch float32 (how ``python -m bavit calibrate``
-  computed them before ``--backend``) against onnxruntime with int8 MatMuls (how the app serves BAViT): the
-  thresholds of each, and the mean sparsity each threshold gives on the other backend's probabilities (what the app
-  achieves at a target when the calibration came from torch).
+- ``preprocessing``: token accuracy with the inputs made the way the shipped checkpoint's training made its
+  un-augmented view (PIL bilinear to the 512 px cache, then torch's antialiased bilinear to the input size,
+  normalised: :func:`training_pixels_before`) against the one preprocessing the Predictor serves and training uses
+  (:func:`bavit.core.model.bavit_pixels`: PIL bilinear straight to the input size, normalised).
+- ``calibration``: a calibration's probabilities computed in torch float32 (``calibrate --backend torch``, the
+  shipped calibration's) against onnxruntime with int8 MatMuls (how the app serves BAViT): the thresholds of each,
+  and the mean sparsity each threshold gives on the other backend's probabilities (what the app achieves at a
+  target when the calibration came from torch).
 
-    OMP_WAIT_POLICY=PASSIVE python -m bavit.bench.skew preprocessing --checkpoint CKPT [CKPT ...] \\
+    OMP_WAIT_POLICY=PASSIVE python -m benchmarks.skew preprocessing --checkpoint CKPT [CKPT ...] \\
         --coco-root ../shared/data/coco --split train2017 --subset holdout --folds 5 --fold 0
-    OMP_WAIT_POLICY=PASSIVE python -m bavit.bench.skew calibration --checkpoint CKPT --fold-models F0 ... F4 \\
+    OMP_WAIT_POLICY=PASSIVE python -m benchmarks.skew calibration --checkpoint CKPT --fold-models F0 ... F4 \\
         --coco-root ../shared/data/coco --split train2017 --subset all
 """
 from __future__ import annotations
@@ -26,17 +25,17 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from ..cli.common import add_dataset_arguments, records_from_args, subset_description
-from ..core.checkpoint import read_checkpoint
-from ..core.config import BAViTConfig
-from ..core.model import BAViT, bavit_pixels
-from ..data.records import Record
-from ..deploy.runtime import bavit_graph_name, bavit_runner
-from ..engine.calibrate import calibration_probs
-from ..engine.evaluate import score, select_grids
-from ..pruning.calibration import LEVELS, calibrate, sparsity_at, sparsity_standard_error
-from ..pruning.detector import yolos_grid, yolos_tiny_config
-from ..pruning.settings import DEFAULT_THRESHOLD
+from bavit.cli.common import add_dataset_arguments, records_from_args, subset_description
+from bavit.core.checkpoint import read_checkpoint
+from bavit.core.config import BAViTConfig
+from bavit.core.model import BAViT, bavit_pixels
+from bavit.data.records import Record
+from bavit.deploy.runtime import bavit_graph_name, bavit_runner
+from bavit.engine.calibrate import calibration_probs
+from bavit.engine.evaluate import score, select_grids
+from bavit.pruning.calibration import LEVELS, calibrate, sparsity_at, sparsity_standard_error
+from bavit.pruning.detector import yolos_grid, yolos_tiny_config
+from bavit.pruning.settings import DEFAULT_THRESHOLD
 
 TRAINING_CACHE_SIZE = 512  # the default --cache-size of `python -m bavit train`, which the shipped runs used
 PREPROCESSINGS = ("inference (bavit_pixels)", "training before 2026-12-06")
