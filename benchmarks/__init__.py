@@ -12,6 +12,7 @@ model), time or measure it, and print figures (never timed tests). Each runs fro
   requests (uploads, queue joins, direct POSTs) in :mod:`.app_requests`.
 - :mod:`.app_process` — starting ``python app.py`` on a free port for the three above, and stopping it.
 - :mod:`.batch_modes` — ``python -m benchmarks.batch_modes``: padded vs per-image pruned batches (no app).
+- :mod:`.screenshot` — ``python -m benchmarks.screenshot``: README's screenshot of the settled app.
 - :mod:`.skew` — ``python -m benchmarks.skew``: what differs between training or calibration and serving: token
   accuracy with the training preprocessing the shipped model was trained with against the served one, and
   calibrations from torch float32 against onnxruntime int8 probabilities (no app).

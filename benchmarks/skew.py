@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from bavit.cli import run_script
 from bavit.cli.common import add_dataset_arguments, records_from_args, subset_description
 from bavit.core.checkpoint import read_checkpoint
 from bavit.core.config import BAViTConfig
@@ -143,8 +144,8 @@ def format_calibration(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """This measurement's options."""
     parser.add_argument("part", choices=("preprocessing", "calibration"))
     parser.add_argument("--checkpoint", nargs="+", required=True,
                         help="preprocessing: the checkpoints to measure; calibration: the one calibrated")
@@ -154,15 +155,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--threads", type=int, default=2)
     add_dataset_arguments(parser, default_split="train2017", voc=False, default_subset="holdout")
-    args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
+
+
+def run(args: argparse.Namespace) -> int:
     records = records_from_args(args)
     where = f"{args.split} {subset_description(args)}"
     if args.part == "preprocessing":
         for path in args.checkpoint:
             result = compare_preprocessing(read_checkpoint(path).model, records, args.backend, args.batch_size)
             print(format_preprocessing(f"{path} on {where}", result) + "\n")
-        return
+        return 0
     checkpoint = read_checkpoint(args.checkpoint[0])
     probs = {backend: calibration_probs(checkpoint, records, args.batch_size, args.fold_models, backend=backend)
              for backend in BACKENDS}
@@ -172,7 +174,13 @@ def main(argv: Sequence[str] | None = None) -> None:
           f"onnxruntime int8 MatMuls: FG probability difference mean {gap.mean():.4f}, max {gap.max():.3f}; tokens "
           f"on the other side of 0.5: {((probs['torch'] >= 0.5) != (probs['onnxruntime'] >= 0.5)).mean():.2%}")
     print(format_calibration(compare_calibration_backends(probs)))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m benchmarks.skew``; its help is this module's docstring."""
+    return run_script("benchmarks.skew", __doc__, add_arguments, run, argv)
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -8,14 +8,11 @@ and number formatting are checked here against the Python ones (the Predictor, b
 on the probabilities the page received, bit for bit and string for string, and the page is checked to send no
 request for them; with the detector on, a slider move goes back to the server.
 
-Saves a screenshot to a temp dir; with BAVIT_UPDATE_SCREENSHOT=1 it also becomes assets/screenshot.png (the one in
-README.md).
+Saves a screenshot to a temp dir (README's is made by ``python -m benchmarks.screenshot``, on the settled app).
 """
 from __future__ import annotations
 
-import os
 import re
-import shutil
 from pathlib import Path
 
 import apphelpers
@@ -243,8 +240,6 @@ def test_upload_drag_threshold_and_screenshot(server, browser, predictor, tmp_pa
     shot = tmp_path / "bavit-explorer.png"
     page.screenshot(path=str(shot), full_page=True)
     assert shot.stat().st_size > 10_000
-    if os.environ.get("BAVIT_UPDATE_SCREENSHOT") == "1":
-        shutil.copy(shot, apphelpers.ROOT / "assets" / "screenshot.png")
 
     # with GT the comparison follows the grid: grid-only slider moves go to the server, which updates it too
     assert page.evaluate("() => window.bavitGrid.state.gt") is True
