@@ -23,6 +23,8 @@ import json
 import os
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from bavit.app.session import MODE_THRESHOLD, MODE_TOPK
@@ -111,8 +113,10 @@ def set_detector(page, on: bool) -> None:
     _wait_for_server(page, before)
 
 
-def browser_timings(url: str, image: Path, changes: int, chromium: str = CHROMIUM) -> dict:
-    """Open ``url`` in chromium, upload ``image`` and time the slider grid-only, then with the detector."""
+@contextmanager
+def app_page(url: str, chromium: str = CHROMIUM) -> Iterator:
+    """Debian's chromium on the app at ``url``: a 1400x1000 page, its upload input and script ready; the browser is
+    closed on the way out."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
@@ -123,28 +127,34 @@ def browser_timings(url: str, image: Path, changes: int, chromium: str = CHROMIU
             page.goto(url)
             page.wait_for_selector("#input-image input[type=file]", state="attached")
             page.wait_for_function("() => window.bavitGrid !== undefined")
-            before = _messages(page)
-            page.locator("#input-image input[type=file]").set_input_files(str(image))
-            _wait_for_server(page, before)
-            page.wait_for_function("() => document.querySelector('#sparsity').innerText.includes('Sparsity:')")
-            page.evaluate(_INSTALL_TIMER)
-            mode = page.locator("#mode label.selected").inner_text().strip()
-            set_detector(page, False)
-            local_before = page.evaluate("() => window.bavitGrid.state.localChanges")
-            grid_only = time_slider(page, changes)
-            local = page.evaluate("() => window.bavitGrid.state.localChanges") - local_before
-            set_detector(page, True)
-            with_detector = time_slider(page, changes, start=changes + WARMUP)
-            latency_text = page.inner_text("#latency")
-            # The same with this image *held* at the slider's sparsity (top-k): in the default, calibrated mode an
-            # object-filled photo keeps nearly every patch, so the detector there runs almost dense.
-            before = _messages(page)
-            page.locator("#mode label", has_text=MODE_TOPK).click()
-            _wait_for_server(page, before)
-            page.evaluate(_INSTALL_TIMER)  # the mode event may re-render the sparsity panel the timer watched
-            with_detector_topk = time_slider(page, changes, start=2 * (changes + WARMUP))  # continue the cycle
+            yield page
         finally:
             browser.close()
+
+
+def browser_timings(url: str, image: Path, changes: int, chromium: str = CHROMIUM) -> dict:
+    """Open ``url`` in chromium, upload ``image`` and time the slider grid-only, then with the detector."""
+    with app_page(url, chromium) as page:
+        before = _messages(page)
+        page.locator("#input-image input[type=file]").set_input_files(str(image))
+        _wait_for_server(page, before)
+        page.wait_for_function("() => document.querySelector('#sparsity').innerText.includes('Sparsity:')")
+        page.evaluate(_INSTALL_TIMER)
+        mode = page.locator("#mode label.selected").inner_text().strip()
+        set_detector(page, False)
+        local_before = page.evaluate("() => window.bavitGrid.state.localChanges")
+        grid_only = time_slider(page, changes)
+        local = page.evaluate("() => window.bavitGrid.state.localChanges") - local_before
+        set_detector(page, True)
+        with_detector = time_slider(page, changes, start=changes + WARMUP)
+        latency_text = page.inner_text("#latency")
+        # The same with this image *held* at the slider's sparsity (top-k): in the default, calibrated mode an
+        # object-filled photo keeps nearly every patch, so the detector there runs almost dense.
+        before = _messages(page)
+        page.locator("#mode label", has_text=MODE_TOPK).click()
+        _wait_for_server(page, before)
+        page.evaluate(_INSTALL_TIMER)  # the mode event may re-render the sparsity panel the timer watched
+        with_detector_topk = time_slider(page, changes, start=2 * (changes + WARMUP))  # continue the cycle
     return {"mode": mode, "grid_only": summary(grid_only), "with_detector": summary(with_detector),
             "with_detector_topk": summary(with_detector_topk), "grid_only_in_page": local,
             "latency_panel": latency_text}

@@ -15,7 +15,7 @@ from bavit.bench import EXAMPLES
 from bavit.cli import run_script
 
 from .app_process import running_app
-from .browser_bench import CHROMIUM, CHROMIUM_ARGS, TIMEOUT_MS, wait_for_warm_up
+from .browser_bench import CHROMIUM, app_page, wait_for_warm_up
 
 SETTLED = re.compile(r"Speed-up: \d+\.\d\dx")
 MODES = {"calibrated": MODE_SPARSITY, "topk": MODE_TOPK, "threshold": MODE_THRESHOLD}
@@ -24,26 +24,15 @@ MODES = {"calibrated": MODE_SPARSITY, "topk": MODE_TOPK, "threshold": MODE_THRES
 def capture(url: str, image: Path, out: Path, mode: str = MODE_SPARSITY, chromium: str = CHROMIUM) -> str:
     """Choose the sparsity control ``mode`` on the page at ``url``, upload ``image``, wait until the latency panel
     gives a speed-up, save the whole page to ``out``; returns the latency panel's text."""
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()
-            page.set_default_timeout(TIMEOUT_MS)
-            page.goto(url)
-            page.wait_for_function("() => window.bavitGrid !== undefined")
-            page.locator("#mode label", has_text=mode).click()
-            page.locator("#input-image input[type=file]").set_input_files(str(image))
-            page.wait_for_function("() => document.querySelector('#sparsity').innerText.includes('Sparsity:')")
-            page.wait_for_function("re => new RegExp(re).test(document.querySelector('#latency').innerText)",
-                                   arg=SETTLED.pattern)
-            page.mouse.move(0, 0)
-            page.screenshot(path=str(out), full_page=True)
-            return page.inner_text("#latency")
-        finally:
-            browser.close()
-
+    with app_page(url, chromium) as page:
+        page.locator("#mode label", has_text=mode).click()
+        page.locator("#input-image input[type=file]").set_input_files(str(image))
+        page.wait_for_function("() => document.querySelector('#sparsity').innerText.includes('Sparsity:')")
+        page.wait_for_function("re => new RegExp(re).test(document.querySelector('#latency').innerText)",
+                               arg=SETTLED.pattern)
+        page.mouse.move(0, 0)
+        page.screenshot(path=str(out), full_page=True)
+        return page.inner_text("#latency")
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """This script's options."""

@@ -5,6 +5,7 @@ left, written as a PNG atomically.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..files import atomic_path
@@ -33,3 +34,16 @@ def save_png(fig: "Figure", path: str | os.PathLike, footnote: str) -> None:
     fig.tight_layout(rect=(0, 0.03, 1, 1))
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
+
+
+def finish(fig: "Figure", ax: "Axes", path: str | os.PathLike, xlabel: str, ylabel: str, title: str,
+           title_size: float, legend_loc: str, footnote: str) -> Path:
+    """The plots' common ending: axis labels, a title of ``title_size`` points, a light grid, the legend at
+    ``legend_loc``, then :func:`save_png`; returns ``path``."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=title_size)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=6, loc=legend_loc)
+    save_png(fig, path, footnote)
+    return Path(path)

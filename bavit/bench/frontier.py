@@ -37,7 +37,7 @@ from ..predictor import Predictor
 from ..pruning.accounting import bavit_macs
 from ..pruning.detector import YOLOS_SIZE
 from ..pruning.keep_mask import kept_count
-from .figures import new_axes, save_png
+from .figures import finish, new_axes
 from .timing import detector_weights, find_images, interleaved_medians, machine_info
 
 GRAPHS = ("int8", "float32")
@@ -243,14 +243,12 @@ def plot(report: dict, path: str | os.PathLike) -> Path:
                         label=row["label"] if key == "calibrated_pixel_recall" else None)
     ax.axvline(report["target_share_of_dense"] * report["dense_ms"], color="0.5", linestyle=":",
                label=f"{report['target_share_of_dense']:.0%} of dense YOLOS-tiny ({report['dense_ms']:.0f} ms)")
-    ax.set_xlabel("BAViT ms per image (onnxruntime, batch 1; resize and normalisation included)")
-    ax.set_ylabel(f"object pixel recall at {report['sparsity']:.0%} on the 32x32 detector grid")
-    ax.set_title(f"{report['data']}; {report['threads']} threads\n"
-                 "circles: one calibrated threshold; squares: top-k per image; hollow: float32 graph", fontsize=7)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=6, loc="center right")
-    save_png(fig, path, f"python -m bavit frontier; load average {report['machine']['load_average_before'][0]:.2f}")
-    return Path(path)
+    return finish(fig, ax, path, "BAViT ms per image (onnxruntime, batch 1; resize and normalisation included)",
+                  f"object pixel recall at {report['sparsity']:.0%} on the 32x32 detector grid",
+                  f"{report['data']}; {report['threads']} threads\n"
+                  "circles: one calibrated threshold; squares: top-k per image; hollow: float32 graph", 7,
+                  "center right",
+                  f"python -m bavit frontier; load average {report['machine']['load_average_before'][0]:.2f}")
 
 
 __all__ = ["FrontierPoint", "GRAPHS", "frontier_points", "point_quality", "point_costs", "run_frontier", "pareto",

@@ -45,7 +45,7 @@ from ..predictor import Predictor
 from ..pruning.calibration import Calibration
 from ..pruning.detector import DEFAULT_DETECTOR
 from ..pruning.settings import sparsity_value
-from .figures import new_axes, save_png
+from .figures import finish, new_axes
 from .timing import detector_weights, interleaved_medians, machine_info
 
 DEFAULT_LEVELS = (0.10, 0.20, 0.29, 0.35, 0.40, 0.46, 0.55)
@@ -287,11 +287,6 @@ def plot(report: dict, path: str | os.PathLike) -> Path:
                 for ms, recall, level in points:
                     ax.annotate(f"{level:.0%}", (ms, recall), fontsize=5, xytext=(2, 2), textcoords="offset points")
     ax.plot([report["latency"]["dense_ms"]], [1.0], "k*", markersize=9, label="dense YOLOS")
-    ax.set_xlabel("mean end-to-end latency (ms): BAViT + pruned YOLOS")
-    ax.set_ylabel("object pixel recall")
-    ax.set_title(f"{report['images']} images {report['dataset']}; {report['backend']}, {report['threads']} threads, "
-                 "batch 1 (labels: target sparsity)", fontsize=8)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=6, loc="lower right")
-    save_png(fig, path, f"detector: {report['weights']['detector']}")
-    return Path(path)
+    return finish(fig, ax, path, "mean end-to-end latency (ms): BAViT + pruned YOLOS", "object pixel recall",
+                  f"{report['images']} images {report['dataset']}; {report['backend']}, {report['threads']} threads, "
+                  "batch 1 (labels: target sparsity)", 8, "lower right", f"detector: {report['weights']['detector']}")
