@@ -9,6 +9,7 @@ app benchmarks in the repository's ``benchmarks/``) runs through it with :func:`
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Callable
 
@@ -35,7 +36,9 @@ OUTPUTS = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m bavit", description="BAViT: background-aware token pruning for ViT detectors.")
+    # `bavit` when run as the installed command (pyproject.toml), else `python -m bavit`
+    prog = "bavit" if os.path.basename(sys.argv[0]) == "bavit" else "python -m bavit"
+    parser = argparse.ArgumentParser(prog=prog, description="BAViT: background-aware token pruning for ViT detectors.")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module in COMMAND_MODULES:
         module.register(subparsers)
