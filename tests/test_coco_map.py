@@ -78,6 +78,13 @@ def test_harness_rows_are_the_predictors_single_image_results(coco_root, tmp_pat
         assert row["kept_patches"] == pytest.approx(np.mean(kept), abs=1e-9)
         assert row["detections"] == sum(len(analysis.detections) for analysis in single) == 3 * 10
     assert report["rows"][0]["kept_patches"] == 1024 and report["cca_steps"] == 3
+    # what pruning cost without ground truth: each pruned row's AP against the dense row's detections
+    assert report["rows"][0]["mAP_vs_dense"] is None
+    assert all(0.0 <= row["mAP_vs_dense"] <= 1.0 for row in report["rows"][1:])
+    everything = run_map(predictor, dataset, [None, PruningSettings(keep_ratio=1.0, cca_steps=0)], batch_size=3,
+                         progress=False)["rows"][1]  # nothing pruned: the dense detections found again
+    assert everything["kept_patches"] == 1024 and everything["mAP_vs_dense"] == pytest.approx(1.0)
+    assert everything["AP50_vs_dense"] == pytest.approx(1.0)
 
 
 def test_dataset_errors_name_the_problem(tmp_path):

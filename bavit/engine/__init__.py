@@ -10,5 +10,7 @@ functions only: the commands named below are in :mod:`bavit.cli`.
 - :mod:`.finetune` — ``python -m bavit finetune`` (YOLOS fine-tuned on FG tokens only, §4.2).
 - :mod:`.coco_map` — ``python -m bavit map`` (COCOeval mAP of dense and pruned YOLOS, Table 2), with
   :mod:`.cocoeval`, the ``COCOeval`` wrapper.
+- :mod:`.pruning_cost` — what pruning cost an image without ground truth: dense detections matched to pruned ones
+  (kept, moved, lost, new) and the pruned detections' AP against the dense ones.
 - :mod:`.state` — the one way training state (optimizer, scheduler, progress) is saved and restored.
 """

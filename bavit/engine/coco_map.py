@@ -30,6 +30,7 @@ import torch
 
 from ..core.registry import DEFAULT_BAVIT_CHECKPOINT
 from .cocoeval import evaluate_bbox, result_rows
+from .pruning_cost import ap_against_dense
 from ..data.coco import CocoDetection, label_to_category, resolve_paths
 from ..errors import ConfigError
 from ..predictor import Predictor
@@ -86,7 +87,9 @@ def run_map(predictor: Predictor, dataset: CocoDetection, settings: Sequence[Pru
         ``model``, ``threshold``, ``keep_ratio``, ``sparsity`` (fraction pruned), the token accounting of the
         mean kept patches (Eq. 4, :mod:`bavit.pruning.accounting`: ``kept_patches``, ``bavit_tokens`` (0 for dense),
         ``yolos_tokens``, ``yolos_pruned_tokens``, ``total_tokens``, ``token_reduction_pct`` (percent),
-        ``dense_macs``, ``pipeline_macs``), ``detections`` and the :data:`STAT_NAMES` APs (fractions).
+        ``dense_macs``, ``pipeline_macs``), ``detections``, the :data:`STAT_NAMES` APs (fractions) and, for a pruned
+        row with the dense one beside it, ``mAP_vs_dense`` / ``AP50_vs_dense``: its AP against the dense detector's
+        detections at or above the Predictor's score threshold, no ground truth needed.
     Raises:
         ConfigError: bad batch size, or a predictor without detector weights (no mAP of random weights).
     """
@@ -124,6 +127,7 @@ def run_map(predictor: Predictor, dataset: CocoDetection, settings: Sequence[Pru
         "rows": [],
     }
     size = (predictor.image_size, predictor.image_size)
+    dense = next((row for row in rows if row.setting is None), None)
     for row in rows:
         row_accounting = mean_accounting(token_accounting(kept, predictor.yolos_config, predictor.bavit.config, size)
                                          for kept in row.kept_patches)
@@ -144,8 +148,18 @@ def run_map(predictor: Predictor, dataset: CocoDetection, settings: Sequence[Pru
             "pipeline_macs": row_accounting.pipeline_macs,
             "detections": int(sum(len(r) for r in row.results)),
             **evaluate_bbox(dataset.coco, np.concatenate(row.results), dataset.image_ids),
+            **_against_dense(dense, row, dataset.image_ids, predictor.score_threshold),
         })
     return report
+
+
+def _against_dense(dense: _Row | None, row: _Row, image_ids: Sequence[int], min_score: float) -> dict:
+    """What pruning cost, without ground truth: the pruned row's AP against the dense row's detections at or above
+    ``min_score`` (:func:`bavit.engine.pruning_cost.ap_against_dense`); ``None`` for the dense row or without one."""
+    if dense is None or row.setting is None:
+        return {"mAP_vs_dense": None, "AP50_vs_dense": None}
+    against = ap_against_dense(dense.results, row.results, image_ids, min_score)
+    return {"mAP_vs_dense": against["mAP"], "AP50_vs_dense": against["AP50"]}
 
 
 def _pct(value: float | None, digits: int = 1) -> str:
@@ -153,14 +167,15 @@ def _pct(value: float | None, digits: int = 1) -> str:
 
 
 def markdown_table(report: dict) -> str:
-    """Table 2 layout: sparsity, mAP / AP50 / AP_small (COCO, %), token counts (mean per image) and Eq. 4 reduction."""
-    header = ("| Model | Sparsity % | mAP | AP50 | AP_small | BAViT tokens | YOLOS tokens | YOLOS pruned | "
-              "YOLOS + BAViT | % Reduction |")
+    """Table 2 layout: sparsity, mAP / AP50 / AP_small (COCO, %), mAP against the dense detections, token counts
+    (mean per image) and Eq. 4 reduction."""
+    header = ("| Model | Sparsity % | mAP | AP50 | AP_small | mAP vs dense | BAViT tokens | YOLOS tokens | "
+              "YOLOS pruned | YOLOS + BAViT | % Reduction |")
     lines = [header, "|" + "---|" * (header.count("|") - 1)]
     for row in report["rows"]:
         lines.append(
             f"| {row['model']} | {_pct(row['sparsity'])} | {_pct(row['mAP'])} | {_pct(row['AP50'])} | "
-            f"{_pct(row['AP_small'])} | {row['bavit_tokens']:.0f} | {row['yolos_tokens']:.0f} | "
+            f"{_pct(row['AP_small'])} | {_pct(row.get('mAP_vs_dense'))} | {row['bavit_tokens']:.0f} | {row['yolos_tokens']:.0f} | "
             f"{row['yolos_pruned_tokens']:.0f} | {row['total_tokens']:.0f} | {row['token_reduction_pct']:.2f}% |"
         )
     return "\n".join(lines) + "\n"
