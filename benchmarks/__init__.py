@@ -13,6 +13,8 @@ model), time or measure it, and print figures (never timed tests). Each runs fro
 - :mod:`.app_process` — starting ``python app.py`` on a free port for the three above, and stopping it.
 - :mod:`.batch_modes` — ``python -m benchmarks.batch_modes``: padded vs per-image pruned batches (no app).
 - :mod:`.screenshot` — ``python -m benchmarks.screenshot``: README's screenshot of the settled app.
+- :mod:`.cold_start` — ``python -m benchmarks.cold_start``: a fresh app as its first visitor meets it (seconds from
+  the page served to the first grid and to the latency panel filled).
 - :mod:`.skew` — ``python -m benchmarks.skew``: what differs between training or calibration and serving: token
   accuracy with the training preprocessing the shipped model was trained with against the served one, and
   calibrations from torch float32 against onnxruntime int8 probabilities (no app).

@@ -3,11 +3,13 @@ page and API showing the medians it used, and the backend setting reaching the P
 from __future__ import annotations
 
 import importlib.util
+import re
 import statistics
 import threading
 import time
 
 import apphelpers
+import gradio as gr
 import pytest
 
 from bavit.pruning.settings import PruningSettings
@@ -114,9 +116,15 @@ def test_warm_up_in_background_then_page_shows_the_medians(detector_predictor, m
         assert "**Speed-up: warming up**" in latency and f"0 of {MIN_DENSE_RUNS} warm dense runs" in latency
         assert explorer.api_result({"path": str(CHELSEA)}, threshold=0.5)["speedup"] is None
         assert monitor.warming_up and monitor.samples()["dense"] == []
+        assert handlers.page_latency(session) == gr.skip()  # the page's timer: nothing to fill in yet
     finally:
         release.set()
     assert monitor.join(120) and not monitor.warming_up and monitor.error is None
+    # with no user event, the page's timer now fills the panel in with the medians, once
+    filled = handlers.page_latency(session)
+    assert re.search(r"\*\*Speed-up: \d+\.\d\dx\*\* for this image", filled), filled
+    assert "warming up" not in filled and handlers.page_latency(session) == gr.skip()
+    assert handlers.page_latency(None) == gr.skip()
     samples = monitor.samples()
     assert len(samples["dense"]) == 6 and len(samples["bavit"]) == 5
     assert sorted(samples["curve"]) == list(CURVE_COUNTS) and all(len(v) == 3 for v in samples["curve"].values())

@@ -26,7 +26,8 @@ def test_subcommand_help(command, capsys):
     assert "usage:" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("name", ["app_bench", "browser_bench", "upload_memory", "batch_modes", "screenshot", "skew"])
+@pytest.mark.parametrize("name", ["app_bench", "browser_bench", "upload_memory", "batch_modes", "screenshot", "skew",
+                                  "cold_start"])
 def test_benchmark_help(name, capsys):
     """``python -m benchmarks.NAME --help``: each app benchmark parses its own flags."""
     import importlib

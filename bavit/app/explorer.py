@@ -155,7 +155,9 @@ class Explorer:
                                                      analysis.image_size) if dense else None,
         }
         point = None if speedup is None else (effective_threshold(analysis), speedup)
-        return {"analysis": analysis, "record": ViewRecord(controls.cca_steps, base, point),
+        waiting = speedup is None and controls.detect and "pruned_ms" in analysis.timings_ms and not self.monitor.error
+        return {"analysis": analysis,
+                "record": ViewRecord(controls.cca_steps, base, point, (analysis, controls) if waiting else None),
                 **{key: panels[key]() for key in keys}}
 
     def update(self, session: ImageSession, controls: Controls,
@@ -192,6 +194,19 @@ class Explorer:
             view = self.render(session, controls, ("gt_confusion", "gt_stats"))
             session.record(view["record"])
             return view
+
+    def fill_latency(self, session: ImageSession) -> str | None:
+        """The latency panel of the session's shown view once the monitor has its medians, when that panel said
+        "warming up" (then once only); ``None`` while it still waits, or when it did not."""
+        with session.gate.hold():
+            if session.waiting is None:
+                return None
+            analysis, controls = session.waiting
+            estimate = self.latency(analysis)
+            if estimate.speedup is None and not self.monitor.error:
+                return None
+            session.waiting = None
+            return page.latency_text(analysis, controls, estimate, self.monitor, page.latency_note(self.predictor))
 
     def api_result(self, payload: Any, threshold: Any = None, cca_steps: Any = None, keep_ratio: Any = None,
                    detect: Any = True, sparsity: Any = None) -> dict[str, Any]:

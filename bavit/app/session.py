@@ -249,6 +249,7 @@ class ViewRecord:
     cca_steps: int
     curve: Any  # viz.CurvePlot drawn for this CCA setting (cached in ``session.plots`` if it was new)
     point: tuple[float, float] | None  # (threshold, measured speed-up), or None without a measurement
+    waiting: Any = None  # (analysis, controls) whose latency panel said "warming up", else None
 
 
 @dataclass
@@ -271,12 +272,14 @@ class ImageSession:
     coco: CocoImage | None = None
     plots: dict = field(default_factory=dict)  # cca_steps -> curve.CurvePlot
     measured: dict = field(default_factory=dict)  # cca_steps -> tuple[(threshold, speed-up), ...] (replaced, never changed)
+    waiting: Any = None  # the shown view's (analysis, controls) while its latency panel waits for medians, else None
     gate: SessionGate = field(default_factory=SessionGate, repr=False, compare=False)
 
     def record(self, record: ViewRecord) -> None:
-        """Keep what a render measured: the curve for its CCA setting and its speed-up point (the last
-        :data:`MEASURED_POINTS` per setting)."""
+        """Keep what a render measured: the curve for its CCA setting, its speed-up point (the last
+        :data:`MEASURED_POINTS` per setting) and whether its latency panel waits for medians."""
         with self.gate.hold():
+            self.waiting = record.waiting
             self.plots.setdefault(record.cca_steps, record.curve)
             if record.point is not None:
                 points = self.measured.get(record.cca_steps, ())

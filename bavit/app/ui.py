@@ -58,7 +58,6 @@ from .session import (
     CocoGroundTruth,
     Controls,
     ImageSession,
-    ViewRecord,
     default_mode,
     modes,
 )
@@ -146,7 +145,8 @@ class Handlers:
     - ``page_controls``, ``page_slider(session, *controls)`` -> ``[page_state, *outputs]``;
     - ``page_mode(session, *controls)`` -> ``[threshold visibility, target visibility, page_state, *outputs]``;
     - ``page_paint(session, editor, *controls)`` -> ``[gt_grid, gt_confusion, gt_stats, page_state]``;
-    - ``page_curve(session, cca_steps)`` -> page_state (the base plot of that CCA setting).
+    - ``page_curve(session, cca_steps)`` -> page_state (the base plot of that CCA setting);
+    - ``page_latency(session)`` -> the latency panel, once its medians are there (else ``gr.skip()``).
     """
 
     page_image: Callable[..., list]
@@ -154,6 +154,7 @@ class Handlers:
     page_slider: Callable[..., list]
     page_mode: Callable[..., list]
     page_curve: Callable[..., Any]
+    page_latency: Callable[..., Any]
     page_paint: Callable[..., list]
 
 
@@ -226,8 +227,14 @@ def build_handlers(explorer: Explorer) -> Handlers:
         steps = cca_steps_value(cca_steps)
         with session.gate.hold():  # in this session's turn order; supersedes no control event
             plot = explorer.curve(session, steps)
-            session.record(ViewRecord(cca_steps=steps, curve=plot, point=None))
+            session.plots.setdefault(steps, plot)  # drawn once per CCA setting (a view's record keeps it too)
             return page.encode(page.curve_message(session, plot, steps))
+
+    @user_errors
+    def page_latency(session: ImageSession | None) -> Any:
+        """The page's latency timer: the panel filled in once the medians it waited for are there, else nothing."""
+        text = None if session is None else explorer.fill_latency(session)
+        return gr.skip() if text is None else text
 
     @user_errors
     def page_paint(session: ImageSession | None, editor_value: Any, *values: Any) -> list[Any]:
@@ -243,7 +250,7 @@ def build_handlers(explorer: Explorer) -> Handlers:
                 view["gt_stats"], page_state(session, view, controls)]
 
     return Handlers(page_image=page_image, page_controls=page_controls, page_slider=page_slider, page_mode=page_mode,
-                    page_curve=page_curve, page_paint=page_paint)
+                    page_curve=page_curve, page_latency=page_latency, page_paint=page_paint)
 
 
 def add_api(explorer: Explorer) -> None:
@@ -270,6 +277,7 @@ def add_api(explorer: Explorer) -> None:
     analyze.click(on_api, [image, threshold, cca, keep, sparsity], result, api_name="analyze", preprocess=False)
 
 
+LATENCY_TICK_S = 2.0  # s: how often an open page asks whether its "warming up" latency panel can be filled in
 IMAGE_HEIGHT = 340  # px: output images are scaled to fit, so portrait photos do not stretch the page
 MODE_INFO = ("Mean sparsity: one calibrated threshold for all images, so each image's sparsity follows its content "
              "(paper Table 2). Top-k: this image held at the target.")
@@ -394,6 +402,10 @@ def _build_demo(explorer: Explorer, examples: list[str] | None, coco_examples: l
         curve_request.click(handlers.page_curve, [session_state, cca_steps], page_state, api_name="page_curve",
                             show_api=False, show_progress="hidden", queue=False, preprocess=False)
         page_state.change(None, page_state, None, js="(text) => window.bavitGrid.receive(text)")
+        # A latency panel that said "warming up" fills itself in once the background timing has its medians: a
+        # cheap tick (off the queue, like the curve request) answers nothing until then, and nothing after.
+        gr.Timer(LATENCY_TICK_S).tick(handlers.page_latency, [session_state], latency, api_name="page_latency",
+                                      show_api=False, show_progress="hidden", queue=False)
         # Raw values (preprocess=False): the editor's layers arrive as uploaded files, read under the upload limits
         # (Gradio would decode every layer into an array first, with no limit).
         gt_apply.click(handlers.page_paint, [session_state, editor, *control_inputs],
