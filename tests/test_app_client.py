@@ -10,7 +10,7 @@ import apphelpers  # noqa: E402
 from gradio_client import Client, handle_file  # noqa: E402
 
 from bavit.pruning.settings import PruningSettings
-from bavit.app.explorer import Explorer  # noqa: E402
+from bavit.app.explorer import Explorer, pruning_cost  # noqa: E402
 from bavit.app.page import banner_text  # noqa: E402
 from bavit.app.session import MODE_THRESHOLD, MODE_TOPK, Controls  # noqa: E402
 from bavit.app.ui import SLIDER_KEYS, build_demo  # noqa: E402
@@ -117,6 +117,13 @@ def test_detector_present_path_draws_boxes(tmp_path):
     assert {d["label"] for d in detections} <= {"cat", "dog", "cup"}
     assert view["det_pruned"].size == session.display.size and view["det_dense"] is not None
     assert f"{len(detections)} detections" in view["det_message"]
+    # what pruning cost here: the dense detections matched to the pruned ones, counted, with the AP against them
+    diff, line = pruning_cost(session.dense_detections, detections, predictor.score_threshold)
+    assert f"**What pruning cost here:** {line}" in view["det_message"] and "lost (dense only)" in view["det_message"]
+    assert line.startswith(f"kept {len(diff.kept)} of {len(session.dense_detections)} dense detection")
+    everything = explorer.render(session, Controls(mode=MODE_TOPK, target_sparsity=0, detect=True, show_dense=True))
+    assert everything["analysis"].accounting.kept_patches == 1024  # nothing pruned: the dense detections again
+    assert "kept 10 of 10 dense detections; AP against the dense detections 1.00" in everything["det_message"]
     estimate = explorer.latency(view["analysis"])  # the medians the panel used
     assert f"**Speed-up: {estimate.speedup:.2f}x** for this image ({estimate.kept} of 1024" in view["latency"]
     result = explorer.api_result({"path": str(CHELSEA)}, threshold=0.5)

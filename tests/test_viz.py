@@ -154,3 +154,16 @@ def test_curves_drawn_from_many_threads_are_those_drawn_one_by_one(monkeypatch):
 def test_legend_html_lists_items():
     html = viz.legend_html(viz.GRID_LEGEND)
     assert "flipped to FG by CCA" in html and "rgb(230, 0, 230)" in html
+
+
+def test_cost_boxes_are_drawn_in_their_outcome_colours():
+    from bavit.engine.pruning_cost import match_detections
+
+    dense = [{"box": (10, 10, 40, 40), "label": "dog", "score": 0.9}, {"box": (60, 60, 90, 90), "label": "cat", "score": 0.8}]
+    pruned = [{"box": (10, 10, 40, 40), "label": "dog", "score": 0.9}, {"box": (60, 10, 90, 40), "label": "cup", "score": 0.7}]
+    diff = match_detections(dense, pruned)  # the dog kept, the cat lost, the cup new
+    out = np.asarray(viz.draw_cost(Image.new("RGB", (100, 100)), dense, pruned, diff))
+    assert tuple(out[25, 10]) == viz.COST_COLOURS["kept"]  # the left edges of the three boxes
+    assert tuple(out[75, 60]) == viz.COST_COLOURS["lost"]
+    assert tuple(out[25, 60]) == viz.COST_COLOURS["new"]
+    assert set(viz.COST_COLOURS.values()) == set(viz.COST_LEGEND.values())

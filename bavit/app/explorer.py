@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from ..engine.pruning_cost import DetectionDiff, ap_against_dense, match_detections, summary_line
 from ..predictor import Analysis, Predictor
 from ..pruning.settings import PruningSettings, flag_value
 from . import page, uploads, viz
@@ -41,6 +42,22 @@ DISPLAY_SIDE = 512  # px: overlays are drawn at this size
 # The page's panels a server event can send (besides #page-state), in the order the page's events answer with them;
 # the grids and the curve are drawn by the page itself (static/draw.js).
 PAGE_KEYS = ("det_pruned", "det_dense", "det_message", "sparsity", "tokens", "latency", "gt_confusion", "gt_stats")
+
+
+def pruning_cost(dense: list[dict], pruned: list[dict] | None, min_score: float) -> tuple[DetectionDiff, str]:
+    """What pruning cost this image, with no ground truth: the dense detections matched to the pruned ones
+    (:func:`~bavit.engine.pruning_cost.match_detections`) and a line that counts them and gives the pruned
+    detections' AP against the dense ones at or above ``min_score`` (COCOeval on this one image)."""
+    pruned = pruned or []
+    diff = match_detections(dense, pruned)
+    ids = {label: index for index, label in enumerate(sorted({d["label"] for d in (*dense, *pruned)}))}
+
+    def rows(detections: list[dict]) -> np.ndarray:
+        return np.array([[0, d["box"][0], d["box"][1], d["box"][2] - d["box"][0], d["box"][3] - d["box"][1],
+                          d["score"], ids[d["label"]]] for d in detections], dtype=np.float64).reshape(-1, 7)
+
+    ap = ap_against_dense([rows(dense)], [rows(pruned)], [0], min_score)["mAP"]
+    return diff, summary_line(diff, dense) + ("" if ap is None else f"; AP against the dense detections {ap:.2f}")
 
 
 class Explorer:
@@ -140,6 +157,8 @@ class Explorer:
         base = self.curve(session, controls.cca_steps)
         live = predictor.detector_ready and controls.detect
         dense = predictor.detector_ready and controls.show_dense and session.dense_detections is not None
+        cost = pruning_cost(session.dense_detections, analysis.detections, predictor.score_threshold) \
+            if live and dense and any(key in keys for key in ("det_message", "det_pruned")) else None
         panels = {
             "sparsity": lambda: page.sparsity_text(analysis, controls, predictor.calibration),
             "tokens": lambda: page.tokens_table(analysis),
@@ -148,9 +167,12 @@ class Explorer:
             "gt_stats": lambda: page.gt_text(session, analysis),
             "gt_confusion": lambda: None if session.gt is None else viz.confusion_overlay(
                 session.display, session.gt, analysis.grid_cca),
-            "det_message": lambda: page.detections_text(predictor, controls, analysis.detections),
-            "det_pruned": lambda: viz.draw_detections(session.display, analysis.detections or [],
-                                                      analysis.image_size) if live else None,
+            "det_message": lambda: page.detections_text(predictor, controls, analysis.detections,
+                                                        cost[1] if cost else None),
+            "det_pruned": lambda: (viz.draw_detections(session.display, analysis.detections or [], analysis.image_size)
+                                   if cost is None else viz.draw_cost(session.display, session.dense_detections,
+                                                                      analysis.detections, cost[0],
+                                                                      analysis.image_size)) if live else None,
             "det_dense": lambda: viz.draw_detections(session.display, session.dense_detections,
                                                      analysis.image_size) if dense else None,
         }

@@ -170,16 +170,19 @@ def gt_text(session: ImageSession, analysis: Analysis) -> str:
     )
 
 
-def detections_text(predictor, controls: Controls | None = None, detections: list | None = None) -> str:
+def detections_text(predictor, controls: Controls | None = None, detections: list | None = None,
+                    cost: str | None = None) -> str:
     """The detection panel's message: no detector weights; no image yet (``controls`` ``None``); the detector off;
-    or how many ``detections`` the pruned YOLOS made."""
+    or how many ``detections`` the pruned YOLOS made, and with the dense ones shown what pruning cost (``cost``:
+    the matching's line and the pruned detections' AP against the dense ones, with the colours' legend)."""
     if not predictor.detector_ready:
         return f"**No detections shown: no detector weights.** {predictor.detector_status}"
     if controls is None:
         return "Load an image to see the pruned YOLOS detections."
     if not controls.detect:
         return "Detector off: tick *Run detector* to see detections and latency."
-    return f"{len(detections or [])} detections from the pruned YOLOS (score threshold of the Predictor)."
+    text = f"{len(detections or [])} detections from the pruned YOLOS (score threshold of the Predictor)."
+    return text if cost is None else f"{text}\n\n**What pruning cost here:** {cost}\n\n{viz.legend_html(viz.COST_LEGEND)}"
 
 
 def banner_text(predictor) -> str:

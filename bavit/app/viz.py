@@ -45,6 +45,11 @@ GRID_LEGEND = {"background (pruned)": GRID_PALETTE[BG][0], "foreground (kept)": 
                "flipped to FG by CCA": GRID_PALETTE[FLIPPED][0]}
 CONFUSION_LEGEND = {"TP (object, kept)": CONFUSION_PALETTE[TP][0], "FP (background, kept)": CONFUSION_PALETTE[FP][0],
                     "FN (object, pruned)": CONFUSION_PALETTE[FN][0], "TN (background, pruned)": CONFUSION_PALETTE[TN][0]}
+# What pruning cost (dense detections matched to pruned ones, bavit.engine.pruning_cost): a colour per outcome.
+COST_COLOURS: dict[str, RGB] = {"kept": (40, 200, 60), "moved": (255, 160, 0), "lost": (230, 40, 40),
+                                "new": (40, 120, 255)}
+COST_LEGEND = {"kept (same label, IoU >= 0.9)": COST_COLOURS["kept"], "moved (IoU 0.5-0.9)": COST_COLOURS["moved"],
+               "lost (dense only)": COST_COLOURS["lost"], "new (pruned only)": COST_COLOURS["new"]}
 LINE_COLOR: RGB = (255, 255, 255)
 LINE_ALPHA = 0.25
 
@@ -161,6 +166,7 @@ def draw_detections(
     image_size: tuple[int, int] | None = None,
     width: int = 2,
     font_size: int = 13,
+    colours: Sequence[RGB] | None = None,
 ) -> Image.Image:
     """Boxes with ``label score`` captions.
 
@@ -168,6 +174,7 @@ def draw_detections(
         image: RGB display image (possibly smaller than the image the boxes refer to).
         detections: dicts with ``box=(x0, y0, x1, y1)`` in pixels of ``image_size``, ``label`` str, ``score`` float.
         image_size: ``(width, height)`` the boxes refer to; ``None`` means ``image.size``.
+        colours: one per detection (default: the label's colour, :func:`label_color`).
     Returns:
         a new RGB image.
     """
@@ -176,10 +183,10 @@ def draw_detections(
     ref_w, ref_h = image_size or out.size
     sx, sy = out.width / ref_w, out.height / ref_h
     font = _font(font_size)
-    for det in detections:
+    for index, det in enumerate(detections):
         x0, y0, x1, y1 = (float(v) for v in det["box"])
         box = (x0 * sx, y0 * sy, x1 * sx, y1 * sy)
-        colour = label_color(str(det["label"]))
+        colour = label_color(str(det["label"])) if colours is None else tuple(colours[index])
         draw.rectangle(box, outline=colour, width=width)
         caption = f"{det['label']} {float(det['score']):.2f}"
         left, top, right, bottom = draw.textbbox((0, 0), caption, font=font)
@@ -189,6 +196,15 @@ def draw_detections(
         draw.rectangle((tx, ty, tx + text_w + 4, ty + text_h + 4), fill=colour)
         draw.text((tx + 2 - left, ty + 2 - top), caption, fill=(0, 0, 0), font=font)
     return out
+
+
+def draw_cost(image: Image.Image, dense: Sequence[Mapping], pruned: Sequence[Mapping], diff,
+              image_size: tuple[int, int] | None = None) -> Image.Image:
+    """What pruning cost, drawn in :data:`COST_COLOURS` (:data:`COST_LEGEND`): the pruned detections that kept or moved a dense one, the
+    dense ones lost, and the pruned ones new (``diff``: :func:`bavit.engine.pruning_cost.match_detections`)."""
+    shown = ([(pruned[j], "kept") for _, j, _ in diff.kept] + [(pruned[j], "moved") for _, j, _ in diff.moved]
+             + [(dense[i], "lost") for i in diff.lost] + [(pruned[j], "new") for j in diff.new])
+    return draw_detections(image, [det for det, _ in shown], image_size, colours=[COST_COLOURS[kind] for _, kind in shown])
 
 
 def legend_html(items: Mapping[str, RGB]) -> str:
