@@ -194,6 +194,7 @@ class Predictor:
         self._lock = threading.Lock()  # the image cache
         self._runner_lock = threading.Lock()  # not self._lock: an export takes seconds, the cache must stay readable
         self._runners: dict[str, object] = {}
+        self._building: set[str] = set()  # runners being built now (an onnxruntime export takes seconds)
         self._latency_model = None
         self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
         self.bavit_runs = 0  # BAViT forwards actually run (cache misses)
@@ -223,10 +224,19 @@ class Predictor:
             with self._runner_lock:
                 runner = self._runners.get(kind)
                 if runner is None:
-                    runner = (detector_runner(model, self.backend, self.image_size) if kind == "detector"
-                              else bavit_runner(self.bavit, self.backend, int8=self.bavit_int8))
+                    self._building.add(kind)
+                    try:
+                        runner = (detector_runner(model, self.backend, self.image_size) if kind == "detector"
+                                  else bavit_runner(self.bavit, self.backend, int8=self.bavit_int8))
+                    finally:
+                        self._building.discard(kind)
                     self._runners[kind] = runner
         return runner
+
+    def building(self, kind: str) -> bool:
+        """True while a thread builds the ``"bavit"`` or ``"detector"`` runner (its onnxruntime export), so a caller
+        that must not wait can answer without it for now."""
+        return kind in self._building and kind not in self._runners
 
     @property
     def bavit_runner(self):

@@ -116,15 +116,16 @@ def test_warm_up_in_background_then_page_shows_the_medians(detector_predictor, m
         assert "**Speed-up: warming up**" in latency and f"0 of {MIN_DENSE_RUNS} warm dense runs" in latency
         assert explorer.api_result({"path": str(CHELSEA)}, threshold=0.5)["speedup"] is None
         assert monitor.warming_up and monitor.samples()["dense"] == []
-        assert handlers.page_latency(session) == gr.skip()  # the page's timer: nothing to fill in yet
+        assert handlers.page_latency(session) == [gr.skip()] * 4  # the page's timer: nothing to fill in yet
     finally:
         release.set()
     assert monitor.join(120) and not monitor.warming_up and monitor.error is None
     # with no user event, the page's timer now fills the panel in with the medians, once
-    filled = handlers.page_latency(session)
+    filled, message, boxes, timer = handlers.page_latency(session)  # the latency panel only; the timer off
     assert re.search(r"\*\*Speed-up: \d+\.\d\dx\*\* for this image", filled), filled
-    assert "warming up" not in filled and handlers.page_latency(session) == gr.skip()
-    assert handlers.page_latency(None) == gr.skip()
+    assert message == boxes == gr.skip() and "warming up" not in filled
+    assert isinstance(timer, gr.Timer) and timer.active is False
+    assert handlers.page_latency(session)[:3] == [gr.skip()] * 3 and handlers.page_latency(None)[:3] == [gr.skip()] * 3
     samples = monitor.samples()
     assert len(samples["dense"]) == 6 and len(samples["bavit"]) == 5
     assert sorted(samples["curve"]) == list(CURVE_COUNTS) and all(len(v) == 3 for v in samples["curve"].values())
@@ -267,3 +268,44 @@ def test_app_bench_verdict():
     assert compare({"speedup": 1.25, "kept_patches": 520}, bench)["agree"] is False
     warming = compare({"speedup": None, "kept_patches": 520}, bench)  # the app never had its medians
     assert warming["ratio"] is None and warming["agree"] is False
+
+
+def test_the_first_image_is_answered_while_the_detector_is_being_built(monkeypatch):
+    """A first visitor does not wait for the detector's export: while the warm-up builds the detector's runner, an
+    image gets its grids and texts at once, the detector panels say it is warming up, and the page's timer fills
+    in the detections and the latency once the runner is built (no user event)."""
+    import bavit.predictor
+    from bavit.app.page import DETECTOR_WARMING
+
+    predictor = Predictor(bavit=apphelpers.random_bavit_checkpoint(), detector=str(apphelpers.tiny_yolos_dir()),
+                          score_threshold=0.0, backend="torch")
+    explorer = Explorer(predictor)
+    handlers = build_handlers(explorer)
+    building, release = threading.Event(), threading.Event()
+    real = bavit.predictor.detector_runner
+
+    def held_build(*args, **kwargs):  # the warm-up's export of the detector, held by the test
+        building.set()
+        assert release.wait(60), "the test never released the export"
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(bavit.predictor, "detector_runner", held_build)
+    predictor.warm_up(detect=False)  # BAViT's runner is there
+    warm_up = threading.Thread(target=predictor.warm_up, daemon=True)
+    warm_up.start()
+    try:
+        assert building.wait(60) and predictor.building("detector")
+        outputs = handlers.page_image({"path": str(CHELSEA), "orig_name": "chelsea.jpg"}, None,
+                                      MODE_THRESHOLD, 0.5, 35, 3, True, False)
+        session, panels = outputs[0], dict(zip(PAGE_KEYS, outputs[2:]))
+        assert "Sparsity:" in panels["sparsity"] and panels["det_message"] == DETECTOR_WARMING
+        assert panels["latency"].startswith(DETECTOR_WARMING)
+        assert isinstance(outputs[-1], gr.Timer) and outputs[-1].active is True  # the page's timer switched on
+        assert handlers.page_latency(session) == [gr.skip()] * 4  # still being built
+    finally:
+        release.set()
+    warm_up.join(60)
+    assert not predictor.building("detector")
+    latency, message, boxes, _timer = handlers.page_latency(session)
+    assert "detections from the pruned YOLOS" in message and boxes["visible"] is True
+    assert latency != DETECTOR_WARMING and "YOLOS pruned" in latency  # the pruned run is timed now

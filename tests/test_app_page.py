@@ -45,7 +45,7 @@ def bits(grid) -> str:
 
 def test_image_message_carries_what_the_page_needs(explorer, handlers):
     session, message, outputs = load(handlers)
-    assert len(outputs) == 2 + len(PAGE_KEYS) + 2  # session, page_state, page outputs, gt_grid, editor
+    assert len(outputs) == 2 + len(PAGE_KEYS) + 3  # session, page_state, page outputs, gt_grid, editor, timer
     assert message["kind"] == "image"
     payload = message["payload"]
     probs = np.frombuffer(base64.b64decode(payload["probs"]), dtype="<f4").reshape(24, 24)
@@ -75,7 +75,7 @@ def test_slider_event_sends_only_what_changes(explorer, handlers):
     session, _, _ = load(handlers)
     first = handlers.page_slider(session, MODE_THRESHOLD, 0.4, 35, 2, True, False)
     second = handlers.page_slider(session, MODE_THRESHOLD, 0.4, 35, 2, True, False)
-    assert len(first) == 1 + len(SLIDER_KEYS) and "det_dense" not in SLIDER_KEYS
+    assert len(first) == 1 + len(SLIDER_KEYS) + 1 and "det_dense" not in SLIDER_KEYS  # page_state, panels, timer
     outputs = dict(zip(("page_state", *SLIDER_KEYS), first))
     # no detector weights and no GT: the detection and GT panels cannot change, so they are not sent
     assert all(outputs[key] == SKIP for key in ("det_pruned", "det_message", "gt_confusion", "gt_stats"))
@@ -92,7 +92,7 @@ def test_slider_event_sends_only_what_changes(explorer, handlers):
     kth = np.sort(analysis.fg_prob.ravel())[::-1][int(analysis.grid_raw.sum()) - 1]
     assert view["curve"]["point"]["threshold"] == pytest.approx(effective_threshold(analysis)) == pytest.approx(kth)
     # no image yet: nothing to send
-    assert handlers.page_slider(None, MODE_THRESHOLD, 0.4, 35, 2, True, False) == [SKIP] * (1 + len(SLIDER_KEYS))
+    assert handlers.page_slider(None, MODE_THRESHOLD, 0.4, 35, 2, True, False) == [SKIP] * (2 + len(SLIDER_KEYS))
 
 
 def test_curve_request(explorer, handlers):

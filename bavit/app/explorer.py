@@ -120,7 +120,7 @@ class Explorer:
         """The keep-mask rule and (with ``controls.detect``) the pruned detector at the controls, on the session's
         BAViT output; the timings go into :attr:`monitor`. Without detector weights the detector is still timed
         (the YOLOS-tiny architecture at random init: :func:`~bavit.app.latency.time_pruned`), so the page can show a speed-up."""
-        if not controls.detect or not self.predictor.detector_requested:
+        if not controls.detect or not self.predictor.detector_requested or self.detector_warming(controls):
             analysis = self.predictor.predict(session.prepared, controls.settings, detect=False, dense=False)
             self.monitor.add_cca(analysis.timings_ms["cca_ms"])  # no model ran: nothing to bracket
             return analysis
@@ -130,6 +130,11 @@ class Explorer:
                 analysis = time_pruned(self.predictor, session.prepared.image, analysis)
         self._record(analysis, run.overlapped)
         return analysis
+
+    def detector_warming(self, controls: Controls) -> bool:
+        """The detector's runner is being built (the warm-up's onnxruntime export): an event with the detector on is
+        answered without it for now, and the page's timer fills in its detections and latency once it is built."""
+        return controls.detect and self.predictor.detector_requested and self.predictor.building("detector")
 
     def latency(self, analysis: Analysis) -> LatencyEstimate:
         """The monitor's medians at this analysis' kept count."""
@@ -151,24 +156,25 @@ class Explorer:
         ``latency``, ``gt_stats`` (markdown).
         """
         predictor = self.predictor
+        warming = self.detector_warming(controls)
         analysis = self.analyze(session, controls)
         estimate = self.latency(analysis)
         speedup = estimate.speedup if controls.detect and analysis.timings_ms.get("pruned_ms") else None
         base = self.curve(session, controls.cca_steps)
-        live = predictor.detector_ready and controls.detect
+        live = predictor.detector_ready and controls.detect and not warming
         dense = predictor.detector_ready and controls.show_dense and session.dense_detections is not None
         cost = pruning_cost(session.dense_detections, analysis.detections, predictor.score_threshold) \
             if live and dense and any(key in keys for key in ("det_message", "det_pruned")) else None
         panels = {
             "sparsity": lambda: page.sparsity_text(analysis, controls, predictor.calibration),
             "tokens": lambda: page.tokens_table(analysis),
-            "latency": lambda: page.latency_text(analysis, controls, estimate, self.monitor,
-                                                 page.latency_note(predictor)),
+            "latency": lambda: f"{page.DETECTOR_WARMING}\n\n_{page.latency_note(predictor)}_" if warming else
+            page.latency_text(analysis, controls, estimate, self.monitor, page.latency_note(predictor)),
             "gt_stats": lambda: page.gt_text(session, analysis),
             "gt_confusion": lambda: None if session.gt is None else viz.confusion_overlay(
                 session.display, session.gt, analysis.grid_cca),
-            "det_message": lambda: page.detections_text(predictor, controls, analysis.detections,
-                                                        cost[1] if cost else None),
+            "det_message": lambda: page.DETECTOR_WARMING if warming and predictor.detector_ready else
+            page.detections_text(predictor, controls, analysis.detections, cost[1] if cost else None),
             "det_pruned": lambda: (viz.draw_detections(session.display, analysis.detections or [], analysis.image_size)
                                    if cost is None else viz.draw_cost(session.display, session.dense_detections,
                                                                       analysis.detections, cost[0],
@@ -178,8 +184,10 @@ class Explorer:
         }
         point = None if speedup is None else (effective_threshold(analysis), speedup)
         waiting = speedup is None and controls.detect and "pruned_ms" in analysis.timings_ms and not self.monitor.error
-        return {"analysis": analysis,
-                "record": ViewRecord(controls.cca_steps, base, point, (analysis, controls) if waiting else None),
+        # what the page's timer will fill in: the latency panel once the medians are there, or, while the detector
+        # is being built, the whole detector part of the page (analysis None: render again)
+        pending = (None, controls) if warming else (analysis, controls) if waiting else None
+        return {"analysis": analysis, "record": ViewRecord(controls.cca_steps, base, point, pending),
                 **{key: panels[key]() for key in keys}}
 
     def update(self, session: ImageSession, controls: Controls,
@@ -192,7 +200,8 @@ class Explorer:
         with session.gate.hold(supersede=("view",)) as ticket:
             if session.gate.superseded(ticket):
                 return None
-            if controls.show_dense and self.predictor.detector_ready and session.dense_ms is None:
+            if (controls.show_dense and self.predictor.detector_ready and session.dense_ms is None
+                    and not self.detector_warming(controls)):
                 self.measure_dense(session, controls)
             view = self.render(session, controls, keys)
             session.record(view["record"])
@@ -217,18 +226,29 @@ class Explorer:
             session.record(view["record"])
             return view
 
-    def fill_latency(self, session: ImageSession) -> str | None:
-        """The latency panel of the session's shown view once the monitor has its medians, when that panel said
-        "warming up" (then once only); ``None`` while it still waits, or when it did not."""
+    def fill_latency(self, session: ImageSession) -> dict[str, Any] | None:
+        """What the page's timer fills in for the session's shown view (then once only; ``None`` while it still
+        waits, or when nothing waits): the latency panel once the monitor has its medians, when it said "warming
+        up"; or, when the view was answered while the detector was being built, ``latency``, ``det_message`` and
+        ``det_pruned`` rendered now that it is built."""
         with session.gate.hold():
             if session.waiting is None:
                 return None
             analysis, controls = session.waiting
+            if analysis is None:  # answered without the detector: render its part now, once it is built
+                if self.detector_warming(controls):
+                    return None
+                if controls.show_dense and self.predictor.detector_ready and session.dense_ms is None:
+                    self.measure_dense(session, controls)
+                view = self.render(session, controls, ("latency", "det_message", "det_pruned"))
+                session.record(view["record"])
+                return {key: view[key] for key in ("latency", "det_message", "det_pruned")}
             estimate = self.latency(analysis)
             if estimate.speedup is None and not self.monitor.error:
                 return None
             session.waiting = None
-            return page.latency_text(analysis, controls, estimate, self.monitor, page.latency_note(self.predictor))
+            return {"latency": page.latency_text(analysis, controls, estimate, self.monitor,
+                                                 page.latency_note(self.predictor))}
 
     def api_result(self, payload: Any, threshold: Any = None, cca_steps: Any = None, keep_ratio: Any = None,
                    detect: Any = True, sparsity: Any = None) -> dict[str, Any]:

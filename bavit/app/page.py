@@ -170,6 +170,10 @@ def gt_text(session: ImageSession, analysis: Analysis) -> str:
     )
 
 
+DETECTOR_WARMING = ("**Detector warming up** (its onnxruntime export runs in the background): the grids are here now; "
+                    "the detections and the latency follow by themselves in a few seconds.")
+
+
 def detections_text(predictor, controls: Controls | None = None, detections: list | None = None,
                     cost: str | None = None) -> str:
     """The detection panel's message: no detector weights; no image yet (``controls`` ``None``); the detector off;

@@ -65,6 +65,7 @@ from .session import (
 log = logging.getLogger(__name__)
 
 HIDEABLE = {"det_pruned", "det_dense", "gt_confusion"}
+TIMER_KEYS = ("latency", "det_message", "det_pruned")  # what the page's timer fills in (Explorer.fill_latency)
 SLIDER_KEYS = tuple(key for key in PAGE_KEYS if key != "det_dense")  # a slider never changes the dense panel
 # How every control event is queued. One concurrency group: one FIFO queue (arrival order) instead of several, its
 # limit the queue's default_concurrency_limit; per-session order and last-event-wins are Explorer.update's job.
@@ -141,12 +142,15 @@ class Handlers:
     (a :mod:`bavit.app.page` message, JSON) and the outputs in :data:`PAGE_KEYS` order (:data:`SLIDER_KEYS` for
     ``page_slider``); through ``gradio_client`` (``api_name`` ``/page_image`` and so on) the session is the client's:
 
-    - ``page_image(payload, previous_session, *controls)`` -> ``[session, page_state, *outputs, gt_grid, editor]``;
-    - ``page_controls``, ``page_slider(session, *controls)`` -> ``[page_state, *outputs]``;
-    - ``page_mode(session, *controls)`` -> ``[threshold visibility, target visibility, page_state, *outputs]``;
+    - ``page_image(payload, previous_session, *controls)`` -> ``[session, page_state, *outputs, gt_grid, editor,
+      timer]``;
+    - ``page_controls``, ``page_slider(session, *controls)`` -> ``[page_state, *outputs, timer]``;
+    - ``page_mode(session, *controls)`` -> ``[threshold visibility, target visibility, page_state, *outputs,
+      timer]`` (``timer``: the page's timer switched on when the view waits for something it fills in);
     - ``page_paint(session, editor, *controls)`` -> ``[gt_grid, gt_confusion, gt_stats, page_state]``;
     - ``page_curve(session, cca_steps)`` -> page_state (the base plot of that CCA setting);
-    - ``page_latency(session)`` -> the latency panel, once its medians are there (else ``gr.skip()``).
+    - ``page_latency(session)`` -> ``[*TIMER_KEYS, timer]``: each filled in once what it waits for is there (else
+      ``gr.skip()``), and the timer switched off once nothing waits.
     """
 
     page_image: Callable[..., list]
@@ -156,6 +160,11 @@ class Handlers:
     page_curve: Callable[..., Any]
     page_latency: Callable[..., Any]
     page_paint: Callable[..., list]
+
+
+def _timer(session: ImageSession) -> Any:
+    """The page's timer switched on when the session's shown view waits for something it fills in, else left."""
+    return gr.Timer(active=True) if session.waiting is not None else gr.skip()
 
 
 def build_handlers(explorer: Explorer) -> Handlers:
@@ -175,7 +184,7 @@ def build_handlers(explorer: Explorer) -> Handlers:
             empty.update(sparsity="", tokens="", latency="", gt_stats="",
                          det_message=page.detections_text(explorer.predictor))
             return [None, page.encode(page.clear_message()), *_view_updates(empty),
-                    gr.update(value=None, visible=False), None]
+                    gr.update(value=None, visible=False), None, gr.skip()]
         controls = _controls(*values)
         session = explorer.open_image(payload)
         warning = page.tiny_warning(session, explorer.predictor.bavit.config.img_size)
@@ -187,17 +196,17 @@ def build_handlers(explorer: Explorer) -> Handlers:
             previous.retire()
         return [session, page.encode(page.image_message(explorer, session, view, controls)), *_view_updates(view),
                 gr.update(value=gt_grid, visible=gt_grid is not None),
-                {"background": session.display, "layers": [], "composite": None}]
+                {"background": session.display, "layers": [], "composite": None}, _timer(session)]
 
     def control_event(keys: tuple[str, ...], session: ImageSession | None, *values: Any) -> list[Any]:
         """A control event; a slider's (:data:`SLIDER_KEYS`) leaves out what a slider cannot change. The controls
         are parsed even without an image, so a bad value is refused alike."""
         controls = _controls(*values)
         if session is None:
-            return [gr.skip()] * (1 + len(keys))
+            return [gr.skip()] * (2 + len(keys))
         unchanged = _unchanged_by_slider(explorer, session, controls) if keys == SLIDER_KEYS else frozenset()
         view = explorer.update(session, controls, [key for key in keys if key not in unchanged])
-        return [page_state(session, view, controls), *_view_updates(view, keys, unchanged)]
+        return [page_state(session, view, controls), *_view_updates(view, keys, unchanged), _timer(session)]
 
     @user_errors
     def page_controls(session: ImageSession | None, *controls: Any) -> list[Any]:
@@ -214,11 +223,11 @@ def build_handlers(explorer: Explorer) -> Handlers:
         mode = values[0]
         visibility = [gr.update(visible=mode not in TARGET_MODES), gr.update(visible=mode in TARGET_MODES)]
         if session is None:
-            return visibility + [gr.skip()] * (1 + len(PAGE_KEYS))
+            return visibility + [gr.skip()] * (2 + len(PAGE_KEYS))
         controls = _controls(*values)
         show_mode, view = explorer.change_mode(session, controls)
         return ((visibility if show_mode else [gr.skip(), gr.skip()]) + [page_state(session, view, controls)]
-                + _view_updates(view, PAGE_KEYS))
+                + _view_updates(view, PAGE_KEYS) + [_timer(session)])
 
     @user_errors
     def page_curve(session: ImageSession | None, cca_steps: Any) -> Any:
@@ -231,10 +240,13 @@ def build_handlers(explorer: Explorer) -> Handlers:
             return page.encode(page.curve_message(session, plot, steps))
 
     @user_errors
-    def page_latency(session: ImageSession | None) -> Any:
-        """The page's latency timer: the panel filled in once the medians it waited for are there, else nothing."""
-        text = None if session is None else explorer.fill_latency(session)
-        return gr.skip() if text is None else text
+    def page_latency(session: ImageSession | None) -> list[Any]:
+        """The page's timer: ``[latency, det_message, det_pruned]`` filled in once what they waited for is there
+        (the medians, or the detector's runner), ``gr.skip()`` for each one that has nothing new."""
+        filled = (None if session is None else explorer.fill_latency(session)) or {}
+        done = session is None or session.waiting is None
+        return [*_view_updates(filled, TIMER_KEYS, frozenset(key for key in TIMER_KEYS if key not in filled)),
+                gr.Timer(active=False) if done else gr.skip()]
 
     @user_errors
     def page_paint(session: ImageSession | None, editor_value: Any, *values: Any) -> list[Any]:
@@ -380,10 +392,12 @@ def _build_demo(explorer: Explorer, examples: list[str] | None, coco_examples: l
         control_inputs = [mode, threshold, target, cca_steps, detect, show_dense]
         shown = {"det_pruned": det_pruned, "det_dense": det_dense, "det_message": det_message, "sparsity": sparsity,
                  "tokens": tokens, "latency": latency, "gt_confusion": gt_confusion, "gt_stats": gt_stats}
-        page_outputs = [page_state, *(shown[key] for key in PAGE_KEYS)]
-        slider_outputs = [page_state, *(shown[key] for key in SLIDER_KEYS)]
+        # ticks only while a shown view waits for something it fills in (the events switch it on, it switches off)
+        timer = gr.Timer(LATENCY_TICK_S, active=False)
+        page_outputs = [page_state, *(shown[key] for key in PAGE_KEYS), timer]
+        slider_outputs = [page_state, *(shown[key] for key in SLIDER_KEYS), timer]
         image.change(handlers.page_image, [image, session_state, *control_inputs],
-                     [session_state, *page_outputs, gt_grid, editor], preprocess=False, api_name="page_image",
+                     [session_state, *page_outputs[:-1], gt_grid, editor, timer], preprocess=False, api_name="page_image",
                      show_api=False, trigger_mode="always_last")
         # A slider runs static/grid.js only (no Python function): it answers grid-only moves in the page, else it
         # clicks #server-update, whose event reads the same controls.
@@ -404,8 +418,8 @@ def _build_demo(explorer: Explorer, examples: list[str] | None, coco_examples: l
         page_state.change(None, page_state, None, js="(text) => window.bavitGrid.receive(text)")
         # A latency panel that said "warming up" fills itself in once the background timing has its medians: a
         # cheap tick (off the queue, like the curve request) answers nothing until then, and nothing after.
-        gr.Timer(LATENCY_TICK_S).tick(handlers.page_latency, [session_state], latency, api_name="page_latency",
-                                      show_api=False, show_progress="hidden", queue=False)
+        timer.tick(handlers.page_latency, [session_state], [latency, det_message, det_pruned, timer],
+                   api_name="page_latency", show_api=False, show_progress="hidden", queue=False)
         # Raw values (preprocess=False): the editor's layers arrive as uploaded files, read under the upload limits
         # (Gradio would decode every layer into an array first, with no limit).
         gt_apply.click(handlers.page_paint, [session_state, editor, *control_inputs],
