@@ -21,9 +21,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from PIL import Image
 
-from ..engine.pruning_cost import DetectionDiff, ap_against_dense, match_detections, summary_line
+from ..engine.cocoeval import result_rows
+from ..engine.pruning_cost import (
+    DetectionDiff,
+    ap_against_dense,
+    match_detections,
+    summary_line,
+)
 from ..predictor import Analysis, Predictor
 from ..pruning.settings import PruningSettings, flag_value
 from . import page, uploads, viz
@@ -52,9 +59,11 @@ def pruning_cost(dense: list[dict], pruned: list[dict] | None, min_score: float)
     diff = match_detections(dense, pruned)
     ids = {label: index for index, label in enumerate(sorted({d["label"] for d in (*dense, *pruned)}))}
 
-    def rows(detections: list[dict]) -> np.ndarray:
-        return np.array([[0, d["box"][0], d["box"][1], d["box"][2] - d["box"][0], d["box"][3] - d["box"][1],
-                          d["score"], ids[d["label"]]] for d in detections], dtype=np.float64).reshape(-1, 7)
+    def rows(detections: list[dict]) -> np.ndarray:  # the COCO result rows of the mAP harness, labels by id
+        return result_rows(0, torch.tensor([d["score"] for d in detections]),
+                           torch.tensor([ids[d["label"]] for d in detections], dtype=torch.long),
+                           torch.tensor([d["box"] for d in detections], dtype=torch.float64).reshape(-1, 4),
+                           {index: index for index in ids.values()})
 
     ap = ap_against_dense([rows(dense)], [rows(pruned)], [0], min_score)["mAP"]
     return diff, summary_line(diff, dense) + ("" if ap is None else f"; AP against the dense detections {ap:.2f}")
@@ -136,6 +145,11 @@ class Explorer:
         answered without it for now, and the page's timer fills in its detections and latency once it is built."""
         return controls.detect and self.predictor.detector_requested and self.predictor.building("detector")
 
+    def _dense_due(self, session: ImageSession, controls: Controls) -> bool:
+        """The dense detections are to be shown and not measured yet, and the detector can run now."""
+        return (controls.show_dense and self.predictor.detector_ready and session.dense_ms is None
+                and not self.detector_warming(controls))
+
     def latency(self, analysis: Analysis) -> LatencyEstimate:
         """The monitor's medians at this analysis' kept count."""
         return self.monitor.estimate(int(analysis.accounting.kept_patches))
@@ -200,8 +214,7 @@ class Explorer:
         with session.gate.hold(supersede=("view",)) as ticket:
             if session.gate.superseded(ticket):
                 return None
-            if (controls.show_dense and self.predictor.detector_ready and session.dense_ms is None
-                    and not self.detector_warming(controls)):
+            if self._dense_due(session, controls):
                 self.measure_dense(session, controls)
             view = self.render(session, controls, keys)
             session.record(view["record"])
@@ -238,7 +251,7 @@ class Explorer:
             if analysis is None:  # answered without the detector: render its part now, once it is built
                 if self.detector_warming(controls):
                     return None
-                if controls.show_dense and self.predictor.detector_ready and session.dense_ms is None:
+                if self._dense_due(session, controls):
                     self.measure_dense(session, controls)
                 view = self.render(session, controls, ("latency", "det_message", "det_pruned"))
                 session.record(view["record"])
