@@ -65,9 +65,11 @@ def calibrated_bavit_checkpoint(seed: int = 0) -> Path:
     return calibrated_checkpoint(random_bavit_checkpoint(seed), f"bavit-random-{seed}-calibrated")
 
 
-def tiny_yolos_dir(seed: int = 0) -> Path:
-    """A tiny random YOLOS (2 layers, width 32) saved with ``save_pretrained``: loads like a real detector dir."""
-    path = _TMP / f"yolos-tiny-random-{seed}"
+def tiny_yolos_dir(seed: int = 0, confident: bool = False) -> Path:
+    """A tiny random YOLOS (2 layers, width 32) saved with ``save_pretrained``: loads like a real detector dir.
+    ``confident``: its class head favours "cat" (scores near 0.9), so every detection token passes the Predictor's
+    score threshold and the boxes (random, but moved by the keep mask) are drawn."""
+    path = _TMP / f"yolos-tiny-random-{seed}{'-confident' if confident else ''}"
     if not path.exists():
         import torch
         from transformers import YolosConfig, YolosForObjectDetection, YolosImageProcessor
@@ -76,7 +78,11 @@ def tiny_yolos_dir(seed: int = 0) -> Path:
         config = YolosConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
                              image_size=[512, 512], num_detection_tokens=10, num_labels=3,
                              id2label={0: "cat", 1: "dog", 2: "cup"}, label2id={"cat": 0, "dog": 1, "cup": 2})
-        YolosForObjectDetection(config).eval().save_pretrained(path)
+        model = YolosForObjectDetection(config).eval()
+        if confident:
+            with torch.no_grad():
+                model.class_labels_classifier.layers[-1].bias[0] += 6.0
+        model.save_pretrained(path)
         YolosImageProcessor().save_pretrained(path)
     return path
 

@@ -15,16 +15,16 @@ from gradio_client import handle_file  # noqa: E402
 from gradio_client.exceptions import AppError  # noqa: E402
 
 from bavit.app.session import MODE_THRESHOLD  # noqa: E402
-from bavit.app.ui import PAGE_KEYS, SLIDER_KEYS  # noqa: E402
+from bavit.app.ui import OUTPUT_KEYS  # noqa: E402
 
 GRID_ONLY = [MODE_THRESHOLD, 0.5, 35, 3, False, False]  # detector off: keeps these tests fast
 
 
-SPARSITY = 1 + PAGE_KEYS.index("sparsity")  # in an image event's outputs, after #page-state
+SPARSITY = 1 + OUTPUT_KEYS.index("sparsity")  # in an image event's outputs, after #page-state
 
 
 def load(client, path):
-    """The page's image event through the client: ``(page_state, *PAGE_KEYS, gt_grid, editor)``."""
+    """The page's image event through the client: ``(page_state, *OUTPUT_KEYS, gt_grid, editor)``."""
     return client.predict(handle_file(str(path)), *GRID_ONLY, api_name="/page_image")
 
 
@@ -112,7 +112,7 @@ def test_app_stays_up_after_errors(client, tmp_path):
     assert "Sparsity:" in outputs[SPARSITY]
     # and the slider still answers for this session's image
     moved = client.predict(MODE_THRESHOLD, 0.9, 35, 3, False, False, api_name="/page_slider")
-    assert "threshold 0.90" in moved[1 + SLIDER_KEYS.index("sparsity")]
+    assert "threshold 0.90" in json.loads(moved[0])["texts"]["sparsity"]  # a slider's texts travel in #page-state
 
 
 def test_bad_settings_get_one_clear_message_on_every_event(client, server):

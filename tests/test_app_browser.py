@@ -3,15 +3,16 @@ between the calibrated mean sparsity (the default with a calibrated checkpoint),
 threshold, drag the sliders, check the page updates consistently; a second browser context checks that sessions are
 isolated.
 
-Grid-only slider moves are answered in the page by bavit/app/static/ (rule.js, texts.js): its keep-mask rule, texts
-and number formatting are checked here against the Python ones (the Predictor, bavit.app.session, bavit.app.page)
-on the probabilities the page received, bit for bit and string for string, and the page is checked to send no
-request for them; with the detector on, a slider move goes back to the server.
+Slider moves are answered in the page from the ladders the server sends (bavit/app/ladder.py): the grids and texts
+the page shows are checked against the Python ones (the Predictor, bavit.app.page), string for string, with no
+request sent; with the detector on, the page's detections from the detection ladder are checked against the
+server's for the same setting.
 
 Saves a screenshot to a temp dir (README's is made by ``python -m benchmarks.screenshot``, on the settled app).
 """
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -199,7 +200,7 @@ def test_upload_drag_threshold_and_screenshot(server, browser, predictor, tmp_pa
     assert page.locator("#threshold").is_visible() and not page.locator("#target-sparsity").is_visible()
     assert "Mean sparsity" not in before
     assert "no detector weights" in page.inner_text("#detections").lower()
-    assert page.locator("#detections img").count() == 0
+    assert figure(page, "detections-pruned") == {} and page.locator("#detections-pruned").is_hidden()
     assert "random init" in page.inner_text("#latency")
     check_consistent(page, before)
     raw_before, cca_before = figure(page, "grid-raw"), figure(page, "grid-cca")
@@ -246,10 +247,11 @@ def test_upload_drag_threshold_and_screenshot(server, browser, predictor, tmp_pa
     page.locator("#run-detector input[type=checkbox]").uncheck()
     page.wait_for_function("document.querySelector('#latency').innerText.includes('Detector off')")
     stats = page.inner_text("#gt-stats")
+    local = page.evaluate("() => window.bavitGrid.state.localChanges")
     value = drag_threshold(page, 0.8, 0.2)
     wait_for_threshold(page, value)
     assert figure(page, "grid-cca")["source"] == "server"
-    assert page.evaluate("() => window.bavitGrid.state.localChanges") == 0
+    assert page.evaluate("() => window.bavitGrid.state.localChanges") == local
     page.wait_for_function("s => document.querySelector('#gt-stats').innerText !== s", arg=stats)
     page.context.close()
 
@@ -312,34 +314,14 @@ def test_target_slider_in_both_sparsity_modes(server, browser, predictor):
     page.context.close()
 
 
-# ---------------------------------------------------------------- grid.js: the page answers grid-only slider moves
+# ---------------------------------------------------------------- grid.js: the page answers slider moves from ladders
 
 
 @pytest.fixture(scope="module")
 def explorer(predictor):
     from bavit.app.explorer import Explorer
 
-    return Explorer(predictor)
-
-
-def reference_session(page, path: Path, probs: np.ndarray | None = None):
-    """An in-process session holding the FG probabilities the page received (so the comparison is exact whatever
-    the server's backend computed them with), or ``probs``."""
-    from PIL import Image
-
-    from bavit.app.session import ImageSession
-    from bavit.predictor import PreparedImage
-
-    payload = page.evaluate("() => ({key: window.bavitGrid.state.payload.key,"
-                            " probs: Array.from(window.bavitGrid.state.payload.probs)})")
-    if probs is None:
-        probs = np.asarray(payload["probs"], dtype=np.float32)
-        side = round(len(probs) ** 0.5)  # BAViT's grid: 16x16 for the shipped 256 px model
-        probs = probs.reshape(side, side)
-    probs.setflags(write=False)
-    image = Image.open(path).convert("RGB")
-    return ImageSession(name=path.name, prepared=PreparedImage(image, probs, 0.0, payload["key"]), display=image,
-                        bavit_ms=0.0)
+    return Explorer(predictor, ladders=False)
 
 
 def bits(grid) -> str:
@@ -359,77 +341,21 @@ def python_view(explorer, session, mode: str, value: float, cca_steps: int) -> d
             "tokens": tokens_table(analysis), "x": effective_threshold(analysis)}
 
 
-def assert_same_view(page_view: dict, expected: dict, setting) -> None:
-    assert page_view is not None, setting
-    assert page_view["x"] == pytest.approx(expected["x"], rel=1e-6), setting  # the curve's x: float32 vs float64
-    assert {k: v for k, v in page_view.items() if k != "x"} == {k: v for k, v in expected.items() if k != "x"}, setting
-
-
-JS_VIEW = """([settings, probs]) => {
-  const g = window.bavitGrid;
-  const p = probs ? g.withProbs(g.state.payload, probs) : g.state.payload;
-  return settings.map(([mode, value, ccaSteps]) => {
-    const controls = {mode, threshold: value, target: value, ccaSteps};
-    const r = g.analyze(p, controls);
-    return r && {raw: g.bits(r.raw), cca: g.bits(r.cca), kept: r.kept, sparsity: g.sparsityText(p, r, controls),
-                 tokens: g.tokensTable(p, r.kept), x: g.effectiveThreshold(p, r)};
-  });
-}"""
-
-
-def test_page_rule_equals_python(server, browser, explorer):
-    """grid.js's keep-mask rule (threshold >= in float32, top-k with ties, CCA, BAViT's grid -> 32 nearest), calibrated
-    thresholds and texts equal the Predictor's and Explorer's for every mode over thresholds, targets and CCA steps."""
-    import torch
-
-    from bavit.app.session import MODE_SPARSITY, MODE_THRESHOLD, MODE_TOPK
-    from bavit.pruning.keep_mask import keep_mask_from_probs
-
-    path = apphelpers.EXAMPLES / "rocket.jpg"
-    page = open_page(browser, server.url)
-    page.locator("#run-detector input[type=checkbox]").uncheck()
-    upload(page, path)
-    session = reference_session(page, path)
-    probs = session.prepared.fg_prob
-    middle = probs.ravel()[np.argmin(np.abs(probs.ravel() - 0.5))]
-    exact = float(middle)  # a threshold equal to a probability keeps that cell (>=)
-    rounds_to = exact + 1e-12  # above it as a double, equal to it in float32: torch compares in float32, so kept too
-    settings = (
-        [(MODE_THRESHOLD, t, steps) for t in (0.05, 0.2, 0.37, 0.5, 0.63, 0.81, 0.95, exact, rounds_to)
-         for steps in (0, 1, 3, 5)]
-        + [(MODE_SPARSITY, t, steps) for t in (0, 10, 35, 52, 77, 95) for steps in range(6)]
-        + [(MODE_TOPK, t, steps) for t in (0, 20, 35, 50, 80, 95) for steps in (0, 2, 3, 5)]
-    )
-    page_views = page.evaluate(JS_VIEW, [settings, None])
-    for (mode, value, steps), view in zip(settings, page_views):
-        assert_same_view(view, python_view(explorer, session, mode, value, steps), (mode, value, steps))
-    assert len({view["kept"] for view in page_views}) > 10  # the settings do move the grid
-    kept_cells = int((probs >= middle).sum())
-    assert page_views[settings.index((MODE_THRESHOLD, exact, 0))]["raw"].count("1") == kept_cells
-    assert page_views[settings.index((MODE_THRESHOLD, rounds_to, 0))]["raw"].count("1") == kept_cells
-
-    # ties: probabilities with many equal values (top-k keeps them in row-major order) and a threshold on them
-    tied = (np.round(probs * 8) / 8).astype(np.float32)
-    tied_session = reference_session(page, path, tied)
-    tie_settings = [(MODE_TOPK, t, steps) for t in (30, 50, 70) for steps in (0, 3)] + [(MODE_THRESHOLD, 0.5, 0)]
-    page_views = page.evaluate(JS_VIEW, [tie_settings, tied.ravel().tolist()])
-    for (mode, value, steps), view in zip(tie_settings, page_views):
-        assert_same_view(view, python_view(explorer, tied_session, mode, value, steps), (mode, value, steps))
-    reference = keep_mask_from_probs(torch.from_numpy(tied.copy()), PruningSettings(threshold=0.5, cca_steps=0))
-    assert page_views[-1]["raw"] == bits(reference.grid_raw)
-    assert page_views[-1]["kept"] == int(reference.keep_mask.sum())
-    page.context.close()
-
-
-def set_target(page, value: int) -> None:
-    box = page.locator("#target-sparsity input[type=number]")
+def set_target(page, value: int, elem_id: str = "target-sparsity") -> None:
+    box = page.locator(f"#{elem_id} input[type=number]")
     box.fill(str(value))
     box.press("Enter")
 
 
+def counters(page) -> dict:
+    return page.evaluate("() => { const s = window.bavitGrid.state; return {local: s.localChanges,"
+                         " detections: s.localDetections, asks: s.serverAsks, received: s.received}; }")
+
+
 def test_grid_only_slider_is_answered_in_the_page(server, browser, explorer):
-    """Detector off: target and CCA moves redraw both grids, the sparsity text and the token table in the page, the
-    same as the server would, with no request for them; the CCA slider's new curve comes from the server."""
+    """Detector off: target moves redraw both grids, the sparsity text and the token table from the grid ladder,
+    the same as the server renders them, with no request; a CCA setting the page lacks asks the server once, which
+    sends its ladder, and the page answers the next moves there itself."""
     from bavit.app.session import MODE_SPARSITY
 
     path = apphelpers.EXAMPLES / "astronaut.jpg"
@@ -437,10 +363,10 @@ def test_grid_only_slider_is_answered_in_the_page(server, browser, explorer):
     page.locator("#run-detector input[type=checkbox]").uncheck()
     upload(page, path)
     page.wait_for_function("document.querySelector('#latency').innerText.includes('Detector off')")
-    session = reference_session(page, path)
+    session = explorer.open_image({"path": str(path), "orig_name": path.name})
     requests = []
     page.on("request", lambda request: requests.append(request.url))
-    local = page.evaluate("() => window.bavitGrid.state.localChanges")
+    before = counters(page)
     for target in (20, 55, 80):
         set_target(page, target)
         page.wait_for_function(
@@ -451,50 +377,23 @@ def test_grid_only_slider_is_answered_in_the_page(server, browser, explorer):
         assert page.evaluate("() => window.bavitGrid.state.last") == {"sparsity": expected["sparsity"],
                                                                       "tokens": expected["tokens"]}
         check_consistent(page, page.inner_text("#sparsity"))
-        own = own_sparsity(page.inner_text("#sparsity"))
-        assert own == pytest.approx(100 * (1 - expected["kept"] / 1024), abs=0.05)
-        assert float(figure(page, "curve")["threshold"]) == pytest.approx(expected["x"])
-    assert page.evaluate("() => window.bavitGrid.state.localChanges") == local + 3
+        assert float(figure(page, "curve")["threshold"]) == expected["x"]
+    assert counters(page)["local"] == before["local"] + 3 and counters(page)["asks"] == before["asks"]
     assert requests == []  # no round trip at all
 
-    # CCA: the grids are redrawn at once; the curve of the new setting is asked for once
-    box = page.locator("#cca-steps input[type=number]")
-    box.fill("1")
-    box.press("Enter")
+    # CCA 1: no ladder here yet, so the server answers (and sends it); the next move is the page's again
+    set_target(page, 1, elem_id="cca-steps")
     page.wait_for_function("() => document.querySelector('#sparsity').innerText.includes('CCA 1 steps')")
-    expected = python_view(explorer, session, MODE_SPARSITY, 80, 1)
-    assert figure(page, "grid-cca") == {"bits": expected["cca"], "kept": str(expected["kept"]), "source": "client"}
+    page.wait_for_function("() => window.bavitGrid.state.ladders.has('Mean sparsity (calibrated)|1')")
+    assert counters(page)["asks"] == before["asks"] + 1
     page.wait_for_function("() => document.querySelector('#curve').dataset.cca === '1'")
-    assert len([url for url in requests if "/queue/join" in url or "/run/predict" in url]) == 1
-    page.context.close()
-
-
-def test_detector_on_goes_back_to_the_server(server, browser, explorer):
-    """With the detector ticked a slider move is a server round trip (the pruned YOLOS runs there); unticked, the
-    page answers again."""
-    from bavit.app.session import MODE_SPARSITY
-
-    path = apphelpers.EXAMPLES / "coffee.jpg"
-    page = open_page(browser, server.url)
-    upload(page, path)  # the detector is on by default
-    session = reference_session(page, path)
-    local = page.evaluate("() => window.bavitGrid.state.localChanges")
-    received = page.evaluate("() => window.bavitGrid.state.received")
+    asked = len(requests)
     set_target(page, 60)
     page.wait_for_function("() => document.querySelector('#sparsity').innerText.includes('Mean sparsity 60%')")
-    page.wait_for_function("n => window.bavitGrid.state.received > n", arg=received)
-    expected = python_view(explorer, session, MODE_SPARSITY, 60, 3)
-    assert figure(page, "grid-cca") == {"bits": expected["cca"], "kept": str(expected["kept"]), "source": "server"}
-    assert page.evaluate("() => window.bavitGrid.state.localChanges") == local
-    assert "YOLOS pruned" in page.inner_text("#latency")
-
-    page.locator("#run-detector input[type=checkbox]").uncheck()
-    page.wait_for_function("() => document.querySelector('#latency').innerText.includes('Detector off')")
-    set_target(page, 40)
-    page.wait_for_function("() => document.querySelector('#sparsity').innerText.includes('Mean sparsity 40%')")
-    expected = python_view(explorer, session, MODE_SPARSITY, 40, 3)
+    expected = python_view(explorer, session, MODE_SPARSITY, 60, 1)
     assert figure(page, "grid-cca") == {"bits": expected["cca"], "kept": str(expected["kept"]), "source": "client"}
-    assert page.evaluate("() => window.bavitGrid.state.localChanges") == local + 1
+    assert page.evaluate("() => window.bavitGrid.state.last.sparsity") == expected["sparsity"]
+    assert len(requests) == asked
 
     # removing the image clears the figures; a slider move then has nothing to draw
     page.locator("#input-image button[aria-label='Remove Image']").click()
@@ -505,4 +404,54 @@ def test_detector_on_goes_back_to_the_server(server, browser, explorer):
     set_target(page, 50)
     page.wait_for_function("n => window.bavitGrid.state.idleMoves > n", arg=idle)  # the move was handled
     assert figure(page, "grid-cca") == {} and page.inner_text("#sparsity") == ""
+    page.context.close()
+
+
+LADDER_DONE = """() => { const s = window.bavitGrid.state; const job = s.job;
+  if (!job) return false;
+  const ladder = s.ladders.get(job.mode + '|' + job.cca);
+  return !!ladder && s.results.size >= new Set(ladder.rungs.filter(Boolean).map((r) => r[1])).size; }"""
+
+
+@pytest.fixture(scope="module")
+def detector_server(checkpoint):
+    """The app with a detector that draws boxes (a tiny random YOLOS, confident: plumbing, not meaning)."""
+    return apphelpers.shared_server(bavit=checkpoint, detector=apphelpers.tiny_yolos_dir(confident=True))
+
+
+def test_detector_slider_is_answered_from_the_detection_ladder(detector_server, browser):
+    """Detector on: the background computes the pruned detections at every keep mask of the slider; then a drag is
+    answered in the page (detections, message and latency from the ladder, no round trip), and those detections are
+    the ones the server draws for the same setting."""
+    page = open_page(browser, detector_server.url)
+    upload(page, apphelpers.EXAMPLES / "chelsea.jpg")  # the detector is on by default
+    page.wait_for_function("() => document.querySelector('#detections-pruned').dataset.source === 'server'")
+    page.wait_for_function(LADDER_DONE)
+    before = counters(page)
+    requests = []
+    page.on("request", lambda request: requests.append(request.url) if "/queue/join" in request.url else None)
+    value = round(drag_threshold(page, 0.37, 0.6, elem_id="target-sparsity"))
+    page.wait_for_function(
+        "t => document.querySelector('#sparsity').innerText.includes('Mean sparsity ' + t + '%')", arg=str(value))
+    after = counters(page)
+    assert after["local"] > before["local"] and after["detections"] == after["local"] - before["local"] + \
+        before["detections"]
+    assert after["asks"] == before["asks"] and requests == []  # every move of the drag answered in the page
+    local = figure(page, "detections-pruned")
+    assert local["source"] == "client" and len(json.loads(local["marks"])) > 0
+    local_message = page.inner_text("#detections-message")
+    assert "detections from the pruned YOLOS" in local_message and "YOLOS pruned" in page.inner_text("#latency")
+
+    # the server's answer for the same setting draws the same detections
+    page.evaluate("() => document.getElementById('server-update').click()")
+    page.wait_for_function("() => document.querySelector('#detections-pruned').dataset.source === 'server'")
+    assert figure(page, "detections-pruned")["marks"] == local["marks"]
+    assert page.inner_text("#detections-message") == local_message
+
+    # a new CCA setting is a new ladder: the old one's detections are dropped, the new one's computed
+    job = page.evaluate("() => window.bavitGrid.state.job.id")
+    set_target(page, 1, elem_id="cca-steps")
+    page.wait_for_function("j => window.bavitGrid.state.job && window.bavitGrid.state.job.id !== j", arg=job)
+    assert page.evaluate("() => window.bavitGrid.state.job.cca") == 1
+    page.wait_for_function(LADDER_DONE)
     page.context.close()

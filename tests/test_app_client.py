@@ -2,6 +2,8 @@
 plus the detector-present path in-process with a tiny random YOLOS saved via save_pretrained."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -13,7 +15,7 @@ from bavit.pruning.settings import PruningSettings
 from bavit.app.explorer import Explorer, pruning_cost  # noqa: E402
 from bavit.app.page import banner_text  # noqa: E402
 from bavit.app.session import MODE_THRESHOLD, MODE_TOPK, Controls  # noqa: E402
-from bavit.app.ui import SLIDER_KEYS, build_demo  # noqa: E402
+from bavit.app.ui import OUTPUT_KEYS, build_demo  # noqa: E402
 from bavit.predictor import Predictor  # noqa: E402
 
 CHELSEA = apphelpers.EXAMPLES / "chelsea.jpg"
@@ -91,7 +93,7 @@ def test_sessions_are_isolated(server):
     texts = {}
     for name, session in (("chelsea", first), ("rocket", second)):
         outputs = session.predict(MODE_THRESHOLD, 0.65, 35, 2, False, False, api_name="/page_slider")
-        texts[name] = outputs[1 + SLIDER_KEYS.index("sparsity")]  # after #page-state
+        texts[name] = json.loads(outputs[0])["texts"]["sparsity"]  # a slider's texts travel in #page-state
     for name, path in (("chelsea", CHELSEA), ("rocket", ROCKET)):
         expected = first.predict(handle_file(str(path)), 0.65, 2, 0, api_name="/analyze")
         assert f"{expected['kept_patches']} kept" in texts[name]
@@ -116,7 +118,8 @@ def test_detector_present_path_draws_boxes(tmp_path, monkeypatch):
     detections = view["analysis"].detections
     assert detections and all(set(d) == {"box", "label", "score"} for d in detections)
     assert {d["label"] for d in detections} <= {"cat", "dog", "cup"}
-    assert view["det_pruned"].size == session.display.size and view["det_dense"] is not None
+    assert [mark["caption"] for mark in view["det_pruned"]] == [f"{d['label']} {d['score']:.2f}" for d in detections]
+    assert len(view["det_dense"]) == len(session.dense_detections)
     assert f"{len(detections)} detections" in view["det_message"]
     estimate = explorer.latency(view["analysis"])  # the medians the panel used
     assert f"**Speed-up: {estimate.speedup:.2f}x** for this image ({estimate.kept} of 1024" in view["latency"]

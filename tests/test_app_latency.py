@@ -3,6 +3,7 @@ page and API showing the medians it used, and the backend setting reaching the P
 from __future__ import annotations
 
 import importlib.util
+import json
 import re
 import statistics
 import threading
@@ -15,7 +16,7 @@ import pytest
 from bavit.pruning.settings import PruningSettings
 from bavit.app.ui import create_demo, create_explorer
 from bavit.app.explorer import Explorer
-from bavit.app.ui import PAGE_KEYS, build_handlers
+from bavit.app.ui import OUTPUT_KEYS, build_handlers
 from bavit.app.latency import KEPT_TOLERANCE, MIN_DENSE_RUNS, WINDOW, LatencyWindows, interpolate
 from bavit.app.session import MODE_THRESHOLD, Controls
 from bavit.app.latency import CURVE_COUNTS, LatencyMonitor
@@ -100,7 +101,7 @@ def release_when(event: threading.Event, function):
 
 
 def test_warm_up_in_background_then_page_shows_the_medians(detector_predictor, monkeypatch):
-    explorer = Explorer(detector_predictor)
+    explorer = Explorer(detector_predictor, ladders=False)  # the medians are the test's runs only
     monitor = explorer.monitor
     handlers = build_handlers(explorer)
     release = threading.Event()
@@ -112,7 +113,7 @@ def test_warm_up_in_background_then_page_shows_the_medians(detector_predictor, m
         # the page answers while the warm-up is held mid-way: no number yet, it says "warming up"
         outputs = handlers.page_image({"path": str(CHELSEA), "orig_name": "chelsea.jpg"}, None, *controls)
         session = outputs[0]
-        latency = outputs[2 + PAGE_KEYS.index("latency")]  # after the session and #page-state
+        latency = outputs[2 + OUTPUT_KEYS.index("latency")]  # after the session and #page-state
         assert "**Speed-up: warming up**" in latency and f"0 of {MIN_DENSE_RUNS} warm dense runs" in latency
         assert explorer.api_result({"path": str(CHELSEA)}, threshold=0.5)["speedup"] is None
         assert monitor.warming_up and monitor.samples()["dense"] == []
@@ -121,9 +122,9 @@ def test_warm_up_in_background_then_page_shows_the_medians(detector_predictor, m
         release.set()
     assert monitor.join(120) and not monitor.warming_up and monitor.error is None
     # with no user event, the page's timer now fills the panel in with the medians, once
-    filled, message, boxes, timer = handlers.page_latency(session)  # the latency panel only; the timer off
+    state, filled, message, timer = handlers.page_latency(session)  # the latency panel only; the timer off
     assert re.search(r"\*\*Speed-up: \d+\.\d\dx\*\* for this image", filled), filled
-    assert message == boxes == gr.skip() and "warming up" not in filled
+    assert message == state == gr.skip() and "warming up" not in filled
     assert isinstance(timer, gr.Timer) and timer.active is False
     assert handlers.page_latency(session)[:3] == [gr.skip()] * 3 and handlers.page_latency(None)[:3] == [gr.skip()] * 3
     samples = monitor.samples()
@@ -136,7 +137,7 @@ def test_warm_up_in_background_then_page_shows_the_medians(detector_predictor, m
                .accounting.kept_patches)
     for _ in range(3):
         view = handlers.page_controls(session, *controls)
-    latency = view[1 + PAGE_KEYS.index("latency")]
+    latency = view[1 + OUTPUT_KEYS.index("latency")]
     samples = monitor.samples()
     near = [ms for count, ms in reversed(samples["pruned"]) if abs(count - kept) <= KEPT_TOLERANCE][:WINDOW]
     assert len(near) >= 3  # the three requests (none overlapped another run: nothing else ran)
@@ -158,7 +159,7 @@ def test_warm_up_in_background_then_page_shows_the_medians(detector_predictor, m
     assert medians["pruned_source"] == "warm runs" and medians["pruned_runs"] == len(near)
     # grid-only: no latency claim
     view = handlers.page_controls(session, MODE_THRESHOLD, 0.5, 35, 3, False, False)
-    assert view[1 + PAGE_KEYS.index("latency")].startswith("Detector off")
+    assert view[1 + OUTPUT_KEYS.index("latency")].startswith("Detector off")
 
 
 def test_create_demo_starts_the_warm_up_without_waiting(monkeypatch):
@@ -297,7 +298,7 @@ def test_the_first_image_is_answered_while_the_detector_is_being_built(monkeypat
         assert building.wait(60) and predictor.building("detector")
         outputs = handlers.page_image({"path": str(CHELSEA), "orig_name": "chelsea.jpg"}, None,
                                       MODE_THRESHOLD, 0.5, 35, 3, True, False)
-        session, panels = outputs[0], dict(zip(PAGE_KEYS, outputs[2:]))
+        session, panels = outputs[0], dict(zip(OUTPUT_KEYS, outputs[2:]))
         assert "Sparsity:" in panels["sparsity"] and panels["det_message"] == DETECTOR_WARMING
         assert panels["latency"].startswith(DETECTOR_WARMING)
         assert isinstance(outputs[-1], gr.Timer) and outputs[-1].active is True  # the page's timer switched on
@@ -306,6 +307,6 @@ def test_the_first_image_is_answered_while_the_detector_is_being_built(monkeypat
         release.set()
     warm_up.join(60)
     assert not predictor.building("detector")
-    latency, message, boxes, _timer = handlers.page_latency(session)
-    assert "detections from the pruned YOLOS" in message and boxes["visible"] is True
+    state, latency, message, _timer = handlers.page_latency(session)
+    assert "detections from the pruned YOLOS" in message and json.loads(state)["detections"] is not None
     assert latency != DETECTOR_WARMING and "YOLOS pruned" in latency  # the pruned run is timed now

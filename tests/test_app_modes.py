@@ -16,7 +16,7 @@ from gradio_client.exceptions import AppError  # noqa: E402
 
 from bavit.pruning.settings import PruningSettings
 from bavit.app.explorer import Explorer  # noqa: E402
-from bavit.app.ui import PAGE_KEYS, build_handlers  # noqa: E402
+from bavit.app.ui import OUTPUT_KEYS, build_handlers  # noqa: E402
 from bavit.app.session import (  # noqa: E402
     MODE_SPARSITY,
     MODE_THRESHOLD,
@@ -31,8 +31,8 @@ from bavit.pruning.keep_mask import keep_mask_from_probs, top_k_for_kept  # noqa
 
 CHELSEA = apphelpers.EXAMPLES / "chelsea.jpg"
 ROCKET = apphelpers.EXAMPLES / "rocket.jpg"
-EVENT_SPARSITY = 1 + PAGE_KEYS.index("sparsity")  # page_image (through a client) and page_controls: the page state, PAGE_KEYS
-MODE_EVENT_SPARSITY = 3 + PAGE_KEYS.index("sparsity")  # page_mode: two slider visibilities, the page state, PAGE_KEYS
+EVENT_SPARSITY = 1 + OUTPUT_KEYS.index("sparsity")  # page_image (through a client) and page_controls: the page state, OUTPUT_KEYS
+MODE_EVENT_SPARSITY = 3 + OUTPUT_KEYS.index("sparsity")  # page_mode: two slider visibilities, the page state, OUTPUT_KEYS
 
 
 @pytest.fixture(scope="module")

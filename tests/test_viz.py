@@ -93,17 +93,12 @@ def test_fit_image_downscales_keeping_aspect():
     assert viz.fit_image(Image.new("L", (10, 10)), 512).mode == "RGB"
 
 
-def test_draw_detections_scales_boxes_to_display_size():
-    image = Image.new("RGB", (200, 100), (0, 0, 0))
-    dets = [{"box": (100.0, 50.0, 300.0, 150.0), "label": "cat", "score": 0.91}]
-    out = np.asarray(viz.draw_detections(image, dets, image_size=(400, 200), width=2))
-    colour = viz.label_color("cat")
-    # box (100,50)-(300,150) at half scale -> (50,25)-(150,75); outline on the right and bottom edges
-    assert tuple(out[50, 150]) == colour
-    assert tuple(out[75, 100]) == colour
-    assert tuple(out[50, 100]) == (0, 0, 0)  # inside the box stays untouched
-    assert out[:25].any()  # the caption sits above the box
-    assert np.asarray(image).sum() == 0  # input not modified
+def test_detection_marks_scale_boxes_to_the_display_size():
+    dets = [{"box": (100.0, 50.0, 300.0, 150.0), "label": "cat", "score": 0.914}]
+    marks = viz.detection_marks(dets, image_size=(400, 200), display_size=(200, 100))
+    # box (100,50)-(300,150) at half scale -> (50,25)-(150,75), in the label's colour, captioned "label score"
+    assert marks == [{"box": [50.0, 25.0, 150.0, 75.0], "colour": list(viz.label_color("cat")), "caption": "cat 0.91"}]
+    assert viz.detection_marks(dets, (400, 200), (400, 100), colours=[(1, 2, 3)])[0]["box"] == [100.0, 25.0, 300.0, 75.0]
 
 
 @pytest.mark.slow
@@ -156,14 +151,14 @@ def test_legend_html_lists_items():
     assert "flipped to FG by CCA" in html and "rgb(230, 0, 230)" in html
 
 
-def test_cost_boxes_are_drawn_in_their_outcome_colours():
+def test_cost_boxes_are_marked_in_their_outcome_colours():
     from bavit.engine.pruning_cost import match_detections
 
     dense = [{"box": (10, 10, 40, 40), "label": "dog", "score": 0.9}, {"box": (60, 60, 90, 90), "label": "cat", "score": 0.8}]
     pruned = [{"box": (10, 10, 40, 40), "label": "dog", "score": 0.9}, {"box": (60, 10, 90, 40), "label": "cup", "score": 0.7}]
     diff = match_detections(dense, pruned)  # the dog kept, the cat lost, the cup new
-    out = np.asarray(viz.draw_cost(Image.new("RGB", (100, 100)), dense, pruned, diff))
-    assert tuple(out[25, 10]) == viz.COST_COLOURS["kept"]  # the left edges of the three boxes
-    assert tuple(out[75, 60]) == viz.COST_COLOURS["lost"]
-    assert tuple(out[25, 60]) == viz.COST_COLOURS["new"]
+    marks = viz.cost_marks(dense, pruned, diff, (100, 100), (100, 100))
+    assert [(m["caption"], tuple(m["colour"]), m["box"][:2]) for m in marks] == [
+        ("dog 0.90", viz.COST_COLOURS["kept"], [10.0, 10.0]), ("cat 0.80", viz.COST_COLOURS["lost"], [60.0, 60.0]),
+        ("cup 0.70", viz.COST_COLOURS["new"], [60.0, 10.0])]
     assert set(viz.COST_COLOURS.values()) == set(viz.COST_LEGEND.values())

@@ -34,6 +34,7 @@ from ..engine.pruning_cost import (
 from ..predictor import Analysis, Predictor
 from ..pruning.settings import PruningSettings, flag_value
 from . import page, uploads, viz
+from .ladder import DetectionLadder, LadderWorker, Rung, grid_ladder
 from .latency import LatencyEstimate, LatencyMonitor, time_pruned
 from .page import latency_note
 from .session import (
@@ -46,9 +47,22 @@ from .session import (
 from .viz import CurvePlot, sparsity_curve
 
 DISPLAY_SIDE = 512  # px: overlays are drawn at this size
-# The page's panels a server event can send (besides #page-state), in the order the page's events answer with them;
-# the grids and the curve are drawn by the page itself (static/draw.js).
+# The page's panels a server event can compute, in the order the page's events answer with them: det_pruned and
+# det_dense are detection marks the page draws (static/draw.js, with the grids and the curve), sent in #page-state;
+# the others are the page's components.
 PAGE_KEYS = ("det_pruned", "det_dense", "det_message", "sparsity", "tokens", "latency", "gt_confusion", "gt_stats")
+DRAWN_KEYS = ("det_pruned", "det_dense")
+RUNG_KEYS = ("det_pruned", "det_message", "latency")  # what a detection ladder's rung holds
+LADDERS = 8  # grid ladders a session keeps (sparsity controls x CCA settings seen last)
+RUNGS_PER_MESSAGE = 24  # detection-ladder results the page's timer sends at a time
+
+
+def rung_result(view: dict[str, Any]) -> dict[str, Any]:
+    """A detection ladder's rung from a view rendered with :data:`RUNG_KEYS`: the detection marks, the detection
+    message, the latency panel and the speed-up measured (the curve's point), or ``None``."""
+    point = view["record"].point
+    return {"detections": view["det_pruned"], "message": view["det_message"], "latency": view["latency"],
+            "speedup": None if point is None else float(point[1])}
 
 
 def pruning_cost(dense: list[dict], pruned: list[dict] | None, min_score: float) -> tuple[DetectionDiff, str]:
@@ -78,15 +92,19 @@ class Explorer:
         monitor: the latency monitor (default: a new one around ``predictor``, not started: the entry point calls
             ``explorer.monitor.start()`` to time the models in the background).
         image_roots: the folders requests may read images from (default: the examples and ``coco``'s image folders).
+        ladders: compute detection ladders in the background (:mod:`bavit.app.ladder`); without them every slider
+            move with the detector on is a round trip, and nothing runs between requests but the latency timing.
     """
 
     def __init__(self, predictor: Predictor, coco: CocoGroundTruth | None = None,
-                 monitor: LatencyMonitor | None = None, image_roots: tuple[str | Path, ...] | None = None):
+                 monitor: LatencyMonitor | None = None, image_roots: tuple[str | Path, ...] | None = None,
+                 ladders: bool = True):
         self.predictor = predictor
         self.coco = coco
         self.monitor = monitor if monitor is not None else LatencyMonitor(predictor)
         default_roots = (uploads.EXAMPLES_DIR, *(coco.image_dirs() if coco else ()))
         self.image_roots = default_roots if image_roots is None else image_roots
+        self.ladders = LadderWorker(self.rung, self._ladder_turn) if ladders else None
 
     def allow_images_from(self, folder: str | Path) -> None:
         """Add ``folder`` (the web framework's upload folder) to :attr:`image_roots`."""
@@ -125,19 +143,22 @@ class Explorer:
             session.dense_detections = analysis.dense_detections
             session.dense_ms = analysis.timings_ms.get("dense_ms")
 
-    def analyze(self, session: ImageSession, controls: Controls) -> Analysis:
+    def analyze(self, session: ImageSession, controls: Controls, app: bool = True) -> Analysis:
         """The keep-mask rule and (with ``controls.detect``) the pruned detector at the controls, on the session's
-        BAViT output; the timings go into :attr:`monitor`. Without detector weights the detector is still timed
-        (the YOLOS-tiny architecture at random init: :func:`~bavit.app.latency.time_pruned`), so the page can show a speed-up."""
+        BAViT output; a request's timings go into :attr:`monitor` (``app``; a detection ladder's run is bracketed
+        as the background's, so that requests overlapping it drop theirs, and its own timing is dropped).
+        Without detector weights the detector is still timed (the YOLOS-tiny architecture at random init:
+        :func:`~bavit.app.latency.time_pruned`), so the page can show a speed-up."""
         if not controls.detect or not self.predictor.detector_requested or self.detector_warming(controls):
             analysis = self.predictor.predict(session.prepared, controls.settings, detect=False, dense=False)
             self.monitor.add_cca(analysis.timings_ms["cca_ms"])  # no model ran: nothing to bracket
             return analysis
-        with self.monitor.measuring() as run:
+        with self.monitor.measuring(app=app) as run:
             analysis = self.predictor.predict(session.prepared, controls.settings, detect=True, dense=False)
             if not self.predictor.detector_ready:
                 analysis = time_pruned(self.predictor, session.prepared.image, analysis)
-        self._record(analysis, run.overlapped)
+        if app:  # a ladder's run shares the CPU with the page it draws for: its timing is not a warm median's
+            self._record(analysis, run.overlapped)
         return analysis
 
     def detector_warming(self, controls: Controls) -> bool:
@@ -160,23 +181,26 @@ class Explorer:
         plot = session.plots.get(cca_steps)
         return sparsity_curve(self.predictor, session.prepared, cca_steps) if plot is None else plot
 
-    def render(self, session: ImageSession, controls: Controls, keys: Iterable[str] = PAGE_KEYS) -> dict[str, Any]:
+    def render(self, session: ImageSession, controls: Controls, keys: Iterable[str] = PAGE_KEYS,
+               app: bool = True) -> dict[str, Any]:
         """What the page shows for the current image and controls, for the panels in ``keys`` only (the others are
         not computed); reads the session, never changes it.
 
         Returns a dict of plain values: ``analysis`` (the Predictor's Analysis), ``record`` (a
         :class:`~bavit.app.session.ViewRecord` for ``session.record``) and each key of ``keys``: ``det_pruned``,
-        ``det_dense``, ``gt_confusion`` (PIL image, or ``None`` = hide); ``det_message``, ``sparsity``, ``tokens``,
-        ``latency``, ``gt_stats`` (markdown).
+        ``det_dense`` (detection marks, :func:`~bavit.app.viz.detection_marks`, or ``None`` = hide),
+        ``gt_confusion`` (PIL image, or ``None`` = hide); ``det_message``, ``sparsity``, ``tokens``, ``latency``,
+        ``gt_stats`` (markdown). ``app``: as :meth:`analyze`.
         """
         predictor = self.predictor
         warming = self.detector_warming(controls)
-        analysis = self.analyze(session, controls)
+        analysis = self.analyze(session, controls, app)
         estimate = self.latency(analysis)
         speedup = estimate.speedup if controls.detect and analysis.timings_ms.get("pruned_ms") else None
         base = self.curve(session, controls.cca_steps)
         live = predictor.detector_ready and controls.detect and not warming
         dense = predictor.detector_ready and controls.show_dense and session.dense_detections is not None
+        display = session.display.size
         cost = pruning_cost(session.dense_detections, analysis.detections, predictor.score_threshold) \
             if live and dense and any(key in keys for key in ("det_message", "det_pruned")) else None
         panels = {
@@ -189,12 +213,12 @@ class Explorer:
                 session.display, session.gt, analysis.grid_cca),
             "det_message": lambda: page.DETECTOR_WARMING if warming and predictor.detector_ready else
             page.detections_text(predictor, controls, analysis.detections, cost[1] if cost else None),
-            "det_pruned": lambda: (viz.draw_detections(session.display, analysis.detections or [], analysis.image_size)
-                                   if cost is None else viz.draw_cost(session.display, session.dense_detections,
-                                                                      analysis.detections, cost[0],
-                                                                      analysis.image_size)) if live else None,
-            "det_dense": lambda: viz.draw_detections(session.display, session.dense_detections,
-                                                     analysis.image_size) if dense else None,
+            "det_pruned": lambda: (viz.detection_marks(analysis.detections or [], analysis.image_size, display)
+                                   if cost is None else viz.cost_marks(session.dense_detections, analysis.detections,
+                                                                       cost[0], analysis.image_size,
+                                                                       display)) if live else None,
+            "det_dense": lambda: viz.detection_marks(session.dense_detections, analysis.image_size,
+                                                     display) if dense else None,
         }
         point = None if speedup is None else (effective_threshold(analysis), speedup)
         waiting = speedup is None and controls.detect and "pruned_ms" in analysis.timings_ms and not self.monitor.error
@@ -218,7 +242,74 @@ class Explorer:
                 self.measure_dense(session, controls)
             view = self.render(session, controls, keys)
             session.record(view["record"])
+            self.follow(session, controls, view)
             return None if session.gate.superseded(ticket) else view
+
+    def _ladder_turn(self) -> bool:
+        """The detection ladders' turn: after the latency warm-up (its timings would be dropped as overlapped, and
+        the ladder's latency panels would say "warming up"), once no request is being answered."""
+        self.monitor.join()
+        return self.monitor.wait_quiet()
+
+    def runs_ladder(self, controls: Controls) -> bool:
+        """The detector is to run at the controls and can now: its ladder is computed in the background."""
+        return (self.ladders is not None and controls.detect and self.predictor.detector_requested
+                and not self.detector_warming(controls))
+
+    def follow(self, session: ImageSession, controls: Controls, view: dict[str, Any]) -> None:
+        """Keep the session's ladders with ``controls`` (under the session's gate): the grid ladder of this sparsity
+        control and CCA setting (``view["ladder"]``), and with the detector on its detection ladder, started (the
+        session's previous one cancelled) or moved to this position (``view["job"]``). A view that ran the pruned
+        detector gives the detection ladder its rung."""
+        ladder = session.ladders.pop((controls.mode, controls.cca_steps), None)
+        if ladder is None:
+            ladder = grid_ladder(self.predictor, session, controls)
+        session.ladders[(controls.mode, controls.cca_steps)] = ladder  # the newest last
+        while len(session.ladders) > LADDERS:
+            session.sent.discard(next(iter(session.ladders)))
+            del session.ladders[next(iter(session.ladders))]
+        view["ladder"] = ladder
+        job = session.job
+        if not self.runs_ladder(controls):
+            if job is not None:
+                job.cancelled.set()
+            session.job = view["job"] = None
+            return
+        if job is None or not job.matches(session, controls):
+            if job is not None:
+                job.cancelled.set()
+            job = session.job = DetectionLadder(session, ladder, controls)
+            self.ladders.submit(job)
+        index = ladder.index(controls)
+        if index is not None:
+            job.center = index
+            rung = ladder.rungs[index]
+            if rung is not None and all(key in view for key in RUNG_KEYS) and view["record"].waiting is None:
+                job.add(rung.mask, rung_result(view))
+        view["job"] = job
+
+    def follow_slider(self, session: ImageSession, controls: Controls) -> None:
+        """The slider is at ``controls`` in the page (which answers moves itself): the session's detection ladder
+        computes the keep masks nearest to it next."""
+        job = session.job
+        if job is not None and job.matches(session, controls):
+            index = job.ladder.index(controls)
+            if index is not None:
+                job.center = index
+
+    def rung(self, job: DetectionLadder, rung: Rung) -> dict[str, Any]:
+        """What the page shows at ``rung`` of ``job`` (:data:`RUNG_KEYS` and the speed-up), rendered in the
+        background: the pruned detector's run is timed as the background's, not a request's."""
+        return rung_result(self.render(job.session, rung.controls, RUNG_KEYS, app=False))
+
+    def ladder_news(self, session: ImageSession, ack: dict | None) -> dict[int, dict[str, Any]]:
+        """Results of the session's detection ladder the page lacks (``ack``: ``{"job": id, "masks": [...]}``, what
+        the page holds), at most :data:`RUNGS_PER_MESSAGE`."""
+        job = session.job
+        if job is None:
+            return {}
+        have = ack.get("masks", ()) if isinstance(ack, dict) and ack.get("job") == job.id else ()
+        return job.missing([mask for mask in have if isinstance(mask, int)], RUNGS_PER_MESSAGE)
 
     def change_mode(self, session: ImageSession, controls: Controls) -> tuple[bool, dict[str, Any] | None]:
         """A mode event: ``(show_mode, view)``. ``view`` as :meth:`update`; ``show_mode`` is False when a newer mode
@@ -243,7 +334,7 @@ class Explorer:
         """What the page's timer fills in for the session's shown view (then once only; ``None`` while it still
         waits, or when nothing waits): the latency panel once the monitor has its medians, when it said "warming
         up"; or, when the view was answered while the detector was being built, ``latency``, ``det_message`` and
-        ``det_pruned`` rendered now that it is built."""
+        the whole ``view`` rendered now that it is built (its ``controls`` with it), its detection ladder started."""
         with session.gate.hold():
             if session.waiting is None:
                 return None
@@ -253,9 +344,11 @@ class Explorer:
                     return None
                 if self._dense_due(session, controls):
                     self.measure_dense(session, controls)
-                view = self.render(session, controls, ("latency", "det_message", "det_pruned"))
+                view = self.render(session, controls)
                 session.record(view["record"])
-                return {key: view[key] for key in ("latency", "det_message", "det_pruned")}
+                self.follow(session, controls, view)
+                return {"latency": view["latency"], "det_message": view["det_message"],
+                        "view": {**view, "controls": controls}}
             estimate = self.latency(analysis)
             if estimate.speedup is None and not self.monitor.error:
                 return None

@@ -311,18 +311,23 @@ class LatencyMonitor(LatencyWindows):
         except Exception as exc:  # the app must stay up: the page then says why there is no speed-up
             self.error = f"{exc.__class__.__name__}: {exc}"
 
-    def _timed(self, function: Callable[..., Any], *args: Any) -> tuple[float, bool] | None:
-        """``(ms, overlapped)`` of one background call, made once no app run is measured and the last one ended
-        :data:`SETTLE_S` ago (its drawing and encoding share the CPU too); ``None`` once stopped."""
+    def wait_quiet(self) -> bool:
+        """Wait until no app run is measured and the last one ended :data:`SETTLE_S` ago (its drawing and encoding
+        share the CPU too): the background's turn. False once stopped."""
         with self._cond:
             while not self._stop.is_set():
                 busy = any(run.app for run in self._active)
                 wait = SETTLE_S - (self.clock() - self._last_app_end)
                 if not busy and wait <= 0:
-                    break
+                    return True
                 self._cond.wait(None if busy else wait)
-            if self._stop.is_set():
-                return None
+            return False
+
+    def _timed(self, function: Callable[..., Any], *args: Any) -> tuple[float, bool] | None:
+        """``(ms, overlapped)`` of one background call, made once no app run is measured and the last one ended
+        :data:`SETTLE_S` ago (its drawing and encoding share the CPU too); ``None`` once stopped."""
+        if not self.wait_quiet():
+            return None
         with self.measuring(app=False) as run:
             start = time.perf_counter()
             function(*args)

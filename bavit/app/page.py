@@ -2,16 +2,17 @@
 latency, the GT comparison, the detection messages, the banner), the page's script (:func:`head_html`: the files of
 ``bavit/app/static/``) and the messages the events send it through the hidden ``#page-state`` textbox.
 
-While the detector is off, a slider move is answered in the page: ``rule.js`` applies the keep-mask rule to the
-image's FG probabilities (sent once per image), draws both grid overlays, the sparsity text and the token table
-(``texts.js`` ports :func:`sparsity_text` and :func:`tokens_table`; tests/test_page_rule.py (V8) and tests/test_app_browser.py check the ports
-against them, string for string) and the curve's marker, and asks the server nothing. The server stays the source
-of truth: every server event sends its own grids (``"view"``), which the page draws as they are. Messages (JSON
-objects, ``kind`` first):
+A slider move is answered in the page from data the server sent ahead: for the image's sparsity control and CCA
+setting, the grid ladder (:mod:`bavit.app.ladder`: the grids, this module's sparsity text and token table and the
+curve's point at every slider position, all made here in Python), and, with the detector on, the rungs of its
+detection ladder (the detection marks, message and latency panel at each keep mask) as the background computes them.
+A move to a position the page lacks goes to the server. The server stays the source of truth: every server event
+sends its own grids (``"view"``), which the page draws as they are. Messages (JSON objects, ``kind`` first):
 
 - ``"image"``: a new image: ``payload`` (:func:`image_payload`), its server ``view`` and the ``curve`` base plot;
-- ``"view"``: one server render: grid bits, kept count, whether the image has GT, the curve's point
-  (:func:`view_message`);
+- ``"view"``: one server render: grid bits, kept count, whether the image has GT, the curve's point, the detection
+  marks, the grid ladder when the page lacks it and the detection ladder's id (:func:`view_message`);
+- ``"rungs"``: detection-ladder rungs computed since the last (:func:`rungs_message`), sent by the page's timer;
 - ``"curve"``: the base plot of one CCA setting, for the page to draw markers on (:func:`curve_message`);
 - ``"clear"``: the image was removed.
 
@@ -23,7 +24,6 @@ import base64
 import io
 import itertools
 import json
-import weakref
 from pathlib import Path
 from typing import Any
 
@@ -31,15 +31,12 @@ import numpy as np
 from PIL import Image
 
 from ..predictor import Analysis
-from ..pruning.accounting import token_accounting
 from ..pruning.calibration import Calibration
 from ..pruning.detector import RANDOM_INIT_NOTE
 from . import viz
 from .latency import MIN_DENSE_RUNS, LatencyEstimate, LatencyMonitor
 from .session import (
-    MODE_SPARSITY,
     MODE_THRESHOLD,
-    MODE_TOPK,
     Controls,
     ImageSession,
     effective_threshold,
@@ -199,12 +196,11 @@ def banner_text(predictor) -> str:
 
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
-# The page's script, in load order: the ports of the Python rules and texts (tested against Python by
-# tests/test_app_browser.py), the drawing, then the state and the events that use them.
-SCRIPTS = ("rule.js", "texts.js", "draw.js", "grid.js")
+# The page's script, in load order: the drawing, then the state and the events that use it.
+SCRIPTS = ("draw.js", "grid.js")
 DISPLAY_QUALITY = 90  # JPEG quality of the display image the page draws its overlays on (sent once per image)
 _NONCES = itertools.count(1)
-_PIPELINE_MACS: weakref.WeakKeyDictionary[Any, list[int]] = weakref.WeakKeyDictionary()
+TEXT_KEYS = ("sparsity", "tokens", "latency", "det_message")  # the panels a slider's answer sends in its message
 
 
 def head_html() -> str:
@@ -220,6 +216,14 @@ def grid_bits(grid: np.ndarray) -> str:
     return "".join("1" if value else "0" for value in np.asarray(grid, dtype=bool).ravel())
 
 
+def grid_hex(grid: np.ndarray) -> str:
+    """``[G, G]`` bool grid -> hex of its row-major bits, 4 per digit, the first bit the highest (``G*G/4`` digits,
+    the last padded with zeros)."""
+    bits = np.asarray(grid, dtype=bool).ravel()
+    bits = np.concatenate([bits, np.zeros(-len(bits) % 4, dtype=bool)]).astype(int)
+    return "".join("0123456789abcdef"[v] for v in bits.reshape(-1, 4) @ np.array([8, 4, 2, 1]))
+
+
 def data_url(image: Image.Image | np.ndarray, fmt: str = "JPEG", **options: Any) -> str:
     """An RGB image as a ``data:`` URL (``fmt`` ``"JPEG"`` or ``"PNG"``)."""
     if isinstance(image, np.ndarray):
@@ -229,66 +233,78 @@ def data_url(image: Image.Image | np.ndarray, fmt: str = "JPEG", **options: Any)
     return f"data:image/{fmt.lower()};base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def pipeline_macs(predictor) -> list[int]:
-    """``[Y*Y + 1]`` BAViT + pruned-YOLOS MACs for each kept-patch count (the token table's last row), per
-    predictor (computed once)."""
-    macs = _PIPELINE_MACS.get(predictor)
-    if macs is None:
-        patches = predictor.yolos_grid ** 2
-        macs = [int(token_accounting(kept, predictor.yolos_config, predictor.bavit.config).pipeline_macs)
-                for kept in range(patches + 1)]
-        _PIPELINE_MACS[predictor] = macs
-    return macs
-
-
 def image_payload(predictor, session: ImageSession) -> dict[str, Any]:
-    """Everything the page's script needs to run the keep-mask rule and draw the overlays for this image.
-
-    Keys: ``key`` (the image's content hash), ``probs`` (base64 of the ``[G, G]`` float32 FG probabilities,
-    little-endian, row-major), ``side`` (G), ``yolos_grid``, ``resample``, ``image`` (the display image, a JPEG data
-    URL), ``width``/``height`` (its size), ``calibration`` (``levels``, ``thresholds`` per CCA steps, ``images``,
-    ``source``; ``None`` without one), ``modes``, ``accounting`` (token-table constants and ``pipeline_macs`` per
-    kept count), ``palette`` (``[[rgb, alpha]]`` for BG / FG / flipped, :data:`viz.GRID_PALETTE`) and ``line``.
-    """
-    probs = np.ascontiguousarray(session.prepared.fg_prob, dtype="<f4")
-    calibration = predictor.calibration
-    probe = token_accounting(0, predictor.yolos_config, predictor.bavit.config)
+    """What the page needs to draw this image's overlays and detections: ``key`` (the image's content hash),
+    ``side`` (BAViT's grid G), ``image`` (the display image, a JPEG data URL), ``width``/``height`` (its size),
+    ``palette`` (``[[rgb, alpha]]`` for BG / FG / flipped, :data:`viz.GRID_PALETTE`), ``line`` and ``detector``
+    (the detector runs at all: without one, a slider move never needs the server)."""
     return {
         "key": session.prepared.key,
-        "probs": base64.b64encode(probs.tobytes()).decode("ascii"),
-        "side": int(probs.shape[-1]),
-        "yolos_grid": int(predictor.yolos_grid),
-        "resample": predictor.resample_mode,
+        "side": int(session.prepared.fg_prob.shape[-1]),
         "image": data_url(session.display, "JPEG", quality=DISPLAY_QUALITY),
         "width": session.display.width,
         "height": session.display.height,
-        "calibration": None if calibration is None else {
-            "levels": list(calibration.levels),
-            "thresholds": {str(steps): list(values) for steps, values in calibration.thresholds.items()},
-            "images": calibration.images,
-            "source": calibration.source,
-        },
-        "modes": {"threshold": MODE_THRESHOLD, "sparsity": MODE_SPARSITY, "topk": MODE_TOPK},
-        "accounting": {
-            "bavit_patches": probe.bavit_patches, "bavit_layers": probe.bavit_layers,
-            "yolos_patches": probe.yolos_patches, "yolos_layers": probe.yolos_layers,
-            "dense_macs": int(probe.dense_macs), "pipeline_macs": pipeline_macs(predictor),
-        },
         "palette": [[list(rgb), alpha]
                     for rgb, alpha in (viz.GRID_PALETTE[cls] for cls in (viz.BG, viz.FG, viz.FLIPPED))],
         "line": [list(viz.LINE_COLOR), viz.LINE_ALPHA],
+        "detector": bool(predictor.detector_requested),
     }
 
 
+def ladder_message(ladder) -> dict[str, Any]:
+    """A grid ladder (:class:`~bavit.app.ladder.GridLadder`) for the page: ``mode``, ``cca``, ``values`` (the
+    slider's positions) and per position ``[raw, mask, kept, x, percent, sparsity, tokens]`` (``raw``/``mask``:
+    indices into ``grids``, hex of :func:`grid_hex`; ``x``, ``percent``: the curve's point; ``sparsity``/``tokens``:
+    indices into ``texts``), or ``null`` where the server answers (it refuses that setting)."""
+    texts: dict[str, int] = {}
+    rungs = [None if r is None else [r.raw, r.mask, r.kept, r.x, r.percent, texts.setdefault(r.sparsity, len(texts)),
+                                     texts.setdefault(r.tokens, len(texts))]
+             for r in ladder.rungs]
+    return {"mode": ladder.mode, "cca": ladder.cca_steps, "values": list(ladder.values), "rungs": rungs,
+            "slider": "threshold" if ladder.mode == MODE_THRESHOLD else "target",
+            "grids": [grid_hex(grid) for grid in ladder.grids], "texts": list(texts)}
+
+
+def job_info(job) -> dict[str, Any] | None:
+    """Which detection ladder (:class:`~bavit.app.ladder.DetectionLadder`) rungs belong to: ``id``, ``mode``,
+    ``cca``, ``detect``, ``dense`` (the controls its answers hold for), or ``None``."""
+    if job is None:
+        return None
+    return {"id": job.id, "mode": job.ladder.mode, "cca": job.ladder.cca_steps, "detect": job.controls.detect,
+            "dense": job.controls.show_dense}
+
+
+def rungs_message(session: ImageSession, job, results: dict[int, dict[str, Any]]) -> dict[str, Any]:
+    """Detection-ladder ``results`` the page lacks: per keep mask (``mask`` of its grid ladder, as a string)
+    ``detections`` (marks, or ``null``: no panel), ``message``, ``latency`` (markdown) and ``speedup`` (``null``
+    when none was measured); a failed rung is ``{"failed": true}`` (the page asks the server there)."""
+    return {"kind": "rungs", "nonce": next(_NONCES), "key": session.prepared.key, "job": job_info(job),
+            "results": {str(mask): result for mask, result in results.items()}}
+
+
 def _measured(session: ImageSession, cca_steps: int) -> list[list[float]]:
-    return [[float(threshold), float(speedup)] for threshold, speedup in session.measured.get(cca_steps, ())]
+    """The speed-ups measured for this image at ``cca_steps``: by its views, and by its detection ladder (at every
+    position of each keep mask computed), as ``[threshold, speed-up]``."""
+    points = [[float(threshold), float(speedup)] for threshold, speedup in session.measured.get(cca_steps, ())]
+    job = session.job
+    if job is not None and job.ladder.cca_steps == cca_steps:
+        speedups = {mask: result.get("speedup") for mask, result in dict(job.results).items()}
+        points += [[rung.x, speedups[rung.mask]] for rung in job.ladder.rungs
+                   if rung is not None and speedups.get(rung.mask) is not None]
+    return points
 
 
-def view_message(explorer, session: ImageSession, view: dict[str, Any], controls: Controls) -> dict[str, Any]:
+def view_message(explorer, session: ImageSession, view: dict[str, Any], controls: Controls,
+                 slider: bool = False) -> dict[str, Any]:
     """One server render (:meth:`Explorer.render`'s ``view``) for the page: grid bits before / after CCA, the
     YOLOS patches kept, ``gt`` (the image has a GT grid: its comparison follows the grid, so the page leaves slider
-    moves to the server), and the curve's current point ``{cca, threshold, sparsity (%), speedup (x or None)}``
-    with the speed-ups measured so far for that CCA setting."""
+    moves to the server), the curve's current point ``{cca, threshold, sparsity (%), speedup (x or None)}`` with
+    the speed-ups measured so far for that CCA setting; ``detections`` / ``dense`` (marks, ``null`` = hide) where
+    the view computed them; the grid ``ladder`` of its sparsity control and CCA setting when the page does not have
+    it yet (:func:`ladder_message`) and the ``job`` its detection ladder is (:func:`job_info`); ``controls``
+    ``{mode, threshold, target, cca}`` it answers and ``slider`` (it answers a slider move the page asked the server for: the page
+    drops it when the slider has moved on since, and asks again) with its ``texts`` (:data:`TEXT_KEYS`, those it
+    computed)."""
     analysis, record = view["analysis"], view["record"]
     cca_steps = record.cca_steps
     point = {
@@ -297,10 +313,25 @@ def view_message(explorer, session: ImageSession, view: dict[str, Any], controls
         "sparsity": 100.0 * float(analysis.accounting.sparsity),
         "speedup": None if record.point is None else float(record.point[1]),
     }
-    return {"kind": "view", "nonce": next(_NONCES), "key": session.prepared.key,
-            "raw": grid_bits(analysis.grid_raw), "cca": grid_bits(analysis.grid_cca),
-            "kept": int(analysis.accounting.kept_patches), "gt": session.gt is not None,
-            "curve": {"cca": cca_steps, "point": point, "measured": _measured(session, cca_steps)}}
+    message = {"kind": "view", "nonce": next(_NONCES), "key": session.prepared.key,
+               "raw": grid_bits(analysis.grid_raw), "cca": grid_bits(analysis.grid_cca),
+               "kept": int(analysis.accounting.kept_patches), "gt": session.gt is not None,
+               "curve": {"cca": cca_steps, "point": point, "measured": _measured(session, cca_steps)},
+               "controls": {"mode": controls.mode, "threshold": controls.threshold,
+                            "target": controls.target_sparsity, "cca": controls.cca_steps},
+               "slider": slider}
+    for key, name in (("det_pruned", "detections"), ("det_dense", "dense")):
+        if key in view:
+            message[name] = view[key]
+    ladder = view.get("ladder")
+    if ladder is not None and (ladder.mode, ladder.cca_steps) not in session.sent:
+        session.sent.add((ladder.mode, ladder.cca_steps))
+        message["ladder"] = ladder_message(ladder)
+    if "job" in view:
+        message["job"] = job_info(view["job"])
+    if slider:
+        message["texts"] = {key: view[key] for key in TEXT_KEYS if key in view}
+    return message
 
 
 def curve_message(session: ImageSession, plot: CurvePlot, cca_steps: int) -> dict[str, Any]:
@@ -324,9 +355,25 @@ def clear_message() -> dict[str, Any]:
     return {"kind": "clear", "nonce": next(_NONCES)}
 
 
+MAX_ACK_CHARS = 10_000  # a page's ack lists at most a few hundred keep masks
+
+
+def read_ack(text: Any) -> dict[str, Any] | None:
+    """The page's ack (``{"job": id, "masks": [keep mask, ...]}``: the detection-ladder results it holds), or
+    ``None`` when there is none or it is not one (a client's value is never trusted further)."""
+    if not isinstance(text, str) or not text or len(text) > MAX_ACK_CHARS:
+        return None
+    try:
+        ack = json.loads(text)
+    except ValueError:
+        return None
+    return ack if isinstance(ack, dict) and isinstance(ack.get("masks"), list) else None
+
+
 def encode(message: dict[str, Any]) -> str:
     """The message as the ``#page-state`` textbox's value (compact JSON)."""
     return json.dumps(message, separators=(",", ":"))
 
 
-__all__ = ["clear_message", "curve_message", "data_url", "encode", "grid_bits", "head_html", "image_message", "image_payload", "pipeline_macs", "view_message"]
+__all__ = ["clear_message", "curve_message", "data_url", "encode", "grid_bits", "grid_hex", "head_html",
+           "image_message", "image_payload", "ladder_message", "read_ack", "rungs_message", "view_message"]

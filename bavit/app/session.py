@@ -273,6 +273,9 @@ class ImageSession:
     plots: dict = field(default_factory=dict)  # cca_steps -> curve.CurvePlot
     measured: dict = field(default_factory=dict)  # cca_steps -> tuple[(threshold, speed-up), ...] (replaced, never changed)
     waiting: Any = None  # the shown view's (analysis, controls) while its latency panel waits for medians, else None
+    ladders: dict = field(default_factory=dict)  # (mode, cca_steps) -> ladder.GridLadder, the newest LADDERS kept
+    sent: set = field(default_factory=set)  # the (mode, cca_steps) whose grid ladder the page has
+    job: Any = None  # the session's ladder.DetectionLadder (the detector at every keep mask), or None
     gate: SessionGate = field(default_factory=SessionGate, repr=False, compare=False)
 
     def record(self, record: ViewRecord) -> None:
@@ -334,6 +337,12 @@ class Controls:
         self.cca_steps = self.settings.cca_steps
         self.detect = flag_value("detect", self.detect)
         self.show_dense = flag_value("show_dense", self.show_dense)
+
+
+    @property
+    def slider_value(self) -> float:
+        """The value of the slider that drives :attr:`mode`: the threshold, or the target sparsity (percent)."""
+        return self.threshold if self.mode == MODE_THRESHOLD else self.target_sparsity
 
 
 def modes(predictor: Predictor) -> list[str]:

@@ -50,7 +50,7 @@ from ..pruning.settings import (
     cca_steps_value,
 )
 from . import page, server, uploads, viz
-from .explorer import PAGE_KEYS, Explorer
+from .explorer import DRAWN_KEYS, PAGE_KEYS, Explorer
 from .server import ERRORS
 from .session import (
     MODE_THRESHOLD,
@@ -64,9 +64,13 @@ from .session import (
 
 log = logging.getLogger(__name__)
 
-HIDEABLE = {"det_pruned", "det_dense", "gt_confusion"}
-TIMER_KEYS = ("latency", "det_message", "det_pruned")  # what the page's timer fills in (Explorer.fill_latency)
+HIDEABLE = {"gt_confusion"}
+OUTPUT_KEYS = tuple(key for key in PAGE_KEYS if key not in DRAWN_KEYS)  # the page's components, in output order
+TIMER_KEYS = ("latency", "det_message")  # the components the page's timer fills in (Explorer.fill_latency)
 SLIDER_KEYS = tuple(key for key in PAGE_KEYS if key != "det_dense")  # a slider never changes the dense panel
+# What a slider's server answer sets as components: the GT comparison; its texts travel in #page-state, and the page
+# shows them only while the slider is still at the position asked (static/grid.js receive), as it does the grids.
+SLIDER_OUTPUT_KEYS = ("gt_confusion", "gt_stats")
 # How every control event is queued. One concurrency group: one FIFO queue (arrival order) instead of several, its
 # limit the queue's default_concurrency_limit; per-session order and last-event-wins are Explorer.update's job.
 # Raw values (preprocess=False): a client's "abc" or 2.5 CCA steps gets the same clear error on every event.
@@ -108,8 +112,10 @@ def _controls(mode: Any, threshold: Any, target: Any, cca_steps: Any, detect: An
 
 def _view_updates(view: dict[str, Any] | None, keys: tuple[str, ...] = PAGE_KEYS,
                   unchanged: frozenset[str] = frozenset()) -> list[Any]:
-    """The view outputs in ``keys`` order; ``None`` (a superseded event) leaves them all as they are, and so does
-    ``gr.skip()`` for the keys in ``unchanged`` (values the page already shows)."""
+    """The component outputs of the view in ``keys`` order (the drawn keys travel in ``#page-state``); ``None`` (a
+    superseded event) leaves them all as they are, and so does ``gr.skip()`` for the keys in ``unchanged`` (values
+    the page already shows)."""
+    keys = tuple(key for key in keys if key not in DRAWN_KEYS)
     if view is None:
         return [gr.skip() for _ in keys]
     return [gr.skip() if key in unchanged
@@ -122,7 +128,7 @@ def _unchanged_by_slider(explorer: Explorer, session: ImageSession, controls: Co
     comparison when the image has no GT."""
     unchanged = set()
     if not (explorer.predictor.detector_ready and controls.detect):
-        unchanged |= {"det_pruned", "det_message"}
+        unchanged |= {"det_message"}
     if session.gt is None:
         unchanged |= {"gt_confusion", "gt_stats"}
     return frozenset(unchanged)
@@ -143,14 +149,18 @@ class Handlers:
     ``page_slider``); through ``gradio_client`` (``api_name`` ``/page_image`` and so on) the session is the client's:
 
     - ``page_image(payload, previous_session, *controls)`` -> ``[session, page_state, *outputs, gt_grid, editor,
-      timer]``;
-    - ``page_controls``, ``page_slider(session, *controls)`` -> ``[page_state, *outputs, timer]``;
+      timer]`` (``outputs``: the components of :data:`OUTPUT_KEYS`; the detections travel in ``page_state``);
+    - ``page_controls(session, *controls)`` -> ``[page_state, *outputs, timer]``;
+    - ``page_slider(session, *controls)`` -> ``[page_state, gt_confusion, gt_stats, timer]``: the texts are in
+      ``page_state``'s ``texts`` (the page shows them only if the slider has not moved on);
     - ``page_mode(session, *controls)`` -> ``[threshold visibility, target visibility, page_state, *outputs,
       timer]`` (``timer``: the page's timer switched on when the view waits for something it fills in);
     - ``page_paint(session, editor, *controls)`` -> ``[gt_grid, gt_confusion, gt_stats, page_state]``;
     - ``page_curve(session, cca_steps)`` -> page_state (the base plot of that CCA setting);
-    - ``page_latency(session)`` -> ``[*TIMER_KEYS, timer]``: each filled in once what it waits for is there (else
-      ``gr.skip()``), and the timer switched off once nothing waits.
+    - ``page_latency(session, *controls)`` -> ``[page_state, *TIMER_KEYS, timer]``: each filled in once what it waits
+      for is there (else ``gr.skip()``): the panels once their medians are there, the detections once the detector
+      is built, or the detection ladder's new rungs; the controls move the ladder to the slider's position. The
+      timer is switched off once nothing waits.
     """
 
     page_image: Callable[..., list]
@@ -162,21 +172,29 @@ class Handlers:
     page_paint: Callable[..., list]
 
 
+def _waits(session: ImageSession) -> bool:
+    """The page's timer has something to fill in: the shown view waits, or the detection ladder has rungs to come
+    (the timer itself keeps going while the page lacks some already computed)."""
+    return session.waiting is not None or (session.job is not None and not session.job.complete)
+
+
 def _timer(session: ImageSession) -> Any:
-    """The page's timer switched on when the session's shown view waits for something it fills in, else left."""
-    return gr.Timer(active=True) if session.waiting is not None else gr.skip()
+    """The page's timer switched on when the session waits for something it fills in, else left."""
+    return gr.Timer(active=True) if _waits(session) else gr.skip()
 
 
 def build_handlers(explorer: Explorer) -> Handlers:
     """The app's event functions around ``explorer``."""
 
-    def page_state(session: ImageSession, view: dict[str, Any] | None, controls: Controls) -> Any:
-        return gr.skip() if view is None else page.encode(page.view_message(explorer, session, view, controls))
+    def page_state(session: ImageSession, view: dict[str, Any] | None, controls: Controls, slider: bool = False) -> Any:
+        return gr.skip() if view is None else page.encode(page.view_message(explorer, session, view, controls, slider))
 
     @user_errors
     def page_image(payload: Any, previous: ImageSession | None, *values: Any) -> list[Any]:
         """A new image (or none: cleared): the new session, then the previous one retired (control events still on
         it skip; a running one finishes first)."""
+        if previous is not None and explorer.ladders is not None:
+            explorer.ladders.cancel(previous)
         if payload is None:
             if previous is not None:
                 previous.retire()
@@ -199,14 +217,18 @@ def build_handlers(explorer: Explorer) -> Handlers:
                 {"background": session.display, "layers": [], "composite": None}, _timer(session)]
 
     def control_event(keys: tuple[str, ...], session: ImageSession | None, *values: Any) -> list[Any]:
-        """A control event; a slider's (:data:`SLIDER_KEYS`) leaves out what a slider cannot change. The controls
-        are parsed even without an image, so a bad value is refused alike."""
+        """A control event; a slider's (:data:`SLIDER_KEYS`) leaves out what a slider cannot change and answers
+        with :data:`SLIDER_OUTPUT_KEYS` (its texts in ``#page-state``). The controls are parsed even without an
+        image, so a bad value is refused alike."""
         controls = _controls(*values)
+        slider = keys == SLIDER_KEYS
+        outputs = SLIDER_OUTPUT_KEYS if slider else keys
         if session is None:
-            return [gr.skip()] * (2 + len(keys))
-        unchanged = _unchanged_by_slider(explorer, session, controls) if keys == SLIDER_KEYS else frozenset()
+            return [gr.skip()] * (2 + len([key for key in outputs if key not in DRAWN_KEYS]))
+        unchanged = _unchanged_by_slider(explorer, session, controls) if slider else frozenset()
         view = explorer.update(session, controls, [key for key in keys if key not in unchanged])
-        return [page_state(session, view, controls), *_view_updates(view, keys, unchanged), _timer(session)]
+        return [page_state(session, view, controls, slider), *_view_updates(view, outputs, unchanged),
+                _timer(session)]
 
     @user_errors
     def page_controls(session: ImageSession | None, *controls: Any) -> list[Any]:
@@ -223,7 +245,7 @@ def build_handlers(explorer: Explorer) -> Handlers:
         mode = values[0]
         visibility = [gr.update(visible=mode not in TARGET_MODES), gr.update(visible=mode in TARGET_MODES)]
         if session is None:
-            return visibility + [gr.skip()] * (2 + len(PAGE_KEYS))
+            return visibility + [gr.skip()] * (2 + len(OUTPUT_KEYS))
         controls = _controls(*values)
         show_mode, view = explorer.change_mode(session, controls)
         return ((visibility if show_mode else [gr.skip(), gr.skip()]) + [page_state(session, view, controls)]
@@ -240,12 +262,28 @@ def build_handlers(explorer: Explorer) -> Handlers:
             return page.encode(page.curve_message(session, plot, steps))
 
     @user_errors
-    def page_latency(session: ImageSession | None) -> list[Any]:
-        """The page's timer: ``[latency, det_message, det_pruned]`` filled in once what they waited for is there
-        (the medians, or the detector's runner), ``gr.skip()`` for each one that has nothing new."""
-        filled = (None if session is None else explorer.fill_latency(session)) or {}
-        done = session is None or session.waiting is None
-        return [*_view_updates(filled, TIMER_KEYS, frozenset(key for key in TIMER_KEYS if key not in filled)),
+    def page_latency(session: ImageSession | None, *values: Any) -> list[Any]:
+        """The page's timer: ``[page_state, latency, det_message, timer]``, each filled in once what it waited for
+        is there (the medians, the detector's runner, the ladder's results the page lacks), ``gr.skip()`` when it
+        has nothing new. ``values``: the controls, then the page's ack (JSON ``{"job", "masks"}``: the
+        detection-ladder results it holds; a page message can be lost, so the page says what it has)."""
+        if session is None:
+            return [gr.skip(), gr.skip(), gr.skip(), gr.Timer(active=False)]
+        controls, ack = values[:6], page.read_ack(values[6] if len(values) > 6 else None)
+        try:  # the slider's position, for the ladder's order (a bad value is the control events' to refuse)
+            if controls:
+                explorer.follow_slider(session, _controls(*controls))
+        except BAViTError:
+            pass
+        filled = explorer.fill_latency(session) or {}
+        view, state = filled.pop("view", None), gr.skip()
+        news = {} if view is not None else explorer.ladder_news(session, ack)
+        if view is not None:
+            state = page.encode(page.view_message(explorer, session, view, view["controls"]))
+        elif news:
+            state = page.encode(page.rungs_message(session, session.job, news))
+        done = not _waits(session) and (ack is None or not news)  # without an ack (an API client): once computed
+        return [state, *_view_updates(filled, TIMER_KEYS, frozenset(key for key in TIMER_KEYS if key not in filled)),
                 gr.Timer(active=False) if done else gr.skip()]
 
     @user_errors
@@ -289,7 +327,7 @@ def add_api(explorer: Explorer) -> None:
     analyze.click(on_api, [image, threshold, cca, keep, sparsity], result, api_name="analyze", preprocess=False)
 
 
-LATENCY_TICK_S = 2.0  # s: how often an open page asks whether its "warming up" latency panel can be filled in
+LATENCY_TICK_S = 0.5  # s: how often an open page that waits asks for what it waits for (cheap: off the queue)
 IMAGE_HEIGHT = 340  # px: output images are scaled to fit, so portrait photos do not stretch the page
 MODE_INFO = ("Mean sparsity: one calibrated threshold for all images, so each image's sparsity follows its content "
              "(paper Table 2). Top-k: this image held at the target.")
@@ -367,9 +405,8 @@ def _build_demo(explorer: Explorer, examples: list[str] | None, coco_examples: l
         with gr.Column(elem_id="detections"):
             gr.Markdown("## Detections")
             det_message = gr.Markdown(page.detections_text(explorer.predictor), elem_id="detections-message")
-            with gr.Row():
-                det_pruned = gr.Image(label="Pruned YOLOS", elem_id="detections-pruned", format="jpeg", height=IMAGE_HEIGHT, interactive=False, visible=False)
-                det_dense = gr.Image(label="Dense YOLOS", elem_id="detections-dense", format="jpeg", height=IMAGE_HEIGHT, interactive=False, visible=False)
+            gr.HTML(_figures(("detections-pruned", "Pruned YOLOS"), ("detections-dense", "Dense YOLOS"),
+                             kind="bavit-detections"), padding=False)
         with gr.Column(elem_id="gt-compare"):
             gr.Markdown("## Ground truth vs prediction")
             with gr.Row():
@@ -387,23 +424,25 @@ def _build_demo(explorer: Explorer, examples: list[str] | None, coco_examples: l
                 gt_apply = gr.Button("Compare with painted GT", elem_id="gt-apply")
         with gr.Row(elem_classes=["bavit-hidden"]):  # the page's wiring to static/grid.js (rendered, not shown)
             page_state = gr.Textbox(elem_id="page-state", label="page state (JSON for grid.js)", max_lines=1)
+            page_ack = gr.Textbox(elem_id="page-ack", label="what the page holds (JSON from grid.js)", max_lines=1)
             server_update = gr.Button("server update", elem_id="server-update")  # grid.js clicks these two
             curve_request = gr.Button("curve request", elem_id="curve-request")
         control_inputs = [mode, threshold, target, cca_steps, detect, show_dense]
-        shown = {"det_pruned": det_pruned, "det_dense": det_dense, "det_message": det_message, "sparsity": sparsity,
-                 "tokens": tokens, "latency": latency, "gt_confusion": gt_confusion, "gt_stats": gt_stats}
+        shown = {"det_message": det_message, "sparsity": sparsity, "tokens": tokens, "latency": latency,
+                 "gt_confusion": gt_confusion, "gt_stats": gt_stats}
         # ticks only while a shown view waits for something it fills in (the events switch it on, it switches off)
         timer = gr.Timer(LATENCY_TICK_S, active=False)
-        page_outputs = [page_state, *(shown[key] for key in PAGE_KEYS), timer]
-        slider_outputs = [page_state, *(shown[key] for key in SLIDER_KEYS), timer]
+        page_outputs = [page_state, *(shown[key] for key in OUTPUT_KEYS), timer]
+        slider_outputs = [page_state, *(shown[key] for key in SLIDER_OUTPUT_KEYS), timer]
         image.change(handlers.page_image, [image, session_state, *control_inputs],
                      [session_state, *page_outputs[:-1], gt_grid, editor, timer], preprocess=False, api_name="page_image",
                      show_api=False, trigger_mode="always_last")
         # A slider runs static/grid.js only (no Python function): it answers grid-only moves in the page, else it
         # clicks #server-update, whose event reads the same controls.
         for control in (threshold, target, cca_steps):
-            control.input(None, [*control_inputs, sparsity, tokens], [sparsity, tokens], api_name=False,
-                          show_progress="hidden", js="(...values) => window.bavitGrid.slider(...values)")
+            control.input(None, [*control_inputs, sparsity, tokens, latency, det_message],
+                          [sparsity, tokens, latency, det_message], api_name=False, show_progress="hidden",
+                          js="(...values) => window.bavitGrid.slider(...values)")
         server_update.click(handlers.page_slider, [session_state, *control_inputs], slider_outputs,
                             api_name="page_slider", show_api=False, show_progress="hidden", **CONTROL_EVENTS)
         for name, control in (("page_detect", detect), ("page_show_dense", show_dense)):
@@ -415,10 +454,15 @@ def _build_demo(explorer: Explorer, examples: list[str] | None, coco_examples: l
         # 50 ms. The session stays safe: page_curve holds the session's gate like every other event.
         curve_request.click(handlers.page_curve, [session_state, cca_steps], page_state, api_name="page_curve",
                             show_api=False, show_progress="hidden", queue=False, preprocess=False)
-        page_state.change(None, page_state, None, js="(text) => window.bavitGrid.receive(text)")
+        # grid.js applies each message; a slider's server answer brings its texts, which it returns while current
+        texts = [sparsity, tokens, latency, det_message]
+        page_state.change(None, [page_state, *texts], texts, js="(...values) => window.bavitGrid.receive(...values)")
         # A latency panel that said "warming up" fills itself in once the background timing has its medians: a
         # cheap tick (off the queue, like the curve request) answers nothing until then, and nothing after.
-        timer.tick(handlers.page_latency, [session_state], [latency, det_message, det_pruned, timer],
+        # The tick's js puts the page's ack (the detection-ladder results it holds) in the hidden #page-ack box.
+        tick_inputs = [session_state, *control_inputs, page_ack]
+        timer.tick(handlers.page_latency, tick_inputs, [page_state, latency, det_message, timer], preprocess=False,
+                   js=f"(...values) => window.bavitGrid.tick({len(tick_inputs)}, ...values)",
                    api_name="page_latency", show_api=False, show_progress="hidden", queue=False)
         # Raw values (preprocess=False): the editor's layers arrive as uploaded files, read under the upload limits
         # (Gradio would decode every layer into an array first, with no limit).
@@ -429,10 +473,11 @@ def _build_demo(explorer: Explorer, examples: list[str] | None, coco_examples: l
     return demo
 
 
-def _figures(*figures: tuple[str, str]) -> str:
-    """HTML of captioned canvases that static/draw.js draws (``(elem_id, caption)`` each)."""
+def _figures(*figures: tuple[str, str], kind: str = "") -> str:
+    """HTML of captioned canvases that static/draw.js draws (``(elem_id, caption)`` each); ``kind``: a class more
+    (``bavit-detections``: shown only while it has detections to draw)."""
     return '<div class="bavit-figures">' + "".join(
-        f'<div class="bavit-figure" id="{elem_id}"><div class="bavit-caption">{caption}</div><canvas></canvas>'
+        f'<div class="bavit-figure {kind}" id="{elem_id}"><div class="bavit-caption">{caption}</div><canvas></canvas>'
         '<div class="bavit-placeholder">Load an image to see it here.</div></div>' for elem_id, caption in figures
     ) + "</div>"
 

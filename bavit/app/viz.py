@@ -1,4 +1,4 @@
-"""Drawing for the app: patch-grid overlays, GT-vs-prediction confusion, detection boxes, the legends, and this
+"""Drawing for the app: patch-grid overlays, GT-vs-prediction confusion, the detection boxes the page draws (as data), the legends, and this
 image's sparsity and speed-up against the FG-probability threshold (:func:`sparsity_curve`: the points, from the
 Predictor; :class:`CurvePlot`: the plot, rendered once per image and CCA setting, its markers drawn cheaply on every
 slider move).
@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
 
 from ..engine.metrics import FN, FP, IGNORED, TN, TP, confusion_cells
 from ..predictor import PreparedImage
@@ -153,58 +153,36 @@ def label_color(label: str) -> RGB:
     return int(r * 255), int(g * 255), int(b * 255)
 
 
-def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
-    try:
-        return ImageFont.load_default(size=size)
-    except (TypeError, OSError):  # Pillow without FreeType
-        return ImageFont.load_default()
-
-
-def draw_detections(
-    image: Image.Image,
-    detections: Sequence[Mapping],
-    image_size: tuple[int, int] | None = None,
-    width: int = 2,
-    font_size: int = 13,
-    colours: Sequence[RGB] | None = None,
-) -> Image.Image:
-    """Boxes with ``label score`` captions.
+def detection_marks(detections: Sequence[Mapping], image_size: tuple[int, int], display_size: tuple[int, int],
+                    colours: Sequence[RGB] | None = None) -> list[dict]:
+    """What the page draws for ``detections`` over the display image (static/draw.js ``drawDetections``): per
+    detection ``box`` ``[x0, y0, x1, y1]`` in display pixels, ``colour`` ``[r, g, b]`` and ``caption`` ``"label score"``.
 
     Args:
-        image: RGB display image (possibly smaller than the image the boxes refer to).
         detections: dicts with ``box=(x0, y0, x1, y1)`` in pixels of ``image_size``, ``label`` str, ``score`` float.
-        image_size: ``(width, height)`` the boxes refer to; ``None`` means ``image.size``.
+        image_size: ``(width, height)`` the boxes refer to (the analysed image).
+        display_size: ``(width, height)`` of the display image they are drawn on.
         colours: one per detection (default: the label's colour, :func:`label_color`).
-    Returns:
-        a new RGB image.
     """
-    out = image.convert("RGB").copy()
-    draw = ImageDraw.Draw(out)
-    ref_w, ref_h = image_size or out.size
-    sx, sy = out.width / ref_w, out.height / ref_h
-    font = _font(font_size)
+    sx, sy = display_size[0] / image_size[0], display_size[1] / image_size[1]
+    marks = []
     for index, det in enumerate(detections):
         x0, y0, x1, y1 = (float(v) for v in det["box"])
-        box = (x0 * sx, y0 * sy, x1 * sx, y1 * sy)
         colour = label_color(str(det["label"])) if colours is None else tuple(colours[index])
-        draw.rectangle(box, outline=colour, width=width)
-        caption = f"{det['label']} {float(det['score']):.2f}"
-        left, top, right, bottom = draw.textbbox((0, 0), caption, font=font)
-        text_w, text_h = right - left, bottom - top
-        tx = min(max(box[0], 0), max(out.width - text_w - 4, 0))
-        ty = box[1] - text_h - 4 if box[1] - text_h - 4 >= 0 else box[1]
-        draw.rectangle((tx, ty, tx + text_w + 4, ty + text_h + 4), fill=colour)
-        draw.text((tx + 2 - left, ty + 2 - top), caption, fill=(0, 0, 0), font=font)
-    return out
+        marks.append({"box": [round(x0 * sx, 2), round(y0 * sy, 2), round(x1 * sx, 2), round(y1 * sy, 2)],
+                      "colour": [int(c) for c in colour], "caption": f"{det['label']} {float(det['score']):.2f}"})
+    return marks
 
 
-def draw_cost(image: Image.Image, dense: Sequence[Mapping], pruned: Sequence[Mapping], diff,
-              image_size: tuple[int, int] | None = None) -> Image.Image:
-    """What pruning cost, drawn in :data:`COST_COLOURS` (:data:`COST_LEGEND`): the pruned detections that kept or moved a dense one, the
-    dense ones lost, and the pruned ones new (``diff``: :func:`bavit.engine.pruning_cost.match_detections`)."""
+def cost_marks(dense: Sequence[Mapping], pruned: Sequence[Mapping], diff, image_size: tuple[int, int],
+               display_size: tuple[int, int]) -> list[dict]:
+    """What pruning cost, as :func:`detection_marks` in :data:`COST_COLOURS` (:data:`COST_LEGEND`): the pruned
+    detections that kept or moved a dense one, the dense ones lost, and the pruned ones new (``diff``:
+    :func:`bavit.engine.pruning_cost.match_detections`)."""
     shown = ([(pruned[j], "kept") for _, j, _ in diff.kept] + [(pruned[j], "moved") for _, j, _ in diff.moved]
              + [(dense[i], "lost") for i in diff.lost] + [(pruned[j], "new") for j in diff.new])
-    return draw_detections(image, [det for det, _ in shown], image_size, colours=[COST_COLOURS[kind] for _, kind in shown])
+    return detection_marks([det for det, _ in shown], image_size, display_size,
+                           colours=[COST_COLOURS[kind] for _, kind in shown])
 
 
 def legend_html(items: Mapping[str, RGB]) -> str:

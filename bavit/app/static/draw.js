@@ -1,10 +1,21 @@
 /*
- * Drawing in the page: the grid overlays (bavit/app/viz.py overlay_cells: the blend lookup table, grid lines) and the
- * curve's markers (bavit/app/viz.py CurvePlot.with_points), on the figures' canvases. Each grid figure (#grid-raw,
- * #grid-cca) carries data-bits (row-major 0/1 of the 24x24 grid), data-kept (YOLOS patches kept) and data-source
- * ("client" or "server"), for tests and embedding.
+ * Drawing in the page: the grid overlays (bavit/app/viz.py overlay_cells: the blend lookup table, grid lines), the
+ * curve's markers (bavit/app/viz.py CurvePlot.with_points) and the detection boxes (bavit/app/viz.py
+ * detection_marks: boxes, colours and captions come made), on the figures' canvases. Each grid figure (#grid-raw,
+ * #grid-cca) carries data-bits (row-major 0/1 of the grid), data-kept (YOLOS patches kept) and data-source ("client"
+ * or "server"); each detection figure (#detections-pruned, #detections-dense) data-marks (its marks, JSON) and
+ * data-source; for tests and embedding.
  */
 const BG = 0, FG = 1, FLIPPED = 2;
+
+/** numpy's rint (half to even), for the blend table. */
+function pyRound(x) {
+  const floor = Math.floor(x);
+  const diff = x - floor;
+  if (diff < 0.5) return floor;
+  if (diff > 0.5) return floor + 1;
+  return floor % 2 === 0 ? floor : floor + 1;
+}
 
 /** lut[cls][channel][v] = rint((1 - alpha) * v + alpha * colour), numpy's rint (half to even). */
 function blendTable(colour, alpha) {
@@ -113,5 +124,43 @@ function drawCurve(figure, base, point, measured) {
   }
   figure.dataset.cca = String(point.cca);
   figure.dataset.threshold = String(point.threshold);
+  figure.classList.add("bavit-loaded");
+}
+
+/** The display image with detection `marks` ([{box: [x0, y0, x1, y1] display px, colour: [r, g, b], caption}]) into
+ * the figure `id` (boxes 2 px wide, captions on a box of their colour); `marks` null hides the figure. */
+function drawDetections(id, p, marks, source) {
+  const figure = document.getElementById(id);
+  if (!figure) return;
+  if (!marks) {
+    figure.classList.remove("bavit-loaded");
+    delete figure.dataset.marks;
+    delete figure.dataset.source;
+    return;
+  }
+  const canvas = figure.querySelector("canvas");
+  canvas.width = p.display.width;
+  canvas.height = p.display.height;
+  const ctx = canvas.getContext("2d");
+  ctx.putImageData(p.display.pixels, 0, 0);
+  ctx.font = "13px sans-serif";
+  ctx.textBaseline = "top";
+  ctx.lineWidth = 2;
+  const textHeight = 13;
+  for (const mark of marks) {
+    const [x0, y0, x1, y1] = mark.box;
+    const colour = `rgb(${mark.colour.join(",")})`;
+    ctx.strokeStyle = colour;
+    ctx.strokeRect(x0, y0, x1 - x0, y1 - y0);
+    const width = ctx.measureText(mark.caption).width;
+    const tx = Math.min(Math.max(x0, 0), Math.max(canvas.width - width - 4, 0));
+    const ty = y0 - textHeight - 4 >= 0 ? y0 - textHeight - 4 : y0;
+    ctx.fillStyle = colour;
+    ctx.fillRect(tx, ty, width + 4, textHeight + 4);
+    ctx.fillStyle = "rgb(0,0,0)";
+    ctx.fillText(mark.caption, tx + 2, ty + 2);
+  }
+  figure.dataset.marks = JSON.stringify(marks);
+  figure.dataset.source = source;
   figure.classList.add("bavit-loaded");
 }

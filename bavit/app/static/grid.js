@@ -1,23 +1,32 @@
 /*
  * BAViT Explorer in the browser: the page's state and its events. Data comes from the server (bavit/app/page.py)
- * as JSON in the hidden #page-state textbox, one message per server event: "image" (a new image: its FG
- * probabilities, display image, calibration, accounting, and the server's view of it), "view" (a server render: grid
- * bits and the curve's points), "curve" (the base plot of one CCA setting) and "clear". The server stays the source
- * of truth: every server message repaints, and the page only computes (rule.js, texts.js) while the detector is off.
+ * as JSON in the hidden #page-state textbox, one message per server event: "image" (a new image: its display image
+ * and the server's view of it), "view" (a server render: grid bits, the curve's point, detection marks, and the grid
+ * ladder of its sparsity control and CCA setting when the page lacks it), "rungs" (detections the background computed
+ * at more slider positions), "curve" (the base plot of one CCA setting) and "clear". The page computes nothing: a
+ * slider move shows what the ladders hold for the new position (Python's grids, texts and detections) and asks the
+ * server (click #server-update) for what they lack. Every server message repaints.
  * Gradio calls window.bavitGrid.slider(...) on slider input (an event with js= and fn=None) and
  * window.bavitGrid.receive(json) when #page-state changes.
  */
 const state = {
   payload: null,  // the current image's data (see receive "image"); null before an image or after clear
+  ladders: new Map(),  // "mode|cca" -> grid ladder {slider, values, rungs, grids, texts} (bavit/app/page.py)
+  job: null,  // the detection ladder the results belong to: {id, mode, cca, detect, dense}
+  results: new Map(),  // keep mask (index into its ladder's grids) -> {detections, message, latency, speedup}
   bases: new Map(),  // CCA steps -> {image, width, height, left, right}
   measured: new Map(),  // CCA steps -> [[threshold, speed-up], ...] measured by the server
   requested: new Set(),  // CCA steps whose base plot was asked for
   point: null,  // the curve's current point {cca, threshold, sparsity, speedup}
   gt: false,  // the image has a GT grid: its comparison panel follows the grid, so the server answers sliders
-  localChanges: 0,  // slider changes answered here (for tests and the bench)
+  localChanges: 0,  // slider moves answered here (for tests and the bench)
+  localDetections: 0,  // of them, those answered with the detection ladder's detections
+  serverAsks: 0,  // slider moves sent to the server
+  stale: 0,  // server answers dropped: the slider had moved on
+  current: null,  // the controls the page shows {mode, threshold, target, cca}
   received: 0,  // server messages applied (for tests and the bench)
-  idleMoves: 0,  // slider moves with no image: nothing computed, nothing asked (for tests)
-  last: null,  // the last local result {sparsity, tokens} (markdown strings)
+  idleMoves: 0,  // slider moves with no image: nothing shown, nothing asked (for tests)
+  last: null,  // the last local answer {sparsity, tokens} (markdown strings)
 };
 
 /** The curve of the current CCA setting with its markers, once its base has arrived (else it is asked for). */
@@ -39,12 +48,6 @@ function requestCurve(steps) {
   button.click();  // its event reads the CCA slider, which holds `steps` now
 }
 
-function decodeFloat32(b64) {
-  const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
-  const view = new DataView(bytes.buffer);
-  return Float32Array.from({length: bytes.length / 4}, (_, i) => view.getFloat32(4 * i, true));
-}
-
 async function loadImage(url) {
   const image = new Image();
   image.src = url;
@@ -59,22 +62,11 @@ async function preparePayload(message) {
   canvas.height = message.height;
   const ctx = canvas.getContext("2d", {willReadFrequently: true});
   ctx.drawImage(image, 0, 0, message.width, message.height);
-  const probs = decodeFloat32(message.probs);
   const palette = message.palette;
   return {
     key: message.key,
     side: message.side,
-    yolosGrid: message.yolos_grid,
-    resample: message.resample,
-    probs,
-    order: rankCells(probs),
-    calibration: message.calibration,
-    modes: message.modes,
-    accounting: {
-      bavitPatches: message.accounting.bavit_patches, bavitLayers: message.accounting.bavit_layers,
-      yolosPatches: message.accounting.yolos_patches, yolosLayers: message.accounting.yolos_layers,
-      denseMacs: message.accounting.dense_macs, pipelineMacs: message.accounting.pipeline_macs,
-    },
+    detector: message.detector,
     display: {width: message.width, height: message.height,
               pixels: ctx.getImageData(0, 0, message.width, message.height)},
     tables: [BG, FG, FLIPPED].map((cls) => blendTable(palette[cls][0], palette[cls][1])),
@@ -87,11 +79,63 @@ async function addBase(curve) {
   state.bases.set(curve.cca, {image, width: curve.width, height: curve.height, left: curve.left, right: curve.right});
 }
 
+/** hex of row-major bits (4 per digit, the first bit the highest) -> Uint8Array of `cells` 0/1 (page.grid_hex). */
+function decodeGrid(hex, cells) {
+  const grid = new Uint8Array(cells);
+  for (let i = 0; i < cells; i++) grid[i] = (parseInt(hex[i >> 2], 16) >> (3 - (i & 3))) & 1;
+  return grid;
+}
+
+function addLadder(p, ladder) {
+  const cells = p.side * p.side;
+  state.ladders.set(`${ladder.mode}|${ladder.cca}`, {
+    slider: ladder.slider, values: ladder.values, rungs: ladder.rungs, texts: ladder.texts,
+    grids: ladder.grids.map((hex) => decodeGrid(hex, cells)),
+  });
+}
+
+/** The detection ladder the page's results belong to (a new one drops the old one's results). */
+function setJob(job) {
+  if (!job || !state.job || state.job.id !== job.id) state.results = new Map();
+  state.job = job || null;
+}
+
+/** Detection-ladder rungs: keep their results, and their speed-ups as measured points of the curve. */
+function addRungs(message) {
+  if (!message.job) return;
+  setJob(message.job);  // the session's ladder now (its view may have been the message that was lost)
+  const ladder = state.ladders.get(`${message.job.mode}|${message.job.cca}`);
+  for (const [mask, result] of Object.entries(message.results)) {
+    if (state.results.has(Number(mask))) continue;
+    state.results.set(Number(mask), result);
+    if (!ladder || result.failed || result.speedup === null || result.speedup === undefined) continue;
+    const points = state.measured.get(message.job.cca) || [];
+    for (const rung of ladder.rungs) {
+      if (rung && rung[1] === Number(mask)) points.push([rung[3], result.speedup]);
+    }
+    state.measured.set(message.job.cca, points);
+  }
+}
+
+function sameControls(a, b) {
+  return a.mode === b.mode && a.cca === b.cca && Math.abs(a.threshold - b.threshold) < 1e-9
+    && Math.abs(a.target - b.target) < 1e-9;
+}
+
 function applyView(view) {
   const p = state.payload;
   if (!p || view.key !== p.key) return;
+  if (view.slider && state.current && !sameControls(view.controls, state.current)) {
+    state.stale += 1;  // the answer to a slider position the page has left: the page's own answer stays, and the
+    return askServer();  // server is asked again, so that its last answer (texts too) is the slider's position
+  }
+  state.current = view.controls;
   const grid = (text) => Uint8Array.from(text, Number);
   paintGrids(p, {raw: grid(view.raw), cca: grid(view.cca), kept: view.kept}, "server");
+  if (view.ladder) addLadder(p, view.ladder);
+  if ("job" in view) setJob(view.job);
+  if ("detections" in view) drawDetections("detections-pruned", p, view.detections, "server");
+  if ("dense" in view) drawDetections("detections-dense", p, view.dense, "server");
   state.gt = view.gt;
   state.measured.set(view.curve.cca, view.curve.measured);
   state.point = view.curve.point;
@@ -100,25 +144,40 @@ function applyView(view) {
 
 function clear() {
   state.payload = null;
+  state.current = null;
   state.point = null;
   state.gt = false;
+  state.job = null;
+  state.ladders.clear();
+  state.results.clear();
   state.bases.clear();
   state.measured.clear();
   state.requested.clear();
-  for (const id of ["grid-raw", "grid-cca", "curve"]) {
+  for (const id of ["grid-raw", "grid-cca", "curve", "detections-pruned", "detections-dense"]) {
     const figure = document.getElementById(id);
     if (!figure) continue;
     figure.classList.remove("bavit-loaded");
-    for (const key of ["bits", "kept", "source", "cca", "threshold"]) delete figure.dataset[key];
+    for (const key of ["bits", "kept", "source", "cca", "threshold", "marks"]) delete figure.dataset[key];
   }
 }
 
 let queue = Promise.resolve();  // messages are applied in arrival order (decoding images is asynchronous)
 
-/** A message from the server (#page-state's new value, JSON). */
-function receive(text) {
-  if (!text) return [];
+/**
+ * A message from the server (#page-state's new value, JSON), with the text panels as they are; returns them, or
+ * the texts of a slider's server answer while the slider is still at its position (the order of a slider's texts
+ * and grids is the page's: an answer to a position it has left changes neither, and the server is asked again).
+ */
+function receive(text, ...panels) {
+  const shown = panels.slice(0, 4);
+  if (!text) return shown;
   const message = JSON.parse(text);
+  let answer = shown;
+  if (message.kind === "view" && message.slider && message.texts && state.payload && message.key === state.payload.key
+      && !(state.current && !sameControls(message.controls, state.current))) {
+    const texts = message.texts;
+    answer = ["sparsity", "tokens", "latency", "det_message"].map((key, i) => (key in texts ? texts[key] : shown[i]));
+  }
   queue = queue.then(async () => {
     if (message.kind === "clear") return clear();
     if (message.kind === "image") {
@@ -130,6 +189,7 @@ function receive(text) {
     }
     if (!state.payload || message.key !== state.payload.key) return;  // for an image no longer shown
     if (message.kind === "view") return applyView(message);
+    if (message.kind === "rungs") return addRungs(message);
     if (message.kind === "curve") {
       await addBase(message);
       state.measured.set(message.cca, message.measured);
@@ -138,52 +198,85 @@ function receive(text) {
     }
   }).catch((error) => console.error("bavit: could not apply a server message", error))
     .finally(() => { state.received += 1; });
-  return [];
+  return answer;
+}
+
+/** A grid-ladder rung: the ladder's answer at one slider value, or null where the page lacks it. */
+function rungAt(ladder, value) {
+  const values = ladder.values;
+  const v = Number(value);
+  const index = Math.round((v - values[0]) / (values[1] - values[0]));
+  if (!(index >= 0 && index < values.length) || Math.abs(values[index] - v) > 1e-9) return null;
+  const rung = ladder.rungs[index];
+  if (!rung) return null;
+  const [raw, mask, kept, x, percent, sparsity, tokens] = rung;
+  return {raw: ladder.grids[raw], cca: ladder.grids[mask], mask, kept, x, percent, sparsity: ladder.texts[sparsity],
+          tokens: ladder.texts[tokens]};
+}
+
+/** The detection ladder's answer at keep mask `mask` for these controls, or undefined. */
+function resultAt(mask, mode, ccaSteps, detect, showDense) {
+  const job = state.job;
+  if (!job || job.mode !== mode || job.cca !== Number(ccaSteps) || job.detect !== Boolean(detect)
+      || job.dense !== Boolean(showDense)) return undefined;
+  const result = state.results.get(mask);
+  return result && !result.failed ? result : undefined;
+}
+
+function askServer() {
+  state.serverAsks += 1;
+  const button = document.getElementById("server-update");
+  if (button) button.click();  // its event reads the same controls
 }
 
 /**
- * A slider moved (threshold, target sparsity or CCA steps). Without an image there is nothing to compute: the
- * texts stay as they are (counted in state.idleMoves). Grid-only with an image's data here (and no GT to compare
- * with): compute and draw in the page, and return the new sparsity and token texts (the event's outputs).
- * Otherwise ask the server (click the hidden #server-update button, whose event sends the same controls) and return
- * the texts unchanged.
+ * A slider moved (threshold, target sparsity or CCA steps). Without an image there is nothing to show (counted in
+ * state.idleMoves). With the new position in the grid ladder (and no GT to compare with), the page draws its grids
+ * and the curve's point and returns its sparsity text and token table; with the detector on, the detection ladder's
+ * detections, message and latency there too. Whatever the ladders lack is asked of the server, whose answer then
+ * replaces the page's. Returns the event's outputs [sparsity, tokens, latency, detection message].
  */
-function slider(mode, threshold, target, ccaSteps, detect, showDense, sparsityMd, tokensMd) {
+function slider(mode, threshold, target, ccaSteps, detect, showDense, sparsityMd, tokensMd, latencyMd, messageMd) {
+  const unchanged = [sparsityMd, tokensMd, latencyMd, messageMd];
   const p = state.payload;
   if (!p) {
     state.idleMoves += 1;
-    return [sparsityMd, tokensMd];
+    return unchanged;
   }
-  const controls = {mode, threshold, target, ccaSteps};
-  let result = null;
-  try {
-    result = !detect && !state.gt && p && p.resample === "nearest" ? analyze(p, controls) : null;
-  } catch (error) {  // never leave the page without an answer: the server has the same rule
-    console.error("bavit: the page could not apply the keep-mask rule; asking the server", error);
+  state.current = {mode, threshold: Number(threshold), target: Number(target), cca: Number(ccaSteps)};
+  const ladder = state.gt ? null : state.ladders.get(`${mode}|${Number(ccaSteps)}`);
+  const rung = ladder ? rungAt(ladder, ladder.slider === "threshold" ? threshold : target) : null;
+  if (!rung) {
+    askServer();
+    return unchanged;
   }
-  if (!result) {
-    const button = document.getElementById("server-update");
-    if (button) button.click();
-    return [sparsityMd, tokensMd];
+  paintGrids(p, rung, "client");
+  let latency = latencyMd, message = messageMd, speedup = null;
+  if (detect && p.detector) {
+    const result = resultAt(rung.mask, mode, ccaSteps, detect, showDense);
+    if (result) {
+      drawDetections("detections-pruned", p, result.detections, "client");
+      [latency, message, speedup] = [result.latency, result.message, result.speedup];
+      state.localDetections += 1;
+    } else {
+      askServer();
+    }
   }
-  paintGrids(p, result, "client");
-  const steps = Number(ccaSteps);
-  const sparsity = 100.0 * (1.0 - result.kept / p.accounting.yolosPatches);
-  state.point = {cca: steps, threshold: effectiveThreshold(p, result), sparsity, speedup: null};
+  state.point = {cca: Number(ccaSteps), threshold: rung.x, sparsity: rung.percent, speedup};
   paintCurve();
   state.localChanges += 1;
-  state.last = {sparsity: sparsityText(p, result, controls), tokens: tokensTable(p, result.kept)};
-  return [state.last.sparsity, state.last.tokens];
+  state.last = {sparsity: rung.sparsity, tokens: rung.tokens};
+  return [rung.sparsity, rung.tokens, latency, message];
 }
 
-/** A copy of a payload with other FG probabilities (a flat array of G*G float32 values), for tests. */
-function withProbs(p, values) {
-  const probs = Float32Array.from(values);
-  return {...p, probs, order: rankCells(probs)};
+/**
+ * The page's timer ticks: its `inputs` values (the session, the controls, the ack box last; Gradio passes one more
+ * argument) with the ack put in: the detection ladder's results the page holds, so that the server sends those it
+ * lacks (a #page-state message can be lost when two arrive at once).
+ */
+function tick(inputs, ...values) {
+  const ack = {job: state.job ? state.job.id : null, masks: [...state.results.keys()]};
+  return [...values.slice(0, inputs - 1), JSON.stringify(ack)];
 }
 
-window.bavitGrid = {
-  slider, receive, state,
-  // the ports, for tests: analyze(payload, controls) -> {settings, raw, cca, kept}, the texts, the formatting
-  analyze, sparsityText, tokensTable, effectiveThreshold, bits, withProbs, pyFixed, pyRound, interp,
-};
+window.bavitGrid = {slider, receive, tick, state, bits};
