@@ -136,6 +136,9 @@ def test_object_pixels_per_patch_counts_the_resized_mask():
     assert counts[0, 0] == 256 and counts[31, 31] == 64 and counts.sum() == 256 + 64
     wide = _rect(32, 128, (0, 16), (64, 128))  # aspect not kept: 128x32 -> 64x64
     assert object_pixels_per_patch(wide, 64, 4).tolist() == OBJECTS_AT_64[3]
+    halved = np.zeros((64, 64), dtype=bool)
+    halved[1, 1] = halved[2, 2] = True  # at half size, nearest neighbour reads pixel (2i + 1, 2j + 1): (1, 1) only
+    assert object_pixels_per_patch(halved, 32, 2).tolist() == [[1, 0], [0, 0]]
     with pytest.raises(ValueError, match="multiple"):
         object_pixels_per_patch(mask, 500, 32)
 
@@ -144,7 +147,8 @@ def test_scan_yields_batches_with_the_apps_probabilities_and_the_objects_by_hand
     records = records_of(coco)
     runs = []
     set_images = predictor.set_images
-    monkeypatch.setattr(predictor, "set_images", lambda images, **kw: runs.append(len(images)) or set_images(images, **kw))
+    monkeypatch.setattr(predictor, "set_images",
+                        lambda images, **kw: runs.append(len(images)) or set_images(images, **kw))
     scan = scan_images(predictor, records, split="val2017", batch_size=3)
     first = next(scan)
     assert runs == [3] and len(first) == 3  # the first rows come before the rest is computed
@@ -287,7 +291,8 @@ def test_cli_writes_the_table_as_csv_and_json(coco, checkpoint, tmp_path, capsys
     prunes every patch of this BAViT (its probabilities stay below 1), so each image loses all of them."""
     common = ["costs", "--ann", str(coco / "annotations" / "instances_val2017.json"), "--images", str(coco / "val2017"),
               "--bavit", str(checkpoint), "--backend", "torch", "--cca-steps", "0", "--no-progress"]
-    assert main([*common, "--threshold", "1", "--csv", str(tmp_path / "c.csv"), "--json", str(tmp_path / "c.json")]) == 0
+    outputs = ["--csv", str(tmp_path / "c.csv"), "--json", str(tmp_path / "c.json")]
+    assert main([*common, "--threshold", "1", *outputs]) == 0
     out = capsys.readouterr().out
     assert out.startswith("## threshold 1, 0 CCA steps: 4 images, by lost (most first)")
     with open(tmp_path / "c.csv", newline="") as handle:

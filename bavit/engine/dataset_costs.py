@@ -26,9 +26,10 @@ import csv
 import io
 import json
 import math
+import os
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Iterator, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -73,7 +74,7 @@ class ScannedImage:
 
     file_name: str  # the image's file name (what the app's GT index looks it up by)
     path: Path  # where it was read
-    image_id: Union[int, str, None]  # the dataset's id (COCO: an int)
+    image_id: int | str | None  # the dataset's id (COCO: an int)
     split: str  # e.g. "val2017" ("" when the folder was given directly)
     fg_prob: np.ndarray  # float32 [G, G] BAViT FG probabilities (G = 16 for the shipped model)
     object_pixels: np.ndarray  # int64 [Y, Y] object pixels per detector patch at its input (Y = 32 at 512 px)
@@ -132,14 +133,14 @@ class CostRow:
     """What one setting costs one image (a row of :func:`cost_rows`; the CSV's columns, in this order)."""
 
     file_name: str
-    image_id: Union[int, str, None]
+    image_id: int | str | None
     split: str
     kept_patches: int  # detector patches the keep mask computes (of Y * Y)
     sparsity: float  # fraction of the detector patches pruned: 1 - kept_patches / Y**2
     object_pixels: int  # the image's object pixels at the detector's input (512x512)
     object_pixels_lost: int  # of those, the ones in pruned patches
     lost_fraction: float  # object_pixels_lost / object_pixels (0.0 for an image without objects)
-    threshold: Optional[float]  # the threshold applied (a calibrated sparsity resolved to it); None for top-k
+    threshold: float | None  # the threshold applied (a calibrated sparsity resolved to it); None for top-k
     path: str  # where the image was read
 
 
@@ -219,7 +220,7 @@ def cost_totals(rows: Sequence[CostRow]) -> dict:
     }
 
 
-def setting_words(settings: PruningSettings, threshold: Optional[float] = None) -> str:
+def setting_words(settings: PruningSettings, threshold: float | None = None) -> str:
     """A setting in words, e.g. ``"calibrated mean sparsity 35% (threshold 0.372), 3 CCA steps"``."""
     if settings.sparsity is not None:
         resolved = "" if threshold is None else f" (threshold {threshold:.3g})"
@@ -233,7 +234,7 @@ def setting_words(settings: PruningSettings, threshold: Optional[float] = None) 
     return f"{selection}, {settings.cca_steps} CCA steps"
 
 
-def _percent(value: Optional[float]) -> str:
+def _percent(value: float | None) -> str:
     return "-" if value is None or math.isnan(value) else f"{100 * value:.1f}%"
 
 
@@ -273,8 +274,8 @@ def costs_report(rows: Sequence[CostRow], settings: PruningSettings, **about) ->
             "rows": [asdict(row) for row in rows]}
 
 
-def write_costs(rows: Sequence[CostRow], settings: PruningSettings, csv_path=None, json_path=None,
-                **about) -> None:
+def write_costs(rows: Sequence[CostRow], settings: PruningSettings, csv_path: str | os.PathLike | None = None,
+                json_path: str | os.PathLike | None = None, **about) -> None:
     """Write the rows as CSV (:func:`costs_csv`) and as JSON (:func:`costs_report`) where a path is given, each
     atomically (:func:`bavit.files.write_text`)."""
     if csv_path:
@@ -283,6 +284,6 @@ def write_costs(rows: Sequence[CostRow], settings: PruningSettings, csv_path=Non
         write_text(json_path, json.dumps(costs_report(rows, settings, **about), indent=2) + "\n")
 
 
-__all__ = ["CostRow", "DEFAULT_BATCH_SIZE", "SORTS", "ScannedImage", "cost_rows", "cost_totals", "costs_csv",
+__all__ = ["DEFAULT_BATCH_SIZE", "SORTS", "CostRow", "ScannedImage", "cost_rows", "cost_totals", "costs_csv",
            "costs_report", "format_costs", "object_pixels_per_patch", "scan_images", "setting_words", "sort_rows",
            "write_costs"]
