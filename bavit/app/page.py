@@ -205,10 +205,11 @@ DATASET_SCAN_BUTTON = "Scan the dataset"
 
 
 def dataset_caption(row: CostRow) -> str:
-    """A dataset gallery item's caption: the share and count of its object pixels the setting prunes away from the
-    detector, its sparsity and its image id, e.g. ``"lost 12.3% (1,234 px) · sparsity 45.6% · image 139"``."""
+    """A dataset gallery item's caption, short enough for its thumbnail: the share and count of its object pixels the
+    setting prunes away from the detector and its sparsity, e.g. ``"lost 12.3% (1,234 px) · sparsity 45.6%"`` (the
+    image's id shows in the GT panel once it is opened)."""
     lost = "no objects" if not row.object_pixels else f"lost {row.lost_fraction:.1%} ({row.object_pixels_lost:,} px)"
-    return f"{lost} · sparsity {row.sparsity:.1%} · image {row.image_id}"
+    return f"{lost} · sparsity {row.sparsity:.1%}"
 
 
 def dataset_prompt(split: str) -> str:

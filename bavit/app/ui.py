@@ -433,6 +433,7 @@ MODE_INFO_UNCALIBRATED = ("Top-k: this image held at the target sparsity. (This 
 CSS = """
 #banner {background: #fff3cd; border: 1px solid #e0b100; border-radius: 6px; padding: 4px 12px;}
 #tokens table {font-variant-numeric: tabular-nums;}
+#dataset-gallery .caption-label {max-width: calc(100% - 8px); white-space: normal;}
 """
 
 
@@ -585,7 +586,7 @@ def _dataset_view(explorer: Explorer) -> dict[str, Any]:
             resort = gr.Button("Sort at the current setting", elem_id="dataset-resort", scale=1)
         summary = gr.Markdown(page.dataset_prompt(scan.split), elem_id="dataset-summary")
         gallery = gr.Gallery(label="The dataset's images, most costly first (click one to open it above)",
-                             elem_id="dataset-gallery", columns=6, height=DATASET_GALLERY_HEIGHT, allow_preview=False,
+                             elem_id="dataset-gallery", columns=4, height=DATASET_GALLERY_HEIGHT, allow_preview=False,
                              object_fit="cover", interactive=False)
     return {"box": box, "scan": button, "sort": sort, "resort": resort, "summary": summary, "gallery": gallery}
 
