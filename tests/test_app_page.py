@@ -93,11 +93,13 @@ def test_the_ladder_holds_pythons_answer_at_every_slider_position(explorer, hand
         checked += 1
     assert checked > 50 and len(ladder["grids"]) < 2 * checked  # equal grids are sent once
 
-    # a new CCA setting's event brings its ladder once; the page then has it
-    first = json.loads(handlers.page_slider(session, MODE_THRESHOLD, 0.4, 35, 1, False, False)[0])
-    again = json.loads(handlers.page_slider(session, MODE_THRESHOLD, 0.41, 35, 1, False, False)[0])
+    # a new CCA setting's event brings its ladder; other events leave it out (the page has it), but a grid-only
+    # slider answer brings it again: without the detector the page asks only when it lacks it
+    first = json.loads(handlers.page_controls(session, MODE_THRESHOLD, 0.4, 35, 1, False, False)[0])
+    again = json.loads(handlers.page_controls(session, MODE_THRESHOLD, 0.41, 35, 1, False, False)[0])
+    asked = json.loads(handlers.page_slider(session, MODE_THRESHOLD, 0.42, 35, 1, False, False)[0])
     assert first["ladder"]["values"] == [round(i * 0.01, 2) for i in range(101)] and first["ladder"]["cca"] == 1
-    assert "ladder" not in again
+    assert "ladder" not in again and asked["ladder"] == first["ladder"]
     top = first["ladder"]["rungs"][100]  # threshold 1.0: nothing above it but the top cell of the rule's >=
     expected = explorer.analyze(session, Controls(mode=MODE_THRESHOLD, threshold=1.0, cca_steps=1, detect=False))
     assert top[2] == int(expected.keep_mask.sum())
@@ -123,7 +125,8 @@ def test_slider_event_sends_only_what_changes(explorer, handlers):
     # the texts travel with the grids; no detector weights: the detection message cannot change, so it is not sent
     assert set(view["texts"]) == {"sparsity", "tokens", "latency"} and view["slider"] is True
     assert "threshold 0.40" in view["texts"]["sparsity"] and "YOLOS pruned" in view["texts"]["tokens"]
-    assert view["controls"] == {"mode": MODE_THRESHOLD, "threshold": 0.4, "target": 35.0, "cca": 2}
+    assert view["controls"] == {"mode": MODE_THRESHOLD, "threshold": 0.4, "target": 35.0, "cca": 2, "detect": True,
+                                "dense": False}
     expected = keep_mask_from_probs(torch.from_numpy(np.array(session.prepared.fg_prob)), PruningSettings(threshold=0.4, cca_steps=2))
     assert (view["raw"], view["cca"], view["kept"]) == (bits(expected.grid_raw), bits(expected.grid_cca),
                                                        int(expected.kept_patches))

@@ -347,7 +347,7 @@ def view_message(explorer, session: ImageSession, view: dict[str, Any], controls
     the speed-ups measured so far for that CCA setting; ``detections`` / ``dense`` (marks, ``null`` = hide) where
     the view computed them; the grid ``ladder`` of its sparsity control and CCA setting when the page does not have
     it yet (:func:`ladder_message`) and the ``job`` its detection ladder is (:func:`job_info`); ``controls``
-    ``{mode, threshold, target, cca}`` it answers and ``slider`` (it answers a slider move the page asked the server for: the page
+    ``{mode, threshold, target, cca, detect, dense}`` it answers and ``slider`` (it answers a slider move the page asked the server for: the page
     drops it when the slider has moved on since, and asks again) with its ``texts`` (:data:`TEXT_KEYS`, those it
     computed)."""
     analysis, record = view["analysis"], view["record"]
@@ -363,13 +363,15 @@ def view_message(explorer, session: ImageSession, view: dict[str, Any], controls
                "kept": int(analysis.accounting.kept_patches), "gt": session.gt is not None,
                "curve": {"cca": cca_steps, "point": point, "measured": _measured(session, cca_steps)},
                "controls": {"mode": controls.mode, "threshold": controls.threshold,
-                            "target": controls.target_sparsity, "cca": controls.cca_steps},
+                            "target": controls.target_sparsity, "cca": controls.cca_steps,
+                            "detect": controls.detect, "dense": controls.show_dense},
                "slider": slider}
     for key, name in (("det_pruned", "detections"), ("det_dense", "dense")):
         if key in view:
             message[name] = view[key]
     ladder = view.get("ladder")
-    if ladder is not None and (ladder.mode, ladder.cca_steps) not in session.sent:
+    # once per ladder, and again with a grid-only slider answer (the page asked: it lacks the ladder, or lost it)
+    if ladder is not None and ((ladder.mode, ladder.cca_steps) not in session.sent or (slider and not controls.detect)):
         session.sent.add((ladder.mode, ladder.cca_steps))
         message["ladder"] = ladder_message(ladder)
     if "job" in view:

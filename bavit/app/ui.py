@@ -184,7 +184,8 @@ class Handlers:
       timer]`` (``timer``: the page's timer switched on when the view waits for something it fills in);
     - ``page_paint(session, editor, *controls)`` -> ``[gt_grid, gt_confusion, gt_stats, page_state]``;
     - ``page_curve(session, cca_steps)`` -> page_state (the base plot of that CCA setting);
-    - ``page_latency(session, *controls)`` -> ``[page_state, *TIMER_KEYS, timer]``: each filled in once what it waits
+    - ``page_latency(session, *controls, ack)`` -> ``[page_news, *TIMER_KEYS, timer]`` (``page_news``: the timer's
+      own message box, read like ``page_state``): each filled in once what it waits
       for is there (else ``gr.skip()``): the panels once their medians are there, the detections once the detector
       is built, or the detection ladder's new rungs; the controls move the ladder to the slider's position. The
       timer is switched off once nothing waits.
@@ -523,6 +524,8 @@ def _build_demo(explorer: Explorer, examples: list[str] | None, coco_examples: l
         dataset = _dataset_view(explorer) if explorer.dataset is not None else None
         with gr.Row(elem_classes=["bavit-hidden"]):  # the page's wiring to static/grid.js (rendered, not shown)
             page_state = gr.Textbox(elem_id="page-state", label="page state (JSON for grid.js)", max_lines=1)
+            # the timer's own channel: a textbox set by two event streams at once can drop a value in the page
+            page_news = gr.Textbox(elem_id="page-news", label="timer messages (JSON for grid.js)", max_lines=1)
             page_ack = gr.Textbox(elem_id="page-ack", label="what the page holds (JSON from grid.js)", max_lines=1)
             server_update = gr.Button("server update", elem_id="server-update")  # grid.js clicks these two
             curve_request = gr.Button("curve request", elem_id="curve-request")
@@ -555,12 +558,13 @@ def _build_demo(explorer: Explorer, examples: list[str] | None, coco_examples: l
                             show_api=False, show_progress="hidden", queue=False, preprocess=False)
         # grid.js applies each message; a slider's server answer brings its texts, which it returns while current
         texts = [sparsity, tokens, latency, det_message]
-        page_state.change(None, [page_state, *texts], texts, js="(...values) => window.bavitGrid.receive(...values)")
+        for channel in (page_state, page_news):
+            channel.change(None, [channel, *texts], texts, js="(...values) => window.bavitGrid.receive(...values)")
         # A latency panel that said "warming up" fills itself in once the background timing has its medians: a
         # cheap tick (off the queue, like the curve request) answers nothing until then, and nothing after.
         # The tick's js puts the page's ack (the detection-ladder results it holds) in the hidden #page-ack box.
         tick_inputs = [session_state, *control_inputs, page_ack]
-        timer.tick(handlers.page_latency, tick_inputs, [page_state, latency, det_message, timer], preprocess=False,
+        timer.tick(handlers.page_latency, tick_inputs, [page_news, latency, det_message, timer], preprocess=False,
                    js=f"(...values) => window.bavitGrid.tick({len(tick_inputs)}, ...values)",
                    api_name="page_latency", show_api=False, show_progress="hidden", queue=False)
         # Raw values (preprocess=False): the editor's layers arrive as uploaded files, read under the upload limits

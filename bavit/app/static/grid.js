@@ -23,7 +23,7 @@ const state = {
   localDetections: 0,  // of them, those answered with the detection ladder's detections
   serverAsks: 0,  // slider moves sent to the server
   stale: 0,  // server answers dropped: the slider had moved on
-  current: null,  // the controls the page shows {mode, threshold, target, cca}
+  current: null,  // the controls the page shows {mode, threshold, target, cca, detect, dense, waiting}
   received: 0,  // server messages applied (for tests and the bench)
   idleMoves: 0,  // slider moves with no image: nothing shown, nothing asked (for tests)
   last: null,  // the last local answer {sparsity, tokens} (markdown strings)
@@ -129,7 +129,8 @@ function applyView(view) {
     state.stale += 1;  // the answer to a slider position the page has left: the page's own answer stays, and the
     return askServer();  // server is asked again, so that its last answer (texts too) is the slider's position
   }
-  state.current = view.controls;
+  if (!view.slider || !state.current) state.current = {...view.controls, waiting: false};
+  else if ("detections" in view) state.current.waiting = false;
   const grid = (text) => Uint8Array.from(text, Number);
   paintGrids(p, {raw: grid(view.raw), cca: grid(view.cca), kept: view.kept}, "server");
   if (view.ladder) addLadder(p, view.ladder);
@@ -164,6 +165,25 @@ function clear() {
 let queue = Promise.resolve();  // messages are applied in arrival order (decoding images is asynchronous)
 
 /**
+ * The result in a rungs message for the position the page shows, when the page waits for it (it asked the server,
+ * whose answer may be lost with messages that arrive at once): its detections are drawn, its texts returned.
+ */
+function currentResult(message) {
+  const current = state.current, p = state.payload;
+  if (!current || !current.waiting || !p || message.key !== p.key || !message.job) return null;
+  const job = message.job;
+  if (job.mode !== current.mode || job.cca !== current.cca || job.detect !== current.detect
+      || job.dense !== current.dense) return null;
+  const ladder = state.ladders.get(`${job.mode}|${job.cca}`);
+  const rung = ladder ? rungAt(ladder, ladder.slider === "threshold" ? current.threshold : current.target) : null;
+  const result = rung ? message.results[String(rung.mask)] : undefined;
+  if (!result || result.failed) return null;
+  current.waiting = false;
+  drawDetections("detections-pruned", p, result.detections, "client");
+  return result;
+}
+
+/**
  * A message from the server (#page-state's new value, JSON), with the text panels as they are; returns them, or
  * the texts of a slider's server answer while the slider is still at its position (the order of a slider's texts
  * and grids is the page's: an answer to a position it has left changes neither, and the server is asked again).
@@ -177,6 +197,9 @@ function receive(text, ...panels) {
       && !(state.current && !sameControls(message.controls, state.current))) {
     const texts = message.texts;
     answer = ["sparsity", "tokens", "latency", "det_message"].map((key, i) => (key in texts ? texts[key] : shown[i]));
+  } else if (message.kind === "rungs") {
+    const result = currentResult(message);
+    if (result) answer = [shown[0], shown[1], result.latency, result.message];
   }
   queue = queue.then(async () => {
     if (message.kind === "clear") return clear();
@@ -243,7 +266,8 @@ function slider(mode, threshold, target, ccaSteps, detect, showDense, sparsityMd
     state.idleMoves += 1;
     return unchanged;
   }
-  state.current = {mode, threshold: Number(threshold), target: Number(target), cca: Number(ccaSteps)};
+  state.current = {mode, threshold: Number(threshold), target: Number(target), cca: Number(ccaSteps),
+                   detect: Boolean(detect), dense: Boolean(showDense), waiting: false};
   const ladder = state.gt ? null : state.ladders.get(`${mode}|${Number(ccaSteps)}`);
   const rung = ladder ? rungAt(ladder, ladder.slider === "threshold" ? threshold : target) : null;
   if (!rung) {
@@ -259,6 +283,7 @@ function slider(mode, threshold, target, ccaSteps, detect, showDense, sparsityMd
       [latency, message, speedup] = [result.latency, result.message, result.speedup];
       state.localDetections += 1;
     } else {
+      state.current.waiting = true;  // for the server's answer, or the ladder's result here (currentResult)
       askServer();
     }
   }
