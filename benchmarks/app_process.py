@@ -25,8 +25,9 @@ def _free_port() -> int:
 
 
 def start_app(threads: int, bavit: str | None, detector: str | None, backend: str | None = None,
-              timeout: float = 180.0) -> tuple[subprocess.Popen, str, Path]:
-    """``python app.py`` on a free port (``--backend`` when given); returns (process, url, log file)."""
+              timeout: float = 180.0, data: str | None = None) -> tuple[subprocess.Popen, str, Path]:
+    """``python app.py`` on a free port (``--backend`` and ``--data`` when given); returns (process, url, log
+    file)."""
     port = _free_port()
     env = dict(os.environ, GRADIO_SERVER_NAME="127.0.0.1", GRADIO_SERVER_PORT=str(port),
                GRADIO_ANALYTICS_ENABLED="False", OMP_NUM_THREADS=str(threads))
@@ -37,6 +38,8 @@ def start_app(threads: int, bavit: str | None, detector: str | None, backend: st
         command += ["--detector", detector]
     if backend:
         command += ["--backend", backend]
+    if data:
+        command += ["--data", data]
     log = Path(tempfile.mkstemp(prefix="bavit-app-bench-", suffix=".log")[1])
     process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"
@@ -55,10 +58,10 @@ def start_app(threads: int, bavit: str | None, detector: str | None, backend: st
 
 @contextmanager
 def running_app(threads: int, bavit: str | None, detector: str | None, backend: str | None = None,
-                stop_timeout: float = 30.0) -> Iterator[tuple[subprocess.Popen, str, Path]]:
+                stop_timeout: float = 30.0, data: str | None = None) -> Iterator[tuple[subprocess.Popen, str, Path]]:
     """:func:`start_app` for the ``with`` block: yields (process, url, log file); the app is stopped on the way out
     (SIGTERM, then a wait of up to ``stop_timeout`` s), also when the block raises."""
-    process, url, log = start_app(threads, bavit, detector, backend)
+    process, url, log = start_app(threads, bavit, detector, backend, data=data)
     try:
         yield process, url, log
     finally:

@@ -27,7 +27,7 @@ def test_subcommand_help(command, capsys):
 
 
 @pytest.mark.parametrize("name", ["app_bench", "browser_bench", "upload_memory", "batch_modes", "screenshot", "skew",
-                                  "cold_start"])
+                                  "cold_start", "dataset_view"])
 def test_benchmark_help(name, capsys):
     """``python -m benchmarks.NAME --help``: each app benchmark parses its own flags."""
     import importlib

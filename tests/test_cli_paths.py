@@ -34,6 +34,7 @@ WORK = {
     "benchmarks.app_bench": ("benchmarks.app_bench", "client_bench"),
     "benchmarks.browser_bench": ("benchmarks.browser_bench", "run_browser"),
     "benchmarks.upload_memory": ("benchmarks.upload_memory", "memory_bench"),
+    "benchmarks.dataset_view": ("benchmarks.dataset_view", "dataset_view"),
 }
 
 
@@ -102,6 +103,7 @@ CASES = [
     ("benchmarks.app_bench", ["--json", "/proc/x/app.json"], "/proc"),
     ("benchmarks.browser_bench", ["--json", "adir"], "is a folder"),
     ("benchmarks.upload_memory", ["--json", "/proc/x/memory.json"], "/proc"),
+    ("benchmarks.dataset_view", ["--json", "adir"], "is a folder"),
 ]
 
 

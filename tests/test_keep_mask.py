@@ -6,7 +6,7 @@ import torch
 import pytest
 
 from bavit.errors import ConfigError
-from bavit.pruning.keep_mask import closest_index, keep_mask_from_probs, kept_count, top_k, top_k_for_kept
+from bavit.pruning.keep_mask import closest_index, keep_mask_from_probs, kept_count, top_k, top_k_counts, top_k_for_kept
 from bavit.pruning.settings import PruningSettings
 
 
@@ -101,3 +101,21 @@ def test_image_sparsity_is_top_k_at_the_closest_count(sparsity):
         assert kept == _kept(image, k / 256)
         assert abs(kept - kept_count(sparsity, 32)) == min(abs(_kept(image, j / 256) - kept_count(sparsity, 32))
                                                              for j in range(1, 257))
+
+
+@pytest.mark.parametrize("cca_steps,resample", [(0, "nearest"), (3, "nearest"), (3, "any")])
+def test_top_k_counts_searches_every_image_as_closest_index_searches_one(cca_steps, resample):
+    """The batched search gives each image the k that :func:`closest_index` finds for it alone (ties: more kept),
+    on soft blobs, on flat grids (every k ties) and on grids where many k give the same count."""
+    from conftest import blob_probs
+
+    probs = torch.cat([blob_probs(12, seed=3), torch.full((1, 24, 24), 0.5), torch.zeros(1, 24, 24),
+                       torch.rand(2, 24, 24, generator=torch.Generator().manual_seed(4)).round(decimals=1)])
+    for target in (1, 333, 666, 1000, 1024):
+        def reference(image):
+            def count(k):
+                return int(keep_mask_from_probs(image, PruningSettings(keep_ratio=k / 576, cca_steps=cca_steps),
+                                                grid=32, resample=resample).keep_mask.sum())
+            return closest_index(count, 1, 576, target, ties="high")
+
+        assert top_k_counts(probs, target, 32, cca_steps, resample) == [reference(image) for image in probs]

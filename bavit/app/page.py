@@ -1,6 +1,7 @@
 """What the page shows, as data (no Gradio here): its text panels as markdown (sparsity, tokens of paper Table 2,
-latency, the GT comparison, the detection messages, the banner), the page's script (:func:`head_html`: the files of
-``bavit/app/static/``) and the messages the events send it through the hidden ``#page-state`` textbox.
+latency, the GT comparison, the detection messages, the banner, the dataset view's captions and summary), the
+page's script (:func:`head_html`: the files of ``bavit/app/static/``) and the messages the events send it through
+the hidden ``#page-state`` textbox.
 
 A slider move is answered in the page from data the server sent ahead: for the image's sparsity control and CCA
 setting, the grid ladder (:mod:`bavit.app.ladder`: the grids, this module's sparsity text and token table and the
@@ -24,15 +25,18 @@ import base64
 import io
 import itertools
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
+from ..engine.dataset_costs import CostRow, cost_totals, setting_words
 from ..predictor import Analysis
 from ..pruning.calibration import Calibration
 from ..pruning.detector import RANDOM_INIT_NOTE
+from ..pruning.settings import PruningSettings
 from . import viz
 from .latency import MIN_DENSE_RUNS, LatencyEstimate, LatencyMonitor
 from .session import (
@@ -193,6 +197,47 @@ def banner_text(predictor) -> str:
     return ("⚠️ **Detections are off: no detector weights.** Grids, sparsity, token counts and latency still work; "
             "latency is measured on the YOLOS-tiny architecture with random weights.\n\n"
             f"{predictor.detector_status}")
+
+
+# The dataset view's sort choice: (label, cost_rows' sort), most costly first either way.
+DATASET_SORTS = (("Object pixels lost", "lost"), ("Sparsity", "sparsity"))
+DATASET_SCAN_BUTTON = "Scan the dataset"
+
+
+def dataset_caption(row: CostRow) -> str:
+    """A dataset gallery item's caption, short enough for its thumbnail: the share and count of its object pixels the
+    setting prunes away from the detector and its sparsity, e.g. ``"lost 12.3% (1,234 px) · sparsity 45.6%"`` (the
+    image's id shows in the GT panel once it is opened)."""
+    lost = "no objects" if not row.object_pixels else f"lost {row.lost_fraction:.1%} ({row.object_pixels_lost:,} px)"
+    return f"{lost} · sparsity {row.sparsity:.1%}"
+
+
+def dataset_prompt(split: str) -> str:
+    """The dataset view's summary before any scan: what the scan button does."""
+    return (f"Press **{DATASET_SCAN_BUTTON}**: BAViT runs once per image of {split} (in batches, once for every "
+            "visitor), then the gallery lists the images by what the current setting costs them.")
+
+
+def dataset_summary(rows: Sequence[CostRow], settings: PruningSettings, sort: str, split: str, total: int | None,
+                    scanning: bool = False) -> str:
+    """The dataset view's summary: how far the scan is (``scanning``: ``len(rows)`` of ``total`` images so far), then
+    for the rows at ``settings`` the images, their mean sparsity and the share of their object pixels lost
+    (:func:`~bavit.engine.dataset_costs.cost_totals`), and how the gallery is sorted."""
+    lines = []
+    if scanning:
+        lines.append(f"**Scanning with BAViT: {len(rows)} of {total} images** of {split} …")
+    totals = cost_totals(rows)
+    if rows:
+        threshold = rows[0].threshold
+        sort_label = next((label for label, value in DATASET_SORTS if value == sort), sort).lower()
+        lines.append(
+            f"**{totals['images']} images** of {split} at {setting_words(settings, threshold)}: mean sparsity "
+            f"**{_percent(totals['mean_sparsity'])}**, **{_percent(totals['lost_fraction'])} of the object pixels "
+            f"lost** ({totals['object_pixels_lost']:,} of {totals['object_pixels']:,} at the detector's input); "
+            f"{totals['images_losing_pixels']} of the {totals['images_with_objects']} images with objects lose some.")
+        lines.append(f"Sorted by {sort_label}, most first. Click an image to open it in the explorer with its GT; "
+                     "after moving the controls, press **Sort at the current setting**.")
+    return "\n\n".join(lines)
 
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
@@ -377,5 +422,7 @@ def encode(message: dict[str, Any]) -> str:
     return json.dumps(message, separators=(",", ":"))
 
 
-__all__ = ["clear_message", "curve_message", "data_url", "encode", "grid_bits", "grid_hex", "head_html",
+__all__ = ["DATASET_SORTS", "clear_message", "curve_message", "data_url", "dataset_caption", "dataset_prompt",
+           "dataset_summary", "encode",
+           "grid_bits", "grid_hex", "head_html",
            "image_message", "image_payload", "ladder_message", "read_ack", "rungs_message", "view_message"]

@@ -24,6 +24,7 @@ from PIL import Image
 
 from ..core.labels import labels_from_mask
 from ..data.coco import CocoImage, load_coco, resolve_paths
+from ..data.records import Record, records_from_coco
 from ..engine.metrics import confusion_counts, rates
 from ..errors import ConfigError, DataError
 from ..predictor import Analysis, Predictor, PreparedImage
@@ -148,6 +149,17 @@ class CocoGroundTruth:
 
     def __len__(self) -> int:
         return len(self._by_name)
+
+    @property
+    def splits(self) -> tuple[str, ...]:
+        """The loaded splits, in the order asked for (``val2017`` first by default)."""
+        return tuple(self._coco)
+
+    def records(self, split: str) -> list[Record]:
+        """The split's images whose files exist (those :meth:`lookup` can find), as records with their instance masks
+        (:func:`~bavit.data.records.records_from_coco`), by image id; for the app's dataset view."""
+        return [record for record in records_from_coco(self._coco[split], self._dirs[split])
+                if record.image_path.is_file()]
 
     def image_dirs(self) -> tuple[Path, ...]:
         """The image folders of the loaded splits (``ROOT/SPLIT``): the app may read its images from them."""

@@ -5,7 +5,9 @@ updates; :func:`add_api` adds the ``analyze`` API. ``app.py`` queues and launche
 
 Stable ``elem_id``s for tests and embedding: ``input-image``, ``threshold``, ``cca-steps``, ``grid-raw``,
 ``grid-cca``, ``detections``, ``tokens``, ``latency``, ``sparsity``, ``gt-compare`` (plus ``mode``,
-``target-sparsity``, ``run-detector``, ``show-dense``, ``curve``, ``banner``, ``gt-editor``, ``gt-apply``).
+``target-sparsity``, ``run-detector``, ``show-dense``, ``curve``, ``banner``, ``gt-editor``, ``gt-apply``; with
+``--data``, the dataset view's ``dataset``, ``dataset-scan``, ``dataset-sort``, ``dataset-resort``,
+``dataset-summary``, ``dataset-gallery``).
 
 Drawing in the browser. The two grid overlays and the curve are canvases that ``static/*.js`` draws (loaded with
 ``gr.Blocks(head=...)``); the server sends them data, not pictures, through the hidden ``#page-state`` textbox
@@ -28,12 +30,15 @@ signature, the session is the client's.
 from __future__ import annotations
 
 import functools
+import inspect
+import itertools
 import logging
+import threading
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import gradio as gr
 from PIL import Image
@@ -77,29 +82,51 @@ SLIDER_OUTPUT_KEYS = ("gt_confusion", "gt_stats")
 CONTROL_EVENTS: dict[str, Any] = {"trigger_mode": "always_last", "concurrency_id": "controls", "preprocess": False}
 
 
+def _user_error(name: str, exc: Exception) -> gr.Error:
+    """The toast for a failure of the event function ``name`` (called in its ``except`` block): its own text for a
+    ``gr.Error`` or an input problem (BAViTError), else a short description, the failure logged."""
+    if isinstance(exc, gr.Error):
+        return exc
+    if isinstance(exc, BAViTError):
+        return gr.Error(str(exc), print_exception=False)
+    if isinstance(exc, MemoryError):
+        return gr.Error("out of memory while processing this image; try a smaller one", print_exception=False)
+    log.exception("handler %s failed", name)  # keep the app up and say what happened
+    return gr.Error(f"internal error ({exc.__class__.__name__}: {exc})", print_exception=False)
+
+
+def _raise(error: gr.Error) -> NoReturn:
+    error.__traceback__ = error.__context__ = error.__cause__ = None
+    ERRORS.remember(error.message)  # for the /call stream's error event (bavit.app.server)
+    raise error
+
+
 def user_errors(fn: Callable) -> Callable:
     """An event function that shows input problems (BAViTError) as a gr.Error toast, and unexpected failures too,
-    after logging them.
+    after logging them; a generator function (an event that yields updates) stays one.
 
     The toast is raised after the ``except`` block with no traceback of the failure attached: the failure's frames
     (a refused image's pixels among their locals) are freed now, not when Gradio lets go of the error."""
+    if inspect.isgeneratorfunction(fn):
+
+        @functools.wraps(fn)
+        def generator(*args: Any, **kwargs: Any) -> Iterator[Any]:
+            try:
+                yield from fn(*args, **kwargs)
+                return
+            except Exception as exc:
+                error = _user_error(fn.__name__, exc)
+            _raise(error)
+
+        return generator
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except gr.Error as exc:
-            error = exc
-        except BAViTError as exc:
-            error = gr.Error(str(exc), print_exception=False)
-        except MemoryError:
-            error = gr.Error("out of memory while processing this image; try a smaller one", print_exception=False)
-        except Exception as exc:  # keep the app up and say what happened
-            log.exception("handler %s failed", fn.__name__)
-            error = gr.Error(f"internal error ({exc.__class__.__name__}: {exc})", print_exception=False)
-        error.__traceback__ = error.__context__ = error.__cause__ = None
-        ERRORS.remember(error.message)  # for the /call stream's error event (bavit.app.server)
-        raise error
+        except Exception as exc:
+            error = _user_error(fn.__name__, exc)
+        _raise(error)
 
     return wrapper
 
@@ -162,6 +189,21 @@ class Handlers:
       for is there (else ``gr.skip()``): the panels once their medians are there, the detections once the detector
       is built, or the detection ladder's new rungs; the controls move the ladder to the slider's position. The
       timer is switched off once nothing waits.
+
+    The dataset view (an app with ``--data``; without one they answer with an error toast):
+
+    - ``dataset_scan(request, sort, *controls)``: a generator of ``[gallery, summary]``: starts the app's one scan
+      (:class:`~bavit.app.explorer.DatasetScan`; a scan already running or done is only followed) and yields the
+      images scanned so far at the controls' setting, sorted by ``sort`` (``"lost"`` or ``"sparsity"``), as they
+      come (:meth:`Explorer.follow_dataset`); ``gallery``: ``(path, caption)`` per image, most costly first;
+    - ``dataset_show(request, sort, *controls)``: the same without starting a scan (what there is, following a scan
+      that runs; before any scan, the summary says how to start one);
+    - ``dataset_pick(selected)`` -> ``[image, gallery]``: the input image's new value, the path of the dataset image
+      clicked in the gallery (``selected``: the gallery's ``gr.SelectData``), so the input image's change event opens
+      it with its GT; and the gallery's selection cleared (Gradio sends a click only when the selection changes).
+
+    ``request``: the Gradio request (``None`` outside Gradio): a newer dataset event of the same session stops an
+    older one's updates (the last one wins, as with the control events).
     """
 
     page_image: Callable[..., list]
@@ -171,6 +213,9 @@ class Handlers:
     page_curve: Callable[..., Any]
     page_latency: Callable[..., Any]
     page_paint: Callable[..., list]
+    dataset_scan: Callable[..., Iterator[list]]
+    dataset_show: Callable[..., Iterator[list]]
+    dataset_pick: Callable[..., list]
 
 
 def _waits(session: ImageSession) -> bool:
@@ -300,8 +345,55 @@ def build_handlers(explorer: Explorer) -> Handlers:
         return [gr.update(value=_gt_grid(session), visible=True), gr.update(value=view["gt_confusion"], visible=True),
                 view["gt_stats"], page_state(session, view, controls)]
 
+    newest: dict[str, int] = {}  # session hash -> its newest dataset event (older ones stop updating)
+    tickets = itertools.count(1)
+    newest_lock = threading.Lock()
+
+    def dataset_follow(request: Any, start: bool, sort: Any, values: tuple) -> Iterator[list[Any]]:
+        controls = _controls(*values)
+        session, ticket = getattr(request, "session_hash", None), next(tickets)
+        if session:
+            with newest_lock:
+                newest[session] = ticket
+        try:
+            for view in explorer.follow_dataset(controls, sort, start=start):
+                if session and newest.get(session) != ticket:
+                    return
+                yield [view["gallery"], view["summary"]]
+        finally:
+            if session:
+                with newest_lock:
+                    if newest.get(session) == ticket:
+                        del newest[session]
+
+    @user_errors
+    def dataset_scan(request: gr.Request, sort: Any, *controls: Any) -> Iterator[list[Any]]:
+        yield from dataset_follow(request, True, sort, controls)
+
+    @user_errors
+    def dataset_show(request: gr.Request, sort: Any, *controls: Any) -> Iterator[list[Any]]:
+        yield from dataset_follow(request, False, sort, controls)
+
+    @user_errors
+    def dataset_pick(selected: gr.SelectData) -> list[Any]:
+        # The gallery's selection cleared, so a click on the same place (to come back, or after a new sort) is sent
+        # again. A component, not gr.update: Gradio drops the None values of an update dict.
+        return [str(explorer.pick_dataset_image(_selected_name(getattr(selected, "value", None)))),
+                gr.Gallery(selected_index=None)]
+
     return Handlers(page_image=page_image, page_controls=page_controls, page_slider=page_slider, page_mode=page_mode,
-                    page_curve=page_curve, page_latency=page_latency, page_paint=page_paint)
+                    page_curve=page_curve, page_latency=page_latency, page_paint=page_paint,
+                    dataset_scan=dataset_scan, dataset_show=dataset_show, dataset_pick=dataset_pick)
+
+
+def _selected_name(value: Any) -> str | None:
+    """The file name of a gallery item as the page sends it on a click (``{"image": {"path", "orig_name", ...},
+    "caption"}``), or ``None``."""
+    image = value.get("image") if isinstance(value, dict) else None
+    if not isinstance(image, dict):
+        return None
+    name = image.get("orig_name") or image.get("path")
+    return Path(name).name if isinstance(name, str) and name else None
 
 
 def add_api(explorer: Explorer) -> None:
@@ -328,6 +420,11 @@ def add_api(explorer: Explorer) -> None:
     analyze.click(on_api, [image, threshold, cca, keep, sparsity], result, api_name="analyze", preprocess=False)
 
 
+# The dataset view's events (a scan's followers wait for its batches): one concurrency group of their own, so they
+# never hold the control events' workers; raw values, as the control events'.
+DATASET_EVENTS: dict[str, Any] = {"concurrency_id": "dataset", "concurrency_limit": 8, "preprocess": False,
+                                  "show_api": False, "show_progress": "minimal"}
+DATASET_GALLERY_HEIGHT = 640  # px
 LATENCY_TICK_S = 0.5  # s: how often an open page that waits asks for what it waits for (cheap: off the queue)
 IMAGE_HEIGHT = 340  # px: output images are scaled to fit, so portrait photos do not stretch the page
 MODE_INFO = ("Mean sparsity: one calibrated threshold for all images, so each image's sparsity follows its content "
@@ -337,6 +434,7 @@ MODE_INFO_UNCALIBRATED = ("Top-k: this image held at the target sparsity. (This 
 CSS = """
 #banner {background: #fff3cd; border: 1px solid #e0b100; border-radius: 6px; padding: 4px 12px;}
 #tokens table {font-variant-numeric: tabular-nums;}
+#dataset-gallery .caption-label {max-width: calc(100% - 8px); white-space: normal;}
 """
 
 
@@ -423,6 +521,7 @@ def _build_demo(explorer: Explorer, examples: list[str] | None, coco_examples: l
                                         brush=gr.Brush(colors=["#ff3b30"], default_size=24, color_mode="fixed"))
                 editor.blob_storage = server.BoundedBlobs()  # see there: a client could fill it without bound
                 gt_apply = gr.Button("Compare with painted GT", elem_id="gt-apply")
+        dataset = _dataset_view(explorer) if explorer.dataset is not None else None
         with gr.Row(elem_classes=["bavit-hidden"]):  # the page's wiring to static/grid.js (rendered, not shown)
             page_state = gr.Textbox(elem_id="page-state", label="page state (JSON for grid.js)", max_lines=1)
             # the timer's own channel: a textbox set by two event streams at once can drop a value in the page
@@ -473,8 +572,44 @@ def _build_demo(explorer: Explorer, examples: list[str] | None, coco_examples: l
         gt_apply.click(handlers.page_paint, [session_state, editor, *control_inputs],
                        [gt_grid, gt_confusion, gt_stats, page_state], api_name="page_paint", show_api=False,
                        preprocess=False)
+        if dataset is not None:
+            _wire_dataset_view(handlers, dataset, control_inputs, image)
         add_api(explorer)
     return demo
+
+
+def _dataset_view(explorer: Explorer) -> dict[str, Any]:
+    """Lay out the dataset view (an app with ``--data``): its accordion, scan button, sort choice, sort button,
+    summary and gallery; returns them by name."""
+    scan = explorer.dataset
+    with gr.Accordion(f"Dataset: where pruning costs most ({scan.split})", open=False, elem_id="dataset") as box:
+        with gr.Row():
+            button = gr.Button(page.DATASET_SCAN_BUTTON, elem_id="dataset-scan", variant="primary", scale=1)
+            sort = gr.Radio(list(page.DATASET_SORTS), value=page.DATASET_SORTS[0][1], label="Sort by (most first)",
+                            elem_id="dataset-sort", scale=2)
+            resort = gr.Button("Sort at the current setting", elem_id="dataset-resort", scale=1)
+        summary = gr.Markdown(page.dataset_prompt(scan.split), elem_id="dataset-summary")
+        gallery = gr.Gallery(label="The dataset's images, most costly first (click one to open it above)",
+                             elem_id="dataset-gallery", columns=4, height=DATASET_GALLERY_HEIGHT, allow_preview=False,
+                             object_fit="cover", interactive=False)
+    return {"box": box, "scan": button, "sort": sort, "resort": resort, "summary": summary, "gallery": gallery}
+
+
+def _wire_dataset_view(handlers: Handlers, view: dict[str, Any], control_inputs: list, image: gr.Image) -> None:
+    """The dataset view's events: the scan button starts (or follows) the app's one scan, then sorts at the controls
+    of its end; opening the accordion, the sort choice and the sort button show the view at the controls of that
+    moment (following a scan that runs). The sliders are not hooked (the page answers them without the server): the
+    view follows the controls when asked. A click on an image sets the input image, whose change event opens it."""
+    inputs, outputs = [view["sort"], *control_inputs], [view["gallery"], view["summary"]]
+    events = {**DATASET_EVENTS, "show_progress_on": view["gallery"]}  # the summary says how far the scan is
+    view["scan"].click(handlers.dataset_scan, inputs, outputs, api_name="dataset_scan", **events).success(
+        handlers.dataset_show, inputs, outputs, api_name="dataset_scanned", **events)
+    for name, trigger in (("dataset_show", view["box"].expand), ("dataset_sort", view["sort"].input),
+                          ("dataset_resort", view["resort"].click)):
+        trigger(handlers.dataset_show, inputs, outputs, api_name=name, **events)
+    view["gallery"].select(handlers.dataset_pick, None, [image, view["gallery"]], api_name="dataset_pick",
+                           show_api=False, show_progress="hidden").success(
+        None, js="() => document.getElementById('input-image').scrollIntoView({behavior: 'smooth'})")
 
 
 def _figures(*figures: tuple[str, str], kind: str = "") -> str:

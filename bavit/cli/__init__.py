@@ -17,10 +17,10 @@ from ..deploy.export import check_out_dir
 from ..errors import BAViTError
 from ..files import check_output_dir, check_output_file
 from ..imageio import allow_large_images
-from . import bench, calibrate, coco_map, evaluate, export, finetune, frontier, tradeoff, train
+from . import bench, calibrate, coco_map, costs, evaluate, export, finetune, frontier, tradeoff, train
 
 # Each module exposes ``register(subparsers)`` that adds its sub-command and sets ``func(args) -> int``; in this order.
-COMMAND_MODULES = (train, evaluate, calibrate, bench, tradeoff, frontier, coco_map, finetune, export)
+COMMAND_MODULES = (train, evaluate, calibrate, bench, tradeoff, frontier, coco_map, costs, finetune, export)
 
 # What each command writes, checked before it starts (bavit.files.check_output_*: the write's first step is tried),
 # so that a path that cannot be written fails at once in one line, not in a traceback after minutes of work.
@@ -31,6 +31,7 @@ OUTPUTS = {
     "train": {"out": "folder", "output": "file"},
     "finetune": {"output": "folder"},
     "calibrate": {"checkpoint": "file"},  # rewritten in place with its calibration
+    "costs": {"csv": "file"},
     "export": {"out": "export"},
 }
 

@@ -136,6 +136,15 @@ def coco_records(ann_file: str | Path, images_dir: str | Path) -> list[Record]:
     coco = load_coco(ann_file)
     if not images_dir.is_dir():
         raise DataError(f"image folder not found: {images_dir}")
+    records = records_from_coco(coco, images_dir)
+    _check_files(records, str(ann_file))
+    return records
+
+
+def records_from_coco(coco, images_dir: str | Path) -> list[Record]:
+    """Records for every image of a loaded annotation file (``coco``, a pycocotools ``COCO``), by image id, their
+    files in ``images_dir`` (not checked here; :func:`coco_records` checks them)."""
+    images_dir = Path(images_dir)
     records = []
     for image_id in sorted(coco.imgs):
         info = coco.imgs[image_id]
@@ -152,7 +161,6 @@ def coco_records(ann_file: str | Path, images_dir: str | Path) -> list[Record]:
                 )
             )
         records.append(Record(images_dir / info["file_name"], int(info["width"]), int(info["height"]), instances, image_id=image_id))
-    _check_files(records, str(ann_file))
     return records
 
 

@@ -12,5 +12,7 @@ functions only: the commands named below are in :mod:`bavit.cli`.
   :mod:`.cocoeval`, the ``COCOeval`` wrapper.
 - :mod:`.pruning_cost` — what pruning cost an image without ground truth: dense detections matched to pruned ones
   (kept, moved, lost, new) and the pruned detections' AP against the dense ones.
+- :mod:`.dataset_costs` — ``python -m bavit costs`` (what a setting costs each image of a dataset: the object
+  pixels it prunes away from the detector, per image, most costly first).
 - :mod:`.state` — the one way training state (optimizer, scheduler, progress) is saved and restored.
 """
