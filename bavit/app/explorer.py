@@ -1,5 +1,5 @@
-"""The app's logic: one :class:`Explorer` around the shared :class:`~bavit.predictor.Predictor`, the dataset view's
-one scan (:class:`DatasetScan`), and the ``analyze`` API's answer (:func:`analyze`, :func:`result`); no Gradio here.
+"""The app's logic: one :class:`Explorer` around the shared :class:`~bavit.predictor.Predictor`, and the ``analyze``
+API's answer (:func:`analyze`, :func:`result`); no Gradio here.
 
 The events (:mod:`bavit.app.ui`) call it with a session and the controls; it runs the Predictor and returns the page
 as plain values (images drawn by :mod:`.viz`, markdown from :mod:`.page`, ``None`` for a hidden panel), so
@@ -15,15 +15,12 @@ Latency: every model run of a request is bracketed by ``monitor.measuring()`` an
 :class:`~bavit.app.latency.LatencyMonitor`; the page shows its medians of warm runs, never a single timing.
 
 The dataset view (with ``--data``): BAViT runs once per image of the dataset's first split, for the whole app
-(:class:`DatasetScan`, a background thread the first visitor's scan starts; every visitor follows the same scan), and
+(:class:`~bavit.app.dataset.DatasetScan`, a background thread the first visitor's scan starts; every visitor follows the same scan), and
 :meth:`Explorer.dataset_view` lays the images out by what the page's setting costs them
 (:func:`~bavit.engine.dataset_costs.cost_rows`, a few ms), so any setting is answered without running BAViT again.
 """
 from __future__ import annotations
 
-import logging
-import threading
-import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -33,17 +30,18 @@ import torch
 from PIL import Image
 
 from ..engine.cocoeval import result_rows
-from ..engine.dataset_costs import DEFAULT_BATCH_SIZE, ScannedImage, cost_rows, scan_images, sort_rows
+from ..engine.dataset_costs import ScannedImage, cost_rows, sort_rows
 from ..engine.pruning_cost import (
     DetectionDiff,
     ap_against_dense,
     match_detections,
     summary_line,
 )
-from ..errors import BAViTError, DataError
+from ..errors import DataError
 from ..predictor import Analysis, Predictor
 from ..pruning.settings import PruningSettings, flag_value
 from . import page, uploads, viz
+from .dataset import DatasetScan
 from .ladder import DetectionLadder, LadderWorker, Rung, grid_ladder
 from .latency import LatencyEstimate, LatencyMonitor, time_pruned
 from .page import latency_note
@@ -65,11 +63,6 @@ DRAWN_KEYS = ("det_pruned", "det_dense")
 RUNG_KEYS = ("det_pruned", "det_message", "latency")  # what a detection ladder's rung holds
 LADDERS = 8  # grid ladders a session keeps (sparsity controls x CCA settings seen last)
 RUNGS_PER_MESSAGE = 24  # detection-ladder results the page's timer sends at a time
-# s: how often a dataset scan's follower gets the images scanned since its last update (the first batch and the end
-# at once). Each update sends the whole gallery (Gradio hashes every file it sends: about 0.15 s for 206 COCO images).
-DATASET_UPDATE_S = 1.0
-
-log = logging.getLogger(__name__)
 
 
 def rung_result(view: dict[str, Any]) -> dict[str, Any]:
@@ -98,134 +91,6 @@ def pruning_cost(dense: list[dict], pruned: list[dict] | None, min_score: float)
     return diff, summary_line(diff, dense) + ("" if ap is None else f"; AP against the dense detections {ap:.2f}")
 
 
-class DatasetScan:
-    """The dataset view's one scan, shared by every session: BAViT once per image of ``coco``'s first split
-    (:func:`~bavit.engine.dataset_costs.scan_images`, in batches), run in one background thread that the first
-    :meth:`start` starts; what it computed stays in memory for the app's life. Thread-safe: two visitors asking at
-    once start one scan, and each :meth:`follow` sees the images scanned so far at once, then the new ones batch by
-    batch.
-
-    Each batch is bracketed as a request's run (``monitor.measuring()``): a visitor asked for it, so the background
-    latency timing and the detection ladders wait for the scan (overlapping timings are dropped), as they wait for
-    any request.
-
-    Args:
-        predictor: the app's Predictor (its backend computes the images' FG probabilities, as the page's).
-        coco: the dataset; its first split (:attr:`CocoGroundTruth.splits`, ``val2017`` when there) is scanned.
-        monitor: the app's latency windows.
-        batch_size: images per BAViT batch: the first rows come after this many.
-        update_s: a follower's updates come at most this often, but for the first batch and the end (seconds).
-    """
-
-    def __init__(self, predictor: Predictor, coco: CocoGroundTruth, monitor: LatencyMonitor,
-                 batch_size: int = DEFAULT_BATCH_SIZE, update_s: float = DATASET_UPDATE_S):
-        self.predictor, self.coco, self.monitor, self.batch_size = predictor, coco, monitor, batch_size
-        self.update_s = update_s
-        self.split = coco.splits[0]
-        self.total: int | None = None  # the split's images, once a scan started
-        self.error: str | None = None  # why the last scan stopped, if it failed
-        self.seconds: dict[str, float] = {}  # first_batch and scan: seconds from the scan's start
-        self.starts = 0  # scans started (one, unless a scan failed and was started again)
-        self._cond = threading.Condition(threading.Lock())
-        self._scanned: tuple[ScannedImage, ...] = ()
-        self._running = False
-
-    @property
-    def scanned(self) -> tuple[ScannedImage, ...]:
-        """The images scanned so far, in the split's order (by image id)."""
-        with self._cond:
-            return self._scanned
-
-    @property
-    def started(self) -> bool:
-        """A scan runs or has run (a failed one included)."""
-        with self._cond:
-            return self._running or self.total is not None
-
-    @property
-    def running(self) -> bool:
-        """A scan runs now."""
-        with self._cond:
-            return self._running
-
-    @property
-    def complete(self) -> bool:
-        """Every image of the split is scanned."""
-        with self._cond:
-            return not self._running and self.error is None and self.total is not None
-
-    def start(self) -> bool:
-        """Start the scan in a background thread unless it runs or has completed (a failed scan starts again); True
-        when this call started it.
-
-        Raises:
-            DataError: the split's annotations cannot be read as instance masks, or it has no image files.
-        """
-        with self._cond:
-            if self._running or (self.total is not None and self.error is None):
-                return False
-            records = self.coco.records(self.split)
-            if not records:
-                raise DataError(f"the dataset's {self.split} split has no image files to scan")
-            self.total, self.error, self._scanned, self.seconds = len(records), None, (), {}
-            self._running = True
-            self.starts += 1
-            threading.Thread(target=self._scan, args=(records,), name="bavit-dataset-scan", daemon=True).start()
-            return True
-
-    def _scan(self, records: list) -> None:
-        started = time.perf_counter()
-        error = None
-        try:
-            batches = scan_images(self.predictor, records, split=self.split, batch_size=self.batch_size)
-            while True:
-                with self.monitor.measuring():  # a request's run: the background timing waits for it
-                    batch = next(batches, None)
-                if batch is None:
-                    break
-                with self._cond:
-                    self._scanned = (*self._scanned, *batch)
-                    self.seconds.setdefault("first_batch", time.perf_counter() - started)
-                    self._cond.notify_all()
-        except BAViTError as exc:
-            error = str(exc).replace(str(self.coco.root), "DATA")  # the message names no server path
-        except Exception as exc:  # the app stays up; the followers say what happened
-            log.exception("the dataset scan failed")
-            error = f"internal error ({exc.__class__.__name__}: {exc})"
-        with self._cond:
-            self.error = error
-            self.seconds["scan"] = time.perf_counter() - started
-            self._running = False
-            self._cond.notify_all()
-
-    def follow(self, start: bool = True) -> Iterator[tuple[ScannedImage, ...]]:
-        """The images scanned so far: at once, then the first batch as soon as it is there, then at most every
-        :attr:`update_s` seconds while the scan runs, and once more when it ends (each a snapshot: the images up to then,
-        in the split's order); ``start``: start the scan if it is not running or done (else only follow one that
-        runs). Ends once no scan runs.
-
-        Raises:
-            DataError: the scan failed (its reason), or could not start.
-        """
-        if start:
-            self.start()
-        shown = -1
-        while True:
-            with self._cond:
-                if self._running and len(self._scanned) == shown:
-                    self._cond.wait_for(lambda: not self._running or len(self._scanned) != shown)
-                scanned, running, error = self._scanned, self._running, self.error
-            if error is not None:
-                raise DataError(f"the dataset scan failed: {error}")
-            if len(scanned) != shown or not running:
-                shown = len(scanned)
-                yield scanned
-            if not running:
-                return
-            if shown:
-                time.sleep(self.update_s)  # the batches meanwhile come in one update
-
-
 class Explorer:
     """The app's logic around one shared Predictor.
 
@@ -238,7 +103,8 @@ class Explorer:
         ladders: compute detection ladders in the background (:mod:`bavit.app.ladder`); without them every slider
             move with the detector on is a round trip, and nothing runs between requests but the latency timing.
 
-    With ``coco``, :attr:`dataset` is the dataset view's one scan (:class:`DatasetScan`), else ``None``.
+    With ``coco``, :attr:`dataset` is the dataset view's one scan (:class:`~bavit.app.dataset.DatasetScan`), else
+    ``None``.
     """
 
     def __init__(self, predictor: Predictor, coco: CocoGroundTruth | None = None,

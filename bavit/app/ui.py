@@ -193,7 +193,7 @@ class Handlers:
     The dataset view (an app with ``--data``; without one they answer with an error toast):
 
     - ``dataset_scan(request, sort, *controls)``: a generator of ``[gallery, summary]``: starts the app's one scan
-      (:class:`~bavit.app.explorer.DatasetScan`; a scan already running or done is only followed) and yields the
+      (:class:`~bavit.app.dataset.DatasetScan`; a scan already running or done is only followed) and yields the
       images scanned so far at the controls' setting, sorted by ``sort`` (``"lost"`` or ``"sparsity"``), as they
       come (:meth:`Explorer.follow_dataset`); ``gallery``: ``(path, caption)`` per image, most costly first;
     - ``dataset_show(request, sort, *controls)``: the same without starting a scan (what there is, following a scan
