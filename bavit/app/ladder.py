@@ -14,6 +14,7 @@
 """
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import threading
@@ -45,9 +46,7 @@ def slider_values(mode: str) -> tuple[float, ...]:
 def at_value(controls: Controls, value: float, **changes: Any) -> Controls:
     """``controls`` with the slider of its mode at ``value`` (and ``changes``)."""
     slider = "threshold" if controls.mode == MODE_THRESHOLD else "target_sparsity"
-    fields = {"mode": controls.mode, "threshold": controls.threshold, "target_sparsity": controls.target_sparsity,
-              "cca_steps": controls.cca_steps, "detect": controls.detect, "show_dense": controls.show_dense}
-    return Controls(**{**fields, slider: value, **changes})
+    return dataclasses.replace(controls, **{slider: value, **changes})  # parsed again, settings included
 
 
 @dataclass(frozen=True)

@@ -164,6 +164,12 @@ function clear() {
 
 let queue = Promise.resolve();  // messages are applied in arrival order (decoding images is asynchronous)
 
+/** The detection ladder `job` holds answers for `controls` ({mode, cca, detect, dense}). */
+function jobFor(job, controls) {
+  return !!job && job.mode === controls.mode && job.cca === controls.cca && job.detect === controls.detect
+    && job.dense === controls.dense;
+}
+
 /**
  * The result in a rungs message for the position the page shows, when the page waits for it (it asked the server,
  * whose answer may be lost with messages that arrive at once): its detections are drawn, its texts returned.
@@ -172,8 +178,7 @@ function currentResult(message) {
   const current = state.current, p = state.payload;
   if (!current || !current.waiting || !p || message.key !== p.key || !message.job) return null;
   const job = message.job;
-  if (job.mode !== current.mode || job.cca !== current.cca || job.detect !== current.detect
-      || job.dense !== current.dense) return null;
+  if (!jobFor(job, current)) return null;
   const ladder = state.ladders.get(`${job.mode}|${job.cca}`);
   const rung = ladder ? rungAt(ladder, ladder.slider === "threshold" ? current.threshold : current.target) : null;
   const result = rung ? message.results[String(rung.mask)] : undefined;
@@ -239,9 +244,9 @@ function rungAt(ladder, value) {
 
 /** The detection ladder's answer at keep mask `mask` for these controls, or undefined. */
 function resultAt(mask, mode, ccaSteps, detect, showDense) {
-  const job = state.job;
-  if (!job || job.mode !== mode || job.cca !== Number(ccaSteps) || job.detect !== Boolean(detect)
-      || job.dense !== Boolean(showDense)) return undefined;
+  if (!jobFor(state.job, {mode, cca: Number(ccaSteps), detect: Boolean(detect), dense: Boolean(showDense)})) {
+    return undefined;
+  }
   const result = state.results.get(mask);
   return result && !result.failed ? result : undefined;
 }
