@@ -559,7 +559,8 @@ def _build_demo(explorer: Explorer, examples: list[str] | None, coco_examples: l
         # grid.js applies each message; a slider's server answer brings its texts, which it returns while current
         texts = [sparsity, tokens, latency, det_message]
         for channel in (page_state, page_news):
-            channel.change(None, [channel, *texts], texts, js="(...values) => window.bavitGrid.receive(...values)")
+            channel.change(None, [channel, *texts], texts, show_progress="hidden",
+                           js="(...values) => window.bavitGrid.receive(...values)")
         # A latency panel that said "warming up" fills itself in once the background timing has its medians: a
         # cheap tick (off the queue, like the curve request) answers nothing until then, and nothing after.
         # The tick's js puts the page's ack (the detection-ladder results it holds) in the hidden #page-ack box.
