@@ -27,6 +27,7 @@ import os
 import threading
 import time
 from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Optional, Sequence, Union
 
@@ -39,7 +40,9 @@ from .core.checkpoint import read_checkpoint
 from .core.config import PRESETS
 from .core.model import BAViT, bavit_pixels
 from .core.registry import DEFAULT_BAVIT_CHECKPOINT, NOT_SHIPPED, SHIPPED
-from .deploy.runtime import DEFAULT_BACKEND, DetectorOutput, bavit_runner, check_backend, detector_runner
+from .deploy.runtime import (
+    DEFAULT_BACKEND, DetectorOutput, TorchBAViT, bavit_graph_name, bavit_runner, check_backend, detector_runner,
+)
 from .errors import CheckpointError, ConfigError, WeightsUnavailableError
 from .imageio import ImageInput, load_image, square_resize
 from .pruning.accounting import TokenAccounting, bavit_macs, token_accounting
@@ -71,6 +74,7 @@ class PreparedImage:
     fg_prob: np.ndarray  # float32 [G, G] read-only BAViT FG probabilities (G = 16 at 256 px)
     bavit_ms: float  # BAViT latency of this call; 0.0 when the probabilities came from the cache
     key: str  # content hash of the square resize BAViT reads (the cache key)
+    bavit_graph: str = ""  # what ran BAViT (bavit.deploy.runtime.bavit_graph_name); "" when from the cache
 
 
 @dataclass(frozen=True)
@@ -192,9 +196,9 @@ class Predictor:
         self.yolos_config = opened.model.config if opened.model is not None else yolos_tiny_config()
         yolos_grid(self.yolos_config.patch_size, self.image_size)  # a clear error for a size off the patch grid
         self._lock = threading.Lock()  # the image cache
-        self._runner_lock = threading.Lock()  # not self._lock: an export takes seconds, the cache must stay readable
+        # one per runner, not self._lock: an export takes seconds, the cache must stay readable
+        self._runner_locks = {"bavit": threading.Lock(), "detector": threading.Lock()}
         self._runners: dict[str, object] = {}
-        self._building: set[str] = set()  # runners being built now (an onnxruntime export takes seconds)
         self._latency_model = None
         self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
         self.bavit_runs = 0  # BAViT forwards actually run (cache misses)
@@ -216,27 +220,25 @@ class Predictor:
                 self._latency_model = patch_yolos(random_yolos_tiny())
         return self._latency_model
 
-    def _runner(self, kind: str):
-        """The backend's BAViT or detector runner (:mod:`bavit.deploy.runtime`), built once on first use."""
+    def _runner(self, kind: str, exporter=None):
+        """The backend's BAViT or detector runner (:mod:`bavit.deploy.runtime`), built once on first use (its
+        onnxruntime export in ``exporter`` when given)."""
         runner = self._runners.get(kind)
         if runner is None:
             model = self.latency_model if kind == "detector" else None
-            with self._runner_lock:
+            with self._runner_locks[kind]:
                 runner = self._runners.get(kind)
                 if runner is None:
-                    self._building.add(kind)
-                    try:
-                        runner = (detector_runner(model, self.backend, self.image_size) if kind == "detector"
-                                  else bavit_runner(self.bavit, self.backend, int8=self.bavit_int8))
-                    finally:
-                        self._building.discard(kind)
+                    runner = (detector_runner(model, self.backend, self.image_size, exporter=exporter)
+                              if kind == "detector"
+                              else bavit_runner(self.bavit, self.backend, int8=self.bavit_int8, exporter=exporter))
                     self._runners[kind] = runner
         return runner
 
-    def building(self, kind: str) -> bool:
-        """True while a thread builds the ``"bavit"`` or ``"detector"`` runner (its onnxruntime export), so a caller
-        that must not wait can answer without it for now."""
-        return kind in self._building and kind not in self._runners
+    def built(self, kind: str) -> bool:
+        """True once the ``"bavit"`` or ``"detector"`` runner is built (its onnxruntime export done), so a caller
+        that must not wait for a build in another thread can answer without it for now."""
+        return kind in self._runners
 
     @property
     def bavit_runner(self):
@@ -279,11 +281,22 @@ class Predictor:
         (:meth:`yolos_pixels`) and ``keep_mask bool [B, 32, 32]`` (None: dense)."""
         return self._runner("detector")(pixels, keep_mask)
 
-    def warm_up(self, detect: bool = True) -> None:
-        """Build the backend's runners now (the onnxruntime export takes seconds) instead of on the first image."""
-        self._runner("bavit")
-        if detect and self.detector_requested:
-            self._runner("detector")
+    def warm_up(self, detect: bool = True, exporters: Optional[dict] = None) -> None:
+        """Build the backend's runners now (the onnxruntime export takes seconds) instead of on the first image.
+
+        Args:
+            detect: build the detector's runner too (when a detector was asked for).
+            exporters: ``{"bavit": ..., "detector": ...}`` :class:`~bavit.deploy.export.ExportProcess` es to export
+                in, side by side (a server answering requests meanwhile keeps its GIL); None exports here, in turn.
+        """
+        kinds = ["bavit", *(["detector"] if detect and self.detector_requested else [])]
+        if not exporters:
+            for kind in kinds:
+                self._runner(kind)
+            return
+        with ThreadPoolExecutor(len(kinds), thread_name_prefix="bavit-export") as pool:
+            for future in [pool.submit(self._runner, kind, exporters.get(kind)) for kind in kinds]:
+                future.result()
 
     def select(self, fg_prob: torch.Tensor, settings: PruningSettings) -> tuple[KeepMask, Optional[float]]:
         """The keep-mask rule (:func:`bavit.pruning.keep_mask.keep_mask_from_probs`) for ``settings`` on
@@ -320,9 +333,14 @@ class Predictor:
         return self.processor.post_process_object_detection(outputs, threshold=threshold, target_sizes=list(sizes))
 
     # --- step 1: the expensive part, once per image -------------------------------------------------------------
-    def set_image(self, image: ImageInput) -> PreparedImage:
+    def set_image(self, image: ImageInput, wait: bool = True) -> PreparedImage:
         """Decode ``image`` and compute BAViT's ``float32 [G, G]`` FG probabilities (cached by content, LRU).
 
+        Args:
+            wait: when the backend's BAViT runner is not built yet (its onnxruntime export takes seconds), build it
+                or wait for the thread building it (True), or run the torch model now (False: a server's first
+                requests are answered from what is ready while its warm-up exports; the result, within the int8
+                graph's tolerance of the backend's, is not cached).
         Raises:
             DataError: the image cannot be read.
         """
@@ -334,17 +352,21 @@ class Predictor:
             if cached is not None:
                 self._cache.move_to_end(key)
                 return PreparedImage(rgb, cached, 0.0, key)
-        self._runner("bavit")  # built before timing (the onnxruntime export)
+        if wait or self.built("bavit"):
+            runner, graph = self._runner("bavit"), bavit_graph_name(self.backend, self.bavit_int8)  # built first
+        else:
+            runner, graph = TorchBAViT(self.bavit), bavit_graph_name("torch")
         start = time.perf_counter()
-        probs = self.run_bavit(resized)
+        probs = runner(self.bavit_pixels([resized]))[0].float().numpy()
         elapsed = (time.perf_counter() - start) * 1000.0
         probs.setflags(write=False)
         with self._lock:
             self.bavit_runs += 1
-            self._cache[key] = probs
-            while len(self._cache) > self.cache_size:
-                self._cache.popitem(last=False)
-        return PreparedImage(rgb, probs, elapsed, key)
+            if runner is self._runners.get("bavit"):
+                self._cache[key] = probs
+                while len(self._cache) > self.cache_size:
+                    self._cache.popitem(last=False)
+        return PreparedImage(rgb, probs, elapsed, key, graph)
 
     # --- step 2: the cheap part, per setting ----------------------------------------------------------------------
     def predict(self, prepared: PreparedImage, settings: Optional[PruningSettings] = None, *, detect: bool = True,

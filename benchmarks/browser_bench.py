@@ -56,7 +56,7 @@ _INSTALL_TIMER = """() => {
   const done = () => {
     if (timer.start === null || timer.end !== null || !panel.innerText.includes(timer.expect)) return;
     if (timer.detector) {  // and the latency panel is the one of this position's kept count
-      const kept = /(\d+) kept \(/.exec(panel.innerText);
+      const kept = /(\\d+) kept \\(/.exec(panel.innerText);
       if (!kept || !latency.innerText.includes(`YOLOS pruned, ${kept[1]} kept`)) return;
     }
     timer.end = performance.now();
@@ -72,6 +72,14 @@ LADDER_DONE = """() => { const s = window.bavitGrid.state; const job = s.job;
   if (!job) return false;
   const ladder = s.ladders.get(job.mode + '|' + job.cca);
   return !!ladder && s.results.size >= new Set(ladder.rungs.filter(Boolean).map((r) => r[1])).size; }"""
+
+# ... and at every position in steps of 0.05 (thresholds) or of 5 points (target sparsities)
+COARSE_DONE = """() => { const s = window.bavitGrid.state; const job = s.job;
+  if (!job) return false;
+  const ladder = s.ladders.get(job.mode + '|' + job.cca);
+  if (!ladder) return false;
+  const scale = ladder.slider === 'threshold' ? 100 : 1;
+  return ladder.rungs.every((r, i) => !r || Math.round(ladder.values[i] * scale) % 5 !== 0 || s.results.has(r[1])); }"""
 
 
 def _messages(page) -> int:
@@ -129,22 +137,33 @@ def set_detector(page, on: bool) -> None:
 
 
 @contextmanager
-def app_page(url: str, chromium: str = CHROMIUM) -> Iterator:
-    """Debian's chromium on the app at ``url``: a 1400x1000 page, its upload input and script ready; the browser is
-    closed on the way out."""
+def chromium_browser(chromium: str = CHROMIUM) -> Iterator:
+    """Debian's chromium, launched by Playwright; closed on the way out."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
         try:
-            page = browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()
-            page.set_default_timeout(TIMEOUT_MS)
-            page.goto(url)
-            page.wait_for_selector("#input-image input[type=file]", state="attached")
-            page.wait_for_function("() => window.bavitGrid !== undefined")
-            yield page
+            yield browser
         finally:
             browser.close()
+
+
+def open_app(browser, url: str):
+    """A 1400x1000 page of ``browser`` on the app at ``url``, its upload input and script ready."""
+    page = browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    page.goto(url)
+    page.wait_for_selector("#input-image input[type=file]", state="attached")
+    page.wait_for_function("() => window.bavitGrid !== undefined")
+    return page
+
+
+@contextmanager
+def app_page(url: str, chromium: str = CHROMIUM) -> Iterator:
+    """Debian's chromium on the app at ``url`` (:func:`open_app`); the browser is closed on the way out."""
+    with chromium_browser(chromium) as browser:
+        yield open_app(browser, url)
 
 
 def browser_timings(url: str, image: Path, changes: int, chromium: str = CHROMIUM, client=None) -> dict:
@@ -163,6 +182,8 @@ def browser_timings(url: str, image: Path, changes: int, chromium: str = CHROMIU
         local = page.evaluate("() => window.bavitGrid.state.localChanges") - local_before
         started = time.perf_counter()
         set_detector(page, True)
+        page.wait_for_function(COARSE_DONE, polling=50)
+        coarse_s = time.perf_counter() - started
         page.wait_for_function(LADDER_DONE, polling=50)
         quiet_s = time.perf_counter() - started  # the ladder with nothing else to do, from the detector's tick
         asks_before = page.evaluate("() => window.bavitGrid.state.serverAsks")
@@ -184,6 +205,7 @@ def browser_timings(url: str, image: Path, changes: int, chromium: str = CHROMIU
     return {"other_session": others, "mode": mode, "grid_only": summary(grid_only), "with_detector": summary(with_detector),
             "with_detector_asks": asks, "with_detector_topk": summary(with_detector_topk),
             "during_ladder": summary(during), "ladder_s": ladder_s, "ladder_masks": masks, "quiet_ladder_s": quiet_s,
+            "coarse_ladder_s": coarse_s,
             "grid_only_in_page": local, "latency_panel": latency_text}
 
 
@@ -312,7 +334,8 @@ def print_browser(results: dict) -> None:
     print(_row("  same, top-k (held at 30-70%)", browser["with_detector_topk"], TARGETS_MS["with_detector"]))
     print(_row("  while the ladder runs", browser["during_ladder"], TARGETS_MS["during_ladder"]))
     print(f"  detection ladder of the default mode: {browser['ladder_masks']} keep masks in "
-          f"{browser['quiet_ladder_s']:.1f} s from the detector's tick (no moves), {browser['ladder_s']:.1f} s from "
+          f"{browser['quiet_ladder_s']:.1f} s from the detector's tick (no moves; every 0.05 threshold step or 5-point "
+          f"target step in {browser['coarse_ladder_s']:.1f} s, target <= 3 s), {browser['ladder_s']:.1f} s from "
           "an image's arrival with the moves above")
     others = browser["other_session"]
     if others and others["ratio"] is not None:

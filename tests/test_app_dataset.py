@@ -14,10 +14,13 @@ from pathlib import Path
 
 import apphelpers
 import gradio as gr
+import numpy as np
 import pytest
+from PIL import Image
 from conftest import make_synthetic_coco
 
 from bavit.app import page
+from bavit.app.dataset import THUMBNAIL_SIDE
 from bavit.app.explorer import Explorer
 from bavit.app.session import MODE_SPARSITY, MODE_THRESHOLD, MODE_TOPK, CocoGroundTruth, Controls
 from bavit.app.ui import build_demo, build_handlers
@@ -56,8 +59,9 @@ def explorer_for(predictor: Predictor, root: Path, batch_size: int = 2) -> Explo
     return explorer
 
 
-def expected_gallery(rows) -> list[tuple[str, str]]:
-    return [(row.path, page.dataset_caption(row)) for row in rows]
+def expected_gallery(explorer: Explorer, rows) -> list[tuple[str, str]]:
+    """Each row's thumbnail (the scan's folder, the image's file name) and caption, in the rows' order."""
+    return [(str(explorer.dataset._thumbnails / row.file_name), page.dataset_caption(row)) for row in rows]
 
 
 @pytest.mark.parametrize(("sort", "values"), [("lost", THRESHOLD), ("sparsity", THRESHOLD), ("lost", TOPK)])
@@ -69,8 +73,11 @@ def test_scan_lists_the_images_as_cost_rows_sorts_them(predictor, synthetic_coco
     assert [len(gallery) for gallery, _ in updates] == sorted(len(gallery) for gallery, _ in updates)
     assert updates[0][0] == [] and "Scanning with BAViT: 0 of 3 images" in updates[0][1]  # progress at once
     gallery, summary = updates[-1]
-    assert gallery == expected_gallery(rows)  # every image, in cost_rows' order, with its caption
-    assert [name for name, _ in gallery] == [str(synthetic_coco / "val2017" / row.file_name) for row in rows]
+    assert gallery == expected_gallery(explorer, rows)  # every image, in cost_rows' order, with its caption
+    for (thumbnail, _), row in zip(gallery, rows):  # a small JPEG of the image, its shape kept
+        with Image.open(thumbnail) as small, Image.open(synthetic_coco / "val2017" / row.file_name) as image:
+            assert small.format == "JPEG" and max(small.size) <= THUMBNAIL_SIDE
+            assert abs(small.width / small.height - image.width / image.height) < 0.02
     for (_, caption), row in zip(gallery, rows):
         assert caption == (f"lost {row.lost_fraction:.1%} ({row.object_pixels_lost:,} px) · sparsity {row.sparsity:.1%}"
                            if row.object_pixels else f"no objects · sparsity {row.sparsity:.1%}")
@@ -91,7 +98,8 @@ def test_the_view_follows_the_controls_without_running_bavit_again(predictor, sy
     monkeypatch.setattr(predictor, "set_images", lambda *a, **k: pytest.fail("BAViT ran again"))
     for sort, values in (("sparsity", TOPK), ("lost", (MODE_THRESHOLD, 0.2, 35, 0, True, False))):
         (gallery, summary), = list(handlers.dataset_show(None, sort, *values))  # complete: one update, at once
-        assert gallery == expected_gallery(cost_rows(reference, Controls(*values).settings, predictor, sort=sort))
+        rows = cost_rows(reference, Controls(*values).settings, predictor, sort=sort)
+        assert gallery == expected_gallery(explorer, rows)
     assert "threshold 0.2, 0 CCA steps" in summary
     assert explorer.dataset.starts == 1
 
@@ -119,7 +127,7 @@ def test_one_scan_for_every_session_even_when_they_ask_at_once(predictor, synthe
     for thread in threads:
         thread.join(timeout=60)
     assert explorer.dataset.starts == 1 and len(scanned) == 3  # BAViT ran once per image, not once per visitor
-    final = expected_gallery(cost_rows(reference, Controls(*THRESHOLD).settings, predictor))
+    final = expected_gallery(explorer, cost_rows(reference, Controls(*THRESHOLD).settings, predictor))
     assert all(updates[-1][0] == final for updates in results.values())
     later = list(handlers.dataset_scan(Request("d"), "lost", *THRESHOLD))  # a later visitor: at once, no new run
     assert later == [[final, results["a"][-1][1]]] and len(scanned) == 3
@@ -273,3 +281,30 @@ def test_browser_scan_gallery_and_click_opens_the_image_with_its_gt(dataset_serv
         finally:
             browser.close()
     assert dataset_server.alive()
+
+
+def test_thumbnails_are_small_jpegs_named_as_their_images_and_go_with_the_scan(predictor, synthetic_coco, tmp_path):
+    """The gallery's pictures: a 640x480 photo becomes a 240x180 JPEG of the same name; an unreadable file shows as
+    itself; the folder is removed with the scan."""
+    import gc
+
+    from bavit.app.dataset import DatasetScan
+    from bavit.app.latency import LatencyMonitor
+    from bavit.engine.dataset_costs import ScannedImage
+
+    big, broken = tmp_path / "big.jpg", tmp_path / "broken.jpg"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (480, 640, 3), dtype=np.uint8)).save(big)
+    broken.write_bytes(b"not an image")
+    scan = DatasetScan(predictor, CocoGroundTruth(synthetic_coco), LatencyMonitor(predictor))
+    grids = np.zeros((16, 16), np.float32), np.zeros((32, 32), np.int64)
+    scan._make_thumbnails([ScannedImage("big.jpg", big, 1, "val2017", *grids),
+                           ScannedImage("broken.jpg", broken, 2, "val2017", *grids)])
+    thumbnail = scan.thumbnail("big.jpg", big)
+    assert thumbnail.parent == scan._thumbnails and thumbnail.name == "big.jpg"
+    with Image.open(thumbnail) as small:
+        assert small.format == "JPEG" and small.size == (240, 180)
+    assert scan.thumbnail("broken.jpg", broken) == broken
+    folder = scan._thumbnails
+    del scan
+    gc.collect()
+    assert not folder.exists()

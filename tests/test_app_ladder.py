@@ -14,6 +14,7 @@ from PIL import Image
 
 from bavit.app.explorer import RUNG_KEYS, Explorer, rung_result
 from bavit.app.ladder import (
+    COARSE_STEPS,
     TARGET_VALUES,
     THRESHOLD_VALUES,
     DetectionLadder,
@@ -75,17 +76,25 @@ def ladder_of(grid_predictor, center: int = 0) -> DetectionLadder:
     return DetectionLadder(session, ladder, controls, center=center)
 
 
-def test_detection_ladder_goes_nearest_first_and_computes_each_mask_once(grid_predictor):
+def test_detection_ladder_goes_coarse_then_nearest_first_and_computes_each_mask_once(grid_predictor):
     job = ladder_of(grid_predictor, center=50)
     order = []
     while (rung := job.next_rung()) is not None:
         order.append(rung)
         job.add(rung.mask, {"at": rung.index})
     assert len(order) == job.masks == len({rung.mask for rung in job.ladder.rungs}) == 24  # 24..1 columns kept
-    distances = [abs(rung.index - 50) for rung in order]
-    assert order[0].index == 50 and distances == sorted(distances)  # each the nearest not yet computed
+    # a new column every 1/23 of the threshold: 21 positions in steps of 0.05 hold 21 of the 24 masks
+    coarse = {rung.mask for rung in job.ladder.rungs if rung.index % COARSE_STEPS == 0}
+    assert len(coarse) == 21 and [rung.mask in coarse for rung in order] == [True] * 21 + [False] * 3
+    assert all(rung.index % COARSE_STEPS == 0 for rung in order[:21])
+    for part in (order[:21], order[21:]):  # each part: the nearest not yet computed
+        distances = [abs(rung.index - 50) for rung in part]
+        assert distances == sorted(distances)
+    assert order[0].index == 50
     assert job.complete and job.missing((), 100) == {rung.mask: {"at": rung.index} for rung in order}
-    assert list(job.missing([order[0].mask], 3)) == [rung.mask for rung in order[1:4]]  # what the page lacks, nearest first
+    nearest = sorted(order[1:], key=lambda rung: min(abs(other.index - 50) for other in job.ladder.rungs
+                                                     if other.mask == rung.mask))
+    assert list(job.missing([order[0].mask], 3)) == [rung.mask for rung in nearest[:3]]  # what the page lacks, nearest first
 
     job = ladder_of(grid_predictor, center=0)
     first = job.next_rung()

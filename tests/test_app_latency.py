@@ -11,7 +11,9 @@ import time
 
 import apphelpers
 import gradio as gr
+import numpy as np
 import pytest
+from PIL import Image
 
 from bavit.pruning.settings import PruningSettings
 from bavit.app.ui import create_demo, create_explorer
@@ -292,10 +294,9 @@ def test_the_first_image_is_answered_while_the_detector_is_being_built(monkeypat
 
     monkeypatch.setattr(bavit.predictor, "detector_runner", held_build)
     predictor.warm_up(detect=False)  # BAViT's runner is there
-    warm_up = threading.Thread(target=predictor.warm_up, daemon=True)
-    warm_up.start()
+    explorer.monitor.start()  # the app's warm-up: builds the detector's runner, then times the models
     try:
-        assert building.wait(60) and predictor.building("detector")
+        assert building.wait(60) and explorer.monitor.building("detector")
         outputs = handlers.page_image({"path": str(CHELSEA), "orig_name": "chelsea.jpg"}, None,
                                       MODE_THRESHOLD, 0.5, 35, 3, True, False)
         session, panels = outputs[0], dict(zip(OUTPUT_KEYS, outputs[2:]))
@@ -305,8 +306,56 @@ def test_the_first_image_is_answered_while_the_detector_is_being_built(monkeypat
         assert handlers.page_latency(session) == [gr.skip()] * 4  # still being built
     finally:
         release.set()
-    warm_up.join(60)
-    assert not predictor.building("detector")
+    assert explorer.monitor.join(120) and explorer.monitor.error is None
+    assert predictor.built("detector") and not explorer.monitor.building("detector")
     state, latency, message, _timer = handlers.page_latency(session)
     assert "detections from the pruned YOLOS" in message and json.loads(state)["detections"] is not None
     assert latency != DETECTOR_WARMING and "YOLOS pruned" in latency  # the pruned run is timed now
+
+
+@pytest.mark.slow
+def test_the_warm_up_exports_in_child_processes_and_closes_them():
+    """The app's warm-up exports in two child processes side by side (``create_demo`` starts them first): the
+    runners it builds from their graphs serve the Predictor, and the children have exited once it is done."""
+    from bavit.deploy.export import ExportProcess
+
+    predictor = Predictor(bavit=apphelpers.random_bavit_checkpoint(), detector=str(apphelpers.tiny_yolos_dir()),
+                          backend="onnxruntime", bavit_int8=False)
+    exporters = {"bavit": ExportProcess(), "detector": ExportProcess()}
+    monitor = LatencyMonitor(predictor).start(exporters)
+    assert monitor.join(300) and monitor.error is None
+    assert predictor.built("bavit") and predictor.built("detector")
+    assert [exporter._process.returncode for exporter in exporters.values()] == [0, 0]
+    image = Image.open(CHELSEA).convert("RGB")
+    here = Predictor(bavit=apphelpers.random_bavit_checkpoint(), detector=None, backend="torch").run_bavit(image)
+    assert np.abs(predictor.run_bavit(image) - here).max() <= 1e-5  # the child's float32 graph equals torch
+
+
+def test_the_first_image_is_answered_while_bavit_is_being_exported(monkeypatch):
+    """A first visitor does not wait for BAViT's export either: while the warm-up builds BAViT's runner, an uploaded
+    image runs the torch model at once (not cached); the next upload after the build runs the backend's runner."""
+    import bavit.predictor
+
+    predictor = Predictor(bavit=apphelpers.random_bavit_checkpoint(), detector=None, backend="torch")
+    explorer = Explorer(predictor)
+    building, release = threading.Event(), threading.Event()
+    real = bavit.predictor.bavit_runner
+
+    def held_build(*args, **kwargs):  # the warm-up's export of BAViT, held by the test
+        building.set()
+        assert release.wait(60), "the test never released the export"
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(bavit.predictor, "bavit_runner", held_build)
+    explorer.monitor.start()
+    try:
+        assert building.wait(60) and explorer.monitor.building("bavit")
+        first = explorer.open_image({"path": str(CHELSEA), "orig_name": "chelsea.jpg"})
+        assert first.prepared.bavit_graph == "torch float32" and first.prepared.bavit_ms > 0
+        assert not predictor.built("bavit") and len(predictor._cache) == 0
+    finally:
+        release.set()
+    assert explorer.monitor.join(60) and predictor.built("bavit")
+    again = explorer.open_image({"path": str(CHELSEA), "orig_name": "chelsea.jpg"})
+    assert len(predictor._cache) == 1 and predictor.bavit_runs == 2  # the runner's result is cached
+    assert (again.prepared.fg_prob == first.prepared.fg_prob).all()  # this backend is torch too

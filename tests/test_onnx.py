@@ -12,6 +12,7 @@ from bavit.core.config import SMALL, BAViTConfig
 from bavit.core.model import build_bavit
 from bavit.deploy.export import (
     FILES,
+    ExportProcess,
     export_bavit,
     export_dense_yolos,
     export_pruned_yolos,
@@ -233,3 +234,25 @@ def test_static_int8_graphs_hold_qdq_nodes_and_are_measured_against_float32(synt
     printed = capsys.readouterr().out
     assert "2 images of train2017 fold 0 of 5 (32 tokens); static ranges from 2 images" in printed
     assert printed.count("| static int8") == 3
+
+
+def test_an_export_process_makes_the_graphs_this_process_makes_and_reports_failures():
+    """A server's warm-up exports in a child process (its GIL stays free for requests): the graphs it returns run to
+    exactly the outputs of the ones exported here, for BAViT (int8) and a patched YOLOS (rebuilt there from its
+    config and weights); a failing call raises with the child's reason, and the child answers the next call."""
+    torch.manual_seed(0)
+    bavit = build_bavit(BAViTConfig(depth=1, img_size=64, patch_size=16)).eval()
+    yolos = tiny_yolos(mid=True)
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(4))
+    mask = keep_mask(1, [37])
+    with ExportProcess() as exporter:
+        child_bavit = OrtBAViT(exporter(quantize_bavit, bavit), threads=1, per_image=True)
+        with pytest.raises(RuntimeError, match="export process failed: .*"):
+            exporter(export_pruned_yolos, yolos, 500)  # 500 px is off the 16 px patch grid
+        child_pruned = exporter(export_pruned_yolos, yolos, SIZE)
+        with pytest.raises(ValueError, match="not an export function"):
+            exporter(json.dumps, bavit)
+    assert torch.equal(child_bavit(x), OrtBAViT.from_model(bavit, threads=1, int8=True)(x))
+    here = OrtDetector.from_model(yolos, SIZE, threads=1)
+    there = OrtDetector(child_pruned, export_dense_yolos(yolos, SIZE), 32, threads=1)
+    assert max_diff(there(pixels(), mask), here(pixels(), mask)) == (0.0, 0.0)

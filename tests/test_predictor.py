@@ -177,6 +177,23 @@ def test_run_bavit_is_set_image_without_the_cache(bavit_ckpt):
     assert np.array_equal(probs, pred.set_image(image).fg_prob) and pred.bavit_runs == 1
 
 
+def test_set_image_without_waiting_runs_torch_until_the_backend_runner_is_built(bavit_ckpt):
+    """A server's first requests do not wait for the onnxruntime export: ``wait=False`` runs the torch model while
+    the runner is not built, says so, and caches nothing; once built, the backend's graph runs and is cached."""
+    pred = Predictor(bavit=bavit_ckpt, detector=None, backend="onnxruntime", bavit_int8=False)
+    image = photo(300, 200, seed=5)
+    first = pred.set_image(image, wait=False)
+    assert first.bavit_graph == "torch float32" and not pred.built("bavit") and pred.bavit_runs == 1
+    again = pred.set_image(image, wait=False)  # not cached: torch ran again
+    assert again.bavit_graph == "torch float32" and pred.bavit_runs == 2 and np.array_equal(again.fg_prob, first.fg_prob)
+    served = pred.set_image(image)  # waits: builds the runner
+    assert pred.built("bavit") and served.bavit_graph == "onnxruntime float32" and pred.bavit_runs == 3
+    assert np.abs(served.fg_prob - first.fg_prob).max() <= 1e-5  # the float32 graph equals torch
+    cached = pred.set_image(image, wait=False)
+    assert cached.bavit_ms == 0.0 and cached.bavit_graph == "" and cached.fg_prob is served.fg_prob
+    assert pred.bavit_runs == 3
+
+
 def test_concurrent_predictions_equal_serial_ones(bavit_ckpt, yolos_dir):
     """Threads sharing one Predictor (as the app's workers do) get exactly what one thread gets alone."""
     pred = Predictor(bavit=bavit_ckpt, detector=str(yolos_dir), score_threshold=0.0, cache_size=2)

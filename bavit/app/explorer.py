@@ -133,8 +133,8 @@ class Explorer:
             coco_entry = self.coco.match(name, raw)
             if coco_entry is not None:
                 image = raw
-        with self.monitor.measuring():  # BAViT (or its cache: bavit_ms 0)
-            prepared = self.predictor.set_image(image)
+        with self.monitor.measuring():  # BAViT (or its cache: bavit_ms 0); never waits for BAViT's export
+            prepared = self.predictor.set_image(image, wait=not self.monitor.building("bavit"))
         session = ImageSession(name=name, prepared=prepared, display=viz.fit_image(image, DISPLAY_SIDE),
                                bavit_ms=prepared.bavit_ms, source_size=tuple(image.info["source_size"]))
         if coco_entry is not None:
@@ -176,7 +176,7 @@ class Explorer:
     def detector_warming(self, controls: Controls) -> bool:
         """The detector's runner is being built (the warm-up's onnxruntime export): an event with the detector on is
         answered without it for now, and the page's timer fills in its detections and latency once it is built."""
-        return controls.detect and self.predictor.detector_requested and self.predictor.building("detector")
+        return controls.detect and self.predictor.detector_requested and self.monitor.building("detector")
 
     def _dense_due(self, session: ImageSession, controls: Controls) -> bool:
         """The dense detections are to be shown and not measured yet, and the detector can run now."""
@@ -378,7 +378,7 @@ class Explorer:
                      scanned: tuple[ScannedImage, ...] | None = None) -> dict[str, Any]:
         """The dataset view at ``controls`` (the page's sparsity control, its value and CCA steps): ``rows``, the
         :class:`~bavit.engine.dataset_costs.CostRow` of every image scanned (``scanned``, default: so far) sorted
-        by ``sort`` (``"lost"`` or ``"sparsity"``, most first), ``gallery`` (``(path, caption)`` per row, in that
+        by ``sort`` (``"lost"`` or ``"sparsity"``, most first), ``gallery`` (``(thumbnail, caption)`` per row, in that
         order) and ``summary`` (markdown). BAViT does not run: only the rule on every image (a few ms).
 
         Raises:
@@ -390,7 +390,8 @@ class Explorer:
         rows = cost_rows(scanned, controls.settings, self.predictor, sort=sort)
         summary = page.dataset_summary(rows, controls.settings, sort, scan.split, scan.total,
                                        scanning=scan.running) if scan.started else page.dataset_prompt(scan.split)
-        return {"rows": rows, "gallery": [(row.path, page.dataset_caption(row)) for row in rows], "summary": summary}
+        gallery = [(str(scan.thumbnail(row.file_name, row.path)), page.dataset_caption(row)) for row in rows]
+        return {"rows": rows, "gallery": gallery, "summary": summary}
 
     def follow_dataset(self, controls: Controls, sort: Any = "lost", start: bool = True) -> Iterator[dict[str, Any]]:
         """The dataset view (:meth:`dataset_view`) as the one scan goes (:meth:`DatasetScan.follow`): at once, then

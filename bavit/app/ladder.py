@@ -5,7 +5,8 @@
   token table of each position) and shows Python's own answers when the slider moves. Positions with the same grid
   after CCA share one keep mask (:attr:`Rung.mask`).
 - :class:`DetectionLadder`: the pruned detector at each keep mask of a grid ladder, computed in the background,
-  nearest to the slider's position first, each keep mask once. One per session: a new image, sparsity control, CCA
+  the masks of the coarse positions (steps of 0.05 or 5 points) first, each group nearest to the slider's position
+  first, each keep mask once. One per session: a new image, sparsity control, CCA
   setting or detector choice cancels it. The page receives its rungs through its timer and answers a move to a
   computed position with no round trip.
 - :class:`LadderWorker`: the one background thread that runs every session's detection ladder, one rung at a time,
@@ -36,6 +37,9 @@ THRESHOLD_STEP = 0.01  # the threshold slider's step
 TARGET_STEP = 1  # the target-sparsity slider's step (percent)
 THRESHOLD_VALUES = tuple(round(i * THRESHOLD_STEP, 2) for i in range(int(round(1 / THRESHOLD_STEP)) + 1))
 TARGET_VALUES = tuple(float(v) for v in range(0, int(round(100 * MAX_SPARSITY)) + 1, TARGET_STEP))
+# Every COARSE_STEPS-th position (thresholds 0, 0.05, ...; targets 0, 5, ... %): the detection ladder computes the
+# keep masks of these first, so that the whole slider in coarse steps is live soonest.
+COARSE_STEPS = 5
 
 
 def slider_values(mode: str) -> tuple[float, ...]:
@@ -144,9 +148,13 @@ class DetectionLadder:
         return session is self.session and self.key == (session.prepared.key, controls.mode, controls.cca_steps,
                                                         controls.detect, controls.show_dense)
 
+    def _order(self, rung: Rung) -> tuple[bool, int]:
+        return rung.index % COARSE_STEPS != 0, abs(rung.index - self.center)
+
     def next_rung(self) -> Rung | None:
-        """The rung to compute next (marked running): of the keep masks not computed yet, the one with a position
-        nearest to :attr:`center`; ``None`` when all are computed or the ladder is cancelled."""
+        """The rung to compute next (marked running): of the keep masks not computed yet, one at a coarse position
+        (:data:`COARSE_STEPS`) while there are such, and of those the one with a position nearest to :attr:`center`;
+        ``None`` when all are computed or the ladder is cancelled."""
         with self._lock:
             if self.cancelled.is_set():
                 return None
@@ -154,8 +162,7 @@ class DetectionLadder:
             for rung in self.ladder.rungs:
                 if rung is None or rung.mask in self.results:
                     continue
-                distance = abs(rung.index - self.center)
-                if best is None or distance < abs(best.index - self.center):
+                if best is None or self._order(rung) < self._order(best):
                     best = rung
             self._running = None if best is None else best.mask
             return best

@@ -40,6 +40,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..deploy.export import ExportProcess
 from ..predictor import Analysis, Predictor
 
 MIN_DENSE_RUNS = 5  # warm dense runs before the dense median is used
@@ -279,13 +280,24 @@ class LatencyMonitor(LatencyWindows):
         thread = self._thread
         return thread is not None and thread.is_alive()
 
-    def start(self) -> LatencyMonitor:
-        """Start the warm-up in a daemon thread (returns at once; a second call does nothing)."""
+    def building(self, kind: str) -> bool:
+        """True while the warm-up is to build, or builds, the predictor's ``"bavit"`` or ``"detector"`` runner (its
+        onnxruntime export): a request then answers without it rather than wait."""
+        return self.warming_up and not self.predictor.built(kind)
+
+    def start(self, exporters: dict[str, ExportProcess] | None = None) -> LatencyMonitor:
+        """Start the warm-up in a daemon thread (returns at once; a second call does nothing). With ``exporters``
+        (``{"bavit": ..., "detector": ...}``), the warm-up's onnxruntime exports run in those child processes, side
+        by side (their seconds of pure-Python tracing would hold the GIL the server's threads need); they are closed
+        when the exports end."""
         with self._cond:
             if self._thread is None:
-                self._thread = threading.Thread(target=self._background, args=(self._warm_up,),
+                self._thread = threading.Thread(target=self._background, args=(self._warm_up, exporters),
                                                 name="bavit-latency-warm-up", daemon=True)
                 self._thread.start()
+                return self
+        for exporter in (exporters or {}).values():
+            exporter.close()
         return self
 
     def join(self, timeout: float | None = None) -> bool:
@@ -305,9 +317,9 @@ class LatencyMonitor(LatencyWindows):
             refresher.join(timeout)
         return self.join(timeout) and not (refresher is not None and refresher.is_alive())
 
-    def _background(self, work: Callable[[], None]) -> None:
+    def _background(self, work: Callable[..., None], *args: Any) -> None:
         try:
-            work()
+            work(*args)
         except Exception as exc:  # the app must stay up: the page then says why there is no speed-up
             self.error = f"{exc.__class__.__name__}: {exc}"
 
@@ -362,7 +374,7 @@ class LatencyMonitor(LatencyWindows):
         if pixels is None or self._time_into("dense", self.predictor.run_detector, pixels) is not None:
             self._time_into("bavit", self.predictor.run_bavit, image)
 
-    def _warm_up(self) -> None:
+    def _warm_up(self, exporters: dict[str, ExportProcess] | None = None) -> None:
         predictor = self.predictor
         image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (480, 640, 3), dtype=np.uint8))
         detect = bool(predictor.detector_requested)
@@ -374,7 +386,11 @@ class LatencyMonitor(LatencyWindows):
             keep = torch.zeros(grid * grid, dtype=torch.bool)
             keep[order[:min(count, grid * grid)]] = True
             masks[count] = keep.view(1, grid, grid)
-        predictor.warm_up(detect=detect)  # builds the backend's runners (the onnxruntime export)
+        try:
+            predictor.warm_up(detect=detect, exporters=exporters)  # builds the runners (the onnxruntime exports)
+        finally:
+            for exporter in (exporters or {}).values():
+                exporter.close()
         untimed = [(predictor.run_bavit, image)]
         if detect:
             middle = masks[CURVE_COUNTS[len(CURVE_COUNTS) // 2]]

@@ -43,6 +43,8 @@ from typing import Any, NoReturn
 import gradio as gr
 from PIL import Image
 
+from ..deploy.export import ExportProcess
+from ..deploy.runtime import DEFAULT_BACKEND, check_backend
 from ..errors import BAViTError
 from ..predictor import Predictor
 from ..pruning.detector import DEFAULT_DETECTOR
@@ -645,14 +647,24 @@ def create_explorer(bavit: str | Path | None = None, detector: str | None = None
 def create_demo(bavit: str | Path | None = None, detector: str | None = None, data: str | Path | None = None,
                 coco_examples: int = 4, backend: str | None = None) -> gr.Blocks:
     """Load the Predictor once (:func:`create_explorer`), start the latency warm-up in the background (the page is
-    built and served meanwhile; the latency panel says "warming up" until it has medians) and build the page.
+    built and served meanwhile; the latency panel says "warming up" until it has medians; the onnxruntime exports
+    run in child processes) and build the page.
 
     Args:
         bavit, detector, data, backend: as :func:`create_explorer`.
         coco_examples: how many COCO images to add to the examples when ``data`` is given.
     """
-    explorer = create_explorer(bavit=bavit, detector=detector, data=data, backend=backend)
+    # The warm-up exports in two child processes side by side (the server's threads keep the GIL), started first so
+    # that their imports overlap this process' loading.
+    torch_only = check_backend(backend or DEFAULT_BACKEND) == "torch"
+    exporters = {} if torch_only else {"bavit": ExportProcess(), "detector": ExportProcess()}
+    try:
+        explorer = create_explorer(bavit=bavit, detector=detector, data=data, backend=backend)
+    except BaseException:
+        for exporter in exporters.values():
+            exporter.close()
+        raise
     viz.warm_up()
-    explorer.monitor.start()
+    explorer.monitor.start(exporters)
     coco = explorer.coco
     return build_demo(explorer, coco_examples=[str(p) for p in coco.examples(coco_examples)] if coco else None)

@@ -22,6 +22,9 @@ import hashlib
 import json
 import logging
 import os
+import pickle
+import subprocess
+import sys
 import threading
 import warnings
 from collections import OrderedDict
@@ -238,6 +241,106 @@ def quantize_yolos(detector, image_size: int = YOLOS_SIZE) -> tuple[bytes, bytes
     return pruned, dense
 
 
+def _recipe(model) -> tuple:
+    """What rebuilds ``model`` in another process: BAViT pickles as it is; a patched YOLOS (its class is made at
+    patch time, :func:`~bavit.pruning.yolos.patch_yolos`) goes as config, weights and batch mode."""
+    if isinstance(model, BAViT):
+        return ("bavit", model)
+    return ("yolos", (model.config.to_dict(), model.state_dict(), model.pruned_batch_mode))
+
+
+def _rebuild(recipe: tuple):
+    kind, payload = recipe
+    if kind == "bavit":
+        return payload
+    from transformers import YolosConfig, YolosForObjectDetection
+
+    config, state, batch_mode = payload
+    model = YolosForObjectDetection(YolosConfig.from_dict(config))
+    model.load_state_dict(state)
+    return patch_yolos(model, batch_mode).eval()
+
+
+GRAPH_FUNCTIONS = ("export_bavit", "quantize_bavit", "export_pruned_yolos", "export_dense_yolos", "quantize_yolos")
+
+
+class ExportProcess:
+    """A child Python process that makes exports (:data:`GRAPH_FUNCTIONS`) one call at a time, so their seconds of
+    pure-Python tracing do not hold this process' GIL (a server's warm-up exports while it answers requests), at a
+    lower CPU priority (``nice`` +10: the server's requests come first). Its graphs are the ones made in this
+    process (the same nodes and weights; only the nodes' trace metadata differs). It imports torch and warms the
+    exporter once for all its calls. Close it (or use it in a ``with`` block) when done.
+    """
+
+    def __init__(self):
+        package_root = str(Path(__file__).resolve().parents[2])
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")])))
+        self._process = subprocess.Popen([sys.executable, "-m", "bavit.deploy.export"], stdin=subprocess.PIPE,
+                                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+        self._lock = threading.Lock()
+
+    def __call__(self, function, model, *args):
+        """``function(model, *args)`` in the child.
+
+        Raises:
+            RuntimeError: the child failed (its message says why).
+        """
+        if function.__name__ not in GRAPH_FUNCTIONS:
+            raise ValueError(f"not an export function: {function.__name__}")
+        with self._lock:
+            try:
+                pickle.dump((function.__name__, _recipe(model), args), self._process.stdin)
+                self._process.stdin.flush()
+                ok, result = pickle.load(self._process.stdout)
+            except (OSError, EOFError, pickle.UnpicklingError) as exc:
+                self.close()
+                tail = self._process.stderr.read().decode(errors="replace").strip().splitlines()[-3:]
+                raise RuntimeError(f"the export process ended ({exc.__class__.__name__}): {' / '.join(tail)}") from None
+        if not ok:
+            raise RuntimeError(f"the export process failed: {result}")
+        return result
+
+    def close(self) -> None:
+        """End the child (it exits when its input closes)."""
+        if self._process.stdin and not self._process.stdin.closed:
+            try:
+                self._process.stdin.close()
+            except OSError:
+                pass
+        try:
+            self._process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            self._process.wait()
+
+    def __enter__(self) -> "ExportProcess":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _child_main() -> None:
+    """:class:`ExportProcess`'s other end: pickled calls on stdin, ``(ok, result or message)`` pickled on stdout,
+    until stdin closes."""
+    calls, answers = sys.stdin.buffer, sys.stdout.buffer
+    if hasattr(os, "nice"):
+        os.nice(10)
+    while True:
+        try:
+            name, recipe, args = pickle.load(calls)
+        except EOFError:
+            return
+        try:
+            if name not in GRAPH_FUNCTIONS:
+                raise ValueError(f"not an export function: {name}")
+            answer = (True, globals()[name](_rebuild(recipe), *args))
+        except Exception as exc:  # the parent raises it; this process stays up for the next call
+            answer = (False, f"{exc.__class__.__name__}: {exc}")
+        pickle.dump(answer, answers)
+        answers.flush()
+
+
 def check_out_dir(out: str | os.PathLike, what: str = "export folder") -> Path:
     """Refuse ``out`` (:class:`~bavit.errors.ConfigError`) unless an export can be written there without deleting
     anything else: it is new, or an empty folder, or an earlier export holding nothing but :data:`WRITTEN` (it is
@@ -314,3 +417,7 @@ def _readme(manifest: dict) -> str:
             f"- `yolos_dense.onnx`: the same detector, dense\n\n"
             "Inputs, normalisation, labels, the keep-mask rule and the calibration are in `export.json`. The project's "
             "docs/deployment.md (*Deployment: ONNX and onnxruntime*) runs these files with onnxruntime and numpy alone.\n")
+
+
+if __name__ == "__main__":
+    _child_main()

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Optional, Union
+from typing import Callable, Optional, Union
 
 import numpy as np
 import torch
@@ -107,11 +107,14 @@ class OrtBAViT:
         self.per_image = per_image
 
     @classmethod
-    def from_model(cls, model, threads: Optional[int] = None, int8: bool = False) -> "OrtBAViT":
-        """Export ``model`` in memory: float32 (``bavit.onnx``), or with int8 MatMuls (``bavit_int8.onnx``)."""
+    def from_model(cls, model, threads: Optional[int] = None, int8: bool = False,
+                   exporter: Optional[Callable] = None) -> "OrtBAViT":
+        """Export ``model`` in memory: float32 (``bavit.onnx``), or with int8 MatMuls (``bavit_int8.onnx``); in
+        ``exporter`` (a :class:`bavit.deploy.export.ExportProcess`) when given."""
         from .export import export_bavit, quantize_bavit
 
-        return cls(quantize_bavit(model) if int8 else export_bavit(model), threads, per_image=int8)
+        function = quantize_bavit if int8 else export_bavit
+        return cls(exporter(function, model) if exporter else function(model), threads, per_image=int8)
 
     def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
         array = np.ascontiguousarray(pixels.detach().cpu().numpy(), dtype=np.float32)
@@ -136,12 +139,17 @@ class OrtDetector:
         self.image_size = self.pruned.get_inputs()[0].shape[-1]
 
     @classmethod
-    def from_model(cls, model, image_size: int, threads: Optional[int] = None, int8: bool = False) -> "OrtDetector":
+    def from_model(cls, model, image_size: int, threads: Optional[int] = None, int8: bool = False,
+                   exporter: Optional[Callable] = None) -> "OrtDetector":
+        """Export ``model`` (a patched YOLOS) in memory, pruned and dense; in ``exporter`` (a
+        :class:`bavit.deploy.export.ExportProcess`) when given."""
         from ..pruning.detector import yolos_grid
         from .export import export_dense_yolos, export_pruned_yolos, quantize_yolos
 
-        graphs = (quantize_yolos(model, image_size) if int8
-                  else (export_pruned_yolos(model, image_size), export_dense_yolos(model, image_size)))
+        def export(function):
+            return exporter(function, model, image_size) if exporter else function(model, image_size)
+
+        graphs = export(quantize_yolos) if int8 else (export(export_pruned_yolos), export(export_dense_yolos))
         return cls(*graphs, yolos_grid(model.config.patch_size, image_size), threads, int8=int8)
 
     def __call__(self, pixel_values: torch.Tensor, keep_mask: Optional[torch.Tensor] = None) -> DetectorOutput:
@@ -174,17 +182,19 @@ def bavit_graph_name(backend: str, int8: bool = True) -> str:
     return f"{backend} {'int8 MatMuls' if int8 else 'float32'}"
 
 
-def bavit_runner(model, backend: str, threads: Optional[int] = None, int8: bool = True):
+def bavit_runner(model, backend: str, threads: Optional[int] = None, int8: bool = True,
+                 exporter: Optional[Callable] = None):
     """BAViT on ``backend``: the torch model itself, or its ONNX export made in memory (with int8 MatMuls unless
-    ``int8=False``, see :func:`bavit.deploy.export.quantize_bavit`)."""
+    ``int8=False``, see :func:`bavit.deploy.export.quantize_bavit`; in ``exporter`` when given)."""
     if check_backend(backend) == "torch":
         return TorchBAViT(model)
-    return OrtBAViT.from_model(model, threads, int8=int8)
+    return OrtBAViT.from_model(model, threads, int8=int8, exporter=exporter)
 
 
-def detector_runner(model, backend: str, image_size: int, threads: Optional[int] = None):
+def detector_runner(model, backend: str, image_size: int, threads: Optional[int] = None,
+                    exporter: Optional[Callable] = None):
     """The detector on ``backend``: a patched YOLOS, or its pruned + dense ONNX export made in memory (with int8
-    MatMuls on ``onnxruntime-int8``)."""
+    MatMuls on ``onnxruntime-int8``; in ``exporter`` when given)."""
     if check_backend(backend) == "torch":
         return TorchDetector(model)
-    return OrtDetector.from_model(model, image_size, threads, int8=backend == "onnxruntime-int8")
+    return OrtDetector.from_model(model, image_size, threads, int8=backend == "onnxruntime-int8", exporter=exporter)
