@@ -35,7 +35,7 @@ class DatasetScan:
     batch.
 
     The gallery shows each image as a small JPEG made as it is scanned (:meth:`thumbnail`; a COCO photo's is about
-    a tenth of its bytes), in a temporary folder removed with the scan.
+    a tenth of its bytes), in a temporary folder removed with the scan (:meth:`close`, or when it is collected, or at exit).
 
     Each batch is bracketed as a request's run (``monitor.measuring()``): a visitor asked for it, so the background
     latency timing and the detection ladders wait for the scan (overlapping timings are dropped), as they wait for
@@ -62,7 +62,7 @@ class DatasetScan:
         self._scanned: tuple[ScannedImage, ...] = ()
         self._running = False
         self._thumbnails = Path(tempfile.mkdtemp(prefix="bavit-dataset-thumbnails-"))
-        weakref.finalize(self, shutil.rmtree, self._thumbnails, True)
+        self._remove_thumbnails = weakref.finalize(self, shutil.rmtree, self._thumbnails, True)  # at exit too
 
     @property
     def scanned(self) -> tuple[ScannedImage, ...]:
@@ -93,6 +93,10 @@ class DatasetScan:
         name, so a click on it names the image), or the image itself where none could be made."""
         thumbnail = self._thumbnails / Path(file_name).name
         return thumbnail if thumbnail.is_file() else Path(path)
+
+    def close(self) -> None:
+        """Remove the thumbnails' folder (also done when the scan is collected, or at exit)."""
+        self._remove_thumbnails()
 
     def _make_thumbnails(self, batch: list[ScannedImage]) -> None:
         for image in batch:
