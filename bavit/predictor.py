@@ -27,7 +27,6 @@ import os
 import threading
 import time
 from collections import OrderedDict
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Optional, Sequence, Union
 
@@ -281,22 +280,14 @@ class Predictor:
         (:meth:`yolos_pixels`) and ``keep_mask bool [B, 32, 32]`` (None: dense)."""
         return self._runner("detector")(pixels, keep_mask)
 
-    def warm_up(self, detect: bool = True, exporters: Optional[dict] = None) -> None:
-        """Build the backend's runners now (the onnxruntime export takes seconds) instead of on the first image.
-
-        Args:
-            detect: build the detector's runner too (when a detector was asked for).
-            exporters: ``{"bavit": ..., "detector": ...}`` :class:`~bavit.deploy.export.ExportProcess` es to export
-                in, side by side (a server answering requests meanwhile keeps its GIL); None exports here, in turn.
-        """
-        kinds = ["bavit", *(["detector"] if detect and self.detector_requested else [])]
-        if not exporters:
-            for kind in kinds:
-                self._runner(kind)
-            return
-        with ThreadPoolExecutor(len(kinds), thread_name_prefix="bavit-export") as pool:
-            for future in [pool.submit(self._runner, kind, exporters.get(kind)) for kind in kinds]:
-                future.result()
+    def warm_up(self, detect: bool = True, exporter=None) -> None:
+        """Build the backend's runners now (the onnxruntime export takes seconds) instead of on the first image:
+        BAViT's, then (``detect``, when a detector was asked for) the detector's; in ``exporter`` (a
+        :class:`~bavit.deploy.export.ExportProcess`: a server answering requests meanwhile keeps its GIL) when
+        given."""
+        self._runner("bavit", exporter)
+        if detect and self.detector_requested:
+            self._runner("detector", exporter)
 
     def select(self, fg_prob: torch.Tensor, settings: PruningSettings) -> tuple[KeepMask, Optional[float]]:
         """The keep-mask rule (:func:`bavit.pruning.keep_mask.keep_mask_from_probs`) for ``settings`` on

@@ -285,18 +285,17 @@ class LatencyMonitor(LatencyWindows):
         onnxruntime export): a request then answers without it rather than wait."""
         return self.warming_up and not self.predictor.built(kind)
 
-    def start(self, exporters: dict[str, ExportProcess] | None = None) -> LatencyMonitor:
-        """Start the warm-up in a daemon thread (returns at once; a second call does nothing). With ``exporters``
-        (``{"bavit": ..., "detector": ...}``), the warm-up's onnxruntime exports run in those child processes, side
-        by side (their seconds of pure-Python tracing would hold the GIL the server's threads need); they are closed
-        when the exports end."""
+    def start(self, exporter: ExportProcess | None = None) -> LatencyMonitor:
+        """Start the warm-up in a daemon thread (returns at once; a second call does nothing). With ``exporter``,
+        the warm-up's onnxruntime exports run in that child process (their seconds of pure-Python tracing would
+        hold the GIL the server's threads need); it is closed when the exports end."""
         with self._cond:
             if self._thread is None:
-                self._thread = threading.Thread(target=self._background, args=(self._warm_up, exporters),
+                self._thread = threading.Thread(target=self._background, args=(self._warm_up, exporter),
                                                 name="bavit-latency-warm-up", daemon=True)
                 self._thread.start()
                 return self
-        for exporter in (exporters or {}).values():
+        if exporter is not None:
             exporter.close()
         return self
 
@@ -374,7 +373,7 @@ class LatencyMonitor(LatencyWindows):
         if pixels is None or self._time_into("dense", self.predictor.run_detector, pixels) is not None:
             self._time_into("bavit", self.predictor.run_bavit, image)
 
-    def _warm_up(self, exporters: dict[str, ExportProcess] | None = None) -> None:
+    def _warm_up(self, exporter: ExportProcess | None = None) -> None:
         predictor = self.predictor
         image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (480, 640, 3), dtype=np.uint8))
         detect = bool(predictor.detector_requested)
@@ -387,9 +386,9 @@ class LatencyMonitor(LatencyWindows):
             keep[order[:min(count, grid * grid)]] = True
             masks[count] = keep.view(1, grid, grid)
         try:
-            predictor.warm_up(detect=detect, exporters=exporters)  # builds the runners (the onnxruntime exports)
+            predictor.warm_up(detect=detect, exporter=exporter)  # builds the runners (the onnxruntime exports)
         finally:
-            for exporter in (exporters or {}).values():
+            if exporter is not None:
                 exporter.close()
         untimed = [(predictor.run_bavit, image)]
         if detect:

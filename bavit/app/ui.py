@@ -648,23 +648,22 @@ def create_demo(bavit: str | Path | None = None, detector: str | None = None, da
                 coco_examples: int = 4, backend: str | None = None) -> gr.Blocks:
     """Load the Predictor once (:func:`create_explorer`), start the latency warm-up in the background (the page is
     built and served meanwhile; the latency panel says "warming up" until it has medians; the onnxruntime exports
-    run in child processes) and build the page.
+    run in a child process) and build the page.
 
     Args:
         bavit, detector, data, backend: as :func:`create_explorer`.
         coco_examples: how many COCO images to add to the examples when ``data`` is given.
     """
-    # The warm-up exports in two child processes side by side (the server's threads keep the GIL), started first so
-    # that their imports overlap this process' loading.
-    torch_only = check_backend(backend or DEFAULT_BACKEND) == "torch"
-    exporters = {} if torch_only else {"bavit": ExportProcess(), "detector": ExportProcess()}
+    # The warm-up exports in a child process (the server's threads keep the GIL), started first so that its imports
+    # overlap this process' loading.
+    exporter = None if check_backend(backend or DEFAULT_BACKEND) == "torch" else ExportProcess()
     try:
         explorer = create_explorer(bavit=bavit, detector=detector, data=data, backend=backend)
     except BaseException:
-        for exporter in exporters.values():
+        if exporter is not None:
             exporter.close()
         raise
     viz.warm_up()
-    explorer.monitor.start(exporters)
+    explorer.monitor.start(exporter)
     coco = explorer.coco
     return build_demo(explorer, coco_examples=[str(p) for p in coco.examples(coco_examples)] if coco else None)

@@ -266,9 +266,8 @@ GRAPH_FUNCTIONS = ("export_bavit", "quantize_bavit", "export_pruned_yolos", "exp
 
 class ExportProcess:
     """A child Python process that makes exports (:data:`GRAPH_FUNCTIONS`) one call at a time, so their seconds of
-    pure-Python tracing do not hold this process' GIL (a server's warm-up exports while it answers requests), at a
-    lower CPU priority (``nice`` +10: the server's requests come first). Its graphs are the ones made in this
-    process (the same nodes and weights; only the nodes' trace metadata differs). It imports torch and warms the
+    pure-Python tracing do not hold this process' GIL (a server's warm-up exports while it answers requests). Its
+    graphs are the ones made in this process (the same nodes and weights; only the nodes' trace metadata differs). It imports torch and warms the
     exporter once for all its calls. Close it (or use it in a ``with`` block) when done.
     """
 
@@ -324,8 +323,6 @@ def _child_main() -> None:
     """:class:`ExportProcess`'s other end: pickled calls on stdin, ``(ok, result or message)`` pickled on stdout,
     until stdin closes."""
     calls, answers = sys.stdin.buffer, sys.stdout.buffer
-    if hasattr(os, "nice"):
-        os.nice(10)
     while True:
         try:
             name, recipe, args = pickle.load(calls)
