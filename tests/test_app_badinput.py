@@ -29,7 +29,8 @@ def load(client, path):
 
 
 def grids(outputs) -> tuple[str, str]:
-    """The grid bits before and after CCA that an event's ``#page-state`` message gives the page to draw."""
+    """The grids before and after CCA (hex, ``page.grid_hex``) that an event's ``#page-state`` message gives the
+    page to draw."""
     message = json.loads(outputs[0])
     view = message.get("view", message)  # an image message carries its view
     return view["raw"], view["cca"]
@@ -97,8 +98,8 @@ def test_odd_but_valid_images_work(client, server, tmp_path):
     for path, size in odd_images(tmp_path):
         outputs = load(client, path)
         assert "Sparsity:" in outputs[SPARSITY], path.name
-        raw, cca = grids(outputs)  # both grids, every cell 0 or 1
-        assert len(raw) == len(cca) > 0 and set(raw + cca) <= {"0", "1"}, path.name
+        raw, cca = grids(outputs)  # both grids, 4 cells to a hex digit
+        assert len(raw) == len(cca) > 0 and set(raw + cca) <= set("0123456789abcdef"), path.name
         result = client.predict(handle_file(str(path)), 0.5, 3, 0, api_name="/analyze")
         assert tuple(result["image_size"]) == size, path.name
         assert 0 <= result["kept_patches"] <= 1024

@@ -21,7 +21,7 @@ from PIL import Image
 
 from bavit.app.explorer import Explorer
 from bavit.app.session import SessionGate
-from bavit.app.page import grid_bits
+from bavit.app.page import grid_hex
 from bavit.app.ui import OUTPUT_KEYS, build_handlers
 from bavit.app.session import MODE_SPARSITY, MODE_THRESHOLD, MODE_TOPK, Controls, ImageSession
 from bavit.predictor import Predictor
@@ -162,8 +162,8 @@ def test_last_control_event_wins(grid_predictor, monkeypatch):
     assert page["sparsity"] == expected["sparsity"] and "threshold 0.70" in page["sparsity"]
     assert page["tokens"] == expected["tokens"]
     state = json.loads(page["state"])  # the grids the page draws
-    assert state["raw"] == grid_bits(expected["analysis"].grid_raw)
-    assert state["cca"] == grid_bits(expected["analysis"].grid_cca)
+    assert state["raw"] == grid_hex(expected["analysis"].grid_raw)
+    assert state["cca"] == grid_hex(expected["analysis"].grid_cca)
     # an event returns all of its outputs or gr.skip() for all; stale ones are skipped and did no work
     skipped = [i for i, out in enumerate(results) if all(value == SKIP for value in out)]
     rendered = [i for i, out in enumerate(results) if not any(value == SKIP for value in out[:-1])]  # bar the timer

@@ -58,8 +58,9 @@ def test_image_message_carries_what_the_page_needs(explorer, handlers):
     # the server's view of the image: the Predictor's grids at the calibrated threshold
     expected = explorer.predictor.predict(session.prepared, PruningSettings(sparsity=0.35, cca_steps=3), detect=False)
     view = message["view"]
-    assert (view["raw"], view["cca"], view["kept"]) == (bits(expected.grid_raw), bits(expected.grid_cca),
-                                                       int(expected.keep_mask.sum()))
+    cells = expected.grid_raw.size  # the grids travel as hex, as the ladder's (page.grid_hex)
+    assert (unhex(view["raw"], cells), unhex(view["cca"], cells), view["kept"]) == (
+        bits(expected.grid_raw), bits(expected.grid_cca), int(expected.keep_mask.sum()))
     assert view["gt"] is False and view["key"] == session.prepared.key
     assert view["curve"]["point"]["threshold"] == pytest.approx(calibration.threshold(0.35, 3))
     assert message["curve"]["cca"] == 3 and message["curve"]["base"].startswith("data:image/png;base64,")
@@ -128,8 +129,9 @@ def test_slider_event_sends_only_what_changes(explorer, handlers):
     assert view["controls"] == {"mode": MODE_THRESHOLD, "threshold": 0.4, "target": 35.0, "cca": 2, "detect": True,
                                 "dense": False}
     expected = keep_mask_from_probs(torch.from_numpy(np.array(session.prepared.fg_prob)), PruningSettings(threshold=0.4, cca_steps=2))
-    assert (view["raw"], view["cca"], view["kept"]) == (bits(expected.grid_raw), bits(expected.grid_cca),
-                                                       int(expected.kept_patches))
+    cells = expected.grid_raw.numel()
+    assert (unhex(view["raw"], cells), unhex(view["cca"], cells), view["kept"]) == (
+        bits(expected.grid_raw), bits(expected.grid_cca), int(expected.kept_patches))
     assert json.loads(second[0])["nonce"] != view["nonce"]  # the same view again is still a change for the page
 
     # top-k: the page's messages carry the curve's x (the k-th highest probability)

@@ -11,7 +11,7 @@ A move to a position the page lacks goes to the server. The server stays the sou
 sends its own grids (``"view"``), which the page draws as they are. Messages (JSON objects, ``kind`` first):
 
 - ``"image"``: a new image: ``payload`` (:func:`image_payload`), its server ``view`` and the ``curve`` base plot;
-- ``"view"``: one server render: grid bits, kept count, whether the image has GT, the curve's point, the detection
+- ``"view"``: one server render: the grids (hex, :func:`grid_hex`, as the ladders'), kept count, whether the image has GT, the curve's point, the detection
   marks, the grid ladder when the page lacks it and the detection ladder's id (:func:`view_message`);
 - ``"rungs"``: detection-ladder rungs computed since the last (:func:`rungs_message`), sent by the page's timer;
 - ``"curve"``: the base plot of one CCA setting, for the page to draw markers on (:func:`curve_message`);
@@ -256,11 +256,6 @@ def head_html() -> str:
     return f'<style>\n{css}</style>\n<script>\n(() => {{\n"use strict";\n{js}}})();\n</script>\n'
 
 
-def grid_bits(grid: np.ndarray) -> str:
-    """``[G, G]`` bool grid -> ``G*G`` characters ``0``/``1``, row-major."""
-    return "".join("1" if value else "0" for value in np.asarray(grid, dtype=bool).ravel())
-
-
 def grid_hex(grid: np.ndarray) -> str:
     """``[G, G]`` bool grid -> hex of its row-major bits, 4 per digit, the first bit the highest (``G*G/4`` digits,
     the last padded with zeros)."""
@@ -341,7 +336,7 @@ def _measured(session: ImageSession, cca_steps: int) -> list[list[float]]:
 
 def view_message(explorer, session: ImageSession, view: dict[str, Any], controls: Controls,
                  slider: bool = False) -> dict[str, Any]:
-    """One server render (:meth:`Explorer.render`'s ``view``) for the page: grid bits before / after CCA, the
+    """One server render (:meth:`Explorer.render`'s ``view``) for the page: the grids before / after CCA (hex), the
     YOLOS patches kept, ``gt`` (the image has a GT grid: its comparison follows the grid, so the page leaves slider
     moves to the server), the curve's current point ``{cca, threshold, sparsity (%), speedup (x or None)}`` with
     the speed-ups measured so far for that CCA setting; ``detections`` / ``dense`` (marks, ``null`` = hide) where
@@ -359,7 +354,7 @@ def view_message(explorer, session: ImageSession, view: dict[str, Any], controls
         "speedup": None if record.point is None else float(record.point[1]),
     }
     message = {"kind": "view", "nonce": next(_NONCES), "key": session.prepared.key,
-               "raw": grid_bits(analysis.grid_raw), "cca": grid_bits(analysis.grid_cca),
+               "raw": grid_hex(analysis.grid_raw), "cca": grid_hex(analysis.grid_cca),
                "kept": int(analysis.accounting.kept_patches), "gt": session.gt is not None,
                "curve": {"cca": cca_steps, "point": point, "measured": _measured(session, cca_steps)},
                "controls": {"mode": controls.mode, "threshold": controls.threshold,
@@ -424,5 +419,5 @@ def encode(message: dict[str, Any]) -> str:
 
 __all__ = ["DATASET_SORTS", "clear_message", "curve_message", "data_url", "dataset_caption", "dataset_prompt",
            "dataset_summary", "encode",
-           "grid_bits", "grid_hex", "head_html",
+           "grid_hex", "head_html",
            "image_message", "image_payload", "ladder_message", "read_ack", "rungs_message", "view_message"]

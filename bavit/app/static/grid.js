@@ -1,7 +1,7 @@
 /*
  * BAViT Explorer in the browser: the page's state and its events. Data comes from the server (bavit/app/page.py)
  * as JSON in the hidden #page-state textbox, one message per server event: "image" (a new image: its display image
- * and the server's view of it), "view" (a server render: grid bits, the curve's point, detection marks, and the grid
+ * and the server's view of it), "view" (a server render: its grids in hex, the curve's point, detection marks, and the grid
  * ladder of its sparsity control and CCA setting when the page lacks it), "rungs" (detections the background computed
  * at more slider positions), "curve" (the base plot of one CCA setting) and "clear". The page computes nothing: a
  * slider move shows what the ladders hold for the new position (Python's grids, texts and detections) and asks the
@@ -131,8 +131,8 @@ function applyView(view) {
   }
   if (!view.slider || !state.current) state.current = {...view.controls, waiting: false};
   else if ("detections" in view) state.current.waiting = false;
-  const grid = (text) => Uint8Array.from(text, Number);
-  paintGrids(p, {raw: grid(view.raw), cca: grid(view.cca), kept: view.kept}, "server");
+  const cells = p.side * p.side;
+  paintGrids(p, {raw: decodeGrid(view.raw, cells), cca: decodeGrid(view.cca, cells), kept: view.kept}, "server");
   if (view.ladder) addLadder(p, view.ladder);
   if ("job" in view) setJob(view.job);
   if ("detections" in view) drawDetections("detections-pruned", p, view.detections, "server");
