@@ -252,6 +252,8 @@ def test_an_export_process_makes_the_graphs_this_process_makes_and_reports_failu
         child_pruned = exporter(export_pruned_yolos, yolos, SIZE)
         with pytest.raises(ValueError, match="not an export function"):
             exporter(json.dumps, bavit)
+    with pytest.raises(RuntimeError, match="the export process ended"):  # closed: it says so, it does not hang
+        exporter(quantize_bavit, bavit)
     assert torch.equal(child_bavit(x), OrtBAViT.from_model(bavit, threads=1, int8=True)(x))
     here = OrtDetector.from_model(yolos, SIZE, threads=1)
     there = OrtDetector(child_pruned, export_dense_yolos(yolos, SIZE), 32, threads=1)

@@ -25,6 +25,7 @@ import os
 import pickle
 import subprocess
 import sys
+import tempfile
 import threading
 import warnings
 from collections import OrderedDict
@@ -148,8 +149,6 @@ def export_bavit(model: BAViT, batch: int = 2) -> bytes:
 def quantize_matmuls(graph: bytes) -> bytes:
     """``graph`` (ONNX bytes) with its MatMuls quantized to int8 by onnxruntime's dynamic quantization (weights
     int8 per tensor, activations scaled per call by their whole tensor); everything else stays float32."""
-    import tempfile
-
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     with tempfile.TemporaryDirectory(prefix="bavit-int8-") as tmp:
@@ -171,8 +170,6 @@ def quantize_static_qdq(graph: bytes, inputs: Sequence[dict[str, np.ndarray]],
     """``graph`` (ONNX bytes) statically quantized by onnxruntime's ``quantize_static``: QDQ nodes around ``op_types``
     (default: every op it can quantize), int8 weights per channel and uint8 activations whose fixed ranges are the
     min and max seen on ``inputs`` (feeds of the graph, one call each)."""
-    import tempfile
-
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
     class Feeds(CalibrationDataReader):
@@ -267,15 +264,17 @@ GRAPH_FUNCTIONS = ("export_bavit", "quantize_bavit", "export_pruned_yolos", "exp
 class ExportProcess:
     """A child Python process that makes exports (:data:`GRAPH_FUNCTIONS`) one call at a time, so their seconds of
     pure-Python tracing do not hold this process' GIL (a server's warm-up exports while it answers requests). Its
-    graphs are the ones made in this process (the same nodes and weights; only the nodes' trace metadata differs). It imports torch and warms the
-    exporter once for all its calls. Close it (or use it in a ``with`` block) when done.
+    graphs are the ones made in this process (the same nodes and weights; only the nodes' trace metadata differs).
+    It imports torch and warms the exporter once for all its calls; what it prints goes to a temporary file (its
+    last lines explain a failure). Close it (or use it in a ``with`` block) when done.
     """
 
     def __init__(self):
         package_root = str(Path(__file__).resolve().parents[2])
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")])))
+        self._log = tempfile.TemporaryFile()  # not a pipe: a child writing more than it holds would block
         self._process = subprocess.Popen([sys.executable, "-m", "bavit.deploy.export"], stdin=subprocess.PIPE,
-                                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+                                         stdout=subprocess.PIPE, stderr=self._log, env=env)
         self._lock = threading.Lock()
 
     def __call__(self, function, model, *args):
@@ -291,9 +290,10 @@ class ExportProcess:
                 pickle.dump((function.__name__, _recipe(model), args), self._process.stdin)
                 self._process.stdin.flush()
                 ok, result = pickle.load(self._process.stdout)
-            except (OSError, EOFError, pickle.UnpicklingError) as exc:
+            except (OSError, ValueError, EOFError, pickle.UnpicklingError) as exc:  # it ended, or was closed
                 self.close()
-                tail = self._process.stderr.read().decode(errors="replace").strip().splitlines()[-3:]
+                self._log.seek(0)
+                tail = self._log.read().decode(errors="replace").strip().splitlines()[-3:]
                 raise RuntimeError(f"the export process ended ({exc.__class__.__name__}): {' / '.join(tail)}") from None
         if not ok:
             raise RuntimeError(f"the export process failed: {result}")
@@ -311,6 +311,7 @@ class ExportProcess:
         except subprocess.TimeoutExpired:
             self._process.kill()
             self._process.wait()
+        self._process.stdout.close()
 
     def __enter__(self) -> "ExportProcess":
         return self
@@ -322,7 +323,8 @@ class ExportProcess:
 def _child_main() -> None:
     """:class:`ExportProcess`'s other end: pickled calls on stdin, ``(ok, result or message)`` pickled on stdout,
     until stdin closes."""
-    calls, answers = sys.stdin.buffer, sys.stdout.buffer
+    calls, answers = sys.stdin.buffer, os.fdopen(os.dup(sys.stdout.fileno()), "wb")
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # a library's print goes to the log, not into the answers
     while True:
         try:
             name, recipe, args = pickle.load(calls)
