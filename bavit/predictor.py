@@ -256,10 +256,10 @@ class Predictor:
         config = self.bavit.config
         return torch.stack([bavit_pixels(image, config) for image in images])
 
-    def run_bavit(self, image: Image.Image) -> np.ndarray:
-        """One uncached BAViT forward on this backend: RGB image -> ``float32 [G, G]`` FG probabilities (the square
-        resize and normalisation included). :meth:`set_image` is the cached way."""
-        return self._runner("bavit")(self.bavit_pixels([image]))[0].float().numpy()
+    def run_bavit(self, image: Image.Image, runner=None) -> np.ndarray:
+        """One uncached BAViT forward on this backend (or on ``runner``): RGB image -> ``float32 [G, G]`` FG
+        probabilities (the square resize and normalisation included). :meth:`set_image` is the cached way."""
+        return (runner or self._runner("bavit"))(self.bavit_pixels([image]))[0].float().numpy()
 
     @property
     def yolos_grid(self) -> int:
@@ -348,7 +348,7 @@ class Predictor:
         else:
             runner, graph = TorchBAViT(self.bavit), bavit_graph_name("torch")
         start = time.perf_counter()
-        probs = runner(self.bavit_pixels([resized]))[0].float().numpy()
+        probs = self.run_bavit(resized, runner)
         elapsed = (time.perf_counter() - start) * 1000.0
         probs.setflags(write=False)
         with self._lock:
