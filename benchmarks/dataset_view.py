@@ -17,7 +17,7 @@ import os
 import time
 from pathlib import Path
 
-from bavit.app.session import CocoGroundTruth
+from bavit.data.coco import CocoGroundTruth
 from bavit.bench import ROOT
 from bavit.cli import run_script
 from bavit.files import write_text

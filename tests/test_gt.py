@@ -5,9 +5,10 @@ import pytest
 from PIL import Image
 
 from bavit.app.explorer import Explorer
-from bavit.app.session import CocoGroundTruth, grid_stats, painted_mask
+from bavit.app.session import grid_stats, painted_mask
 from bavit.app.session import Controls
 from bavit.core.labels import labels_from_mask
+from bavit.data.coco import CocoGroundTruth
 
 
 def test_painted_mask_from_editor_layers():

@@ -13,11 +13,11 @@ from pathlib import Path
 
 from PIL import Image
 
+from ..data.coco import CocoGroundTruth
 from ..engine.dataset_costs import DEFAULT_BATCH_SIZE, ScannedImage, scan_images
 from ..errors import BAViTError, DataError
 from ..predictor import Predictor
 from .latency import LatencyMonitor
-from .session import CocoGroundTruth
 
 # s: how often a dataset scan's follower gets the images scanned since its last update (the first batch and the end
 # at once). Each update sends the whole gallery (Gradio hashes every file it sends: about 0.15 s for 206 COCO images).

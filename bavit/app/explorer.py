@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..data.coco import CocoGroundTruth
 from ..engine.cocoeval import result_rows
 from ..engine.dataset_costs import ScannedImage, cost_rows, sort_rows
 from ..engine.pruning_cost import (
@@ -46,7 +47,6 @@ from .ladder import DetectionLadder, LadderWorker, Rung, grid_ladder
 from .latency import LatencyEstimate, LatencyMonitor, time_pruned
 from .page import latency_note
 from .session import (
-    CocoGroundTruth,
     Controls,
     ImageSession,
     ViewRecord,

@@ -6,9 +6,9 @@
   :func:`effective_threshold` gives the curve's x. :class:`ViewRecord` — what one render measured.
 - :class:`SessionGate` — the order of one session's events: a FIFO, re-entrant lock with numbered tickets; a control
   event superseded by a newer one skips its work, so the last event wins.
-- Ground truth: :class:`CocoGroundTruth` (a COCO-format dataset's instance masks, for its images) and
-  :func:`painted_mask` (the user's painting), as patch grids by the label rule of :mod:`bavit.core.labels` laid over
-  the image the way BAViT sees it; :func:`grid_stats` compares a grid with them.
+- Ground truth: :func:`painted_mask` (the user's painting) beside a dataset's
+  (:class:`~bavit.data.coco.CocoGroundTruth`), as patch grids by the label rule of :mod:`bavit.core.labels` laid
+  over the image the way BAViT sees it; :func:`grid_stats` compares a grid with them.
 """
 from __future__ import annotations
 
@@ -16,17 +16,15 @@ import threading
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
 from ..core.labels import labels_from_mask
-from ..data.coco import CocoImage, load_coco, resolve_paths
-from ..data.records import Record, records_from_coco
+from ..data.coco import CocoImage
 from ..engine.metrics import confusion_counts, rates
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError
 from ..predictor import Analysis, Predictor, PreparedImage
 from ..pruning.settings import (
     DEFAULT_CCA_STEPS,
@@ -121,96 +119,6 @@ class SessionGate:
             with self._cond:
                 self._owner, self._owner_ticket = None, -1
                 self._advance()
-
-
-class CocoGroundTruth:
-    """A COCO-format dataset root (``annotations/instances_SPLIT.json`` + ``SPLIT/``), indexed by file name.
-
-    Only reads from the dataset; nothing is copied. Raises :class:`DataError` when no split is found.
-    """
-
-    def __init__(self, root: str | Path, splits: tuple[str, ...] = ("val2017", "train2017")):
-        self.root = Path(root).expanduser()
-        self._coco: dict[str, Any] = {}
-        self._dirs: dict[str, Path] = {}
-        self._by_name: dict[str, CocoImage] = {}
-        for split in splits:
-            ann_file, images_dir = resolve_paths(self.root, split)
-            if not ann_file.is_file() or not images_dir.is_dir():
-                continue
-            coco = self._coco[split] = load_coco(ann_file)
-            self._dirs[split] = images_dir
-            for image_id in coco.imgs:
-                entry = CocoImage.listed(coco, image_id, images_dir, split)
-                if entry.path.is_file():
-                    self._by_name.setdefault(entry.file_name, entry)
-        if not self._coco:
-            raise DataError(f"no COCO annotations found under {self.root} (expected annotations/instances_SPLIT.json and SPLIT/)")
-
-    def __len__(self) -> int:
-        return len(self._by_name)
-
-    @property
-    def splits(self) -> tuple[str, ...]:
-        """The loaded splits, in the order asked for (``val2017`` first by default)."""
-        return tuple(self._coco)
-
-    def records(self, split: str) -> list[Record]:
-        """The split's images whose files exist (those :meth:`lookup` can find), as records with their instance masks
-        (:func:`~bavit.data.records.records_from_coco`), by image id; for the app's dataset view."""
-        return [record for record in records_from_coco(self._coco[split], self._dirs[split])
-                if record.image_path.is_file()]
-
-    def image_dirs(self) -> tuple[Path, ...]:
-        """The image folders of the loaded splits (``ROOT/SPLIT``): the app may read its images from them."""
-        return tuple(self._dirs.values())
-
-    def lookup(self, file_name: str) -> CocoImage | None:
-        """The dataset image with this file name (any directory part is ignored), or ``None``."""
-        return self._by_name.get(Path(file_name).name)
-
-    def match(self, file_name: str, image: Image.Image) -> CocoImage | None:
-        """The dataset image that ``image`` (decoded without EXIF rotation) is, or ``None``.
-
-        A match needs the same file name, the same size and nearly the same pixels (a 16x16 grey thumbnail within
-        8 grey levels on average), so an unrelated upload that happens to share a COCO file name gets no GT.
-        """
-        entry = self.lookup(file_name)
-        if entry is None or image.size != (entry.width, entry.height):
-            return None
-        theirs = Image.open(entry.path).convert("L").resize((16, 16), Image.BILINEAR)
-        ours = image.convert("L").resize((16, 16), Image.BILINEAR)
-        diff = np.abs(np.asarray(theirs, dtype=np.float32) - np.asarray(ours, dtype=np.float32)).mean()
-        return entry if diff <= 8.0 else None
-
-    def fg_mask(self, entry: CocoImage) -> np.ndarray:
-        """``[H, W]`` bool union of the image's instance masks (polygons and crowd RLE)."""
-        coco = self._coco[entry.split]
-        mask = np.zeros((entry.height, entry.width), dtype=bool)
-        for ann in coco.loadAnns(coco.getAnnIds(imgIds=[entry.image_id], iscrowd=None)):
-            if ann.get("segmentation"):
-                mask |= coco.annToMask(ann).astype(bool)
-        return mask
-
-    def labels(self, entry: CocoImage, grid: tuple[int, int]) -> np.ndarray:
-        """``[gh, gw]`` int64 GT grid (1 = FG, 0 = BG) from the instance masks."""
-        return labels_from_mask(self.fg_mask(entry), grid=grid).numpy()
-
-    def examples(self, count: int = 4, split: str = "val2017") -> list[Path]:
-        """``count`` dataset images with objects covering 10-60% of the image, spread over the split by id."""
-        coco = self._coco.get(split) or next(iter(self._coco.values()))
-        chosen = []
-        for image_id in sorted(coco.imgs):
-            info = coco.imgs[image_id]
-            anns = coco.loadAnns(coco.getAnnIds(imgIds=[image_id], iscrowd=False))
-            fraction = sum(a.get("area", 0.0) for a in anns) / float(info["width"] * info["height"])
-            entry = self.lookup(info["file_name"])
-            if entry is not None and 2 <= len(anns) <= 12 and 0.10 <= fraction <= 0.60:
-                chosen.append(entry.path)
-        if len(chosen) <= count:
-            return chosen
-        step = len(chosen) / count
-        return [chosen[int(i * step)] for i in range(count)]
 
 
 def painted_mask(editor_value: Mapping[str, Any] | None) -> np.ndarray | None:

@@ -43,6 +43,7 @@ from typing import Any, NoReturn
 import gradio as gr
 from PIL import Image
 
+from ..data.coco import CocoGroundTruth
 from ..deploy.export import ExportProcess
 from ..deploy.runtime import DEFAULT_BACKEND, check_backend
 from ..errors import BAViTError
@@ -62,7 +63,6 @@ from .server import ERRORS
 from .session import (
     MODE_THRESHOLD,
     TARGET_MODES,
-    CocoGroundTruth,
     Controls,
     ImageSession,
     default_mode,

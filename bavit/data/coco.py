@@ -1,6 +1,9 @@
-"""COCO detection data for YOLOS: annotations via pycocotools, images via :func:`bavit.imageio.load_image`.
+"""COCO-format data read through pycocotools, images via :func:`bavit.imageio.load_image`.
 
-Shared by the mAP harness (:mod:`bavit.engine.coco_map`) and sparse fine-tuning (:mod:`bavit.engine.finetune`).
+- :class:`CocoDetection` -- detection data for YOLOS, shared by the mAP harness (:mod:`bavit.engine.coco_map`) and
+  sparse fine-tuning (:mod:`bavit.engine.finetune`).
+- :class:`CocoGroundTruth` -- a dataset root's images indexed by file name, with their objects' pixels and patch
+  labels: the app's ground truth for an image it is shown.
 
 Label ids. ``hustvl/yolos-tiny`` (like DETR) was trained with the *original 91-index* COCO ids: its
 ``config.id2label`` has 91 entries, index ``i`` is COCO ``category_id`` ``i`` (``1 = person`` ... ``90 = toothbrush``)
@@ -13,14 +16,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
 from PIL import Image
 
 from ..box_ops import box_clip_xyxy, box_normalize, box_xywh_to_xyxy, box_xyxy_to_cxcywh
+from ..core.labels import labels_from_mask
 from ..errors import ConfigError, DataError
 from ..imageio import load_image
-from .records import coco_split, load_coco
+from .records import Record, coco_split, load_coco, records_from_coco
 
 
 def resolve_paths(coco_root: str | Path | None = None, split: str | None = None,
@@ -83,7 +89,7 @@ def yolos_targets(anns: list[dict], width: int, height: int, category_to_label: 
 @dataclass(frozen=True)
 class CocoImage:
     """One image of a COCO-format dataset as its annotation file lists it; the items of :class:`CocoDetection`
-    also carry its decoded pixels and annotations (the app's GT index, :mod:`bavit.app.session`, needs neither)."""
+    also carry its decoded pixels and annotations (:class:`CocoGroundTruth`, the app's GT index, needs neither)."""
 
     image_id: int
     file_name: str
@@ -133,3 +139,93 @@ class CocoDetection(torch.utils.data.Dataset):
         entry = CocoImage.listed(self.coco, self.image_ids[index], self.images_dir)
         return replace(entry, image=load_image(entry.path, max_side=None, exif=False),
                        anns=self.coco.loadAnns(self.coco.getAnnIds(imgIds=[entry.image_id])))
+
+
+class CocoGroundTruth:
+    """A COCO-format dataset root (``annotations/instances_SPLIT.json`` + ``SPLIT/``), indexed by file name.
+
+    Only reads from the dataset; nothing is copied. Raises :class:`DataError` when no split is found.
+    """
+
+    def __init__(self, root: str | Path, splits: tuple[str, ...] = ("val2017", "train2017")):
+        self.root = Path(root).expanduser()
+        self._coco: dict[str, Any] = {}
+        self._dirs: dict[str, Path] = {}
+        self._by_name: dict[str, CocoImage] = {}
+        for split in splits:
+            ann_file, images_dir = resolve_paths(self.root, split)
+            if not ann_file.is_file() or not images_dir.is_dir():
+                continue
+            coco = self._coco[split] = load_coco(ann_file)
+            self._dirs[split] = images_dir
+            for image_id in coco.imgs:
+                entry = CocoImage.listed(coco, image_id, images_dir, split)
+                if entry.path.is_file():
+                    self._by_name.setdefault(entry.file_name, entry)
+        if not self._coco:
+            raise DataError(f"no COCO annotations found under {self.root} (expected annotations/instances_SPLIT.json and SPLIT/)")
+
+    def __len__(self) -> int:
+        return len(self._by_name)
+
+    @property
+    def splits(self) -> tuple[str, ...]:
+        """The loaded splits, in the order asked for (``val2017`` first by default)."""
+        return tuple(self._coco)
+
+    def records(self, split: str) -> list[Record]:
+        """The split's images whose files exist (those :meth:`lookup` can find), as records with their instance masks
+        (:func:`~bavit.data.records.records_from_coco`), by image id; for the app's dataset view."""
+        return [record for record in records_from_coco(self._coco[split], self._dirs[split])
+                if record.image_path.is_file()]
+
+    def image_dirs(self) -> tuple[Path, ...]:
+        """The image folders of the loaded splits (``ROOT/SPLIT``): the app may read its images from them."""
+        return tuple(self._dirs.values())
+
+    def lookup(self, file_name: str) -> CocoImage | None:
+        """The dataset image with this file name (any directory part is ignored), or ``None``."""
+        return self._by_name.get(Path(file_name).name)
+
+    def match(self, file_name: str, image: Image.Image) -> CocoImage | None:
+        """The dataset image that ``image`` (decoded without EXIF rotation) is, or ``None``.
+
+        A match needs the same file name, the same size and nearly the same pixels (a 16x16 grey thumbnail within
+        8 grey levels on average), so an unrelated upload that happens to share a COCO file name gets no GT.
+        """
+        entry = self.lookup(file_name)
+        if entry is None or image.size != (entry.width, entry.height):
+            return None
+        theirs = Image.open(entry.path).convert("L").resize((16, 16), Image.BILINEAR)
+        ours = image.convert("L").resize((16, 16), Image.BILINEAR)
+        diff = np.abs(np.asarray(theirs, dtype=np.float32) - np.asarray(ours, dtype=np.float32)).mean()
+        return entry if diff <= 8.0 else None
+
+    def fg_mask(self, entry: CocoImage) -> np.ndarray:
+        """``[H, W]`` bool union of the image's instance masks (polygons and crowd RLE)."""
+        coco = self._coco[entry.split]
+        mask = np.zeros((entry.height, entry.width), dtype=bool)
+        for ann in coco.loadAnns(coco.getAnnIds(imgIds=[entry.image_id], iscrowd=None)):
+            if ann.get("segmentation"):
+                mask |= coco.annToMask(ann).astype(bool)
+        return mask
+
+    def labels(self, entry: CocoImage, grid: tuple[int, int]) -> np.ndarray:
+        """``[gh, gw]`` int64 GT grid (1 = FG, 0 = BG) from the instance masks."""
+        return labels_from_mask(self.fg_mask(entry), grid=grid).numpy()
+
+    def examples(self, count: int = 4, split: str = "val2017") -> list[Path]:
+        """``count`` dataset images with objects covering 10-60% of the image, spread over the split by id."""
+        coco = self._coco.get(split) or next(iter(self._coco.values()))
+        chosen = []
+        for image_id in sorted(coco.imgs):
+            info = coco.imgs[image_id]
+            anns = coco.loadAnns(coco.getAnnIds(imgIds=[image_id], iscrowd=False))
+            fraction = sum(a.get("area", 0.0) for a in anns) / float(info["width"] * info["height"])
+            entry = self.lookup(info["file_name"])
+            if entry is not None and 2 <= len(anns) <= 12 and 0.10 <= fraction <= 0.60:
+                chosen.append(entry.path)
+        if len(chosen) <= count:
+            return chosen
+        step = len(chosen) / count
+        return [chosen[int(i * step)] for i in range(count)]
