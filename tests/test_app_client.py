@@ -15,7 +15,7 @@ from bavit.pruning.settings import PruningSettings
 from bavit.app.explorer import Explorer, pruning_cost  # noqa: E402
 from bavit.app.page import banner_text  # noqa: E402
 from bavit.app.session import MODE_THRESHOLD, MODE_TOPK, Controls  # noqa: E402
-from bavit.app.ui import OUTPUT_KEYS, build_demo  # noqa: E402
+from bavit.app.ui import build_demo  # noqa: E402
 from bavit.predictor import Predictor  # noqa: E402
 
 CHELSEA = apphelpers.EXAMPLES / "chelsea.jpg"

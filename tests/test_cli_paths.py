@@ -381,7 +381,6 @@ def test_the_real_cli_prints_one_line_and_exits_2(argv, fragment, tmp_path):
 def test_export_of_a_broken_checkpoint_prints_one_line_and_exits_2(tmp_path, metadata, fragment):
     """``python -m bavit export --bavit`` a checkpoint whose JSON nests 100,000 deep, or one with std 0, prints one
     line and exits 2 (no RecursionError traceback, no export full of NaN)."""
-    import torch
     from safetensors.torch import save_file
 
     from bavit.core.checkpoint import CONFIG_KEY, FORMAT, FORMAT_KEY

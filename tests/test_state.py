@@ -1,6 +1,5 @@
 """``bavit.engine.state`` (training state in one safetensors file) and ``bavit.files`` (atomic writes): exact round
 trips, failing writes that leave nothing behind, clear errors for files that are not training states."""
-import json
 import os
 import signal
 import stat
