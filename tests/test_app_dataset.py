@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import re
 import threading
-import time
 from pathlib import Path
 
 import apphelpers
@@ -22,8 +21,9 @@ from conftest import make_synthetic_coco
 from bavit.app import page
 from bavit.app.dataset import THUMBNAIL_SIDE
 from bavit.app.explorer import Explorer
-from bavit.app.session import MODE_SPARSITY, MODE_THRESHOLD, MODE_TOPK, CocoGroundTruth, Controls
+from bavit.app.session import MODE_SPARSITY, MODE_THRESHOLD, MODE_TOPK, Controls
 from bavit.app.ui import build_demo, build_handlers
+from bavit.data.coco import CocoGroundTruth
 from bavit.data.records import coco_records, coco_split
 from bavit.engine.dataset_costs import cost_rows, scan_images
 from bavit.predictor import Predictor
@@ -107,14 +107,22 @@ def test_the_view_follows_the_controls_without_running_bavit_again(predictor, sy
 def test_one_scan_for_every_session_even_when_they_ask_at_once(predictor, synthetic_coco, reference, monkeypatch):
     explorer = explorer_for(predictor, synthetic_coco, batch_size=1)
     handlers = build_handlers(explorer)
-    scanned, set_images = [], predictor.set_images
+    scanned, set_images, start = [], predictor.set_images, explorer.dataset.start
+    asked, all_asked = [], threading.Event()
 
-    def slow_set_images(images, **kwargs):
+    def counted_start():
+        asked.append(1)
+        if len(asked) == 3:
+            all_asked.set()
+        return start()
+
+    def held_set_images(images, **kwargs):
         scanned.extend(images)
-        time.sleep(0.2)  # the second visitor asks while the first batch runs
+        assert all_asked.wait(timeout=60)  # the first batch runs until every visitor has asked
         return set_images(images, **kwargs)
 
-    monkeypatch.setattr(predictor, "set_images", slow_set_images)
+    monkeypatch.setattr(explorer.dataset, "start", counted_start)
+    monkeypatch.setattr(predictor, "set_images", held_set_images)
     barrier, results = threading.Barrier(3), {}
 
     def visitor(name: str) -> None:

@@ -347,7 +347,6 @@ def test_concurrent_decodes_leave_no_warning_filter_and_the_same_answer(tmp_path
     """Two decodes interleaved as A starts, B starts, A ends, B ends leave no "error" warning filter installed
     (``warnings.catch_warnings`` is not thread-safe), so a JPEG in PIL's warning zone is still decoded after them."""
     import threading
-    import time
     import warnings
 
     from PIL import ImageFile
@@ -359,21 +358,23 @@ def test_concurrent_decodes_leave_no_warning_filter_and_the_same_answer(tmp_path
         warnings.simplefilter("ignore")
         first = load_image(big, max_side=1024).size
     filters = list(warnings.filters)
-    real_load, delays = ImageFile.ImageFile.load, iter([0.3, 0.6])
-    lock = threading.Lock()
+    real_load, first_in, second_in = ImageFile.ImageFile.load, threading.Event(), threading.Event()
 
-    def slow_load(self):
-        with lock:
-            delay = next(delays, 0.0)
-        time.sleep(delay)
+    def held_load(self):  # A decodes until B is decoding too; B until A has ended
+        if threading.current_thread() is threads[0]:
+            first_in.set()
+            assert second_in.wait(timeout=60)
+        else:
+            second_in.set()
+            threads[0].join(timeout=60)
         return real_load(self)
 
-    monkeypatch.setattr(ImageFile.ImageFile, "load", slow_load)
+    monkeypatch.setattr(ImageFile.ImageFile, "load", held_load)
     small = tmp_path / "small.png"
     Image.new("RGB", (32, 32)).save(small)
     threads = [threading.Thread(target=load_image, args=(small,)) for _ in range(2)]
     threads[0].start()
-    time.sleep(0.1)
+    assert first_in.wait(timeout=60)
     threads[1].start()
     for thread in threads:
         thread.join()
