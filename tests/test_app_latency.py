@@ -330,6 +330,24 @@ def test_the_warm_up_exports_in_a_child_process_and_closes_it():
     assert np.abs(predictor.run_bavit(image) - here).max() <= 1e-5  # the child's float32 graph equals torch
 
 
+def test_a_warm_up_that_fails_before_its_exports_still_ends_the_export_child(monkeypatch):
+    """The export child is closed whatever stops the warm-up: here the detector's input fails before any export, the
+    monitor reports why, and the child has exited (its input closed: exit status 0)."""
+    from bavit.deploy.export import ExportProcess
+
+    predictor = Predictor(bavit=apphelpers.random_bavit_checkpoint(), detector=str(apphelpers.tiny_yolos_dir()),
+                          backend="torch")
+
+    def broken(image):
+        raise OSError("no pixels today")
+
+    monkeypatch.setattr(predictor, "yolos_pixels", broken)
+    exporter = ExportProcess()
+    monitor = LatencyMonitor(predictor).start(exporter)
+    assert monitor.join(120) and monitor.error == "OSError: no pixels today"
+    assert exporter._process.returncode == 0 and not predictor.built("bavit")
+
+
 def test_the_first_image_is_answered_while_bavit_is_being_exported(monkeypatch):
     """A first visitor does not wait for BAViT's export either: while the warm-up builds BAViT's runner, an uploaded
     image runs the torch model at once (not cached); the next upload after the build runs the backend's runner."""

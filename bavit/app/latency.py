@@ -375,17 +375,17 @@ class LatencyMonitor(LatencyWindows):
 
     def _warm_up(self, exporter: ExportProcess | None = None) -> None:
         predictor = self.predictor
-        image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (480, 640, 3), dtype=np.uint8))
-        detect = bool(predictor.detector_requested)
-        pixels = predictor.yolos_pixels(image) if detect else None
-        grid = predictor.yolos_grid
-        order = torch.randperm(grid * grid, generator=torch.Generator().manual_seed(0))
-        masks = {}  # kept count -> [1, grid, grid] keep mask of that many random patches
-        for count in CURVE_COUNTS:
-            keep = torch.zeros(grid * grid, dtype=torch.bool)
-            keep[order[:min(count, grid * grid)]] = True
-            masks[count] = keep.view(1, grid, grid)
-        try:
+        try:  # the export child is closed once the runners are built, also when anything before fails
+            image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (480, 640, 3), dtype=np.uint8))
+            detect = bool(predictor.detector_requested)
+            pixels = predictor.yolos_pixels(image) if detect else None
+            grid = predictor.yolos_grid
+            order = torch.randperm(grid * grid, generator=torch.Generator().manual_seed(0))
+            masks = {}  # kept count -> [1, grid, grid] keep mask of that many random patches
+            for count in CURVE_COUNTS:
+                keep = torch.zeros(grid * grid, dtype=torch.bool)
+                keep[order[:min(count, grid * grid)]] = True
+                masks[count] = keep.view(1, grid, grid)
             predictor.warm_up(detect=detect, exporter=exporter)  # builds the runners (the onnxruntime exports)
         finally:
             if exporter is not None:
