@@ -184,10 +184,19 @@ def _outcome(call: Callable[[], Any]) -> str | None:
         return " ".join(str(exc).split()) or type(exc).__name__
 
 
-def wait_until_quiet(pid: int, still_mib: float = 2.0, interval: float = 2.0, limit: float = 90.0) -> None:
-    """Wait (at most ``limit`` s) until ``pid``'s RSS moves less than ``still_mib`` in ``interval`` s: the app's
+def _children(pid: int) -> list[str]:
+    """The pids of ``pid``'s child processes (Linux: each thread's ``children`` file)."""
+    tasks = Path(f"/proc/{pid}/task")
+    return [child for task in tasks.iterdir() for child in (task / "children").read_text().split()]
+
+
+def wait_until_quiet(pid: int, still_mib: float = 2.0, interval: float = 2.0, limit: float = 180.0) -> None:
+    """Wait (at most ``limit`` s in all) until ``pid`` has no child process (the warm-up's export child has exited:
+    the runners are built and loaded) and its RSS then moves less than ``still_mib`` in ``interval`` s: the app's
     background latency warm-up has finished, so what it allocates is not counted as held by the calls."""
     deadline = time.monotonic() + limit
+    while _children(pid) and time.monotonic() < deadline:
+        time.sleep(0.5)
     last = _status(pid, "VmRSS")
     while time.monotonic() < deadline:
         time.sleep(interval)

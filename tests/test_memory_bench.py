@@ -14,7 +14,7 @@ from PIL import IcnsImagePlugin, IcoImagePlugin, Image
 from bavit.app.uploads import MAX_IMAGE_PIXELS, MAX_UPLOAD
 from benchmarks import crafted_images as crafted
 from benchmarks.app_requests import Refused, Server
-from benchmarks.upload_memory import CASES, RUNS, Files, measure, table_row
+from benchmarks.upload_memory import CASES, RUNS, Files, _children, measure, table_row
 
 
 def png_size(png: bytes) -> tuple[int, int]:
@@ -123,6 +123,18 @@ def test_measure_counts_successes_and_refusals():
     assert (row["calls"], row["ok"], row["refused"]) == (3, 1, 2)
     assert row["first_refusal"] == "'x.png' is 15000x15000 px"  # one line
     assert set(row) >= {"rss_before_mib", "peak_mib", "peak_increase_mib", "held_mib", "seconds"}
+
+
+def test_the_quiet_wait_sees_a_child_process_until_it_exits():
+    """What the bench waits for before it measures: the app's export child has exited."""
+    import subprocess
+    import sys
+
+    before = _children(os.getpid())
+    child = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
+    assert set(_children(os.getpid())) == {*before, str(child.pid)}
+    child.communicate(b"")
+    assert set(_children(os.getpid())) == set(before)
 
 
 def test_table_rows():
