@@ -292,8 +292,9 @@ def test_browser_scan_gallery_and_click_opens_the_image_with_its_gt(dataset_serv
 
 
 def test_thumbnails_are_small_jpegs_named_as_their_images_and_go_with_the_scan(predictor, synthetic_coco, tmp_path):
-    """The gallery's pictures: a 640x480 photo becomes a 240x180 JPEG of the same name; an unreadable file shows as
-    itself; the folder is removed when the scan is closed."""
+    """The gallery's pictures: a 640x480 photo becomes a 240x180 JPEG of the same name; an unreadable file, or one
+    without a thumbnail, shows as itself; the folder is removed when the scan is closed, and the images show as
+    themselves then."""
     from bavit.app.dataset import DatasetScan
     from bavit.app.latency import LatencyMonitor
     from bavit.engine.dataset_costs import ScannedImage
@@ -310,7 +311,8 @@ def test_thumbnails_are_small_jpegs_named_as_their_images_and_go_with_the_scan(p
     with Image.open(thumbnail) as small:
         assert small.format == "JPEG" and small.size == (240, 180)
     assert scan.thumbnail("broken.jpg", broken) == broken
+    assert scan.thumbnail("other.jpg", big) == big  # no thumbnail made for it
     folder = scan._thumbnails
     scan.close()
-    assert not folder.exists()
+    assert not folder.exists() and scan.thumbnail("big.jpg", big) == big
     scan.close()  # once is enough

@@ -62,6 +62,7 @@ class DatasetScan:
         self._scanned: tuple[ScannedImage, ...] = ()
         self._running = False
         self._thumbnails = Path(tempfile.mkdtemp(prefix="bavit-dataset-thumbnails-"))
+        self._made: set[str] = set()  # the file names whose thumbnail is in the folder
         self._remove_thumbnails = weakref.finalize(self, shutil.rmtree, self._thumbnails, True)  # at exit too
 
     @property
@@ -91,11 +92,15 @@ class DatasetScan:
     def thumbnail(self, file_name: str, path: str | Path) -> Path:
         """The gallery's picture of the scanned image ``file_name`` read from ``path``: its thumbnail (the same file
         name, so a click on it names the image), or the image itself where none could be made."""
-        thumbnail = self._thumbnails / Path(file_name).name
-        return thumbnail if thumbnail.is_file() else Path(path)
+        name = Path(file_name).name
+        with self._cond:
+            made = name in self._made
+        return self._thumbnails / name if made else Path(path)
 
     def close(self) -> None:
         """Remove the thumbnails' folder (also done when the scan is collected, or at exit)."""
+        with self._cond:
+            self._made.clear()
         self._remove_thumbnails()
 
     def _make_thumbnails(self, batch: list[ScannedImage]) -> None:
@@ -108,6 +113,9 @@ class DatasetScan:
                     small.save(self._thumbnails / Path(image.file_name).name, "JPEG", quality=85)
             except OSError as exc:  # the gallery shows the image itself
                 log.warning("no thumbnail for %s: %s", image.file_name, exc)
+                continue
+            with self._cond:
+                self._made.add(Path(image.file_name).name)
 
     def start(self) -> bool:
         """Start the scan in a background thread unless it runs or has completed (a failed scan starts again); True
