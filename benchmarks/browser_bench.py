@@ -29,6 +29,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from bavit.app.ladder import COARSE_STEPS
 from bavit.app.session import MODE_THRESHOLD, MODE_TOPK
 from bavit.cli import run_script
 from bavit.files import write_text
@@ -74,12 +75,11 @@ LADDER_DONE = """() => { const s = window.bavitGrid.state; const job = s.job;
   return !!ladder && s.results.size >= new Set(ladder.rungs.filter(Boolean).map((r) => r[1])).size; }"""
 
 # ... and at every position in steps of 0.05 (thresholds) or of 5 points (target sparsities)
+# (the positions the detection ladder computes first: ladder.COARSE_STEPS)
 COARSE_DONE = """() => { const s = window.bavitGrid.state; const job = s.job;
   if (!job) return false;
   const ladder = s.ladders.get(job.mode + '|' + job.cca);
-  if (!ladder) return false;
-  const scale = ladder.slider === 'threshold' ? 100 : 1;
-  return ladder.rungs.every((r, i) => !r || Math.round(ladder.values[i] * scale) % 5 !== 0 || s.results.has(r[1])); }"""
+  return !!ladder && ladder.rungs.every((r, i) => !r || i %% %d !== 0 || s.results.has(r[1])); }""" % COARSE_STEPS
 
 
 def _messages(page) -> int:

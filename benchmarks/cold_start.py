@@ -1,7 +1,8 @@
 """The app's cold start as a first visitor meets it: ``python app.py`` started fresh on its shipped defaults, then,
 as soon as the page is served, an image uploaded in chromium. Prints the seconds from the page being served to the
-page loaded in chromium (started before the app), to the first grid of an image uploaded then (the sparsity panel filled) and to the latency panel filled with a speed-up, with no user event after
-the upload (the page's latency timer fills it in).
+page loaded in chromium (started before the app), to the first grid of an image uploaded then (the sparsity panel
+filled) and to the latency panel filled with a speed-up, with no user event after the upload (the page's latency
+timer fills it in).
 
     python -m benchmarks.cold_start [--image assets/examples/chelsea.jpg] [--threads 2]
 """

@@ -105,17 +105,18 @@ class DatasetScan:
 
     def _make_thumbnails(self, batch: list[ScannedImage]) -> None:
         for image in batch:
+            name = Path(image.file_name).name
             try:
                 with Image.open(image.path) as opened:
                     opened.draft("RGB", (THUMBNAIL_SIDE, THUMBNAIL_SIDE))  # a JPEG decodes at a smaller scale
                     small = opened.convert("RGB")
                     small.thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE))
-                    small.save(self._thumbnails / Path(image.file_name).name, "JPEG", quality=85)
+                    small.save(self._thumbnails / name, "JPEG", quality=85)
             except OSError as exc:  # the gallery shows the image itself
                 log.warning("no thumbnail for %s: %s", image.file_name, exc)
                 continue
             with self._cond:
-                self._made.add(Path(image.file_name).name)
+                self._made.add(name)
 
     def start(self) -> bool:
         """Start the scan in a background thread unless it runs or has completed (a failed scan starts again); True

@@ -158,12 +158,8 @@ class DetectionLadder:
         with self._lock:
             if self.cancelled.is_set():
                 return None
-            best = None
-            for rung in self.ladder.rungs:
-                if rung is None or rung.mask in self.results:
-                    continue
-                if best is None or self._order(rung) < self._order(best):
-                    best = rung
+            best = min((rung for rung in self.ladder.rungs if rung is not None and rung.mask not in self.results),
+                       key=self._order, default=None)
             self._running = None if best is None else best.mask
             return best
 
