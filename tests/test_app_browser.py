@@ -446,7 +446,8 @@ def test_detector_slider_is_answered_from_the_detection_ladder(detector_server, 
     page.evaluate("() => document.getElementById('server-update').click()")
     page.wait_for_function("() => document.querySelector('#detections-pruned').dataset.source === 'server'")
     assert figure(page, "detections-pruned")["marks"] == local["marks"]
-    assert page.inner_text("#detections-message") == local_message
+    # the same message, once Gradio's progress timer ("0.0s") of an event still pending is gone from the panel
+    page.wait_for_function("m => document.querySelector('#detections-message').innerText === m", arg=local_message)
 
     # a new CCA setting is a new ladder: the old one's detections are dropped, the new one's computed
     job = page.evaluate("() => window.bavitGrid.state.job.id")
